@@ -1,0 +1,82 @@
+"""`HeadWeights`: the attention weights of one checkpoint, split per head.
+
+Shapes follow TransformerLens conventions (`bridge.W_Q` etc.) so that a record read lazily from
+safetensors can be compared 1:1 with a booted `TransformerBridge`:
+
+    W_Q [n_layers, n_heads,    d_model, d_head]
+    W_K [n_layers, n_kv_heads, d_model, d_head]     (GQA: fewer K/V heads, NOT expanded)
+    W_V [n_layers, n_kv_heads, d_model, d_head]
+    W_O [n_layers, n_heads,    d_head,  d_model]
+    b_Q [n_layers, n_heads, d_head] | None,  b_K/b_V [n_layers, n_kv_heads, d_head] | None,  b_O [n_layers, d_model] | None
+
+Per-head vectors (for spectral fingerprints) give every query head its own W_Q and W_O slices and
+the K/V slices of its group (query head h uses K/V head h // (n_heads // n_kv_heads)), so under GQA
+the heads of one group share part of their vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    W_Q: Float[torch.Tensor, "layer head d_model d_head"]
+    W_K: Float[torch.Tensor, "layer kv_head d_model d_head"]
+    W_V: Float[torch.Tensor, "layer kv_head d_model d_head"]
+    W_O: Float[torch.Tensor, "layer head d_head d_model"]
+    b_Q: Float[torch.Tensor, "layer head d_head"] | None = None
+    b_K: Float[torch.Tensor, "layer kv_head d_head"] | None = None
+    b_V: Float[torch.Tensor, "layer kv_head d_head"] | None = None
+    b_O: Float[torch.Tensor, "layer d_model"] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[1]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.W_K.shape[1]
+
+    @property
+    def d_model(self) -> int:
+        return self.W_Q.shape[2]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_Q.shape[3]
+
+    @property
+    def head_vector_size(self) -> int:
+        """Length P of one head's flattened concat(W_Q, W_K, W_V, W_O)."""
+        return 4 * self.d_model * self.d_head
+
+    def kv_group(self, head: int) -> int:
+        """The K/V head that query head `head` reads under GQA."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            name: tuple(t.shape)
+            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+            if (t := getattr(self, name)) is not None
+        }
+
+    def head_vectors(self, dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "layer head P"]:
+        """Flattened concat(W_Q[h], W_K[g(h)], W_V[g(h)], W_O[h]) for every head; P = 4 * d_model * d_head."""
+        group = torch.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)  # [head]
+        L, H = self.n_layers, self.n_heads
+        parts = (
+            self.W_Q,
+            self.W_K[:, group],
+            self.W_V[:, group],
+            self.W_O,
+        )
+        return torch.cat([p.reshape(L, H, -1).to(dtype) for p in parts], dim=-1)
