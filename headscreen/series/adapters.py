@@ -1,0 +1,176 @@
+"""One small adapter per architecture: which tensors hold attention, and how to split them per head.
+
+Each adapter maps a checkpoint's `config.json` to an `AttentionGeometry` and reads only the attention
+tensors of every layer into a `HeadWeights` record (TransformerLens shapes; see weights.py).
+
+Layouts (verified against `TransformerBridge.W_*` in tests/test_series.py):
+- GPT-2: Conv1D `c_attn.weight` is [d_model, 3·d_model] = [Q | K | V] contiguous along dim 1;
+  `c_proj.weight` is [d_model (in = heads·d_head), d_model].
+- GPT-NeoX / Pythia: `query_key_value.weight` rows are interleaved per head [q_h0 k_h0 v_h0 q_h1 ...];
+  contiguous slicing is wrong. `dense.weight` is nn.Linear [d_model, heads·d_head].
+- Llama / OLMo / OLMo2 / OLMoE: separate nn.Linear q/k/v/o_proj ([out, in]); GQA has fewer K/V heads.
+  OLMo2/OLMoE also have q_norm/k_norm over the whole heads·d_head width (not per head), so W_Q/W_K
+  per head do not fully determine QK there; they are still the head's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from headscreen.series.errors import CorruptCheckpoint, NonFiniteWeights, UnsupportedArchitecture
+from headscreen.series.tensors import TensorSource
+from headscreen.series.weights import HeadWeights
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    architecture: str  # one of SUPPORTED
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    n_ctx: int | None = None
+    vocab_size: int | None = None
+
+
+def _geometry(arch: str, cfg: dict) -> AttentionGeometry:
+    def need(key: str):
+        if key not in cfg:
+            raise UnsupportedArchitecture(f"config.json for a {arch} model lacks {key!r}")
+        return cfg[key]
+
+    if arch == "gpt2":
+        d, h = need("n_embd"), need("n_head")
+        return AttentionGeometry(arch, need("n_layer"), h, h, d, d // h, cfg.get("n_positions"), cfg.get("vocab_size"))
+    d, h = need("hidden_size"), need("num_attention_heads")
+    kv = cfg.get("num_key_value_heads") or h
+    dh = cfg.get("head_dim") or d // h
+    if arch == "gpt_neox":
+        kv = h
+    return AttentionGeometry(
+        arch, need("num_hidden_layers"), h, kv, d, dh, cfg.get("max_position_embeddings"), cfg.get("vocab_size")
+    )
+
+
+def _first_present(src: TensorSource, candidates: list[str]) -> str:
+    keys = set(src.keys())
+    for c in candidates:
+        if c in keys:
+            return c
+    raise CorruptCheckpoint(f"checkpoint {src.folder}: none of the tensors {candidates} is present")
+
+
+def _read_gpt2(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
+    prefix = _first_present(src, [f"transformer.h.{layer}.attn.c_attn.weight", f"h.{layer}.attn.c_attn.weight"])
+    p = prefix.removesuffix("c_attn.weight")
+    D, H, dh = g.d_model, g.n_heads, g.d_head
+    w = src.read(p + "c_attn.weight")  # [D, 3·H·dh]
+    q, k, v = w.split(H * dh, dim=1)
+    out = {n: t.reshape(D, H, dh).permute(1, 0, 2) for n, t in zip(("W_Q", "W_K", "W_V"), (q, k, v), strict=True)}
+    out["W_O"] = src.read(p + "c_proj.weight").reshape(H, dh, D)
+    keys = set(src.keys())
+    if p + "c_attn.bias" in keys:
+        bq, bk, bv = src.read(p + "c_attn.bias").split(H * dh)
+        out.update(b_Q=bq.reshape(H, dh), b_K=bk.reshape(H, dh), b_V=bv.reshape(H, dh))
+    if p + "c_proj.bias" in keys:
+        out["b_O"] = src.read(p + "c_proj.bias")
+    return out
+
+
+def _read_neox(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
+    p = f"gpt_neox.layers.{layer}.attention."
+    D, H, dh = g.d_model, g.n_heads, g.d_head
+    w = src.read(p + "query_key_value.weight").reshape(H, 3, dh, D)  # rows interleaved per head
+    out = {n: w[:, i].transpose(1, 2) for i, n in enumerate(("W_Q", "W_K", "W_V"))}
+    out["W_O"] = src.read(p + "dense.weight").reshape(D, H, dh).permute(1, 2, 0)
+    keys = set(src.keys())
+    if p + "query_key_value.bias" in keys:
+        b = src.read(p + "query_key_value.bias").reshape(H, 3, dh)
+        out.update(b_Q=b[:, 0], b_K=b[:, 1], b_V=b[:, 2])
+    if p + "dense.bias" in keys:
+        out["b_O"] = src.read(p + "dense.bias")
+    return out
+
+
+def _read_llama_like(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
+    p = f"model.layers.{layer}.self_attn."
+    D, H, KV, dh = g.d_model, g.n_heads, g.n_kv_heads, g.d_head
+    out = {
+        "W_Q": src.read(p + "q_proj.weight").reshape(H, dh, D).transpose(1, 2),
+        "W_K": src.read(p + "k_proj.weight").reshape(KV, dh, D).transpose(1, 2),
+        "W_V": src.read(p + "v_proj.weight").reshape(KV, dh, D).transpose(1, 2),
+        "W_O": src.read(p + "o_proj.weight").reshape(D, H, dh).permute(1, 2, 0),
+    }
+    keys = set(src.keys())
+    for name, proj, heads in (("b_Q", "q_proj", H), ("b_K", "k_proj", KV), ("b_V", "v_proj", KV)):
+        if p + f"{proj}.bias" in keys:
+            out[name] = src.read(p + f"{proj}.bias").reshape(heads, dh)
+    if p + "o_proj.bias" in keys:
+        out["b_O"] = src.read(p + "o_proj.bias")
+    return out
+
+
+_READERS: dict[str, Callable[[TensorSource, AttentionGeometry, int], dict[str, torch.Tensor]]] = {
+    "gpt2": _read_gpt2,
+    "gpt_neox": _read_neox,
+    "llama": _read_llama_like,
+    "olmo": _read_llama_like,
+    "olmo2": _read_llama_like,
+    "olmoe": _read_llama_like,
+}
+SUPPORTED = tuple(_READERS)
+
+# HF `architectures` class names, for configs whose model_type is missing or unusual.
+_ARCH_CLASSES = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "LlamaForCausalLM": "llama",
+    "OlmoForCausalLM": "olmo",
+    "Olmo2ForCausalLM": "olmo2",
+    "OlmoeForCausalLM": "olmoe",
+}
+
+
+def detect_architecture(cfg: dict, where: str = "config.json") -> str:
+    """The adapter name for an HF config dict; an error lists the supported ones."""
+    mt = cfg.get("model_type")
+    if mt in _READERS:
+        return mt
+    for cls in cfg.get("architectures") or []:
+        if cls in _ARCH_CLASSES:
+            return _ARCH_CLASSES[cls]
+    raise UnsupportedArchitecture(
+        f"{where}: unsupported architecture (model_type={mt!r}, architectures={cfg.get('architectures')}); "
+        f"supported model_types: {', '.join(SUPPORTED)}"
+    )
+
+
+def geometry_from_config(cfg: dict, where: str = "config.json") -> AttentionGeometry:
+    return _geometry(detect_architecture(cfg, where), cfg)
+
+
+def read_head_weights(src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype = torch.float32) -> HeadWeights:
+    """Read every layer's attention tensors (and nothing else) into a `HeadWeights` record.
+
+    Raises `NonFiniteWeights` naming the checkpoint, layer and tensor on NaN/Inf.
+    Memory: one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats) plus one tensor.
+    """
+    reader = _READERS[geometry.architecture]
+    per_layer = []
+    for layer in range(geometry.n_layers):
+        parts = reader(src, geometry, layer)
+        for name, t in parts.items():
+            if not torch.isfinite(t).all():
+                bad = (~torch.isfinite(t)).sum().item()
+                raise NonFiniteWeights(
+                    f"checkpoint {src.folder}: layer {layer} {name} has {bad} NaN/Inf values; "
+                    "this checkpoint is corrupt or diverged — drop it from the series"
+                )
+        per_layer.append({n: t.to(dtype) for n, t in parts.items()})
+    names = per_layer[0].keys()
+    stacked = {n: torch.stack([layer_parts[n] for layer_parts in per_layer]) for n in names}
+    return HeadWeights(**stacked)

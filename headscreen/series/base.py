@@ -1,0 +1,131 @@
+"""`Checkpoint` and `Series`: an ordered list of checkpoints and the ways to read each one.
+
+A series reads a checkpoint's attention tensors lazily (`head_weights`) or boots it into a fresh
+`TransformerBridge` (`boot`) only when a probe needs forward passes. Sources (local folders, hub
+repositories, our own trained series) differ only in how a checkpoint becomes a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from headscreen.series.adapters import AttentionGeometry, geometry_from_config, read_head_weights
+from headscreen.series.errors import CheckpointNotFound, ShapeMismatch
+from headscreen.series.tensors import TensorSource
+from headscreen.series.weights import HeadWeights
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    tokens: int | None  # tokens seen, when known
+    name: str  # folder name (local) or revision (hub)
+    path: Path | None = None  # local folder, when there is one
+    meta: dict = field(default_factory=dict)  # e.g. train_loss from series.json
+
+    def label(self) -> str:
+        return f"step {self.step} ({self.name})"
+
+
+class Series:
+    """Base class. Subclasses implement `folder(ckpt, purpose)`: a local folder holding the checkpoint."""
+
+    source_kind = "abstract"
+
+    def __init__(self, name: str, checkpoints: list[Checkpoint], *, allow_pickle: bool = False,
+                 trust_remote_code: bool = False):
+        if not checkpoints:
+            raise CheckpointNotFound(f"series {name!r} has no checkpoints")
+        steps = [c.step for c in checkpoints]
+        dupes = sorted({s for s in steps if steps.count(s) > 1})
+        if dupes:
+            raise CheckpointNotFound(f"series {name!r} lists steps {dupes} more than once; give each step one checkpoint")
+        self.name = name
+        self.checkpoints = sorted(checkpoints, key=lambda c: c.step)
+        self.allow_pickle = allow_pickle
+        self.trust_remote_code = trust_remote_code
+        self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
+
+    # --- to be provided by sources ---------------------------------------------------------
+    def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
+        raise NotImplementedError
+
+    def tokenizer_dir(self) -> Path | None:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"source": self.source_kind, "name": self.name, "n_checkpoints": len(self.checkpoints),
+                "steps": self.steps, "allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
+
+    # --- shared ----------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[int]:
+        return [c.step for c in self.checkpoints]
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def __iter__(self) -> Iterator[Checkpoint]:
+        return iter(self.checkpoints)
+
+    def checkpoint(self, step: int) -> Checkpoint:
+        for c in self.checkpoints:
+            if c.step == step:
+                return c
+        raise CheckpointNotFound(f"series {self.name!r} has no step {step}; available: {self.steps[:5]}…{self.steps[-3:]}")
+
+    def hf_config(self, ckpt: Checkpoint) -> dict:
+        path = self.folder(ckpt) / "config.json"
+        if not path.exists():
+            raise CheckpointNotFound(f"checkpoint {ckpt.label()}: no config.json in {path.parent}")
+        return json.loads(path.read_text())
+
+    def geometry(self, ckpt: Checkpoint | None = None) -> AttentionGeometry:
+        ckpt = ckpt or self.checkpoints[-1]
+        return geometry_from_config(self.hf_config(ckpt), where=f"checkpoint {ckpt.label()} config.json")
+
+    def tensor_source(self, ckpt: Checkpoint) -> TensorSource:
+        return TensorSource(self.folder(ckpt), allow_pickle=self.allow_pickle)
+
+    def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype = torch.float32) -> HeadWeights:
+        """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default.
+
+        Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
+        """
+        src = self.tensor_source(ckpt)
+        hw = read_head_weights(src, self.geometry(ckpt), dtype=dtype)
+        shapes = hw.shapes()
+        if self._reference is None:
+            self._reference = (ckpt, shapes)
+        else:
+            ref_ckpt, ref = self._reference
+            for name in sorted(set(ref) | set(shapes)):
+                if ref.get(name) != shapes.get(name):
+                    raise ShapeMismatch(
+                        f"checkpoint {ckpt.label()}: {name} has shape {shapes.get(name)} but {ref_ckpt.label()} "
+                        f"had {ref.get(name)}; a series must keep one architecture — split it into two series"
+                    )
+        return hw
+
+    def iter_head_weights(self, checkpoints: list[Checkpoint] | None = None) -> Iterator[tuple[Checkpoint, HeadWeights]]:
+        """Yield (checkpoint, HeadWeights) oldest first, one checkpoint in memory at a time."""
+        for ckpt in checkpoints if checkpoints is not None else self.checkpoints:
+            yield ckpt, self.head_weights(ckpt)
+
+    def boot(self, ckpt: Checkpoint, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        """A fresh `TransformerBridge` for this checkpoint, offline, in raw (non-compatibility) mode."""
+        from headscreen.series.boot import boot_bridge
+
+        return boot_bridge(self.folder(ckpt, purpose="full"), self.tokenizer_dir(), device=device, dtype=dtype,
+                           trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in TOKENIZER_FILES)

@@ -1,0 +1,98 @@
+"""Boot one local checkpoint folder into a fresh `TransformerBridge`, offline, in raw mode.
+
+A fresh bridge per checkpoint (never `load_state_dict` into an old one: on GPT-NeoX that leaves the
+split q/k/v stale). Raw mode = `enable_compatibility_mode` is never called, so `hook_z` ablations
+equal zeroing the o_proj input slice (value biases stay where the checkpoint has them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from headscreen.series.adapters import detect_architecture
+from headscreen.series.errors import CorruptCheckpoint, NoWeightsError
+from headscreen.series.tensors import TensorSource
+
+LOADING_MODE = "raw"
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Make transformers / huggingface_hub treat the hub as unreachable (no retries, no lookups)."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    patched = []
+    try:
+        import huggingface_hub.constants as hc
+
+        patched.append((hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE))
+        hc.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        pass
+    try:
+        yield
+    finally:
+        for mod, attr, val in patched:
+            setattr(mod, attr, val)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def load_tokenizer(directory: str | Path):
+    """An HF tokenizer from a local directory; refuses the silently-empty tokenizer that a folder without
+    tokenizer files yields for some architectures."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    with hub_offline():
+        try:
+            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except Exception as e:
+            raise CorruptCheckpoint(f"cannot load a tokenizer from {directory} ({e})") from e
+    if len(tok) <= 1:
+        raise CorruptCheckpoint(
+            f"the tokenizer in {directory} is empty (len {len(tok)}); copy tokenizer.json into the series root"
+        )
+    return tok
+
+
+def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, device: str = "cpu",
+                dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """A fresh, eval-mode `TransformerBridge` of the checkpoint in `folder`.
+
+    With `tokenizer_dir=None` the bridge has no tokenizer (`bridge.tokenizer is None`): feed token ids.
+    `bridge.cfg` gains no compatibility processing; `LOADING_MODE` ("raw") is what to record.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    folder = Path(folder)
+    TensorSource(folder, allow_pickle=allow_pickle)  # refuses missing weights and unapproved pickles up front
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise NoWeightsError(f"checkpoint {folder} has no config.json")
+    hf_cfg = json.loads(cfg_path.read_text())
+    detect_architecture(hf_cfg, where=str(cfg_path))
+    with hub_offline():
+        if tokenizer_dir is not None:
+            tok = load_tokenizer(tokenizer_dir)
+            bridge = TransformerBridge.boot_transformers(
+                str(folder), device=device, dtype=dtype, tokenizer=tok, trust_remote_code=trust_remote_code
+            )
+        else:
+            from transformer_lens.model_bridge.sources import build_bridge_from_module
+            from transformers import AutoModelForCausalLM
+
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, torch_dtype=dtype, attn_implementation="eager",
+                trust_remote_code=trust_remote_code,
+            ).eval()
+            arch_class = (hf.config.architectures or [type(hf).__name__])[0]
+            bridge = build_bridge_from_module(hf, arch_class, hf_config=hf.config, device=device, dtype=dtype)
+    return bridge.eval()
