@@ -1,0 +1,171 @@
+"""Model configs: data in `model_configs/*.yaml`, validated into frozen dataclasses.
+
+A config names a checkpoint series (hub repo + revision schedule, a local folder, or a series that
+headscreen trains itself) plus the settings of each stage. Each stage owns its section's dataclass;
+this module validates the top level and the source, and hands every section to its owner.
+Errors name the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+SOURCE_KINDS = ("hub", "local", "synthetic")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def from_mapping(cls, data: dict | None, where: str):
+    """Build frozen dataclass `cls` from a mapping, naming any unknown key, missing field or wrong type."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing required field {name!r}")
+            continue
+        if not _type_ok(data[name], hints[name]):
+            raise ConfigError(
+                f"{where}.{name}: expected {hints[name]}, got {data[name]!r} ({type(data[name]).__name__})"
+            )
+        if typing.get_origin(hints[name]) is tuple and isinstance(data[name], list):
+            data[name] = tuple(data[name])
+    try:
+        return cls(**data)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str  # hub | local | synthetic
+    repo: str | None = None  # hub repository, e.g. EleutherAI/pythia-160m
+    revision_format: str | None = None  # e.g. "step{step}" or "step{step}-tokens{tokens_b}B"
+    tokens_per_step: int | None = None
+    schedule: dict | None = None  # see headscreen.series.schedules
+    schedule_note: str | None = None  # where the schedule comes from, how verified
+    local_path: str | None = None  # a local copy; when set, the hub is never contacted
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind == "hub" and not (self.repo and self.revision_format and self.schedule):
+            raise ValueError("a hub source needs repo, revision_format and schedule (or use kind: local with local_path)")
+        if self.kind == "local" and not self.local_path:
+            raise ValueError("a local source needs local_path: the folder that holds the checkpoints")
+        if self.schedule is not None:
+            from headscreen.series.schedules import schedule_steps
+
+            schedule_steps(self.schedule)  # validates
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: SourceConfig
+    description: str = ""
+    architecture: dict = field(default_factory=dict)  # family, sizes, notes (informational)
+    sections: dict = field(default_factory=dict)  # stage name -> raw mapping (probes, thresholds, spectral, ...)
+    path: Path | None = None
+
+    def section(self, name: str) -> dict:
+        return dict(self.sections.get(name) or {})
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "source": dataclasses.asdict(self.source),
+                "architecture": self.architecture, **self.sections}
+
+
+TOP_LEVEL = ("name", "description", "source", "architecture")
+SECTIONS = ("train", "probes", "thresholds", "spectral", "validation", "report")
+
+
+def load_config(path_or_name: str | Path) -> ModelConfig:
+    """Load `model_configs/<name>.yaml`, or any YAML path, into a validated `ModelConfig`."""
+    path = Path(path_or_name)
+    if not path.exists() and not path.suffix:
+        path = CONFIG_DIR / f"{path_or_name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config {path_or_name!r} not found; give a YAML path or one of {known}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    unknown = sorted(set(data) - set(TOP_LEVEL) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(TOP_LEVEL + SECTIONS)}")
+    if "name" not in data or "source" not in data:
+        raise ConfigError(f"{path}: needs 'name' and 'source'")
+    source = from_mapping(SourceConfig, data["source"], f"{path.name}: source")
+    for s in SECTIONS:
+        if s in data and not isinstance(data[s] or {}, dict):
+            raise ConfigError(f"{path.name}: {s} must be a mapping")
+    return ModelConfig(
+        name=str(data["name"]),
+        source=source,
+        description=str(data.get("description", "")),
+        architecture=dict(data.get("architecture") or {}),
+        sections={s: data[s] or {} for s in SECTIONS if s in data},
+        path=path.resolve(),
+    )
+
+
+def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cache_dir: str | Path | None = None):
+    """The checkpoint series a config names. A local path (argument or `source.local_path`) always wins:
+    then no hub call is made."""
+    from headscreen.series import HubSeries, LocalSeries, revisions
+
+    local = local_path or cfg.source.local_path
+    if local:
+        return LocalSeries(local, name=cfg.name, allow_pickle=cfg.source.allow_pickle,
+                           trust_remote_code=cfg.source.trust_remote_code)
+    if cfg.source.kind == "synthetic":
+        raise ConfigError(
+            f"config {cfg.name!r} describes a series that headscreen trains itself; run "
+            f"`headscreen train --config {cfg.name} --out DIR` first and screen DIR"
+        )
+    assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
+    revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
+    return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
+                     trust_remote_code=cfg.source.trust_remote_code)

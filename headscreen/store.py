@@ -1,0 +1,249 @@
+"""Run directories: atomic writes, per-checkpoint records, resume, Parquet/JSON tables.
+
+Layout (docs/run-format.md):
+    <run>/manifest.json                       provenance: config, versions, git commit, seeds, loading mode
+    <run>/.lock                               held by the one process working on the run
+    <run>/records/<kind>/step_<N:09d>.<ext>   one record per checkpoint and kind
+    <run>/<table>.parquet, <name>.json        results
+
+Every file is written to a hidden temporary name in the same directory, fsynced, then renamed, so a
+file that exists under its final name is complete: a record half-written by a killed process is
+never read (its temporary is ignored and cleaned up on the next open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+RECORDS = "records"
+
+
+class StoreError(Exception):
+    pass
+
+
+class NotARun(StoreError):
+    pass
+
+
+class RunLocked(StoreError):
+    pass
+
+
+class ConfigChanged(StoreError):
+    pass
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` then rename tmp → path (same directory, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj) -> Path:
+    text = json.dumps(obj, indent=2, default=_json_default, sort_keys=False)
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    """One run directory. Use `with RunStore.open(path, manifest) as store:` to hold its lock."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock_fd: int | None = None
+
+    # --- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, manifest: dict, *, force: bool = False) -> RunStore:
+        """Create or reopen a run for writing, and take its lock.
+
+        Reopening with a different `manifest["config"]` raises `ConfigChanged` unless `force`, which
+        clears the old records (finished tables are overwritten as they are recomputed).
+        """
+        store = cls(root)
+        store.root.mkdir(parents=True, exist_ok=True)
+        store.acquire()
+        try:
+            store._clean_temporaries()
+            new_hash = config_hash(manifest.get("config", {}))
+            old = store.manifest() if (store.root / MANIFEST).exists() else None
+            if old is not None and old.get("config_hash") != new_hash:
+                if not force:
+                    raise ConfigChanged(
+                        f"run {store.root} was computed with a different config (hash {old.get('config_hash')} vs "
+                        f"{new_hash}); use another --out, or pass --force to recompute it"
+                    )
+            if force:
+                store.clear_records()
+            write_json(store.root / MANIFEST, {**manifest, "config_hash": new_hash})
+        except BaseException:
+            store.release()
+            raise
+        return store
+
+    @classmethod
+    def existing(cls, root: str | Path) -> RunStore:
+        """A finished or running run, for reading (no lock)."""
+        store = cls(root)
+        if not (store.root / MANIFEST).exists():
+            raise NotARun(
+                f"{store.root} is not a headscreen run (no {MANIFEST}); give a directory written by "
+                "`headscreen screen` or `headscreen demo`"
+            )
+        return store
+
+    def acquire(self) -> None:
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(
+                f"run {self.root} is in use by process {holder}; wait for it to finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _clean_temporaries(self) -> None:
+        for tmp in self.root.rglob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    # --- manifest ------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return json.loads((self.root / MANIFEST).read_text())
+
+    def update_manifest(self, **fields) -> None:
+        write_json(self.root / MANIFEST, {**self.manifest(), **fields})
+
+    # --- per-checkpoint records ----------------------------------------------------------
+    def record_path(self, kind: str, step: int, ext: str) -> Path:
+        return self.root / RECORDS / kind / f"step_{step:09d}.{ext}"
+
+    def recorded_steps(self, kind: str) -> list[int]:
+        d = self.root / RECORDS / kind
+        if not d.exists():
+            return []
+        return sorted(int(p.stem.split("_")[1]) for p in d.iterdir() if p.name.startswith("step_"))
+
+    def has_record(self, kind: str, step: int) -> bool:
+        return step in self.recorded_steps(kind)
+
+    def write_tensors(self, kind: str, step: int, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+        """A safetensors record (never pickle); `meta` values are stored as strings (JSON)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        metadata = {"json": json.dumps(meta or {}, default=_json_default)}
+        return atomic_write(self.record_path(kind, step, "safetensors"), lambda p: save_file(tensors, str(p), metadata))
+
+    def read_tensors(self, kind: str, step: int) -> tuple[dict[str, torch.Tensor], dict]:
+        from safetensors import safe_open
+
+        path = self.record_path(kind, step, "safetensors")
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads((f.metadata() or {}).get("json", "{}"))
+        return tensors, meta
+
+    def write_frames(self, kind: str, step: int, frames: dict[str, pd.DataFrame]) -> Path:
+        """Several named tables for one checkpoint, stored as one Parquet file (so the record is atomic)
+        with a `table` column; each table's own columns are kept in the file's schema metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {name: list(df.columns) for name, df in frames.items()}
+        parts = [df.assign(table=name) for name, df in frames.items() if len(df)]
+        combined = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"table": pd.Series([], dtype=str)})
+        table = pa.Table.from_pandas(combined, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), b"headscreen_columns": json.dumps(columns).encode()}
+        table = table.replace_schema_metadata(meta)
+        return atomic_write(self.record_path(kind, step, "parquet"), lambda p: pq.write_table(table, p))
+
+    def read_frames(self, kind: str, steps: list[int] | None = None) -> dict[str, pd.DataFrame]:
+        """All records of a kind, concatenated per table name, each with exactly its own columns."""
+        import pyarrow.parquet as pq
+
+        steps = self.recorded_steps(kind) if steps is None else steps
+        out: dict[str, list[pd.DataFrame]] = {}
+        for s in steps:
+            table = pq.read_table(self.record_path(kind, s, "parquet"))
+            columns = json.loads(table.schema.metadata[b"headscreen_columns"])
+            df = table.to_pandas()
+            for name, cols in columns.items():
+                out.setdefault(name, []).append(df.loc[df["table"] == name, cols])
+        return {name: pd.concat(parts, ignore_index=True) for name, parts in out.items()}
+
+    def clear_records(self, kind: str | None = None) -> None:
+        base = self.root / RECORDS if kind is None else self.root / RECORDS / kind
+        if base.exists():
+            for p in sorted(base.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+
+    # --- result tables -------------------------------------------------------------------
+    def write_table(self, name: str, df: pd.DataFrame) -> Path:
+        return atomic_write(self.root / f"{name}.parquet", lambda p: df.to_parquet(p, index=False))
+
+    def read_table(self, name: str) -> pd.DataFrame | None:
+        path = self.root / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    def write_json(self, name: str, obj) -> Path:
+        return write_json(self.root / f"{name}.json", obj)
+
+    def read_json(self, name: str):
+        path = self.root / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def files(self) -> Iterator[Path]:
+        return (p for p in self.root.iterdir() if not p.name.startswith("."))
