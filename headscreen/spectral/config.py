@@ -1,0 +1,128 @@
+"""`SpectralConfig`: every knob of the spectral layer in one frozen, validated dataclass.
+
+The defaults follow METHODS §1 / §6b: window W = 10 updates, a Johnson–Lindenstrauss sketch of
+d = 10·W = 100 dimensions, the weighted edge restricted to σ_j ≥ 0.05·σ_1, collapse at r23 < 1.20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+#: Columns of Φ drawn from one seeded generator. Part of Φ's *definition*: changing it changes Φ.
+DEFAULT_BLOCK_SIZE = 16_384
+#: Default budget for caching Φ blocks between calls (bytes; Φ is cached as float32).
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+BaselineMode = Literal["robust", "leading"]
+RelScope = Literal["network", "layer"]
+
+
+def _bad(field: str, value, why: str, fix: str) -> ValueError:
+    return ValueError(f"SpectralConfig.{field}={value!r} {why}; {fix}")
+
+
+@dataclass(frozen=True)
+class SpectralConfig:
+    """Settings of the rolling update-Gram fingerprint.
+
+    window:            W, updates per rolling window (W ≥ 3 so that σ_2/σ_3 exists).
+    sketch_dim:        d of the JL sketch; None → 10·W. Ignored when `exact`.
+    seed:              seed of the projection Φ (blocks are seeded from (seed, block index)).
+    exact:             identity "sketch" (d = P): for toy models / small heads.
+    min_sigma_frac:    weighted k* only considers j with σ_j ≥ min_sigma_frac·σ_1 (§6b); 0 disables.
+    zero_tol:          σ below zero_tol·σ_1 count as numerically zero in the ratios; None → sqrt(W·eps)
+                       of the Gram's dtype.
+    block_size:        columns of Φ per seeded block (part of Φ's definition, recorded as provenance).
+    cache_bytes:       at most this many bytes of Φ (float32) are kept between calls; 0 disables.
+    compute_dtype:     dtype of the projection matmul and of all Gram arithmetic (float64 by default:
+                       θ is sketched, not δ, so the sketch difference must not lose δ to rounding).
+    transient_windows: windows left out of each head's z-score baseline (early-training transient);
+                       None → W.
+    baseline:          "robust" = median and 1.4826·MAD over all windows after the transient;
+                       "leading" = mean and std over the `baseline_windows` windows after the transient.
+    baseline_windows:  only for "leading" (None → W), and the early baseline of `onsets`.
+    rel_scope:         "network" or "layer": the heads whose median at the same window `<metric>_rel`
+                       divides by.
+    collapse_threshold: collapse = first window after the r23 peak with r23 below this (§1).
+    """
+
+    window: int = 10
+    sketch_dim: int | None = None
+    seed: int = 0
+    exact: bool = False
+    min_sigma_frac: float = 0.05
+    zero_tol: float | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    compute_dtype: torch.dtype = torch.float64
+    transient_windows: int | None = None
+    baseline: BaselineMode = "robust"
+    baseline_windows: int | None = None
+    rel_scope: RelScope = "network"
+    collapse_threshold: float = 1.20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window, int) or self.window < 3:
+            raise _bad("window", self.window, "is too small: σ_2/σ_3 needs at least 3 updates per window",
+                       "use an integer window >= 3 (METHODS default 10)")
+        if self.sketch_dim is not None and (not isinstance(self.sketch_dim, int) or self.sketch_dim < self.window):
+            raise _bad("sketch_dim", self.sketch_dim, f"is below the window ({self.window}): the sketched Gram "
+                       "would be rank-deficient", "use sketch_dim >= window (default None -> 10*window)")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise _bad("seed", self.seed, "is not a non-negative integer", "pass e.g. seed=0")
+        if not 0.0 <= self.min_sigma_frac < 1.0:
+            raise _bad("min_sigma_frac", self.min_sigma_frac, "is outside [0, 1)",
+                       "use 0.05 (METHODS §6b) or 0 to disable the restriction")
+        if self.zero_tol is not None and not 0.0 <= self.zero_tol < 1.0:
+            raise _bad("zero_tol", self.zero_tol, "is outside [0, 1)", "use None (automatic) or e.g. 1e-6")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise _bad("block_size", self.block_size, "is not a positive integer",
+                       f"use the default {DEFAULT_BLOCK_SIZE} (it is part of the definition of Φ)")
+        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
+            raise _bad("cache_bytes", self.cache_bytes, "is not a non-negative integer",
+                       "use 0 to disable the Φ cache or a byte budget such as 256 * 2**20")
+        if self.compute_dtype not in (torch.float32, torch.float64):
+            raise _bad("compute_dtype", self.compute_dtype, "is not float32 or float64",
+                       "use torch.float64 (default) or torch.float32")
+        if self.transient_windows is not None and (
+            not isinstance(self.transient_windows, int) or self.transient_windows < 0
+        ):
+            raise _bad("transient_windows", self.transient_windows, "is not a non-negative integer",
+                       "use None (= window) or 0 to keep every window in the baseline")
+        if self.baseline not in ("robust", "leading"):
+            raise _bad("baseline", self.baseline, "is unknown", "use 'robust' or 'leading'")
+        if self.baseline_windows is not None and (
+            not isinstance(self.baseline_windows, int) or self.baseline_windows < 2
+        ):
+            raise _bad("baseline_windows", self.baseline_windows, "is too small to estimate a spread",
+                       "use None (= window) or an integer >= 2")
+        if self.rel_scope not in ("network", "layer"):
+            raise _bad("rel_scope", self.rel_scope, "is unknown", "use 'network' or 'layer'")
+        if not self.collapse_threshold > 1.0:
+            raise _bad("collapse_threshold", self.collapse_threshold, "is not above 1 (σ_2/σ_3 >= 1 always)",
+                       "use 1.20 (METHODS §1)")
+
+    @property
+    def dim(self) -> int | None:
+        """Resolved sketch dimension: None in exact mode (d = P), else sketch_dim or 10·W."""
+        if self.exact:
+            return None
+        return self.sketch_dim if self.sketch_dim is not None else 10 * self.window
+
+    @property
+    def transient(self) -> int:
+        return self.window if self.transient_windows is None else self.transient_windows
+
+    @property
+    def n_baseline(self) -> int:
+        return self.window if self.baseline_windows is None else self.baseline_windows
+
+    def to_dict(self) -> dict:
+        """JSON-able provenance (dtype as its string name)."""
+        d = asdict(self)
+        d["compute_dtype"] = str(self.compute_dtype).removeprefix("torch.")
+        d["resolved_sketch_dim"] = self.dim
+        return d

@@ -1,0 +1,175 @@
+"""Seeded Gaussian Johnson–Lindenstrauss sketches of long parameter vectors.
+
+Φ ∈ ℝ^{d×P} has i.i.d. entries N(0, 1/d), so E[ΦᵀΦ] = I and ⟨Φx, Φy⟩ ≈ ⟨x, y⟩: the update Gram
+of sketches approximates the exact one. Sketch the parameters θ_t, not the updates: Φ is linear, so
+Φθ_t − Φθ_{t−1} = Φδ_t and every checkpoint's record stands alone (resumable, order-free).
+
+Definition of Φ (stable across runs, machines, chunkings and library versions):
+* columns are cut into blocks of `block_size`; block b covers columns [b·B, (b+1)·B);
+* block b is drawn from numpy's PCG64 seeded by SeedSequence([seed, b]) as
+  `standard_normal((cols, d), float32)`, transposed to [d, cols] and divided by sqrt(d) in the compute
+  dtype. Drawing column-major makes Φ for P' < P the first P' columns of Φ for P.
+Numpy's bit generator is used (not torch's) because its streams are documented as stable.
+
+Memory: Φ is never held whole unless it fits `cache_bytes` (d·P·4 bytes as float32); otherwise at
+most `cache_bytes` of blocks are cached and the rest are regenerated on each call. A call needs one
+block of Φ plus one [batch, block_size] slice of x in the compute dtype as temporaries.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .config import DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, SpectralConfig
+
+
+@runtime_checkable
+class Projector(Protocol):
+    """Maps [..., P] vectors to [..., dim] sketches; linear."""
+
+    in_dim: int
+    dim: int
+
+    def project(self, x: Float[Tensor, "... P"]) -> Float[Tensor, "... d"]: ...
+
+
+def _check_x(x: Tensor, in_dim: int, col_offset: int) -> None:
+    if x.ndim < 1:
+        raise ValueError("x must have a last dim of parameters; got a scalar")
+    n = x.shape[-1]
+    if col_offset < 0 or col_offset + n > in_dim:
+        raise ValueError(
+            f"columns [{col_offset}, {col_offset + n}) fall outside the projector's P={in_dim}; "
+            "build the projector with the full head-vector length P and pass col_offset for a slice"
+        )
+
+
+class GaussianSketch:
+    """Seeded Gaussian JL projection Φ [dim, in_dim], generated in fixed column blocks."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        seed: int = 0,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if in_dim < 1:
+            raise ValueError(f"in_dim={in_dim} must be the (positive) vector length P")
+        if dim < 1:
+            raise ValueError(f"dim={dim} must be positive; use e.g. 10 * window")
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be positive; use {DEFAULT_BLOCK_SIZE}")
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be a non-negative integer")
+        self.in_dim, self.dim, self.seed = int(in_dim), int(dim), int(seed)
+        self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
+        self.n_blocks = -(-self.in_dim // self.block_size)
+        self._cache: dict[int, Tensor] = {}
+        self._cached_bytes = 0
+
+    @classmethod
+    def from_config(cls, config: SpectralConfig, in_dim: int) -> GaussianSketch:
+        if config.exact:
+            raise ValueError("config.exact=True asks for the identity; use make_projector(config, P)")
+        return cls(in_dim, config.dim, config.seed, block_size=config.block_size,
+                   cache_bytes=config.cache_bytes, dtype=config.compute_dtype)
+
+    def _draw(self, b: int) -> Tensor:  # [dim, cols] float32, unscaled N(0, 1)
+        lo = b * self.block_size
+        cols = min(self.block_size, self.in_dim - lo)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, b])))
+        z = rng.standard_normal((cols, self.dim), dtype=np.float32)
+        return torch.from_numpy(z).T
+
+    def raw_block(self, b: int) -> Float[Tensor, "d cols"]:
+        """Unscaled N(0,1) block b (float32), from the cache when present."""
+        if not 0 <= b < self.n_blocks:
+            raise IndexError(f"block {b} outside [0, {self.n_blocks})")
+        z = self._cache.get(b)
+        if z is None:
+            z = self._draw(b)
+            nbytes = z.numel() * z.element_size()
+            if self._cached_bytes + nbytes <= self.cache_bytes:
+                self._cache[b] = z
+                self._cached_bytes += nbytes
+        return z
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    def block(self, b: int) -> Float[Tensor, "d cols"]:
+        """Block b of Φ (columns [b·B, min((b+1)·B, P))) in the compute dtype."""
+        return self.raw_block(b).to(self.dtype) / self.dim**0.5
+
+    def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
+        """Φ whole: for tests and small P only (refuses above `max_bytes`)."""
+        nbytes = self.dim * self.in_dim * torch.finfo(self.dtype).bits // 8
+        if nbytes > max_bytes:
+            raise MemoryError(f"Φ would take {nbytes} bytes > max_bytes={max_bytes}; use project() instead")
+        return torch.cat([self.block(b) for b in range(self.n_blocks)], dim=1)
+
+    def project(self, x: Float[Tensor, "... P"], *, col_offset: int = 0) -> Float[Tensor, "... d"]:
+        """x Φ[:, col_offset:col_offset+n]ᵀ for x with n = x.shape[-1] columns (default: all of P).
+
+        One matmul per overlapped block for the whole batch (e.g. all heads [L, H, P] at once),
+        accumulated in block order in the compute dtype. Slices of one vector may be projected
+        separately (col_offset) and summed: equal to the whole projection up to rounding.
+        """
+        _check_x(x, self.in_dim, col_offset)
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, n)
+        out = torch.zeros(flat.shape[0], self.dim, dtype=self.dtype)
+        lo, hi = col_offset, col_offset + n
+        for b in range(lo // self.block_size, -(-hi // self.block_size)):
+            b_lo = b * self.block_size
+            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
+            phi = self.block(b)[:, c_lo - b_lo : c_hi - b_lo]  # [d, cols]
+            out += flat[:, c_lo - lo : c_hi - lo].to(self.dtype) @ phi.T
+        return out.reshape(*lead, self.dim)
+
+    def provenance(self) -> dict:
+        return {"kind": "gaussian_jl", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
+                "block_size": self.block_size, "generator": "numpy PCG64(SeedSequence([seed, block]))",
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class ExactProjector:
+    """The identity behind the Projector interface (dim = P): exact Grams for toy models."""
+
+    def __init__(self, in_dim: int, *, dtype: torch.dtype = torch.float64) -> None:
+        if in_dim < 1:
+            raise ValueError(f"in_dim={in_dim} must be the (positive) vector length P")
+        self.in_dim = self.dim = int(in_dim)
+        self.dtype = dtype
+
+    def project(self, x: Float[Tensor, "... P"], *, col_offset: int = 0) -> Float[Tensor, "... P"]:
+        _check_x(x, self.in_dim, col_offset)
+        n = x.shape[-1]
+        out = x.to(self.dtype)
+        if n == self.in_dim:
+            return out.clone() if out.data_ptr() == x.data_ptr() else out
+        full = torch.zeros(*x.shape[:-1], self.in_dim, dtype=self.dtype)
+        full[..., col_offset : col_offset + n] = out
+        return full
+
+    def provenance(self) -> dict:
+        return {"kind": "exact", "in_dim": self.in_dim, "dim": self.dim,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | ExactProjector:
+    """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch."""
+    if config.exact:
+        return ExactProjector(in_dim, dtype=config.compute_dtype)
+    return GaussianSketch.from_config(config, in_dim)
