@@ -1,0 +1,48 @@
+"""The `headscreen` command: one subcommand per workflow, each also a Python function in pipelines/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipelines import series_info
+
+# (name, module, one-line help). A workflow is listed only once it works end to end.
+COMMANDS = [
+    ("series", series_info, "list the checkpoints of a series and its attention geometry"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="headscreen",
+        description="Screen every attention head of a checkpoint series: spectral fingerprints, "
+        "selectivity screens, causal validation, circuit reports.",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, help_ in COMMANDS:
+        sp = sub.add_parser(name, help=help_, description=(module.__doc__ or help_).strip())
+        module.add_arguments(sp)
+        sp.set_defaults(_module=module)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from headscreen.config import ConfigError
+    from headscreen.series import SeriesError
+    from headscreen.store import StoreError
+    from pipelines.common import offline_default, set_threads
+
+    args = build_parser().parse_args(argv)
+    offline_default()
+    set_threads(args.threads)
+    try:
+        return int(args._module.main(args) or 0)
+    except (SeriesError, StoreError, ConfigError, ValueError) as e:
+        print(f"headscreen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
