@@ -1,0 +1,86 @@
+"""`build_report`: run directories in, report.html / report.md (+ PNGs) / report.json out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+
+import headscreen
+from headscreen.report.causal_sections import ablation_section, patching_section
+from headscreen.report.compare import comparison_section
+from headscreen.report.content import Report, RunReport
+from headscreen.report.dynamics_sections import copying_section, fingerprints_section, lead_times_section
+from headscreen.report.load import RunResults, check_run_dir, load_run
+from headscreen.report.provenance import provenance_section
+from headscreen.report.render_html import write_html
+from headscreen.report.render_json import write_json
+from headscreen.report.render_md import write_markdown
+from headscreen.report.runinfo import Context, model_name, report_step, slugify, step_tokens, thresholds
+from headscreen.report.schema import circuits_by_step
+from headscreen.report.screen_sections import (
+    bos_layers01_section,
+    circuits_section,
+    emergence_section,
+    selectivity_section,
+)
+
+SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fingerprints_section,
+                    lead_times_section, bos_layers01_section, ablation_section, patching_section, copying_section)
+
+
+def default_out_dir(run_dirs: list[Path]) -> Path:
+    """One run: <run>/report/. Several: <their common parent>/comparison_report/."""
+    if len(run_dirs) == 1:
+        return run_dirs[0] / "report"
+    return Path(os.path.commonpath([str(p.resolve()) for p in run_dirs])) / "comparison_report"
+
+
+def _unique_names(runs: list[RunResults]) -> list[str]:
+    names = [model_name(r) for r in runs]
+    return [f"{n} ({r.path.name})" if names.count(n) > 1 else n for n, r in zip(names, runs, strict=True)]
+
+
+def run_report(run: RunResults, name: str, slug: str, step: int | None) -> RunReport:
+    chosen = report_step(run, step)
+    ctx = Context(run=run, step=chosen, slug=slug, tokens=step_tokens(run), thresholds=thresholds(run),
+                  circuits=circuits_by_step(run.circuits) if run.circuits else [])
+    sections = [provenance_section(run)] + [build(ctx) for build in SECTION_BUILDERS]
+    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections)
+
+
+def assemble(run_dirs: list[Path], step: int | None = None) -> Report:
+    """Load the runs and build the renderer-neutral report (no file is written)."""
+    if not run_dirs:
+        raise ValueError("no run directory given; pass at least one, e.g. results/<config>/<run>/.")
+    dirs = [check_run_dir(Path(p)) for p in run_dirs]  # fail on a bad path before loading anything
+    runs = [load_run(p) for p in dirs]
+    names = _unique_names(runs)
+    slugs = [slugify(n) if len(runs) == 1 else f"run{i + 1}-{slugify(n)}" for i, n in enumerate(names)]
+    reports = [run_report(r, n, s, step) for r, n, s in zip(runs, names, slugs, strict=True)]
+    generated_by = {
+        "headscreen_version": headscreen.__version__, "python": platform.python_version(),
+        "matplotlib": matplotlib.__version__, "pandas": pd.__version__,
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    return Report(runs=reports, comparison=comparison_section(reports) if len(reports) > 1 else None,
+                  generated_by=generated_by)
+
+
+def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | None = None) -> dict[str, Path]:
+    """Render the report of one or several runs; returns {"html", "md", "json"} -> written path.
+
+    `step` picks the checkpoint of the per-step sections (default: each run's last); it must be a screened
+    step of every run. `out_dir` defaults to `default_out_dir(run_dirs)`. PNGs of the figures are written
+    beside report.md.
+    """
+    run_dirs = [Path(p) for p in run_dirs]
+    report = assemble(run_dirs, step)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"html": write_html(report, out / "report.html"), "md": write_markdown(report, out),
+            "json": write_json(report, out / "report.json")}

@@ -1,0 +1,253 @@
+"""One function per report figure; each returns a matplotlib Figure (Agg backend, never shown).
+
+The callers pass the title: a sentence, computed from the data, that says what the reader should see.
+Axes are labelled with units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+CLASS_COLOURS = {
+    "induction": "#d62728", "previous": "#1f77b4", "duplicate": "#9467bd", "self": "#8c564b",
+    "bos": "#7f7f7f", "local": "#2ca02c",
+}
+HIGHLIGHT_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+FINGERPRINT_LABELS = {
+    "ratio_12": "σ₁/σ₂ of update Gram (ratio)",
+    "ratio_23": "σ₂/σ₃ of update Gram (ratio)",
+    "kstar": "k* spectral edge (index)",
+    "pr": "participation ratio (effective rank)",
+    "update_norm": "update norm ‖δθ‖ (weight units)",
+}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def _annotate_grid(ax, values: np.ndarray, fmt_cell, light_above: float | None, norm) -> None:
+    n_layers, n_heads = values.shape
+    if n_layers * n_heads > 256:
+        return
+    size = 7 if n_heads <= 8 else 5
+    for i in range(n_layers):
+        for j in range(n_heads):
+            v = values[i, j]
+            if not np.isfinite(v):
+                continue
+            dark_cell = norm(v) < 0.55 if light_above is None else v < light_above
+            ax.text(j, i, fmt_cell(v), ha="center", va="center", fontsize=size, color="white" if dark_cell else "black")
+
+
+def _selectivity_label(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, title: str) -> Figure:
+    """One layer × head panel per class, log colour scale; cells at or above `threshold` are outlined."""
+    classes = list(grids)
+    ncols = min(3, len(classes))
+    nrows = math.ceil(len(classes) / ncols)
+    n_layers, n_heads = next(iter(grids.values())).shape
+    panel_w = max(2.8, 0.32 * n_heads + 1.2)
+    panel_h = max(2.2, 0.28 * n_layers + 1.0)
+    fig = _new_figure(panel_w * ncols + 1.0, panel_h * nrows + 0.8)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
+    vmax = max(100.0, float(finite.max()) if finite.size else 100.0)
+    vmin = max(0.1, min(1.0, float(finite[finite > 0].min()) if (finite > 0).any() else 1.0))
+    norm = LogNorm(vmin=vmin, vmax=vmax, clip=True)
+    image = None
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(classes):
+            ax.set_visible(False)
+            continue
+        cls = classes[k]
+        g = grids[cls]
+        image = ax.imshow(np.where(g > 0, g, vmin), norm=norm, cmap="magma", aspect="auto")
+        _annotate_grid(ax, g, _selectivity_label, None, norm)
+        for i, j in zip(*np.nonzero(np.nan_to_num(g) >= threshold), strict=True):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
+        n_hits = int((np.nan_to_num(g) >= threshold).sum())
+        ax.set_title(f"{cls}: {n_hits} head{'s' if n_hits != 1 else ''} ≥ {threshold:g}×", fontsize=10)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(n_layers))
+        ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
+    cbar.set_label("selectivity (× baseline attention, log scale)")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], title: str) -> Figure:
+    """Each head's emergence step (x) per class; heads on y, ordered by first emergence."""
+    emerged = [r for r in records if r["step"] is not None]
+    heads = sorted({(r["layer"], r["head"]) for r in emerged},
+                   key=lambda h: (min(r["step"] for r in emerged if (r["layer"], r["head"]) == h), h))
+    y_of = {h: i for i, h in enumerate(heads)}
+    fig = _new_figure(8.0, max(2.4, 0.32 * len(heads) + 1.4))
+    ax = fig.subplots()
+    for cls in sorted({r["class"] for r in emerged}):
+        rs = [r for r in emerged if r["class"] == cls]
+        ax.scatter([r["step"] for r in rs], [y_of[(r["layer"], r["head"])] for r in rs], s=55, zorder=3,
+                   color=CLASS_COLOURS.get(cls, "#333333"), label=cls, edgecolor="black", linewidth=0.5)
+    for i in range(len(heads)):
+        ax.axhline(i, color="#dddddd", linewidth=0.8, zorder=1)
+    ax.set_yticks(range(len(heads)), [f"L{layer}H{head}" for layer, head in heads])
+    ax.invert_yaxis()
+    ax.set_xlabel("emergence step (training steps)")
+    ax.set_ylabel("head")
+    ax.legend(title="class", loc="best", fontsize=8)
+    if len(step_tokens) >= 2:
+        steps = np.array(list(step_tokens), dtype=float)
+        toks = np.array(list(step_tokens.values()), dtype=float)
+        if np.all(np.diff(toks) > 0):
+            top = ax.secondary_xaxis(
+                "top", functions=(lambda s: np.interp(s, steps, toks), lambda t: np.interp(t, toks, steps)))
+            top.set_xlabel("tokens seen")
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def fingerprint_curves(panels: dict[str, pd.DataFrame | None], *, highlight: dict[tuple[int, int], str],
+                       x_label: str, title: str) -> Figure:
+    """Per metric: the highlighted heads as lines, every other head as median and 10–90% band.
+
+    `panels` maps metric -> long frame (x, layer, head, value), or None when the metric is not stored.
+    """
+    metrics = list(panels)
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = _new_figure(4.2 * ncols, 3.0 * nrows + 0.8)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colours = {h: HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)] for i, h in enumerate(sorted(highlight))}
+    handles: dict[str, object] = {}
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(metrics):
+            ax.set_visible(False)
+            continue
+        metric = metrics[k]
+        df = panels[metric]
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(FINGERPRINT_LABELS.get(metric, metric), fontsize=8)
+        if df is None or df.empty:
+            ax.text(0.5, 0.5, f"{metric} not stored\nin this run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        is_hl = pd.Series([(lh in highlight) for lh in zip(df["layer"], df["head"], strict=True)], index=df.index)
+        others = df[~is_hl]
+        if not others.empty:
+            q = others.groupby("x")["value"].quantile([0.1, 0.5, 0.9]).unstack()
+            band = ax.fill_between(q.index, q[0.1], q[0.9], color="#bbbbbb", alpha=0.6, linewidth=0)
+            (line,) = ax.plot(q.index, q[0.5], color="#555555", linewidth=1.5)
+            handles.setdefault("other heads: median", line)
+            handles.setdefault("other heads: 10–90%", band)
+        for h, label in sorted(highlight.items()):
+            sub = df[(df["layer"] == h[0]) & (df["head"] == h[1])].sort_values("x")
+            if sub.empty:
+                continue
+            (line,) = ax.plot(sub["x"], sub["value"], color=colours[h], linewidth=2, marker="o", markersize=3)
+            handles.setdefault(label, line)
+        ax.tick_params(labelsize=8)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], clean: dict[str, float],
+                  upper: dict[str, float], title: str) -> Figure:
+    """Per metric: histogram of the matched-random ablations with the circuit, clean and upper-bound values."""
+    metrics = list(draws)
+    ncols = min(4, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = _new_figure(3.6 * ncols, 2.9 * nrows + 0.9)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    handles: dict[str, object] = {}
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(metrics):
+            ax.set_visible(False)
+            continue
+        metric = metrics[k]
+        values = np.asarray(draws[metric], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            hist = ax.hist(values, bins=min(20, max(5, values.size // 2)), color="#9ecae1", edgecolor="#3182bd")
+            handles.setdefault(f"matched-random ablations (n = {values.size})", hist[2][0])
+        for label, table, style in (("circuit ablated", circuit, dict(color="#d62728", linewidth=2.5)),
+                                    ("clean (no ablation)", clean, dict(color="black", linestyle="--")),
+                                    ("upper bound (whole layers)", upper, dict(color="#636363", linestyle=":"))):
+            if metric in table and table[metric] is not None and np.isfinite(table[metric]):
+                handles.setdefault(label, ax.axvline(table[metric], **style))
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(f"{metric} after ablation ({_metric_unit(metric)})", fontsize=8)
+        ax.set_ylabel("random draws (count)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _metric_unit(metric: str) -> str:
+    m = metric.lower()
+    if m.startswith("top") or "acc" in m:
+        return "fraction correct"
+    if m in ("ce", "loss", "cross_entropy") or "loss" in m:
+        return "nats"
+    if "logit" in m:
+        return "logit units"
+    return "metric units"
+
+
+def patching_heatmap(grid: np.ndarray, *, title: str) -> Figure:
+    """Layer × head denoising-patching score: 1 = patching the head restores the clean logit difference."""
+    n_layers, n_heads = grid.shape
+    fig = _new_figure(max(4.5, 0.45 * n_heads + 2.2), max(3.0, 0.38 * n_layers + 1.6))
+    ax = fig.subplots()
+    finite = grid[np.isfinite(grid)]
+    span = max(1.0, float(np.abs(finite).max()) if finite.size else 1.0)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
+    image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
+    _annotate_grid(ax, grid, lambda v: f"{v:.2f}", None, lambda v: 1.0 - abs(norm(v) - 0.5))
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    cbar = fig.colorbar(image, ax=ax)
+    cbar.set_label("patching score (fraction of clean logit difference restored)")
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def copying_losses(steps: np.ndarray, loss_first: np.ndarray, loss_second: np.ndarray, *,
+                   flagged: np.ndarray, title: str) -> Figure:
+    """Loss on the first and second copy of a repeated span per checkpoint; flagged steps marked."""
+    fig = _new_figure(7.0, 3.2)
+    ax = fig.subplots()
+    ax.plot(steps, loss_first, marker="o", markersize=3, label="first occurrence", color="#636363")
+    ax.plot(steps, loss_second, marker="o", markersize=3, label="second occurrence (copyable)", color="#d62728")
+    if flagged.any():
+        ax.scatter(steps[flagged], loss_second[flagged], s=110, facecolor="none", edgecolor="#ff7f0e", linewidth=2,
+                   label="copying without canonical induction heads", zorder=4)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=11)
+    return fig

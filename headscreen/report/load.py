@@ -1,0 +1,147 @@
+"""Read a run directory (docs/run-format.md) into a `RunResults`, loading no model.
+
+Only `manifest.json` is required. Every other file is optional: a missing file is recorded in
+`RunResults.missing` and the report says so in the section that needs it. A file that exists but
+cannot be read, or that lacks the columns the contract names, is an error naming the file and the fix:
+a report must never quietly drop results that are there.
+
+Memory: every table of the run is held in memory at once (the tables are per head and checkpoint,
+so a 16-layer × 16-head × 100-checkpoint run is a few MB).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST = "manifest.json"
+
+# file name -> attribute, required columns (docs/run-format.md)
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "fingerprints.parquet": ("fingerprints", ("step", "layer", "head", "metric", "value")),
+    "participation.parquet": ("participation", ("step", "layer", "head", "probe", "pr")),
+    "selectivity.parquet": ("selectivity", ("step", "layer", "head", "probe", "class", "selectivity")),
+    "head_scores.parquet": ("head_scores", ("step", "layer", "head", "probe", "metric", "value")),
+    "classes.parquet": ("classes", ("step", "layer", "head", "best_class", "best_selectivity")),
+    "copying.parquet": ("copying", ("step", "loss_gap")),
+    "onsets.parquet": ("onsets", ("layer", "head", "metric", "onset_step")),
+    "validation.parquet": ("validation_long", ("step", "condition", "metric", "value")),
+    "patching.parquet": ("patching", ("step", "score")),
+}
+DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation"}
+
+
+class NotARunDirectoryError(FileNotFoundError):
+    """The path given as a run has no manifest.json."""
+
+
+class RunFileError(ValueError):
+    """A file of the run exists but cannot be used."""
+
+
+@dataclass
+class RunResults:
+    """Everything stored in one run directory. Tables are None when their file is absent."""
+
+    path: Path
+    manifest: dict
+    fingerprints: pd.DataFrame | None = None
+    participation: pd.DataFrame | None = None
+    selectivity: pd.DataFrame | None = None
+    head_scores: pd.DataFrame | None = None
+    classes: pd.DataFrame | None = None
+    copying: pd.DataFrame | None = None
+    onsets: pd.DataFrame | None = None
+    validation_long: pd.DataFrame | None = None
+    patching: pd.DataFrame | None = None
+    circuits: dict | None = None
+    validation: dict | list | None = None
+    missing: list[str] = field(default_factory=list)
+
+    def has(self, name: str) -> bool:
+        """Whether the file `name` (e.g. "validation.json") was present."""
+        return name not in self.missing
+
+
+def _run_candidates(path: Path, limit: int = 5) -> list[Path]:
+    if not path.is_dir():
+        return []
+    found = sorted(p.parent for p in path.glob("*/manifest.json")) + sorted(p.parent for p in path.glob("*/*/manifest.json"))
+    return found[:limit]
+
+
+def check_run_dir(path: Path) -> Path:
+    """Return `path` if it is a run directory, else raise NotARunDirectoryError naming the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise NotARunDirectoryError(
+            f"run directory {str(path)!r} does not exist. Pass the directory that `headscreen screen` "
+            f"wrote, e.g. results/<config>/<run>/."
+        )
+    if not path.is_dir():
+        raise NotARunDirectoryError(
+            f"{str(path)!r} is a file, not a run directory. Pass the directory that holds manifest.json, "
+            f"e.g. results/<config>/<run>/."
+        )
+    if not (path / MANIFEST).is_file():
+        hint = ""
+        candidates = _run_candidates(path)
+        if candidates:
+            hint = " Run directories below it: " + ", ".join(str(c) for c in candidates) + "."
+        raise NotARunDirectoryError(
+            f"{str(path)!r} is not a headscreen run directory: it has no {MANIFEST}. Pass a directory "
+            f"written by `headscreen screen` (results/<config>/<run>/), or screen the series first.{hint}"
+        )
+    return path
+
+
+def _read_json(file: Path) -> dict | list:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFileError(
+            f"{file} cannot be read as JSON ({exc}). Re-run the step that writes it "
+            f"(manifest/circuits: `headscreen screen`; validation: `headscreen validate`)."
+        ) from exc
+
+
+def _read_table(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(file)
+    except Exception as exc:  # pyarrow raises several types for truncated or foreign files
+        raise RunFileError(
+            f"{file} cannot be read as Parquet ({type(exc).__name__}: {exc}). It may be truncated; "
+            f"delete it and re-run the step that writes it."
+        ) from exc
+    lacking = [c for c in required if c not in df.columns]
+    if lacking:
+        raise RunFileError(
+            f"{file} lacks the column(s) {lacking} that docs/run-format.md requires (it has "
+            f"{list(df.columns)}). It was written by an incompatible version; re-run the step that writes it."
+        )
+    return df
+
+
+def load_run(path: Path | str) -> RunResults:
+    """Read the run at `path`. Raises NotARunDirectoryError if it has no manifest.json."""
+    path = check_run_dir(Path(path))
+    manifest = _read_json(path / MANIFEST)
+    if not isinstance(manifest, dict):
+        raise RunFileError(f"{path / MANIFEST} holds a {type(manifest).__name__}, expected a JSON object.")
+    run = RunResults(path=path, manifest=manifest)
+    for name, (attr, required) in TABLES.items():
+        file = path / name
+        if file.is_file():
+            setattr(run, attr, _read_table(file, required))
+        else:
+            run.missing.append(name)
+    for name, attr in DOCUMENTS.items():
+        file = path / name
+        if file.is_file():
+            setattr(run, attr, _read_json(file))
+        else:
+            run.missing.append(name)
+    return run

@@ -1,0 +1,278 @@
+"""Normalise the JSON documents of a run (circuits.json, validation.json) into plain records.
+
+docs/run-format.md names what these files hold but not their exact layout, so the readers accept
+the layouts below and raise an error naming the file, the key and the expected shape otherwise.
+
+Heads may be written as ``[layer, head]``, ``{"layer": L, "head": H}`` or ``"L4H4"``.
+Anything "per step" may be a dict keyed by step (``{"960": {...}}``) or a list of records that each
+carry ``"step"``.
+
+circuits.json::
+
+    {"thresholds": {...},
+     "steps": {"<step>": {"induction": [heads], "previous": [heads], "bos": [heads]}},
+     "emergence": {"<class>": {"L1H2": 960, ...}}    or  [{"layer", "head", "class", "step"}],
+     "lead_times": [{"layer", "head", "metric", "onset_step", "emergence_step", "lead_steps"?}],
+     "bos_layers01": {"<step>": {"layer0": n, "layer1": m}}  or  {"<step>": n}  or  [{"step", ...}],
+     "pr_ranking": [{"layer", "head", "integral"?}, ...]}
+
+validation.json: a list of per-checkpoint summaries, or ``{"checkpoints": [...]}``, or
+``{"steps": {"<step>": {...}}}``; a summary may nest ``"probes": {"<probe>": {...}}``. Each summary::
+
+    {"step", "probe"?, "circuit": [heads], "metric"?, "conditions": {"<condition>": {"<metric>": v}},
+     "effect_ratio", "p_value" (or "p_values": {"<metric>": p}), "n_draws"?, "seeds"?}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+Head = tuple[int, int]
+
+_HEAD_LABEL = re.compile(r"^\s*L(\d+)\s*[.:_ ]?\s*H(\d+)\s*$", re.IGNORECASE)
+
+
+class SchemaError(ValueError):
+    """A JSON document of a run does not have a layout the report understands."""
+
+
+def head_label(head: Head) -> str:
+    return f"L{head[0]}H{head[1]}"
+
+
+def parse_head(value, where: str) -> Head:
+    """One head from any accepted spelling; `where` names the file and key for the error."""
+    if isinstance(value, str):
+        m = _HEAD_LABEL.match(value)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    elif isinstance(value, dict) and "layer" in value and "head" in value:
+        return int(value["layer"]), int(value["head"])
+    elif isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
+        return int(value[0]), int(value[1])
+    raise SchemaError(
+        f"{where}: cannot read {value!r} as a head; write heads as [layer, head], "
+        f'{{"layer": L, "head": H}} or "L<layer>H<head>".'
+    )
+
+
+def parse_heads(values, where: str) -> list[Head]:
+    if values is None:
+        return []
+    if not isinstance(values, list | tuple):
+        raise SchemaError(f"{where}: expected a list of heads, got {type(values).__name__}.")
+    return sorted({parse_head(v, where) for v in values})
+
+
+def _as_step(value, where: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if math.isnan(f) or f != int(f):
+        raise SchemaError(f"{where}: {value!r} is not an integer training step.")
+    return int(f)
+
+
+def per_step(obj, where: str) -> list[tuple[int, dict | object]]:
+    """(step, payload) pairs, sorted by step, from a dict keyed by step or a list of records with 'step'."""
+    if obj is None:
+        return []
+    pairs: list[tuple[int, object]] = []
+    if isinstance(obj, dict):
+        for key, payload in obj.items():
+            pairs.append((_as_step(key, f"{where} key {key!r}"), payload))
+    elif isinstance(obj, list):
+        for i, rec in enumerate(obj):
+            if not isinstance(rec, dict) or "step" not in rec:
+                raise SchemaError(f"{where}[{i}]: expected a record with a 'step' key, got {rec!r}.")
+            pairs.append((_as_step(rec["step"], f"{where}[{i}].step"), rec))
+    else:
+        raise SchemaError(f"{where}: expected a dict keyed by step or a list of records, got {type(obj).__name__}.")
+    return sorted(pairs, key=lambda p: p[0])
+
+
+def _finite_or_none(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+# ---------------------------------------------------------------- circuits.json
+
+
+def circuits_by_step(doc: dict, file: str = "circuits.json") -> list[dict]:
+    """[{"step", "induction": [heads], "previous": [heads], "bos": [heads]}] sorted by step."""
+    out = []
+    for step, payload in per_step(doc.get("steps"), f"{file} 'steps'"):
+        if not isinstance(payload, dict):
+            raise SchemaError(f"{file} 'steps' {step}: expected {{'induction': [...], ...}}, got {payload!r}.")
+        rec = {"step": step}
+        for cls in ("induction", "previous", "bos"):
+            rec[cls] = parse_heads(payload.get(cls), f"{file} 'steps' {step} '{cls}'")
+        out.append(rec)
+    return out
+
+
+def emergence_records(doc: dict, file: str = "circuits.json") -> list[dict]:
+    """[{"layer", "head", "class", "step"}] with step None where a head never emerged."""
+    raw = doc.get("emergence")
+    where = f"{file} 'emergence'"
+    out = []
+    if raw is None:
+        return out
+    if isinstance(raw, dict):
+        for cls, heads in raw.items():
+            items: Iterable
+            if isinstance(heads, dict):
+                items = heads.items()
+            elif isinstance(heads, list):
+                items = [(rec, rec.get("step") if isinstance(rec, dict) else None) for rec in heads]
+            else:
+                raise SchemaError(f"{where} '{cls}': expected {{head: step}} or a list of records.")
+            for head, step in items:
+                h = parse_head(head, f"{where} '{cls}'")
+                s = _finite_or_none(step)
+                out.append({"layer": h[0], "head": h[1], "class": str(cls), "step": None if s is None else int(s)})
+    elif isinstance(raw, list):
+        for i, rec in enumerate(raw):
+            if not isinstance(rec, dict) or "class" not in rec:
+                raise SchemaError(f"{where}[{i}]: expected {{'layer', 'head', 'class', 'step'}}, got {rec!r}.")
+            h = parse_head(rec, f"{where}[{i}]")
+            s = _finite_or_none(rec.get("step"))
+            out.append({"layer": h[0], "head": h[1], "class": str(rec["class"]), "step": None if s is None else int(s)})
+    else:
+        raise SchemaError(f"{where}: expected a dict keyed by class or a list of records.")
+    return sorted(out, key=lambda r: (r["class"], r["step"] is None, r["step"] or 0, r["layer"], r["head"]))
+
+
+def lead_time_records(doc: dict, file: str = "circuits.json") -> list[dict]:
+    """[{"layer", "head", "metric", "onset_step", "emergence_step", "lead_steps", ...}]."""
+    raw = doc.get("lead_times")
+    where = f"{file} 'lead_times'"
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        raw = [{**(v if isinstance(v, dict) else {"lead_steps": v}), "_head": k} for k, v in raw.items()]
+    if not isinstance(raw, list):
+        raise SchemaError(f"{where}: expected a list of records, got {type(raw).__name__}.")
+    out = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec, dict):
+            raise SchemaError(f"{where}[{i}]: expected a record, got {rec!r}.")
+        h = parse_head(rec.get("_head", rec), f"{where}[{i}]")
+        onset = _finite_or_none(rec.get("onset_step"))
+        emerged = _finite_or_none(rec.get("emergence_step"))
+        lead = _finite_or_none(rec.get("lead_steps", rec.get("lead")))
+        if lead is None and onset is not None and emerged is not None:
+            lead = emerged - onset
+        item = {
+            "layer": h[0], "head": h[1], "metric": rec.get("metric"), "class": rec.get("class", "induction"),
+            "onset_step": onset, "emergence_step": emerged, "lead_steps": lead,
+        }
+        if "lead_tokens" in rec:
+            item["lead_tokens"] = _finite_or_none(rec["lead_tokens"])
+        out.append(item)
+    return out
+
+
+_L0_KEYS = ("layer0", "layer_0", "l0", "L0", "0")
+_L1_KEYS = ("layer1", "layer_1", "l1", "L1", "1")
+
+
+def _first(d: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in d:
+            return d[k]
+    return None
+
+
+def bos_layers01_records(doc: dict, file: str = "circuits.json") -> list[dict]:
+    """[{"step", "layer0", "layer1", "total"}]; layer0/layer1 are None when only a total is stored."""
+    where = f"{file} 'bos_layers01'"
+    out = []
+    for step, payload in per_step(doc.get("bos_layers01"), where):
+        if isinstance(payload, dict):
+            l0, l1 = _first(payload, _L0_KEYS), _first(payload, _L1_KEYS)
+            total = payload.get("total", payload.get("count"))
+            if l0 is None and l1 is None and total is None:
+                raise SchemaError(f"{where} {step}: expected 'layer0'/'layer1' counts or a 'count', got {payload!r}.")
+            l0 = None if l0 is None else int(l0)
+            l1 = None if l1 is None else int(l1)
+            total = int(total) if total is not None else (l0 or 0) + (l1 or 0)
+        elif isinstance(payload, int | float):
+            l0 = l1 = None
+            total = int(payload)
+        else:
+            raise SchemaError(f"{where} {step}: expected a count or {{'layer0': n, 'layer1': m}}, got {payload!r}.")
+        out.append({"step": step, "layer0": l0, "layer1": l1, "total": total})
+    return out
+
+
+def pr_ranking_records(doc: dict, file: str = "circuits.json") -> list[dict]:
+    raw = doc.get("pr_ranking")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SchemaError(f"{file} 'pr_ranking': expected a ranked list of heads, got {type(raw).__name__}.")
+    out = []
+    for i, rec in enumerate(raw):
+        h = parse_head(rec, f"{file} 'pr_ranking'[{i}]")
+        integral = _finite_or_none(rec.get("integral", rec.get("score"))) if isinstance(rec, dict) else None
+        out.append({"rank": i + 1, "layer": h[0], "head": h[1], "integral": integral})
+    return out
+
+
+# ---------------------------------------------------------------- validation.json
+
+
+def validation_records(doc, file: str = "validation.json") -> list[dict]:
+    """One normalised summary per (step, probe), sorted by step."""
+    if isinstance(doc, dict) and "checkpoints" in doc:
+        raw = doc["checkpoints"]
+    elif isinstance(doc, dict) and "steps" in doc:
+        raw = doc["steps"]
+    else:
+        raw = doc
+    out = []
+    for step, payload in per_step(raw, f"{file} checkpoints"):
+        if not isinstance(payload, dict):
+            raise SchemaError(f"{file} step {step}: expected a summary object, got {payload!r}.")
+        if isinstance(payload.get("probes"), dict):
+            shared = {k: v for k, v in payload.items() if k != "probes"}
+            parts = [(probe, {**shared, **sub}) for probe, sub in payload["probes"].items()]
+        else:
+            parts = [(payload.get("probe"), payload)]
+        for probe, rec in parts:
+            out.append(_validation_summary(step, probe, rec, f"{file} step {step}"))
+    return out
+
+
+def _validation_summary(step: int, probe, rec: dict, where: str) -> dict:
+    metric = rec.get("metric") or rec.get("primary_metric")
+    p_value = _finite_or_none(rec.get("p_value"))
+    p_values = rec.get("p_values") if isinstance(rec.get("p_values"), dict) else {}
+    if p_value is None and p_values:
+        p_value = _finite_or_none(p_values.get(metric, next(iter(p_values.values()))))
+    effect = _finite_or_none(rec.get("effect_ratio"))
+    conditions = rec.get("conditions") or {}
+    if not isinstance(conditions, dict):
+        raise SchemaError(f"{where} 'conditions': expected {{condition: {{metric: value}}}}, got {conditions!r}.")
+    return {
+        "step": step,
+        "probe": probe,
+        "metric": metric,
+        "circuit": parse_heads(rec.get("circuit"), f"{where} 'circuit'"),
+        "effect_ratio": effect,
+        "p_value": p_value,
+        "p_values": {str(k): _finite_or_none(v) for k, v in p_values.items()},
+        "conditions": conditions,
+        "n_draws": rec.get("n_draws"),
+        "seeds": rec.get("seeds", rec.get("seed")),
+    }

@@ -1,0 +1,189 @@
+"""Sections built from the screen's outputs at one checkpoint: selectivity, classified heads and circuits,
+emergence, BOS heads in layers 0 and 1."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from headscreen.report import figures
+from headscreen.report.content import Section, Table, figure_to_png, head_list, to_python
+from headscreen.report.runinfo import Context, grid_shape
+from headscreen.report.schema import bos_layers01_records, emergence_records, pr_ranking_records
+
+CLASS_ORDER = ("induction", "duplicate", "previous", "self", "bos", "local")
+
+
+def missing_notice(file: str, ctx: Context, what: str, fix: str = "headscreen screen") -> str:
+    return f"{what} is not available: {file} is not in {ctx.run.path}. Run `{fix}` on this run to produce it."
+
+
+def _ordered_classes(classes) -> list[str]:
+    known = [c for c in CLASS_ORDER if c in set(classes)]
+    return known + sorted(set(classes) - set(known))
+
+
+def selectivity_section(ctx: Context) -> Section:
+    sec = Section(key="selectivity", title="Selectivity heatmaps",
+                  intro="Attention to each class's target position divided by the baseline attention "
+                        "(METHODS §7), for every layer × head. Outlined cells pass the class threshold.")
+    df = ctx.run.selectivity
+    if df is None:
+        sec.notices.append(missing_notice("selectivity.parquet", ctx, "The selectivity screen"))
+        return sec
+    at = df[df["step"] == ctx.step]
+    shape = grid_shape(ctx.run)
+    if at.empty or shape is None:
+        sec.notices.append(f"selectivity.parquet has no rows at step {ctx.step}; the screen did not reach it.")
+        return sec
+    thr = ctx.thresholds
+    sec.data = {"step": ctx.step, "threshold_class": thr["class"], "threshold_induction_circuit": thr["induction_circuit"],
+                "probes": {}}
+    for probe in sorted(at["probe"].unique()):
+        sub = at[at["probe"] == probe]
+        grids = {}
+        for cls in _ordered_classes(sub["class"].unique()):
+            g = np.full(shape, np.nan)
+            rows = sub[sub["class"] == cls].groupby(["layer", "head"])["selectivity"].mean()
+            for (layer, head), v in rows.items():
+                g[int(layer), int(head)] = v
+            grids[cls] = g
+        sec.data["probes"][str(probe)] = {cls: to_python(g.tolist()) for cls, g in grids.items()}
+        title = _selectivity_headline(grids, ctx.step, probe, thr)
+        fig = figures.selectivity_heatmaps(grids, threshold=thr["class"], title=title)
+        sec.figures.append(figure_to_png(fig, ctx.figure_name(f"selectivity_{probe}"),
+                                         f"Selectivity heatmaps per class at step {ctx.step}, {probe} probe"))
+    return sec
+
+
+def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) -> str:
+    parts = [f"Step {step}, {probe} probe"]
+    if "induction" in grids:
+        g = np.nan_to_num(grids["induction"])
+        hits = [(int(i), int(j)) for i, j in zip(*np.nonzero(g >= thr["induction_circuit"]), strict=True)]
+        parts.append(f"induction ≥ {thr['induction_circuit']:g}× in {head_list(hits)}")
+    best_cls, best = None, (-np.inf, 0, 0)
+    for cls, g in grids.items():
+        if np.isfinite(g).any():
+            i, j = np.unravel_index(np.nanargmax(g), g.shape)
+            if g[i, j] > best[0]:
+                best_cls, best = cls, (float(g[i, j]), int(i), int(j))
+    if best_cls is not None:
+        parts.append(f"most selective: L{best[1]}H{best[2]} {best_cls} ({best[0]:.0f}×)")
+    return "; ".join(parts)
+
+
+def circuits_section(ctx: Context) -> Section:
+    sec = Section(key="circuits", title="Classified heads and circuits",
+                  intro="A head's class is its most selective class if it reaches the class threshold. "
+                        "Circuit membership is screened over all heads, whatever their best class (METHODS §7).")
+    thr = ctx.thresholds
+    classes = ctx.run.classes
+    if classes is None:
+        sec.notices.append(missing_notice("classes.parquet", ctx, "The per-head classification"))
+    else:
+        at = classes[classes["step"] == ctx.step].sort_values(["layer", "head"])
+        flags = [c for c in ("in_induction_circuit", "in_previous_circuit", "is_bos") if c in at.columns]
+        keep = at["best_class"].astype(str) != "unclassified"
+        for c in flags:
+            keep |= at[c].fillna(False).astype(bool)
+        at = at[keep]
+        cols = ["layer", "head"] + [c for c in ("probe", "best_class", "best_selectivity", "induction_selectivity")
+                                    if c in at.columns] + flags
+        records = [to_python(dict(zip(cols, row, strict=True))) for row in at[cols].itertuples(index=False)]
+        sec.data["classified"] = records
+        labels = {"probe": "Probe", "best_class": "Best class", "best_selectivity": "Best selectivity (×)",
+                  "induction_selectivity": "Induction selectivity (×)", "in_induction_circuit": "Induction circuit",
+                  "in_previous_circuit": "Previous-token circuit", "is_bos": "BOS head"}
+        rows = [[f"L{r['layer']}H{r['head']}"] + [r[c] for c in cols[2:]] for r in records]
+        caption = (f"Heads classified (≥ {thr['class']:g}×) or in a circuit at step {ctx.step}: "
+                   f"{len({(r['layer'], r['head']) for r in records})} heads.")
+        sec.tables.append(Table(columns=["Head"] + [labels[c] for c in cols[2:]], rows=rows, caption=caption))
+    if ctx.run.circuits is None:
+        sec.notices.append(missing_notice("circuits.json", ctx, "The circuit list per checkpoint"))
+        return sec
+    at_step = ctx.circuit_at_step()
+    if at_step is None:
+        sec.notices.append(f"circuits.json records no circuits at step {ctx.step}.")
+    else:
+        sec.data["circuits_at_step"] = {k: [list(h) for h in at_step[k]] for k in ("induction", "previous", "bos")}
+        sec.data["step"] = ctx.step
+        sec.tables.append(Table(
+            columns=["Circuit", "Heads", "Size"],
+            rows=[[f"Induction (induction selectivity ≥ {thr['induction_circuit']:g}×)", head_list(at_step["induction"]),
+                   len(at_step["induction"])],
+                  [f"Previous-token (best class, ≥ {thr['previous_circuit']:g}×)", head_list(at_step["previous"]),
+                   len(at_step["previous"])],
+                  [f"BOS (best class first token, ≥ {thr['bos']:g}×)", head_list(at_step["bos"]), len(at_step["bos"])]],
+            caption=f"Circuits at step {ctx.step}."))
+    sec.data["by_step"] = [{"step": r["step"], "induction": [list(h) for h in r["induction"]],
+                            "previous": [list(h) for h in r["previous"]], "n_bos": len(r["bos"])} for r in ctx.circuits]
+    sec.tables.append(Table(
+        columns=["Step", "Induction circuit", "Size", "Previous-token circuit", "BOS heads"],
+        rows=[[r["step"], head_list(r["induction"]), len(r["induction"]), head_list(r["previous"]), len(r["bos"])]
+              for r in ctx.circuits],
+        caption="Circuits at every screened checkpoint."))
+    ranking = pr_ranking_records(ctx.run.circuits)
+    if ranking:
+        sec.data["pr_ranking"] = ranking
+        top = ranking[: max(1, min(len(ranking), 10))]
+        sec.tables.append(Table(columns=["Rank", "Head", "PR integral"],
+                                rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"]] for r in top],
+                                caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (METHODS §6a)."))
+    return sec
+
+
+def emergence_section(ctx: Context) -> Section:
+    sec = Section(key="emergence", title="Emergence timeline",
+                  intro="The first checkpoint at which each head reaches its class threshold.")
+    if ctx.run.circuits is None:
+        sec.notices.append(missing_notice("circuits.json", ctx, "The emergence timeline"))
+        return sec
+    records = emergence_records(ctx.run.circuits)
+    if not records:
+        sec.notices.append("circuits.json records no emergence steps: no head reached a class threshold.")
+        return sec
+    for r in records:
+        r["tokens"] = ctx.tokens.get(r["step"]) if r["step"] is not None else None
+    sec.data["records"] = records
+    sec.tables.append(Table(
+        columns=["Head", "Class", "Emergence step", "Tokens seen"],
+        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"] if r["step"] is not None else "never", r["tokens"]]
+              for r in records]))
+    if any(r["step"] is not None for r in records):
+        fig = figures.emergence_timeline(records, step_tokens=ctx.tokens, title=_emergence_headline(records))
+        sec.figures.append(figure_to_png(fig, ctx.figure_name("emergence"), "Emergence step of each head per class"))
+    return sec
+
+
+def _emergence_headline(records: list[dict]) -> str:
+    parts = []
+    for cls in _ordered_classes({r["class"] for r in records}):
+        steps = [r["step"] for r in records if r["class"] == cls and r["step"] is not None]
+        if steps:
+            span = f"step {min(steps)}" if min(steps) == max(steps) else f"steps {min(steps)}–{max(steps)}"
+            parts.append(f"{cls}: {len(steps)} head{'s' if len(steps) != 1 else ''} at {span}")
+    return "Heads emerge — " + "; ".join(parts)
+
+
+def bos_layers01_section(ctx: Context) -> Section:
+    sec = Section(key="bos_layers01", title="BOS heads in layers 0 and 1",
+                  intro="METHODS §7 expects no BOS heads in layers 0 and 1 of any model at any checkpoint; "
+                        "a non-zero count here departs from that finding.")
+    if ctx.run.circuits is None:
+        sec.notices.append(missing_notice("circuits.json", ctx, "The BOS count in layers 0 and 1"))
+        return sec
+    records = bos_layers01_records(ctx.run.circuits)
+    if not records:
+        sec.notices.append("circuits.json has no 'bos_layers01' entry; re-run `headscreen screen` to record it.")
+        return sec
+    nonzero = [r["step"] for r in records if r["total"]]
+    at = next((r for r in records if r["step"] == ctx.step), None)
+    sec.data = {"records": records, "at_step": at, "max_total": max(r["total"] for r in records),
+                "checkpoints_with_bos_in_l01": nonzero}
+    sec.tables.append(Table(
+        columns=["Step", "BOS heads in L0", "BOS heads in L1", "Total"],
+        rows=[[r["step"], r["layer0"], r["layer1"], r["total"]] for r in records],
+        caption=("No checkpoint has a BOS head in layers 0 or 1." if not nonzero else
+                 f"{len(nonzero)} of {len(records)} checkpoints have BOS heads in layers 0/1: steps "
+                 + ", ".join(map(str, nonzero[:20])) + ("…" if len(nonzero) > 20 else "") + ".")))
+    return sec
