@@ -1,0 +1,186 @@
+"""`TrainConfig`: everything that determines a synthetic training series, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from headscreen.synthetic.tokenizer import MIN_VOCAB_SIZE
+
+ARCHITECTURES = ("gpt_neox", "llama")
+
+
+class ConfigError(ValueError):
+    """A bad TrainConfig value; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model
+    architecture: str = "gpt_neox"  # "gpt_neox" or "llama" (HF classes, saved as safetensors)
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    ctx: int = 128  # sequence length of every training sequence (= max_position_embeddings)
+    vocab_size: int = 128  # total ids: 4 specials + the story grammar's words + abstract tokens
+    attn_only: bool = True  # MLPs zero-initialised and frozen: their output is exactly 0
+    d_mlp: int | None = None  # MLP width when attn_only is False; None -> 4 * d_model
+    rotary_fraction: float = 1.0  # share of each head's dims that RoPE rotates (gpt_neox only)
+    rope_theta: float = 10000.0
+    # optimisation
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01  # applied to matrices and embeddings, not to norms or biases
+    warmup: int = 50  # linear warm-up steps, then constant lr
+    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
+    batch_size: int = 32
+    steps: int = 2000
+    # checkpoints: step 0, powers of two up to log_checkpoints_until, then every checkpoint_every
+    # steps, and always the last step
+    log_checkpoints_until: int = 32
+    checkpoint_every: int = 40
+    # corpus
+    story_fraction: float = 0.0  # share of sequences that are grammar stories; the rest are repeats
+    min_span: int = 10  # repeated span length n ~ U[min_span, max_span]
+    max_span: int | None = None  # None -> (ctx - 1) // 2
+    zipf_exponent: float = 1.0  # filler after the second copy ~ Zipf(zipf_exponent) over content ids
+    eval_batch_size: int = 32  # sequences of the fixed diagnostic batches evaluated at each checkpoint
+    # reproducibility
+    seed: int = 0
+    threads: int = 1  # torch.set_num_threads; bitwise-reproducible checkpoints need a fixed value
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from plain data (YAML/JSON): unknown keys and wrong types raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"train config must be a mapping of field -> value, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"unknown train config field {key!r}: {hint}valid fields are {', '.join(names)}")
+            kwargs[key] = _coerce(key, value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def span_max(self) -> int:
+        return (self.ctx - 1) // 2 if self.max_span is None else self.max_span
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.ctx
+
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """Log-spaced start (0, 1, 2, 4, ... <= log_checkpoints_until), then linear, then the last step."""
+        steps = {0, self.steps}
+        p = 1
+        while p <= min(self.log_checkpoints_until, self.steps):
+            steps.add(p)
+            p *= 2
+        steps.update(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))
+        return tuple(sorted(steps))
+
+
+_INT_FIELDS = {
+    "n_layers", "d_model", "n_heads", "ctx", "vocab_size", "warmup", "batch_size", "steps",
+    "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads",
+}
+_OPTIONAL_INT_FIELDS = {"d_mlp", "max_span"}
+_FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"train config field {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    if key in _INT_FIELDS or (key in _OPTIONAL_INT_FIELDS and value is not None):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer" + (" or null" if key in _OPTIONAL_INT_FIELDS else ""))
+        return value
+    if key in _FLOAT_FIELDS or (key == "grad_clip" and value is not None):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number" + (" or null" if key == "grad_clip" else ""))
+        return float(value)
+    if key == "betas":
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) != 2
+            or any(isinstance(b, bool) or not isinstance(b, int | float) for b in value)
+        ):
+            raise bad("a pair of numbers such as [0.9, 0.99]")
+        return (float(value[0]), float(value[1]))
+    if key == "attn_only" and not isinstance(value, bool):
+        raise bad("true or false")
+    if key == "architecture" and not isinstance(value, str):
+        raise bad(f"one of {ARCHITECTURES}")
+    return value
+
+
+def _validate(c: TrainConfig) -> None:
+    def fail(field: str, fix: str) -> None:
+        raise ConfigError(f"train config field {field!r} = {getattr(c, field)!r} is invalid: {fix}")
+
+    if c.architecture not in ARCHITECTURES:
+        fail("architecture", f"use one of {ARCHITECTURES}")
+    for name in ("n_layers", "d_model", "n_heads", "batch_size", "steps", "checkpoint_every",
+                 "eval_batch_size", "threads"):
+        if getattr(c, name) < 1:
+            fail(name, "use a positive integer")
+    for name in ("warmup", "log_checkpoints_until", "seed"):
+        if getattr(c, name) < 0:
+            fail(name, "use an integer >= 0")
+    if c.d_model % c.n_heads:
+        fail("d_model", f"must be divisible by n_heads={c.n_heads}")
+    if c.d_head % 2:
+        fail("d_model", f"d_model / n_heads = {c.d_head} must be even for rotary embeddings")
+    if c.d_mlp is not None and c.d_mlp < 1:
+        fail("d_mlp", "use a positive integer or null (4 * d_model)")
+    if not 0.0 < c.rotary_fraction <= 1.0:
+        fail("rotary_fraction", "use a value in (0, 1]; 1.0 rotates every head dimension")
+    if c.architecture == "llama" and c.rotary_fraction != 1.0:
+        fail("rotary_fraction", "llama always rotates every dimension: leave it at 1.0 or use gpt_neox")
+    if c.rope_theta <= 0:
+        fail("rope_theta", "use a positive base such as 10000")
+    if c.vocab_size < MIN_VOCAB_SIZE:
+        fail("vocab_size", f"the specials and story grammar need >= {MIN_VOCAB_SIZE} ids (128 is the default)")
+    if not 0.0 < c.lr < 1.0:
+        fail("lr", "use a learning rate in (0, 1), e.g. 1e-3")
+    if not all(0.0 <= b < 1.0 for b in c.betas):
+        fail("betas", "both Adam betas must lie in [0, 1), e.g. [0.9, 0.99]")
+    if c.weight_decay < 0:
+        fail("weight_decay", "use a value >= 0")
+    if c.grad_clip is not None and c.grad_clip <= 0:
+        fail("grad_clip", "use a positive max norm or null to disable clipping")
+    if not 0.0 <= c.story_fraction <= 1.0:
+        fail("story_fraction", "use a share in [0, 1]")
+    if c.ctx < 8:
+        fail("ctx", "use a context of at least 8 tokens")
+    if c.min_span < 2:
+        fail("min_span", "use a span length >= 2 (the second copy must have a predictable token)")
+    if c.span_max < c.min_span:
+        fail("max_span" if c.max_span is not None else "min_span",
+             f"need min_span <= max_span (max_span defaults to (ctx-1)//2 = {(c.ctx - 1) // 2})")
+    if 1 + 2 * c.span_max > c.ctx:
+        fail("max_span", f"two copies plus BOS must fit in ctx={c.ctx}: use max_span <= {(c.ctx - 1) // 2}")
+    if c.span_max > c.vocab_size - 4:
+        fail("max_span", f"spans use distinct tokens: use max_span <= vocab_size - 4 = {c.vocab_size - 4}")
+    if c.zipf_exponent < 0:
+        fail("zipf_exponent", "use a value >= 0 (0 gives uniform filler)")

@@ -1,0 +1,93 @@
+"""Seeded synthetic corpus: repeated random spans (the induction recipe) mixed with grammar stories.
+
+A repeat sequence is `[BOS, r_1..r_n, r_1..r_n, Zipf filler]` with n ~ U[min_span, max_span] drawn
+per sequence (varying offsets, never a fixed period; a fixed period is solved by a positional head
+instead of an induction head). The n span tokens are distinct, so each token of the second copy has
+exactly one earlier occurrence and the induction target q - n + 1 is unambiguous.
+
+A story sequence is `[BOS, story, EOS, story, EOS, ...]` cut at ctx (see `stories.py`).
+
+Batch `step` depends only on (seed, step): a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Int
+
+from headscreen.synthetic.config import TrainConfig
+from headscreen.synthetic.stories import story
+from headscreen.synthetic.tokenizer import BOS_ID, EOS_ID, Vocab
+
+# Independent random streams, keyed together with the seed.
+_TRAIN, _EVAL_REPEATS, _EVAL_STORIES, _ZIPF_ORDER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class RepeatBatch:
+    """Repeat sequences with their span lengths: copy 1 at positions 1..n, copy 2 at n+1..2n."""
+
+    tokens: Int[torch.Tensor, "batch ctx"]
+    span_len: Int[torch.Tensor, " batch"]
+
+
+class SyntheticCorpus:
+    """Deterministic batches of the synthetic corpus for one TrainConfig."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.vocab = Vocab.build(cfg.vocab_size)
+        content = np.arange(self.vocab.content_ids.start, self.vocab.content_ids.stop)
+        # Zipf filler: a seed-fixed random assignment of ranks to content ids.
+        self._zipf_ids = np.random.default_rng([cfg.seed, _ZIPF_ORDER]).permutation(content)
+        weights = 1.0 / np.arange(1, len(content) + 1, dtype=np.float64) ** cfg.zipf_exponent
+        self._zipf_p = weights / weights.sum()
+        self._content = content
+
+    # ----------------------------------------------------------------------------------------------
+    def batch(self, step: int) -> Int[torch.Tensor, "batch ctx"]:
+        """Training batch number `step`: each row is a story with probability story_fraction."""
+        rng = np.random.default_rng([self.cfg.seed, _TRAIN, step])
+        is_story = rng.random(self.cfg.batch_size) < self.cfg.story_fraction
+        out = self.repeats(rng, self.cfg.batch_size).tokens
+        n_story = int(is_story.sum())
+        if n_story:
+            out[torch.from_numpy(is_story)] = self.stories(rng, n_story)
+        return out
+
+    def eval_repeats(self, n_rows: int | None = None) -> RepeatBatch:
+        """Fixed diagnostic batch of repeat sequences (a stream disjoint from training)."""
+        rng = np.random.default_rng([self.cfg.seed, _EVAL_REPEATS])
+        return self.repeats(rng, n_rows or self.cfg.eval_batch_size)
+
+    def eval_stories(self, n_rows: int | None = None) -> Int[torch.Tensor, "batch ctx"]:
+        """Fixed diagnostic batch of story sequences (natural-ish text for BOS/sink statistics)."""
+        rng = np.random.default_rng([self.cfg.seed, _EVAL_STORIES])
+        return self.stories(rng, n_rows or self.cfg.eval_batch_size)
+
+    # ----------------------------------------------------------------------------------------------
+    def repeats(self, rng: np.random.Generator, n_rows: int) -> RepeatBatch:
+        cfg = self.cfg
+        span_len = rng.integers(cfg.min_span, cfg.span_max + 1, size=n_rows)  # [batch]
+        # distinct tokens per row: the first span_max entries of a random permutation of content ids
+        spans = self._content[np.argsort(rng.random((n_rows, len(self._content))), axis=1)[:, : cfg.span_max]]
+        toks = self._zipf_ids[rng.choice(len(self._zipf_ids), size=(n_rows, cfg.ctx), p=self._zipf_p)]
+        toks[:, 0] = BOS_ID
+        for b, n in enumerate(span_len):
+            toks[b, 1 : 1 + n] = spans[b, :n]
+            toks[b, 1 + n : 1 + 2 * n] = spans[b, :n]
+        return RepeatBatch(torch.from_numpy(toks).long(), torch.from_numpy(span_len).long())
+
+    def stories(self, rng: np.random.Generator, n_rows: int) -> Int[torch.Tensor, "batch ctx"]:
+        py = random.Random(int(rng.integers(0, 2**63 - 1)))
+        rows = []
+        for _ in range(n_rows):
+            ids = [BOS_ID]
+            while len(ids) < self.cfg.ctx:
+                ids += self.vocab.encode(story(py)) + [EOS_ID]
+            rows.append(ids[: self.cfg.ctx])
+        return torch.tensor(rows, dtype=torch.long)

@@ -1,0 +1,86 @@
+"""The synthetic vocabulary and its HF tokenizer (word-level, whitespace-split).
+
+Ids are fixed by construction: specials first (<bos>=0, <eos>=1, <pad>=2, <unk>=3), then the story
+grammar's words, then abstract tokens `x0, x1, ...` that fill the vocabulary up to `vocab_size`.
+Random spans and filler draw from every non-special id (`Vocab.content_ids`).
+
+An in-memory `PreTrainedTokenizerFast` crashes `TransformerBridge.boot_transformers`; always
+`save_tokenizer` to a directory and `load_tokenizer` it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from headscreen.synthetic.stories import GRAMMAR_WORDS
+
+SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<unk>")
+BOS_ID, EOS_ID, PAD_ID, UNK_ID = 0, 1, 2, 3
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(GRAMMAR_WORDS)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """id -> word table of the synthetic corpus."""
+
+    words: tuple[str, ...]
+
+    @classmethod
+    def build(cls, vocab_size: int) -> Vocab:
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small: the specials and the story grammar need "
+                f"{MIN_VOCAB_SIZE} ids; set vocab_size >= {MIN_VOCAB_SIZE} (128 is the tested default)"
+            )
+        n_abstract = vocab_size - MIN_VOCAB_SIZE
+        return cls(SPECIAL_TOKENS + GRAMMAR_WORDS + tuple(f"x{i}" for i in range(n_abstract)))
+
+    @property
+    def size(self) -> int:
+        return len(self.words)
+
+    @property
+    def content_ids(self) -> range:
+        """Ids that random spans and filler may use: everything but the specials."""
+        return range(len(SPECIAL_TOKENS), self.size)
+
+    def encode(self, words: list[str]) -> list[int]:
+        index = self._index()
+        try:
+            return [index[w] for w in words]
+        except KeyError as err:
+            raise ValueError(f"word {err.args[0]!r} is not in the synthetic vocabulary") from None
+
+    def _index(self) -> dict[str, int]:
+        # Cached on the (frozen) instance without making it part of equality.
+        cached = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {w: i for i, w in enumerate(self.words)}
+            object.__setattr__(self, "_index_cache", cached)
+        return cached
+
+
+def save_tokenizer(vocab: Vocab, directory: str | Path, *, model_max_length: int | None = None) -> Path:
+    """Write tokenizer.json, tokenizer_config.json (and the special-token map) into `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab.words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", **extra
+    )
+    fast.save_pretrained(directory)
+    return directory
+
+
+def load_tokenizer(directory: str | Path):
+    """The saved tokenizer, loaded offline through `AutoTokenizer` (safe to hand to TransformerBridge)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)

@@ -1,0 +1,256 @@
+"""Train a synthetic checkpoint series: plain PyTorch on the raw HF module, checkpoints as HF folders.
+
+Layout written (docs/run-format.md):
+
+    <out>/series.json                       rewritten atomically after every checkpoint
+    <out>/tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    <out>/step{N:06d}/config.json + model.safetensors
+    <out>/resume.safetensors                AdamW state at the last checkpoint (deleted when complete)
+
+Checkpoint N holds the weights after N optimizer updates; its `train_loss` is the loss of exactly
+those weights on training batch N. Batches depend only on (seed, step), so an interrupted run
+resumes from its last checkpoint and produces the same checkpoints as an uninterrupted one.
+
+Never trains a TransformerBridge (on NeoX a bridge optimizer step misses the fused QKV weight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from headscreen.synthetic.config import TrainConfig
+from headscreen.synthetic.corpus import SyntheticCorpus
+from headscreen.synthetic.diagnostics import copying_diagnostics
+from headscreen.synthetic.model import build_model
+from headscreen.synthetic.tokenizer import save_tokenizer
+
+SERIES_FORMAT = "headscreen-series/1"
+RESUME_FILE = "resume.safetensors"
+_NOT_IDENTITY = ("threads",)  # config fields that may differ between a run and its resumption
+
+
+def checkpoint_dirname(step: int) -> str:
+    return f"step{step:06d}"
+
+
+def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *, overwrite: bool = False,
+                 name: str | None = None) -> Path:
+    """Train `cfg` into `out_dir` and return it; resumes or returns at once if it is a series of `cfg`.
+
+    - An empty or missing `out_dir` starts a fresh series.
+    - A series of the same config (ignoring `threads`) is resumed from its last checkpoint, or left
+      as it is if complete.
+    - A series of another config raises FileExistsError unless `overwrite=True`, which deletes it.
+    - A non-empty directory that is not a headscreen series is never deleted: FileExistsError.
+    """
+    out = Path(out_dir)
+    torch.set_num_threads(cfg.threads)
+    if out.is_dir() and any(out.iterdir()) and not (out / "series.json").is_file():
+        raise FileExistsError(
+            f"{out} is not empty and holds no series.json, so it is not a headscreen series; it is never "
+            f"deleted for you: choose another out_dir or empty it yourself"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        series = _prepare(out, cfg, overwrite, name or out.resolve().name)
+        if series["complete"]:
+            return out
+        _run(cfg, out, series, progress)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    corpus = SyntheticCorpus(cfg)
+    save_tokenizer(corpus.vocab, out, model_max_length=cfg.ctx)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).train()
+    optimizer = _optimizer(model, cfg)
+    start = 0
+    if series["checkpoints"]:  # resume from the last recorded checkpoint
+        start = series["checkpoints"][-1]["step"]
+        model.load_state_dict(load_file(out / checkpoint_dirname(start) / "model.safetensors"))
+        _load_optimizer(optimizer, out / RESUME_FILE)
+    for stale in out.glob("step*"):  # folders from after the last recorded checkpoint, or half-written
+        if stale.is_dir() and stale.name not in {c["path"] for c in series["checkpoints"]}:
+            shutil.rmtree(stale)
+
+    eval_repeats, eval_stories = corpus.eval_repeats(), corpus.eval_stories()
+    schedule = set(cfg.checkpoint_steps())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=series["name"])
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps + 1):
+        tokens = corpus.batch(step)  # [batch, ctx]
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss_value = loss.item()
+        if step in schedule and not (series["checkpoints"] and series["checkpoints"][-1]["step"] == step):
+            diag = copying_diagnostics(model, eval_repeats, eval_stories)
+            _save_checkpoint(model, out, step)
+            series["checkpoints"].append({
+                "step": step, "tokens": step * cfg.tokens_per_step, "path": checkpoint_dirname(step),
+                "train_loss": round(loss_value, 6), "diagnostics": diag,
+            })
+            _write_json(out / "series.json", series)
+            _save_optimizer(optimizer, out / RESUME_FILE, step)
+            bar.set_postfix(loss=f"{loss_value:.3f}", copy2=f"{diag['loss_second']:.2f}")
+        if step == cfg.steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        bar.update(1)
+    bar.close()
+    series["complete"] = True
+    series["train_seconds_last_session"] = round(time.perf_counter() - t0, 2)
+    _write_json(out / "series.json", series)
+    (out / RESUME_FILE).unlink(missing_ok=True)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas,
+    )
+
+
+def _save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> None:
+    final, tmp = out / checkpoint_dirname(step), out / f".tmp-{checkpoint_dirname(step)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet_hf_progress():
+        model.save_pretrained(tmp, safe_serialization=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"{i}.{k}": v.detach().clone() for i, s in optimizer.state_dict()["state"].items()
+               for k, v in s.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata={"step": str(step)})
+    os.replace(tmp, path)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(path).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------------------------------
+def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
+    """The series dict to continue (fresh, resumable or complete), after checking what `out` holds."""
+    fresh = {"format": SERIES_FORMAT, "name": name, "seed": cfg.seed, "train_config": cfg.to_dict(),
+             "complete": False, "checkpoints": []}
+    meta = out / "series.json"
+    entries = [p for p in out.iterdir() if p.name != ".train.lock"]
+    if not entries:
+        _write_json(meta, fresh)
+        return fresh
+    if not meta.is_file():
+        raise FileExistsError(
+            f"{out} is not empty and holds no series.json, so it is not a headscreen series; it is never "
+            f"deleted for you: choose another out_dir or empty it yourself"
+        )
+    try:
+        old = json.loads(meta.read_text())
+    except json.JSONDecodeError as err:
+        raise FileExistsError(f"{meta} is not valid JSON ({err}); move the directory aside or delete it") from None
+    if old.get("format") == SERIES_FORMAT and _identity(old.get("train_config", {})) == _identity(cfg.to_dict()):
+        if old.get("complete"):
+            return old
+        if old["checkpoints"] and not (out / RESUME_FILE).is_file():
+            old["checkpoints"] = []  # no optimizer state to resume from: start over (same config)
+        if old["checkpoints"]:
+            resume_step = _resume_step(out / RESUME_FILE)
+            old["checkpoints"] = [c for c in old["checkpoints"] if c["step"] <= resume_step]
+        old["train_config"] = cfg.to_dict()
+        _write_json(meta, old)
+        return old
+    if not overwrite:
+        diff = _diff(old.get("train_config", {}), cfg.to_dict())
+        raise FileExistsError(
+            f"{out} holds a series of a different train config ({diff}); pass overwrite=True to replace it, "
+            f"or choose another out_dir"
+        )
+    for p in entries:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _write_json(meta, fresh)
+    return fresh
+
+
+def _resume_step(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return int(f.metadata()["step"])
+
+
+def _identity(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in _NOT_IDENTITY}
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
+             for k in keys if k not in _NOT_IDENTITY and old.get(k) != new.get(k)]
+    return "; ".join(parts) or "format differs"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _quiet_hf_progress():
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    with open(out / ".train.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is training into {out}; wait for it or choose another out_dir") \
+                from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,294 @@
+"""The embedded training pipeline: corpus, tokenizer, config validation, training, loading."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from headscreen.synthetic import (  # noqa: E402
+    ConfigError,
+    RepeatBatch,
+    SyntheticCorpus,
+    TrainConfig,
+    Vocab,
+    build_model,
+    is_attn_only,
+    load_tokenizer,
+    save_tokenizer,
+    train_series,
+)
+from headscreen.synthetic import train as train_mod  # noqa: E402
+from headscreen.synthetic.diagnostics import copying_diagnostics, phase_change_step  # noqa: E402
+from headscreen.synthetic.stories import GRAMMAR_WORDS  # noqa: E402
+from headscreen.synthetic.tokenizer import BOS_ID, EOS_ID  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(
+    n_layers=2, d_model=32, n_heads=2, ctx=32, batch_size=8, steps=40, lr=3e-3, warmup=5,
+    log_checkpoints_until=4, checkpoint_every=10, eval_batch_size=8, story_fraction=0.25, threads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def small_series(tmp_path_factory) -> tuple[TrainConfig, Path]:
+    cfg = TrainConfig(**SMALL)
+    out = train_series(cfg, tmp_path_factory.mktemp("series") / "small", progress=False)
+    return cfg, out
+
+
+# --- corpus -------------------------------------------------------------------------------------
+def test_corpus_is_deterministic_under_a_seed():
+    cfg = TrainConfig(**SMALL)
+    a, b = SyntheticCorpus(cfg), SyntheticCorpus(cfg)
+    assert torch.equal(a.batch(7), b.batch(7))
+    assert not torch.equal(a.batch(7), a.batch(8))
+    assert not torch.equal(a.batch(7), SyntheticCorpus(TrainConfig(**{**SMALL, "seed": 1})).batch(7))
+    assert torch.equal(a.eval_repeats().tokens, b.eval_repeats().tokens)
+    assert torch.equal(a.eval_stories(), b.eval_stories())
+
+
+def test_repeat_sequences_follow_the_recipe():
+    cfg = TrainConfig(**{**SMALL, "ctx": 64, "story_fraction": 0.0, "batch_size": 64})
+    corpus = SyntheticCorpus(cfg)
+    batch = corpus.repeats(np.random.default_rng(0), 64)
+    assert isinstance(batch, RepeatBatch)
+    toks, n = batch.tokens, batch.span_len
+    assert toks.shape == (64, 64) and toks.dtype == torch.long
+    assert (toks[:, 0] == BOS_ID).all() and (toks[:, 1:] >= 4).all()  # no specials after BOS
+    assert n.min() >= cfg.min_span and n.max() <= cfg.span_max
+    assert len(set(n.tolist())) > 5  # varying offsets, never a fixed period
+    for row, k in zip(toks, n.tolist(), strict=True):
+        span = row[1 : 1 + k]
+        assert torch.equal(span, row[1 + k : 1 + 2 * k])
+        assert len(set(span.tolist())) == k  # distinct: one earlier occurrence per token
+    assert torch.equal(corpus.batch(3), SyntheticCorpus(cfg).batch(3))
+
+
+def test_story_share_and_story_tokens():
+    vocab = Vocab.build(128)
+    grammar_ids = set(vocab.encode(list(GRAMMAR_WORDS))) | {EOS_ID}
+    all_stories = SyntheticCorpus(TrainConfig(**{**SMALL, "story_fraction": 1.0})).batch(0)
+    assert (all_stories[:, 0] == BOS_ID).all()
+    assert set(all_stories[:, 1:].flatten().tolist()) <= grammar_ids
+    # names recur within a story: some name appears at least twice in every row
+    names = set(vocab.encode(["Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Sam", "Zoe", "Leo"]))
+    for row in all_stories.tolist():
+        assert max(row.count(i) for i in names) >= 2
+    cfg = TrainConfig(**{**SMALL, "story_fraction": 0.5, "batch_size": 64})
+    rows = torch.cat([SyntheticCorpus(cfg).batch(s) for s in range(4)])
+    is_story = torch.tensor([set(r[1:].tolist()) <= grammar_ids for r in rows])
+    assert 0.35 < is_story.float().mean() < 0.65
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+def test_tokenizer_saved_and_reloaded(tmp_path):
+    vocab = Vocab.build(128)
+    assert vocab.size == 128 and vocab.words[:4] == ("<bos>", "<eos>", "<pad>", "<unk>")
+    save_tokenizer(vocab, tmp_path / "a")
+    save_tokenizer(Vocab.build(128), tmp_path / "b")
+    assert (tmp_path / "a/tokenizer.json").read_bytes() == (tmp_path / "b/tokenizer.json").read_bytes()
+    tok = load_tokenizer(tmp_path / "a")
+    assert len(tok) == 128 and tok.bos_token_id == BOS_ID and tok.eos_token_id == EOS_ID
+    ids = SyntheticCorpus(TrainConfig(**{**SMALL, "story_fraction": 1.0})).batch(0)[0].tolist()
+    text = " ".join(vocab.words[i] for i in ids)
+    assert tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert tok.decode(ids) == text
+    with pytest.raises(ValueError, match="vocab_size"):
+        Vocab.build(20)
+
+
+# --- config -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"d_modle": 64}, "d_modle"),
+        ({"architecture": "gpt2"}, "architecture"),
+        ({"d_model": 100, "n_heads": 3}, "d_model"),
+        ({"steps": 0}, "steps"),
+        ({"steps": "2000"}, "steps"),
+        ({"attn_only": "yes"}, "attn_only"),
+        ({"betas": [0.9]}, "betas"),
+        ({"lr": 2.0}, "lr"),
+        ({"story_fraction": 1.5}, "story_fraction"),
+        ({"vocab_size": 50}, "vocab_size"),
+        ({"max_span": 80}, "max_span"),
+        ({"architecture": "llama", "rotary_fraction": 0.25}, "rotary_fraction"),
+    ],
+)
+def test_bad_config_values_name_the_field(bad, field):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        TrainConfig.from_dict(bad)
+
+
+def test_config_round_trip_and_schedule():
+    cfg = TrainConfig.from_dict({"betas": [0.9, 0.95], "weight_decay": 0, "grad_clip": None})
+    assert cfg.betas == (0.9, 0.95) and isinstance(cfg.weight_decay, float) and cfg.grad_clip is None
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    steps = TrainConfig().checkpoint_steps()
+    assert steps[:7] == (0, 1, 2, 4, 8, 16, 32) and steps[-1] == 2000
+    assert all(b - a == 40 for a, b in zip(steps[7:], steps[8:], strict=False)) and len(steps) >= 40
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        TrainConfig.from_dict({"stpes": 10})
+
+
+@pytest.mark.parametrize("name", ["synthetic-tiny", "synthetic-deep"])
+def test_model_config_yamls_parse(name):
+    import yaml
+
+    doc = yaml.safe_load((REPO / "model_configs" / f"{name}.yaml").read_text())
+    assert doc["name"] == name and doc["source"]["kind"] == "synthetic"
+    cfg = TrainConfig.from_dict(doc["train"])
+    assert len(cfg.checkpoint_steps()) >= 40
+    if name == "synthetic-tiny":
+        assert (cfg.n_layers, cfg.ctx, cfg.attn_only) == (2, 128, True) and 100 <= cfg.vocab_size <= 160
+    else:
+        assert cfg.n_layers >= 4
+
+
+# --- model --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_attention_only_mlps_output_exactly_zero(arch):
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(**{**SMALL, "architecture": arch}))
+    assert is_attn_only(model)
+    from headscreen.synthetic.model import mlp_modules
+
+    x = torch.randn(2, 5, 32)
+    for mlp, norm, _ in mlp_modules(model):
+        assert not mlp(norm(x)).any()
+        assert not any(p.requires_grad for p in (*mlp.parameters(), *norm.parameters()))
+    full = build_model(TrainConfig(**{**SMALL, "architecture": arch, "attn_only": False}))
+    assert not is_attn_only(full)
+
+
+# --- training -----------------------------------------------------------------------------------
+def test_series_is_well_formed_and_lowers_the_loss(small_series):
+    cfg, out = small_series
+    meta = json.loads((out / "series.json").read_text())
+    assert meta["format"] == "headscreen-series/1" and meta["seed"] == cfg.seed and meta["complete"]
+    assert TrainConfig.from_dict(meta["train_config"]) == cfg
+    cks = meta["checkpoints"]
+    assert [c["step"] for c in cks] == list(cfg.checkpoint_steps()) == [0, 1, 2, 4, 10, 20, 30, 40]
+    for c in cks:
+        assert c["path"] == f"step{c['step']:06d}" and c["tokens"] == c["step"] * cfg.batch_size * cfg.ctx
+        assert (out / c["path"] / "config.json").is_file() and (out / c["path"] / "model.safetensors").is_file()
+        assert {"loss_first", "loss_second", "induction", "bos"} <= set(c["diagnostics"])
+        assert len(c["diagnostics"]["induction"]) == cfg.n_layers
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step")) == [c["path"] for c in cks]
+    assert (out / "tokenizer.json").is_file() and not (out / "resume.safetensors").exists()
+    assert cks[0]["train_loss"] == pytest.approx(torch.log(torch.tensor(128.0)).item(), abs=0.15)
+    assert cks[-1]["train_loss"] < cks[0]["train_loss"] - 0.3
+
+
+def test_checkpoint_boots_in_bridge_and_matches_hf_logits(small_series):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    cfg, out = small_series
+    tok = load_tokenizer(out)
+    ckpt = out / "step000040"
+    hf = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    assert is_attn_only(hf)
+    bridge = TransformerBridge.boot_transformers(str(ckpt), device="cpu", tokenizer=tok)
+    tokens = SyntheticCorpus(cfg).eval_repeats(4).tokens
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        logits, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("mlp_out"))
+    assert torch.allclose(logits, ref, atol=1e-5), (logits - ref).abs().max()
+    assert ref.std() > 0.1  # trained logits, not a constant
+    assert all(not v.any() for v in cache.values()) and len(cache) == cfg.n_layers
+
+
+def test_same_seed_gives_bitwise_identical_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
+    cfg = TrainConfig(**{**SMALL, "architecture": "llama", "steps": 12, "checkpoint_every": 4})
+    a = train_series(cfg, tmp_path / "a", progress=False)
+    b = train_series(cfg, tmp_path / "b", progress=False)
+    steps = [c["step"] for c in json.loads((a / "series.json").read_text())["checkpoints"]]
+    assert steps == [0, 1, 2, 4, 8, 12]
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {f"{s:06d}": (root / f"step{s:06d}" / "model.safetensors").read_bytes() for s in steps}
+
+    assert files(a) == files(b)
+    assert files(a)["000000"] != files(a)["000012"]
+
+    # interrupt a third run after checkpoint 4, then resume it: same bytes as uninterrupted
+    original = train_mod._save_checkpoint
+
+    def crash_at_8(model, out, step):
+        if step == 8:
+            raise KeyboardInterrupt
+        original(model, out, step)
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", crash_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_series(cfg, tmp_path / "c", progress=False)
+    assert (tmp_path / "c/resume.safetensors").is_file() and not (tmp_path / "c/step000008").exists()
+    monkeypatch.setattr(train_mod, "_save_checkpoint", original)
+    c = train_series(cfg, tmp_path / "c", progress=False)
+    assert files(c) == files(a)
+    meta_c, meta_a = (json.loads((r / "series.json").read_text()) for r in (c, a))
+    assert [x["train_loss"] for x in meta_c["checkpoints"]] == [x["train_loss"] for x in meta_a["checkpoints"]]
+
+
+def test_out_dir_protection(tmp_path, small_series):
+    cfg, out = small_series
+    stamp = (out / "series.json").stat().st_mtime_ns
+    assert train_series(cfg, out, progress=False) == out  # complete series of the same config: no-op
+    assert (out / "series.json").stat().st_mtime_ns == stamp
+
+    other = TrainConfig(**{**SMALL, "steps": 4})
+    target = tmp_path / "t"
+    train_series(other, target, progress=False)
+    with pytest.raises(FileExistsError, match="steps"):
+        train_series(TrainConfig(**{**SMALL, "steps": 2}), target, progress=False)
+    assert (target / "step000004").is_dir()  # refused: nothing lost
+    train_series(TrainConfig(**{**SMALL, "steps": 2}), target, progress=False, overwrite=True)
+    assert not (target / "step000004").exists() and (target / "step000002").is_dir()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a headscreen series"):
+        train_series(other, foreign, progress=False, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+# --- diagnostics --------------------------------------------------------------------------------
+def test_diagnostics_find_a_planted_induction_pattern():
+    """A fake model whose layer-1 head 0 attends exactly to q - n + 1 scores 1.0; others score low."""
+    cfg = TrainConfig(**{**SMALL, "ctx": 32})
+    corpus = SyntheticCorpus(cfg)
+    reps, stories = corpus.eval_repeats(6), corpus.eval_stories(6)
+
+    class Fake(torch.nn.Module):
+        def forward(self, tokens, output_attentions=True):
+            b, t = tokens.shape
+            uniform = (torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1)[:, None]).expand(b, 2, t, t)
+            planted = uniform.clone()
+            if tokens is reps.tokens:
+                for i, n in enumerate(reps.span_len.tolist()):
+                    q = torch.arange(n + 1, 2 * n + 1)
+                    planted[i, 0, q] = 0.0
+                    planted[i, 0, q, q - n + 1] = 1.0
+            return SimpleNamespace(logits=torch.zeros(b, t, cfg.vocab_size), attentions=(uniform, planted))
+
+    diag = copying_diagnostics(Fake(), reps, stories)
+    assert diag["induction"][1][0] == pytest.approx(1.0)
+    assert diag["induction"][1][1] < 0.2 and diag["induction"][0][0] < 0.2
+    assert diag["loss_first"] == pytest.approx(diag["loss_second"])  # constant logits: no copying
+    assert phase_change_step([{"step": 5, "diagnostics": diag}]) == 5
+    assert phase_change_step([{"step": 5, "diagnostics": {**diag, "induction": [[0.1], [0.2]]}}]) is None
