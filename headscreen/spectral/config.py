@@ -42,7 +42,7 @@ class SpectralConfig:
     transient_windows: windows left out of each head's z-score baseline (early-training transient);
                        None → W.
     baseline:          "robust" = median and 1.4826·MAD over all windows after the transient;
-                       "leading" = mean and std over the `baseline_windows` windows after the transient.
+                       "leading" = the same over only the `baseline_windows` windows after the transient.
     baseline_windows:  only for "leading" (None → W), and the early baseline of `onsets`.
     rel_scope:         "network" or "layer": the heads whose median at the same window `<metric>_rel`
                        divides by.
@@ -95,10 +95,10 @@ class SpectralConfig:
         if self.baseline not in ("robust", "leading"):
             raise _bad("baseline", self.baseline, "is unknown", "use 'robust' or 'leading'")
         if self.baseline_windows is not None and (
-            not isinstance(self.baseline_windows, int) or self.baseline_windows < 2
+            not isinstance(self.baseline_windows, int) or self.baseline_windows < 3
         ):
             raise _bad("baseline_windows", self.baseline_windows, "is too small to estimate a spread",
-                       "use None (= window) or an integer >= 2")
+                       "use None (= window) or an integer >= 3")
         if self.rel_scope not in ("network", "layer"):
             raise _bad("rel_scope", self.rel_scope, "is unknown", "use 'network' or 'layer'")
         if not self.collapse_threshold > 1.0:

@@ -16,10 +16,11 @@ all-zero window (frozen head). Each metric also comes as
   early-training transient; default W). `baseline="robust"` (default): (x − median)/(1.4826·MAD)
   over all windows after the transient; a short event barely moves median or MAD, so one series
   gives its own baseline. If MAD = 0 the scale falls back to 1.2533·mean|x − median|; if that is 0
-  too (a constant metric) the z-scores of that head and metric are NaN. `baseline="leading"`:
-  mean/std of the `baseline_windows` windows right after the transient. With fewer than 3
-  (robust) / 2 (leading) baseline windows, z is NaN and a warning says how many checkpoints are
-  needed.
+  too (a constant metric) the z-scores of that head and metric are NaN. Limitation: an event that
+  lasts more than half of the post-transient windows *becomes* the baseline; then use
+  `baseline="leading"`: the same median/MAD statistics over only the `baseline_windows` windows right
+  after the transient (an early, pre-event baseline). With fewer than 3 baseline windows, z is NaN
+  and a warning says how many checkpoints are needed.
 * `<metric>_rel`: against the other heads *at the same window*, which removes a network-wide
   reorganisation (at a phase change r_12 rises in every head): value / median over the heads of the
   network (`rel_scope="network"`, default) or of the head's layer (`"layer"`). For `kstar` and
@@ -83,14 +84,6 @@ def _robust_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(scale > 0, scale, fallback)
     scale = np.where(scale > 0, scale, np.nan)
     return med, scale
-
-
-def _leading_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(x, axis=1, keepdims=True)
-        std = np.nanstd(x, axis=1, ddof=1, keepdims=True)
-    return mean, np.where(std > 0, std, np.nan)
 
 
 @dataclass(frozen=True)
@@ -177,10 +170,8 @@ def compute_fingerprint(
 def _zscores(raw: np.ndarray, config: SpectralConfig) -> np.ndarray:
     n = raw.shape[1]
     lo = config.transient
-    if config.baseline == "robust":
-        base, need = raw[:, lo:], 3
-    else:
-        base, need = raw[:, lo : lo + config.n_baseline], 2
+    need = 3
+    base = raw[:, lo:] if config.baseline == "robust" else raw[:, lo : lo + config.n_baseline]
     if base.shape[1] < need:
         warnings.warn(
             f"only {max(base.shape[1], 0)} of {n} windows lie after the {lo}-window transient; the "
@@ -189,7 +180,7 @@ def _zscores(raw: np.ndarray, config: SpectralConfig) -> np.ndarray:
             stacklevel=3,
         )
         return np.full_like(raw, np.nan)
-    center, scale = (_robust_center_scale if config.baseline == "robust" else _leading_center_scale)(base)
+    center, scale = _robust_center_scale(base)
     return (raw - center) / scale
 
 
