@@ -150,12 +150,16 @@ def patching_section(ctx: Context) -> Section:
                         "run. Score = (LD_patch − LD_corr)/(LD_clean − LD_corr); 1 restores the clean logit difference.")
     df = ctx.run.patching
     if df is None:
-        sec.notices.append(not_validated_notice(ctx, "patching.parquet is"))
-        sec.data = {"validated": False}
+        if ctx.run.validation is None:
+            sec.notices.append(not_validated_notice(ctx, "patching.parquet is"))
+        else:
+            sec.notices.append(f"Patching was not part of this run's validation: patching.parquet is not in "
+                               f"{ctx.run.path}. Run `headscreen validate` with patching on this run to add it.")
+        sec.data = {"validated": ctx.run.validation is not None or ctx.run.validation_long is not None, "patched": False}
         return sec
     heads = _head_rows(df)
     per_head, paths = df[heads], df[~heads]
-    sec.data = {"validated": True, "steps": {}}
+    sec.data = {"validated": True, "patched": True, "steps": {}}
     steps = sorted(int(s) for s in per_head["step"].unique())
     if not steps:
         sec.notices.append("patching.parquet has no per-head rows.")

@@ -46,7 +46,7 @@ class Section:
 
     @property
     def available(self) -> bool:
-        return bool(self.tables or self.figures or self.data)
+        return bool(self.tables or self.figures)
 
 
 @dataclass
@@ -113,7 +113,19 @@ def fmt(value) -> str:
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
         return ", ".join(fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k} = {fmt(v)}" for k, v in value.items())
     return str(value)
+
+
+def human_count(value) -> str | None:
+    """Token counts for tables: 1536000 -> '1.54M'; None stays None."""
+    if value is None:
+        return None
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{suffix}"
+    return fmt(value)
 
 
 def to_python(value):

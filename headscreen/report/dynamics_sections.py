@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from headscreen.report import figures
-from headscreen.report.content import Section, Table, figure_to_png, to_python
+from headscreen.report.content import Section, Table, figure_to_png, human_count, to_python
 from headscreen.report.runinfo import Context
 from headscreen.report.schema import emergence_records, lead_time_records
 from headscreen.report.screen_sections import missing_notice
@@ -98,19 +98,25 @@ def _metric_summary(df: pd.DataFrame, highlight) -> dict:
             "other_heads_median": {"steps": to_python(others.index.tolist()), "values": to_python(others.tolist())}}
 
 
-def _fingerprint_headline(pr: pd.DataFrame | None, highlight, n_heads: int) -> str:
+def _fingerprint_headline(pr: pd.DataFrame | None, highlight: dict, n_heads: int) -> str:
+    """Where the circuit heads' PR ends against the other heads (the induction heads if there are any)."""
     n_other = n_heads - len(highlight)
+    generic = f"{len(highlight)} circuit heads (colour) against the other {n_other} heads (grey)"
     if pr is None or not highlight:
-        return f"{len(highlight)} circuit heads (colour) against the other {n_other} heads (grey)"
+        return generic
+    focus = {h for h, label in highlight.items() if "induction" in label} or set(highlight)
+    kind = "induction-circuit" if any("induction" in highlight[h] for h in focus) else "circuit"
     last = pr["x"].max()
     at = pr[pr["x"] == last]
-    is_hl = np.array([(int(a), int(b)) in highlight for a, b in zip(at["layer"], at["head"], strict=True)], dtype=bool)
-    if is_hl.all() or not is_hl.any():
-        return f"{len(highlight)} circuit heads (colour) against the other {n_other} heads (grey)"
-    q90 = float(np.quantile(at.loc[~is_hl, "value"], 0.9))
-    above = int((at.loc[is_hl, "value"] > q90).sum())
-    return (f"At step {last}, the PR of {above} of {int(is_hl.sum())} circuit heads is above the 90th percentile "
-            f"of the other {n_other} heads")
+    heads = list(zip(at["layer"].astype(int), at["head"].astype(int), strict=True))
+    is_focus = np.array([h in focus for h in heads], dtype=bool)
+    is_other = np.array([h not in highlight for h in heads], dtype=bool)
+    if not is_focus.any() or not is_other.any():
+        return generic
+    q90 = float(np.quantile(at.loc[is_other, "value"], 0.9))
+    above = int((at.loc[is_focus, "value"] > q90).sum())
+    return (f"At step {last}, the PR of {above} of {int(is_focus.sum())} {kind} heads is above the 90th percentile "
+            f"of the {int(is_other.sum())} non-circuit heads")
 
 
 def lead_times_section(ctx: Context) -> Section:
@@ -140,7 +146,7 @@ def lead_times_section(ctx: Context) -> Section:
     sec.tables.append(Table(
         columns=["Head", "Class", "Metric", "Spectral onset (step)", "Emergence (step)", "Lead (steps)", "Lead (tokens)"],
         rows=[[f"L{r['layer']}H{r['head']}", r.get("class"), r["metric"], r["onset_step"], r["emergence_step"],
-               r["lead_steps"], r["lead_tokens"]] for r in records],
+               r["lead_steps"], human_count(r["lead_tokens"])] for r in records],
         caption=(f"Median lead over {len(leads)} induction heads: {sec.data['median_lead_steps_induction']:g} steps."
                  if leads else "No induction head has both a spectral onset and an emergence step.")))
     return sec
@@ -187,14 +193,16 @@ def copying_section(ctx: Context) -> Section:
               "loss_gap": "Loss gap (nats)", "max_induction_selectivity": "Max induction selectivity (×)",
               "noncanonical_copying": "Copying without canonical heads"}
     sec.tables.append(Table(columns=[labels[c] for c in cols], rows=[[r[c] for c in cols] for r in records],
-                            caption=(f"{len(flagged)} checkpoint(s) copy without canonical induction heads"
-                                     + (": steps " + ", ".join(map(str, flagged)) if flagged else "") + ".")))
+                            caption=(f"{len(flagged)} checkpoint{' copies' if len(flagged) == 1 else 's copy'} "
+                                     "without canonical induction heads"
+                                     + (": step " + ", ".join(map(str, flagged)) if flagged else "") + ".")))
     if {"loss_first", "loss_second"} <= set(df.columns) and len(df) >= 2:
         first, second = df["loss_first"].to_numpy(float), df["loss_second"].to_numpy(float)
         flags = df["noncanonical_copying"].fillna(False).to_numpy(bool) if "noncanonical_copying" in df else np.zeros(len(df), bool)
         last_gap = first[-1] - second[-1]
         title = (f"At step {int(df['step'].iloc[-1])} the second occurrence costs {abs(last_gap):.2f} nats "
-                 f"{'less' if last_gap >= 0 else 'more'} than the first; {len(flagged)} checkpoint(s) flagged")
+                 f"{'less' if last_gap >= 0 else 'more'} than the first; "
+                 f"{len(flagged)} checkpoint{' copies' if len(flagged) == 1 else 's copy'} without canonical induction heads")
         fig = figures.copying_losses(df["step"].to_numpy(float), first, second, flagged=flags, title=title)
         sec.figures.append(figure_to_png(fig, ctx.figure_name("copying"), "Loss on first and second occurrence per step"))
     return sec

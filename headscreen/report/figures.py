@@ -7,6 +7,7 @@ Axes are labelled with units.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -16,6 +17,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from headscreen.report.content import human_count  # noqa: E402
 
 CLASS_COLOURS = {
     "induction": "#d62728", "previous": "#1f77b4", "duplicate": "#9467bd", "self": "#8c564b",
@@ -33,11 +37,20 @@ FINGERPRINT_LABELS = {
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
+    return Figure(figsize=(width, height), layout="constrained")
 
 
-def _annotate_grid(ax, values: np.ndarray, fmt_cell, light_above: float | None, norm) -> None:
+def _wrap(text: str, width_in: float, fontsize: float = 11) -> str:
+    """Wrap a title to the figure's width (about 1.6 characters per inch per point of font size / 10)."""
+    return textwrap.fill(text, max(30, int(width_in * 110 / fontsize)))
+
+
+def _tokens_tick(value: float, _pos=None) -> str:
+    return human_count(value) or ""
+
+
+def _annotate_grid(ax, values: np.ndarray, fmt_cell, white_text) -> None:
+    """Write each cell's value; `white_text(v)` says where the cell is dark enough for white text."""
     n_layers, n_heads = values.shape
     if n_layers * n_heads > 256:
         return
@@ -47,8 +60,8 @@ def _annotate_grid(ax, values: np.ndarray, fmt_cell, light_above: float | None, 
             v = values[i, j]
             if not np.isfinite(v):
                 continue
-            dark_cell = norm(v) < 0.55 if light_above is None else v < light_above
-            ax.text(j, i, fmt_cell(v), ha="center", va="center", fontsize=size, color="white" if dark_cell else "black")
+            ax.text(j, i, fmt_cell(v), ha="center", va="center", fontsize=size,
+                    color="white" if white_text(v) else "black")
 
 
 def _selectivity_label(v: float) -> str:
@@ -77,7 +90,7 @@ def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, titl
         cls = classes[k]
         g = grids[cls]
         image = ax.imshow(np.where(g > 0, g, vmin), norm=norm, cmap="magma", aspect="auto")
-        _annotate_grid(ax, g, _selectivity_label, None, norm)
+        _annotate_grid(ax, g, _selectivity_label, lambda v: norm(v) < 0.55)
         for i, j in zip(*np.nonzero(np.nan_to_num(g) >= threshold), strict=True):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
         n_hits = int((np.nan_to_num(g) >= threshold).sum())
@@ -89,7 +102,7 @@ def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, titl
         ax.tick_params(labelsize=7)
     cbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
     cbar.set_label("selectivity (× baseline attention, log scale)")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
 
@@ -119,7 +132,8 @@ def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], ti
             top = ax.secondary_xaxis(
                 "top", functions=(lambda s: np.interp(s, steps, toks), lambda t: np.interp(t, toks, steps)))
             top.set_xlabel("tokens seen")
-    ax.set_title(title, fontsize=11)
+            top.xaxis.set_major_formatter(FuncFormatter(_tokens_tick))
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
 
@@ -166,8 +180,15 @@ def fingerprint_curves(panels: dict[str, pd.DataFrame | None], *, highlight: dic
             handles.setdefault(label, line)
         ax.tick_params(labelsize=8)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)), fontsize=8)
-    fig.suptitle(title, fontsize=11)
+        spare = [ax for ax in axes.ravel() if not ax.get_visible()]
+        if spare:  # the legend fills the empty panel
+            spare[0].set_visible(True)
+            spare[0].axis("off")
+            spare[0].legend(list(handles.values()), list(handles), loc="center", fontsize=9, title="heads")
+        else:
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)),
+                       fontsize=8)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
 
@@ -201,7 +222,7 @@ def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], cl
         ax.tick_params(labelsize=8)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)), fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
 
@@ -219,20 +240,20 @@ def _metric_unit(metric: str) -> str:
 def patching_heatmap(grid: np.ndarray, *, title: str) -> Figure:
     """Layer × head denoising-patching score: 1 = patching the head restores the clean logit difference."""
     n_layers, n_heads = grid.shape
-    fig = _new_figure(max(4.5, 0.45 * n_heads + 2.2), max(3.0, 0.38 * n_layers + 1.6))
+    fig = _new_figure(max(6.0, 0.45 * n_heads + 2.6), max(3.2, 0.38 * n_layers + 1.8))
     ax = fig.subplots()
     finite = grid[np.isfinite(grid)]
     span = max(1.0, float(np.abs(finite).max()) if finite.size else 1.0)
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
     image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
-    _annotate_grid(ax, grid, lambda v: f"{v:.2f}", None, lambda v: 1.0 - abs(norm(v) - 0.5))
+    _annotate_grid(ax, grid, lambda v: f"{v:.2f}", lambda v: abs(norm(v) - 0.5) > 0.3)
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     cbar = fig.colorbar(image, ax=ax)
-    cbar.set_label("patching score (fraction of clean logit difference restored)")
-    ax.set_title(title, fontsize=11)
+    cbar.set_label("score (share of clean logit\ndifference restored)")
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
 
@@ -249,5 +270,5 @@ def copying_losses(steps: np.ndarray, loss_first: np.ndarray, loss_second: np.nd
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (nats per token)")
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=11)
+    fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig

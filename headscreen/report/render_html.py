@@ -17,11 +17,12 @@ h1 { margin-top: 0; } h2 { border-bottom: 2px solid #333; padding-bottom: .2rem;
 h3 { margin-top: 2rem; color: #222; }
 nav { background: #f0f3f7; padding: .6rem 1rem; border-radius: 6px; font-size: .9rem; }
 nav ul { margin: .2rem 0; padding-left: 1.2rem; } nav li { margin: .1rem 0; }
+nav ul ul { padding-left: .4rem; } nav ul ul li { display: inline; margin-right: .9rem; }
 table { border-collapse: collapse; margin: .4rem 0 1.2rem; font-size: .85rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
 th { background: #eef1f5; } tr:nth-child(even) td { background: #fafbfc; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: .3rem; color: #444; }
+p.caption { font-style: italic; margin: .8rem 0 .2rem; color: #444; font-size: .9rem; }
 figure { margin: .8rem 0 1.4rem; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: .85rem; color: #555; }
 .notice { background: #fff4e5; border-left: 4px solid #f0a030; padding: .5rem .8rem; margin: .5rem 0 1rem; }
@@ -40,8 +41,8 @@ def table_html(table: Table) -> str:
         cells = "".join(f'<td class="num">{escape(fmt(v))}</td>' if _is_number(v) else f"<td>{escape(fmt(v))}</td>"
                         for v in row)
         body.append(f"<tr>{cells}</tr>")
-    caption = f"<caption>{escape(table.caption)}</caption>" if table.caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    caption = f'<p class="caption">{escape(table.caption)}</p>' if table.caption else ""
+    return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def figure_html(fig: RenderedFigure) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from headscreen.report import figures
-from headscreen.report.content import Section, Table, figure_to_png, head_list, to_python
+from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count, to_python
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, pr_ranking_records
 
@@ -147,7 +147,8 @@ def emergence_section(ctx: Context) -> Section:
     sec.data["records"] = records
     sec.tables.append(Table(
         columns=["Head", "Class", "Emergence step", "Tokens seen"],
-        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"] if r["step"] is not None else "never", r["tokens"]]
+        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"] if r["step"] is not None else "never",
+               human_count(r["tokens"])]
               for r in records]))
     if any(r["step"] is not None for r in records):
         fig = figures.emergence_timeline(records, step_tokens=ctx.tokens, title=_emergence_headline(records))
