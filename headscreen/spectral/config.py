@@ -43,7 +43,7 @@ class SpectralConfig:
                        None → W.
     baseline:          "robust" = median and 1.4826·MAD over all windows after the transient;
                        "leading" = the same over only the `baseline_windows` windows after the transient.
-    baseline_windows:  only for "leading" (None → W), and the early baseline of `onsets`.
+    baseline_windows:  only for "leading" (None → W).
     rel_scope:         "network" or "layer": the heads whose median at the same window `<metric>_rel`
                        divides by.
     collapse_threshold: collapse = first window after the r23 peak with r23 below this (§1).

@@ -52,6 +52,7 @@ from .sketch import ExactProjector, GaussianSketch, make_projector
 SCALAR_METRICS = ("ratio_12", "ratio_23", "kstar", "kstar_weighted", "gap_norm", "g_23", "update_norm")
 POSITION_METRICS = ("kstar", "kstar_weighted")  # `_rel` is a difference for these
 COLUMNS = ("step", "layer", "head", "metric", "value")
+ONSET_BASELINE_WINDOWS = 3  # windows after the transient whose median is the early baseline of `onsets`
 
 
 def metric_names(window: int) -> tuple[str, ...]:
@@ -233,15 +234,17 @@ def onsets(
     relative: bool = False,
     reference: Literal["early", "zero"] = "early",
     transient_windows: int | None = None,
-    baseline_windows: int | None = None,
+    baseline_windows: int = ONSET_BASELINE_WINDOWS,
     consecutive: int = 1,
     config: SpectralConfig | None = None,
 ) -> pd.DataFrame:
     """First window at which `metric` leaves its early baseline by `margin`, per head.
 
     The first `transient_windows` windows (default config.transient = W) are ignored. The baseline is
-    the median of the next `baseline_windows` (default config.n_baseline = W) windows
-    (`reference="early"`), or 0 (`reference="zero"`, for metrics that are already z-scores). A window
+    the median of the next `baseline_windows` (default 3) windows (`reference="early"`), or 0
+    (`reference="zero"`, for metrics that are already z-scores). The default is short on purpose: a
+    51-checkpoint series with W = 10 has only ~4 windows between the transient and a mid-run
+    emergence, and an event inside the baseline raises the baseline and hides itself. A window
     departs when x − base > thr (`up`), base − x > thr (`down`) or |x − base| > thr (`both`), with
     thr = margin, or margin·|base| when `relative`. The search starts right after the transient (an
     event inside the baseline period counts; the median keeps the baseline robust to it) and the onset
@@ -251,7 +254,7 @@ def onsets(
     """
     config = config or SpectralConfig()
     skip = config.transient if transient_windows is None else transient_windows
-    nb = config.n_baseline if baseline_windows is None else baseline_windows
+    nb = baseline_windows
     if direction not in ("up", "down", "both"):
         raise ValueError(f"direction={direction!r} is unknown; use 'up', 'down' or 'both'")
     if reference not in ("early", "zero"):

@@ -5,8 +5,8 @@
 * θ_0 ~ N(0, theta_scale²/P) per entry (so ‖θ_0‖ ≈ theta_scale ≫ ‖δ‖, as in real checkpoints:
   sketching θ rather than δ must not lose the update to rounding);
 * every head gets isotropic noise updates, N(0, noise²/P) per entry (‖δ‖ ≈ noise);
-* a planted head (layer, head) → k gets, from checkpoint `onset` on, coherent rank-k updates of
-  norm `amp` on top: update t moves along direction (t mod k) of k fixed orthonormal directions
+* a planted head (layer, head) → k gets, from checkpoint `onset` on (for `duration` updates, or to
+  the end), coherent rank-k updates of norm `amp` on top: update t moves along direction (t mod k) of k fixed orthonormal directions
   (round-robin), so a window of W ≥ k updates has k comparable singular values ≈ amp·sqrt(W/k)
   above the noise floor: k* = k;
 * an optional network-wide reorganisation: for `reorg_len` updates starting at `reorg_at`, *every*
@@ -34,6 +34,7 @@ def planted_head_series(
     planted: dict[tuple[int, int], int],
     *,
     onset: int,
+    duration: int | None = None,
     amp: float = 3.0,
     noise: float = 1.0,
     theta_scale: float = 100.0,
@@ -46,6 +47,8 @@ def planted_head_series(
     """θ_t for t = 0..T-1 (see the module docstring); update t is θ_t − θ_{t−1}, t ≥ 1."""
     if not 1 <= onset < n_checkpoints:
         raise ValueError(f"onset={onset} must be a checkpoint index in [1, {n_checkpoints})")
+    if duration is not None and duration < 1:
+        raise ValueError(f"duration={duration} must be >= 1 update (or None: to the end)")
     for (layer, head), k in planted.items():
         if not (0 <= layer < n_layers and 0 <= head < n_heads) or not 1 <= k <= p:
             raise ValueError(f"planted head {(layer, head)} with rank {k} does not fit "
@@ -57,7 +60,7 @@ def planted_head_series(
     steps = torch.arange(1, t)  # update index t of row t-1
     for (layer, head), k in planted.items():
         u = _orthonormal(p, k, gen)  # [k, p]
-        live = steps >= onset
+        live = (steps >= onset) & (steps < onset + duration if duration is not None else True)
         dirs = u[(steps % k)[live]]  # [n_live, p]
         deltas[live, layer, head] += amp * dirs
     if reorg_at is not None:
