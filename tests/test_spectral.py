@@ -386,6 +386,13 @@ def test_head_sketcher_streams_head_weights():
     va, vb = a.head_vectors(), b.head_vectors()
     torch.testing.assert_close(second.update_norm, (vb.double() - va.double()).norm(dim=-1))
     torch.testing.assert_close(second.sketch, hs.projector.project(vb))
+    # tensors passed in are copied, not aliased: mutating them afterwards changes nothing
+    t0, t1 = torch.randn(2, 3, 50), torch.randn(2, 3, 50)
+    hs2 = HeadSketcher(SpectralConfig(window=3, sketch_dim=40))
+    hs2.update(t0, 0)
+    expected = (t1.double() - t0.double()).norm(dim=-1)
+    t0.zero_()
+    torch.testing.assert_close(hs2.update(t1, 1).update_norm, expected)
     # resuming: prime with the last recorded checkpoint, the next norm is exact again
     resumed = HeadSketcher(SpectralConfig(window=3, sketch_dim=40))
     resumed.prime(a, 0)
