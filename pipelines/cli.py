@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import series_info
+from pipelines import screen, series_info
 
 # (name, module, one-line help). A workflow is listed only once it works end to end.
 COMMANDS = [
     ("series", series_info, "list the checkpoints of a series and its attention geometry"),
+    ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
 ]
 
 

@@ -72,6 +72,9 @@ def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, 
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint drowns the screen's own bar
     folder = Path(folder)
     TensorSource(folder, allow_pickle=allow_pickle)  # refuses missing weights and unapproved pickles up front
     cfg_path = folder / "config.json"
