@@ -1,0 +1,265 @@
+"""Head ablations through `blocks.{L}.attn.hook_z`, many conditions per forward (METHODS §8).
+
+An ablation replaces hook_z[:, :, h] ([batch, pos, head, d_head]) of the chosen heads by
+
+- `zero`: zeros (equivalently, the head's slice of the o_proj input);
+- `mean`: the position-wise mean over a reference batch, hook_z[:, p, h].mean(batch) (the
+  reference must have the probe's seq_len);
+- `resample`: the same head's activation on a corrupted batch, aligned by example (row i takes
+  corrupted row i).
+
+Vectorised conditions: C head sets (e.g. 100 matched-random draws) are stacked along the batch
+dimension, [set0 ex0..ex(n-1), set1 ex0.., ...], and each hook_z hook replaces, per row, the heads
+of that row's set. This gives the same numbers as one forward per set (the test and
+`benchmarks/bench_nulls.py` compare against `ablate_head_sets_loop`). The firing check runs per set:
+every set must change hook_z at each of its layers, so a batched forward is as strict as single ones.
+
+Memory bound: one forward holds at most `max_rows` rows of [seq_len] tokens, i.e. about
+max_rows * seq_len * (a few * d_model + n_heads * seq_len) floats of activations, plus
+[max_rows, vocab] query logits (the full [rows, seq, vocab] logits are never materialised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+
+from headscreen.causal.conditions import Head
+from headscreen.causal.hooks import Intervention, capture, replace_heads, run_with_interventions, z_name
+from headscreen.causal.metrics import METRICS, query_metrics
+from headscreen.probes.batch import ProbeBatch
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """How to ablate: `kind` in ABLATIONS, `n_null` matched-random draws, `seed`, rows per forward."""
+
+    kind: str = "zero"
+    n_null: int = 100
+    seed: int = 123
+    max_rows: int = 512
+
+    def __post_init__(self):
+        if self.kind not in ABLATIONS:
+            raise ValueError(f"AblationConfig.kind={self.kind!r} is not one of {ABLATIONS}; pick one of them")
+        if self.n_null < 1:
+            raise ValueError(f"AblationConfig.n_null={self.n_null} must be >= 1; 100 or more for a p-value")
+        if self.max_rows < 1:
+            raise ValueError(
+                f"AblationConfig.max_rows={self.max_rows} must be >= 1; it bounds rows (examples x conditions) "
+                f"per forward, e.g. 512"
+            )
+
+
+@dataclass(frozen=True)
+class ZSource:
+    """What replaces hook_z: nothing stored for zero, else per layer [S, pos, head, d_head] (S = 1 or n)."""
+
+    kind: str
+    z: dict[int, Float[torch.Tensor, "src pos head d_head"]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The prompts an ablation runs on and where it is scored."""
+
+    tokens: Int[torch.Tensor, "n pos"]
+    query_pos: Int[torch.Tensor, " n"]
+    target: Int[torch.Tensor, " n"]
+
+    @classmethod
+    def of(cls, batch: ProbeBatch) -> Scoring:
+        if batch.target_token is None:
+            raise ValueError(
+                f"probe {batch.name!r} has no target_token; ablation metrics need the token expected at query_pos"
+            )
+        return cls(batch.tokens, batch.query_pos.to(torch.long), batch.target_token.to(torch.long))
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass
+class FiringLog:
+    """Per hook over all forwards: the smallest and the largest per-condition max |delta|."""
+
+    min_delta: dict[str, float] = field(default_factory=dict)
+    max_delta: dict[str, float] = field(default_factory=dict)
+
+    def add(self, hook_name: str, deltas: torch.Tensor) -> None:
+        if deltas.numel() == 0:
+            return
+        lo, hi = float(deltas.min()), float(deltas.max())
+        self.min_delta[hook_name] = min(lo, self.min_delta.get(hook_name, lo))
+        self.max_delta[hook_name] = max(hi, self.max_delta.get(hook_name, hi))
+
+    def to_json(self) -> dict:
+        return {k: {"min_condition_max_abs_delta": self.min_delta[k], "max_abs_delta": self.max_delta[k]}
+                for k in sorted(self.min_delta)}
+
+
+def check_eval_raw(bridge) -> None:
+    """Refuse a bridge in training mode or in compatibility mode (folded value biases change hook_z ablations)."""
+    if any(m.training for m in bridge.modules()):
+        raise ValueError("the bridge is in training mode (dropout would make ablations random); call bridge.eval()")
+    if getattr(bridge, "compatibility_mode", False):
+        raise ValueError(
+            "the bridge is in compatibility mode: with folded value biases a hook_z ablation is not the o_proj "
+            "slice ablation (METHODS §10); boot a fresh bridge and keep the raw mode"
+        )
+
+
+def ablation_source(
+    bridge,
+    batch: ProbeBatch,
+    layers: Sequence[int],
+    kind: str,
+    *,
+    reference: ProbeBatch | None = None,
+    corrupted: ProbeBatch | None = None,
+) -> ZSource:
+    """The replacement hook_z of `layers` for `kind` (`reference` defaults to `batch` for mean)."""
+    if kind == "zero":
+        return ZSource("zero")
+    layers = sorted(set(layers))
+    names = [z_name(layer) for layer in layers]
+    stop = max(layers) + 1 if max(layers) + 1 < bridge.cfg.n_layers else None
+    if kind == "mean":
+        ref = batch if reference is None else reference
+        if ref.seq_len != batch.seq_len:
+            raise ValueError(
+                f"mean-ablation reference {ref.name!r} has seq_len {ref.seq_len}, the probe {batch.seq_len}; "
+                f"the position-wise mean needs the same length"
+            )
+        acts = capture(bridge, ref.tokens, names, stop_at_layer=stop)
+        return ZSource("mean", {layer: acts[z_name(layer)].mean(0, keepdim=True) for layer in layers})
+    if kind == "resample":
+        if corrupted is None:
+            raise ValueError(f"resample ablation of probe {batch.name!r} needs a corrupted batch (corrupted=...)")
+        if corrupted.tokens.shape != batch.tokens.shape:
+            raise ValueError(
+                f"corrupted batch {tuple(corrupted.tokens.shape)} must match probe {batch.name!r} "
+                f"{tuple(batch.tokens.shape)}: resampling is aligned by example"
+            )
+        acts = capture(bridge, corrupted.tokens, names, stop_at_layer=stop)
+        return ZSource("resample", {layer: acts[z_name(layer)] for layer in layers})
+    raise ValueError(f"ablation kind {kind!r} is not one of {ABLATIONS}")
+
+
+def clean_metrics(bridge, scoring: Scoring, *, max_rows: int = 512) -> dict[str, Float[torch.Tensor, " n"]]:
+    """Per-example metrics of the unablated model (no intervention), in micro-batches of max_rows."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for i0 in range(0, scoring.n, max_rows):
+        sl = slice(i0, i0 + max_rows)
+        with torch.no_grad():
+            logits, _ = run_with_interventions(bridge, scoring.tokens[sl], [], query_pos=scoring.query_pos[sl])
+        parts.append(query_metrics(logits, scoring.target[sl]))
+    return {m: torch.cat([p[m] for p in parts]) for m in METRICS}
+
+
+def _set_masks(head_sets: Sequence[Sequence[Head]], n_layers: int, n_heads: int) -> torch.Tensor:
+    """[set, layer, head] bool: which heads each set ablates."""
+    masks = torch.zeros(len(head_sets), n_layers, n_heads, dtype=torch.bool)
+    for c, heads in enumerate(head_sets):
+        for layer, h in heads:
+            masks[c, layer, h] = True
+    return masks
+
+
+def _forward_sets(
+    bridge, scoring: Scoring, ex: slice, masks: torch.Tensor, source: ZSource, names: Sequence[str],
+    rtol: float | None, log: FiringLog,
+) -> dict[str, torch.Tensor]:
+    """One forward: the sets of `masks` [c, L, H] on examples `ex`, stacked condition-major. -> metric [c, e]."""
+    c = masks.shape[0]
+    tokens = scoring.tokens[ex]
+    e = tokens.shape[0]
+    groups = torch.arange(c).repeat_interleave(e)
+    ivs = []
+    for layer in masks.any(2).any(0).nonzero()[:, 0].tolist():
+        row_mask = masks[:, layer].repeat_interleave(e, dim=0)  # [c*e, H]
+        src = source.z.get(layer)
+        if src is not None and src.shape[0] > 1:
+            src = src[ex]
+        ivs.append(Intervention(z_name(layer), replace_heads(row_mask, src), expect=masks[:, layer].any(1)))
+    logits, report = run_with_interventions(
+        bridge, tokens.repeat(c, 1), ivs, groups=groups, group_names=list(names),
+        query_pos=scoring.query_pos[ex].repeat(c), rtol=rtol,
+    )
+    for iv in ivs:
+        firing = report.firings[iv.hook_name]
+        log.add(iv.hook_name, firing.group_delta[iv.expect])
+    metrics = query_metrics(logits, scoring.target[ex].repeat(c))
+    return {m: v.view(c, e) for m, v in metrics.items()}
+
+
+def ablate_head_sets(
+    bridge,
+    scoring: Scoring,
+    head_sets: Sequence[Sequence[Head]],
+    source: ZSource,
+    *,
+    max_rows: int = 512,
+    names: Sequence[str] | None = None,
+    rtol: float | None = None,
+    log: FiringLog | None = None,
+    dedupe: bool = True,
+) -> dict[str, Float[torch.Tensor, "set n"]]:
+    """Per-example metrics with each head set ablated, many sets per forward. -> {metric: [set, n]}.
+
+    Sets are packed condition-major into forwards of at most `max_rows` rows (examples are split
+    too when n > max_rows). With `dedupe`, a head set that occurs several times (matched-random
+    draws repeat when a layer has few free heads) is run once and its rows copied to every
+    occurrence: the same computation, so the same numbers. Every set must contain at least one
+    head; `names` label the sets in firing errors.
+    """
+    if not head_sets or any(len(s) == 0 for s in head_sets):
+        raise ValueError("every head set must ablate at least one head (the clean run is clean_metrics)")
+    if source.kind != "zero":
+        missing = {layer for s in head_sets for layer, _ in s} - set(source.z)
+        if missing:
+            raise ValueError(f"the {source.kind} source lacks hook_z of layers {sorted(missing)}; build it with those layers")
+    names = list(names) if names is not None else [f"head set {i} {list(s)}" for i, s in enumerate(head_sets)]
+    keys = [tuple(sorted({(int(l), int(h)) for l, h in s})) for s in head_sets]
+    if dedupe:
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        unique = sorted(first.values())
+    else:
+        unique = list(range(len(keys)))
+    where = {k: j for j, i in enumerate(unique) for k in [keys[i]]}
+    cfg = bridge.cfg
+    masks = _set_masks([keys[i] for i in unique], cfg.n_layers, cfg.n_heads)
+    u_names = [names[i] for i in unique]
+    log = FiringLog() if log is None else log
+    e_size = min(scoring.n, max_rows)
+    c_size = max(1, max_rows // e_size)
+    out = {m: torch.empty(len(unique), scoring.n) for m in METRICS}
+    for i0 in range(0, scoring.n, e_size):
+        ex = slice(i0, min(i0 + e_size, scoring.n))
+        for c0 in range(0, len(unique), c_size):
+            cs = slice(c0, min(c0 + c_size, len(unique)))
+            part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log)
+            for m in METRICS:
+                out[m][cs, ex] = part[m]
+    if not dedupe:
+        return out
+    index = torch.tensor([where[k] for k in keys])
+    return {m: v[index] for m, v in out.items()}
+
+
+def ablate_head_sets_loop(
+    bridge, scoring: Scoring, head_sets: Sequence[Sequence[Head]], source: ZSource, *, rtol: float | None = None
+) -> dict[str, Float[torch.Tensor, "set n"]]:
+    """Reference implementation: one plain forward per head set (no stacking). Same output as ablate_head_sets."""
+    per_set = []
+    for heads in head_sets:
+        per_set.append(
+            ablate_head_sets(bridge, scoring, [heads], source, max_rows=scoring.n, rtol=rtol, dedupe=False)
+        )
+    return {m: torch.cat([p[m] for p in per_set]) for m in METRICS}

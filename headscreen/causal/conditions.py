@@ -1,0 +1,97 @@
+"""Ablation conditions of a circuit (METHODS §8): which heads each condition ablates.
+
+A circuit is a list of (layer, head). The conditions are
+
+- `circuit`: the circuit's heads;
+- `matched_random` (draws 0..n-1): in each of the circuit's layers, as many heads as the circuit
+  has there, drawn uniformly from that layer's non-circuit heads (never overlapping the circuit);
+  seeded (default 123), so a seed fixes every draw;
+- `upper_bound`: every head of the circuit's layers;
+- `head_L{l}H{h}`: each circuit head alone.
+
+The clean baseline ablates nothing and is evaluated without any intervention.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # "circuit", "matched_random", "upper_bound", "head_L1H3", ...
+    heads: tuple[Head, ...]
+    draw: int = 0
+
+
+def normalize_circuit(circuit: Iterable[Sequence[int]], n_layers: int, n_heads: int) -> tuple[Head, ...]:
+    """Sorted, de-duplicated (layer, head) tuples; raises if a head is outside the model."""
+    heads = sorted({(int(h[0]), int(h[1])) for h in circuit})
+    if not heads:
+        raise ValueError("circuit is empty; pass at least one (layer, head)")
+    for layer, head in heads:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(
+                f"circuit head ({layer}, {head}) is outside the model ({n_layers} layers x {n_heads} heads); "
+                f"heads are 0-indexed (layer, head)"
+            )
+    return tuple(heads)
+
+
+def head_label(head: Head) -> str:
+    return f"head_L{head[0]}H{head[1]}"
+
+
+def upper_bound(circuit: Sequence[Head], n_heads: int) -> tuple[Head, ...]:
+    layers = sorted({layer for layer, _ in circuit})
+    return tuple((layer, h) for layer in layers for h in range(n_heads))
+
+
+def matched_random_draws(circuit: Sequence[Head], n_heads: int, n_draws: int, seed: int = 123) -> list[tuple[Head, ...]]:
+    """`n_draws` head sets, each with the circuit's per-layer counts and no circuit head.
+
+    Deterministic given (circuit, n_heads, n_draws, seed): a torch CPU generator seeded with
+    `seed` draws, per draw and per layer in increasing order, a random permutation of that layer's
+    free heads and keeps the first `count`.
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws={n_draws} must be >= 1")
+    counts = Counter(layer for layer, _ in circuit)
+    in_circuit = set(circuit)
+    free: dict[int, list[int]] = {}
+    for layer, count in sorted(counts.items()):
+        free[layer] = [h for h in range(n_heads) if (layer, h) not in in_circuit]
+        if len(free[layer]) < count:
+            raise ValueError(
+                f"layer {layer} has {count} circuit heads but only {len(free[layer])} other heads: no matched-random "
+                f"control exists; drop some layer-{layer} heads from the circuit or skip the null test"
+            )
+    gen = torch.Generator().manual_seed(int(seed))
+    draws = []
+    for _ in range(n_draws):
+        heads: list[Head] = []
+        for layer, count in sorted(counts.items()):
+            pick = torch.randperm(len(free[layer]), generator=gen)[:count]
+            heads.extend((layer, free[layer][int(i)]) for i in sorted(pick.tolist()))
+        draws.append(tuple(heads))
+    return draws
+
+
+def standard_conditions(circuit: Sequence[Head], n_heads: int) -> list[Condition]:
+    """circuit, upper_bound and each head alone (the matched-random draws come separately)."""
+    conds = [Condition("circuit", tuple(circuit)), Condition("upper_bound", upper_bound(circuit, n_heads))]
+    conds.extend(Condition(head_label(h), (h,)) for h in circuit)
+    return conds
+
+
+def null_conditions(circuit: Sequence[Head], n_heads: int, n_draws: int, seed: int = 123) -> list[Condition]:
+    return [
+        Condition("matched_random", heads, draw=i)
+        for i, heads in enumerate(matched_random_draws(circuit, n_heads, n_draws, seed))
+    ]

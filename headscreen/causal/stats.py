@@ -1,0 +1,56 @@
+"""Null-distribution statistics of a circuit ablation against matched-random draws.
+
+For one metric: observed = the circuit's drop (positive = worse, see `metrics.metric_drop`),
+null = the drops of the n matched-random draws.
+
+- effect ratio = observed / mean(null); None (JSON null) when |mean(null)| is below 1e-12, so a
+  division by ~0 never reports a meaningless huge ratio;
+- empirical one-sided p-value = (1 + #{null >= observed}) / (1 + n), in (0, 1], never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NullTest:
+    metric: str
+    observed_drop: float
+    null_mean_drop: float
+    null_std_drop: float
+    null_q05: float
+    null_q95: float
+    effect_ratio: float | None
+    p_value: float
+    n_null: int
+
+    def to_json(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def empirical_p_value(observed: float, null: np.ndarray) -> float:
+    null = np.asarray(null, dtype=np.float64)
+    return float((1 + np.count_nonzero(null >= observed)) / (1 + null.size))
+
+
+def null_test(metric: str, observed_drop: float, null_drops) -> NullTest:
+    null = np.asarray(null_drops, dtype=np.float64)
+    if null.ndim != 1 or null.size == 0:
+        raise ValueError(f"null_drops for {metric} must be a non-empty 1-d array, got shape {null.shape}")
+    mean = float(null.mean())
+    ratio = None if abs(mean) < 1e-12 else float(observed_drop) / mean
+    return NullTest(
+        metric=metric,
+        observed_drop=float(observed_drop),
+        null_mean_drop=mean,
+        null_std_drop=float(null.std(ddof=1)) if null.size > 1 else 0.0,
+        null_q05=float(np.quantile(null, 0.05)),
+        null_q95=float(np.quantile(null, 0.95)),
+        effect_ratio=ratio,
+        p_value=empirical_p_value(float(observed_drop), null),
+        n_null=int(null.size),
+    )

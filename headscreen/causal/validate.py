@@ -1,0 +1,203 @@
+"""Causal validation of one checkpoint: the rows of validation.parquet / patching.parquet and their summaries.
+
+`validate_checkpoint` ablates the circuit, the matched-random draws (null), the upper bound and each
+circuit head alone on every probe, and tests every metric against the null (effect ratio, empirical
+p-value). `patch_checkpoint` runs denoising activation patching per head and path patching of the
+previous-token -> induction K composition. Both return (JSON-able summary, long DataFrame); the
+caller (the CLI pipeline) writes them (docs/run-format.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from headscreen.causal.ablation import (
+    AblationConfig,
+    FiringLog,
+    Scoring,
+    ablate_head_sets,
+    ablation_source,
+    check_eval_raw,
+    clean_metrics,
+)
+from headscreen.causal.conditions import Head, normalize_circuit, null_conditions, standard_conditions, upper_bound
+from headscreen.causal.metrics import METRICS, metric_drop
+from headscreen.causal.path_patching import DIRECTIONS, path_patch_k
+from headscreen.causal.patching import head_patching
+from headscreen.causal.stats import null_test
+from headscreen.probes.batch import ProbeBatch
+
+VALIDATION_COLUMNS = ["step", "probe", "condition", "draw", "metric", "value"]
+PATCHING_COLUMNS = ["step", "kind", "layer", "head", "score", "senders", "receivers"]
+
+
+def _corrupted_for(name: str, batch: ProbeBatch, corrupted: Mapping[str, ProbeBatch], seed: int) -> ProbeBatch:
+    if name in corrupted:
+        return corrupted[name]
+    if batch.a_pos is not None and batch.target_token is not None and "token_range" in batch.meta:
+        from headscreen.probes.prompts import corrupt_retrieval
+
+        return corrupt_retrieval(batch, seed)
+    raise ValueError(
+        f"resample ablation of probe {name!r} needs a corrupted batch: pass corrupted={{{name!r}: ...}} "
+        f"(retrieval probes are corrupted automatically with corrupt_retrieval)"
+    )
+
+
+def _heads_json(heads: Sequence[Head]) -> list[list[int]]:
+    return [[int(layer), int(h)] for layer, h in heads]
+
+
+def validate_checkpoint(
+    bridge,
+    circuit: Sequence[Sequence[int]],
+    probes: Mapping[str, ProbeBatch],
+    *,
+    n_null: int = 100,
+    seed: int = 123,
+    ablation: str = "zero",
+    corrupted: Mapping[str, ProbeBatch] | None = None,
+    reference: Mapping[str, ProbeBatch] | None = None,
+    max_rows: int = 512,
+    step: int | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Ablation validation of `circuit` on every probe. -> (summary, rows step/probe/condition/draw/metric/value).
+
+    Conditions: clean, circuit, upper_bound, head_L{l}H{h} (draw 0) and matched_random (draws
+    0..n_null-1, seeded by `seed`). `ablation` is zero, mean (over `reference[probe]`, default the
+    probe itself) or resample (from `corrupted[probe]`, default `corrupt_retrieval(probe, seed)` for
+    retrieval probes). The summary holds, per probe and metric, the circuit's drop, the null's
+    distribution, the effect ratio and the p-value, plus the smallest per-condition max |delta| per
+    hook (proof that every ablation fired). Same seed and inputs => same numbers.
+    """
+    check_eval_raw(bridge)
+    cfg = AblationConfig(kind=ablation, n_null=n_null, seed=seed, max_rows=max_rows)
+    if not probes:
+        raise ValueError("probes is empty; pass at least one ProbeBatch, e.g. {'retrieval': retrieval_probe(...)}")
+    corrupted, reference = dict(corrupted or {}), dict(reference or {})
+    heads = normalize_circuit(circuit, bridge.cfg.n_layers, bridge.cfg.n_heads)
+    layers = sorted({layer for layer, _ in heads})
+    conditions = standard_conditions(heads, bridge.cfg.n_heads) + null_conditions(heads, bridge.cfg.n_heads, n_null, seed)
+    n_std = len(conditions) - n_null
+    summary: dict = {
+        "format": "headscreen-validation/1",
+        "step": step,
+        "loading_mode": "raw",
+        "ablation": ablation,
+        "seed": seed,
+        "n_null": n_null,
+        "circuit": _heads_json(heads),
+        "upper_bound": _heads_json(upper_bound(heads, bridge.cfg.n_heads)),
+        "layer_counts": {str(layer): sum(1 for lh in heads if lh[0] == layer) for layer in layers},
+        "n_distinct_null_draws": len({c.heads for c in conditions[n_std:]}),
+        "metrics": list(METRICS),
+        "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
+        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null)",
+        "probes": {},
+    }
+    rows: list[tuple] = []
+    for name, batch in probes.items():
+        scoring = Scoring.of(batch)
+        log = FiringLog()
+        probe_info: dict = {"n_examples": batch.n, "seq_len": batch.seq_len, "probe_seed": batch.seed,
+                            "has_bos": batch.has_bos}
+        corr = None
+        if ablation == "resample":
+            corr = _corrupted_for(name, batch, corrupted, seed)
+            probe_info["corrupted_seed"] = corr.seed if name in corrupted else seed
+        source = ablation_source(bridge, batch, layers, ablation, reference=reference.get(name), corrupted=corr)
+        clean = {m: float(v.mean()) for m, v in clean_metrics(bridge, scoring, max_rows=max_rows).items()}
+        per_ex = ablate_head_sets(
+            bridge, scoring, [c.heads for c in conditions], source, max_rows=max_rows,
+            names=[f"probe {name!r}, condition {c.name} draw {c.draw}" for c in conditions], log=log,
+        )
+        means = {m: per_ex[m].mean(1) for m in METRICS}  # [condition]
+        rows += [(step, name, "clean", 0, m, clean[m]) for m in METRICS]
+        for i, c in enumerate(conditions):
+            rows += [(step, name, c.name, c.draw, m, float(means[m][i])) for m in METRICS]
+        probe_info["clean"] = clean
+        probe_info["conditions"] = {c.name: {m: float(means[m][i]) for m in METRICS}
+                                    for i, c in enumerate(conditions[:n_std])}
+        probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
+        probe_info["tests"] = {
+            m: null_test(m, metric_drop(m, clean[m], float(means[m][0])),
+                         metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
+            for m in METRICS
+        }
+        probe_info["fired"] = log.to_json()
+        summary["probes"][name] = probe_info
+    df = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
+    df["step"] = df["step"].astype("Int64")
+    df["draw"] = df["draw"].astype("int64")
+    return nan_to_none(summary), df
+
+
+def _label(heads: Sequence[Head]) -> str:
+    return ",".join(f"L{layer}H{h}" for layer, h in heads)
+
+
+def patch_checkpoint(
+    bridge,
+    clean: ProbeBatch,
+    corrupted: ProbeBatch,
+    *,
+    previous_heads: Sequence[Sequence[int]] = (),
+    induction_heads: Sequence[Sequence[int]] = (),
+    max_rows: int = 512,
+    step: int | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Denoising head patching map + path patching previous-token -> induction (K). -> (summary, rows).
+
+    Rows: kind "activation" per (layer, head) with its score (NaN for a head whose patch changed
+    nothing); kinds "path_k_noising" / "path_k_denoising" per induction head (layer, head = that
+    receiver) and for all induction heads jointly (layer = head = -1); `senders` / `receivers` name
+    the heads ("L0H1,L0H3"). Path patching is skipped, with the reason in the summary, when either
+    head list is empty or a previous-token head is not in an earlier layer than every induction head.
+    """
+    check_eval_raw(bridge)
+    hp = head_patching(bridge, clean, corrupted, max_rows=max_rows)
+    cfg = bridge.cfg
+    rows = [(step, "activation", layer, h, float(hp.scores[layer, h]), "", "")
+            for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    summary: dict = {
+        "format": "headscreen-patching/1", "step": step, "loading_mode": "raw",
+        "ld_clean": hp.ld_clean, "ld_corr": hp.ld_corr, "corrupted_seed": corrupted.seed,
+        "unchanged_heads": _heads_json(hp.unchanged),
+        "score": "(LD_patch - LD_corr) / (LD_clean - LD_corr), LD = logit(target) - mean logit",
+    }
+    senders = normalize_circuit(previous_heads, cfg.n_layers, cfg.n_heads) if previous_heads else ()
+    receivers = normalize_circuit(induction_heads, cfg.n_layers, cfg.n_heads) if induction_heads else ()
+    if not senders or not receivers:
+        summary["path_patching"] = {"skipped": "no previous-token or no induction heads given"}
+    elif max(layer for layer, _ in senders) >= min(layer for layer, _ in receivers):
+        summary["path_patching"] = {"skipped": f"previous-token heads {_label(senders)} are not all in earlier "
+                                               f"layers than the induction heads {_label(receivers)}"}
+    else:
+        sets = [[r] for r in receivers] + ([list(receivers)] if len(receivers) > 1 else [])
+        results = []
+        for direction in DIRECTIONS:
+            out = path_patch_k(bridge, Scoring.of(clean), corrupted.tokens, senders, sets, direction=direction)
+            results += out
+            for res in out:
+                layer, h = res.receivers[0] if len(res.receivers) == 1 else (-1, -1)
+                rows.append((step, f"path_k_{direction}", layer, h, res.score, _label(senders), _label(res.receivers)))
+        summary["path_patching"] = {"component": "k", "results": [r.to_json() for r in results]}
+    df = pd.DataFrame(rows, columns=PATCHING_COLUMNS)
+    df["step"] = df["step"].astype("Int64")
+    return nan_to_none(summary), df
+
+
+def nan_to_none(x):
+    """Recursively replace float NaN/inf by None so that json.dumps(strict) accepts a summary."""
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [nan_to_none(v) for v in x]
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, torch.Tensor):
+        return nan_to_none(x.tolist())
+    return x
