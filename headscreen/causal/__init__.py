@@ -10,7 +10,7 @@ Modules, one job each:
 - `validate`: `validate_checkpoint` and `patch_checkpoint`, the rows of validation/patching.parquet
 """
 
-from headscreen.causal.hooks import InterventionDidNotFire, Intervention, run_with_interventions
+from headscreen.causal.hooks import Intervention, InterventionDidNotFire, run_with_interventions
 from headscreen.causal.validate import patch_checkpoint, validate_checkpoint
 
 __all__ = [

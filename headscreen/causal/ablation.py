@@ -226,7 +226,7 @@ def ablate_head_sets(
         if missing:
             raise ValueError(f"the {source.kind} source lacks hook_z of layers {sorted(missing)}; build it with those layers")
     names = list(names) if names is not None else [f"head set {i} {list(s)}" for i, s in enumerate(head_sets)]
-    keys = [tuple(sorted({(int(l), int(h)) for l, h in s})) for s in head_sets]
+    keys = [tuple(sorted({(int(layer), int(h)) for layer, h in s})) for s in head_sets]
     if dedupe:
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
         unique = sorted(first.values())

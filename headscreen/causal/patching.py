@@ -23,7 +23,14 @@ import torch
 from jaxtyping import Float, Int
 
 from headscreen.causal.ablation import Scoring, check_eval_raw
-from headscreen.causal.hooks import Intervention, capture, replace_heads, replace_rows, run_with_interventions, z_name
+from headscreen.causal.hooks import (
+    Intervention,
+    capture,
+    replace_heads,
+    replace_rows,
+    run_with_interventions,
+    z_name,
+)
 from headscreen.causal.metrics import logit_diff
 from headscreen.probes.batch import ProbeBatch
 

@@ -97,7 +97,7 @@ def _receiver_k_inputs(
     has_mlp = [name in bridge.hook_dict for name in mlp]
     if not all(has_mlp) and not getattr(cfg, "attn_only", False):
         raise ValueError(f"cannot freeze the MLPs of layers {list(mid)}: no hook_mlp_out on this model")
-    frozen = capture(bridge, base, [z_name(layer) for layer in mid] + [m for m, ok in zip(mlp, has_mlp) if ok],
+    frozen = capture(bridge, base, [z_name(layer) for layer in mid] + [m for m, ok in zip(mlp, has_mlp, strict=True) if ok],
                      stop_at_layer=r1)
     swapped = capture(bridge, source, sorted({z_name(layer) for layer, _ in senders}), stop_at_layer=s1 + 1)
     n = base.shape[0]
@@ -114,7 +114,7 @@ def _receiver_k_inputs(
             src = z_base
         ivs.append(Intervention(z_name(layer), replace_heads(torch.ones(n, cfg.n_heads, dtype=torch.bool), src),
                                 expect=one if heads else never))
-    ivs += [Intervention(m, lambda act, m=m: frozen[m], expect=never) for m, ok in zip(mlp, has_mlp) if ok]
+    ivs += [Intervention(m, lambda act, m=m: frozen[m], expect=never) for m, ok in zip(mlp, has_mlp, strict=True) if ok]
     k_store: dict[int, torch.Tensor] = {}
 
     def keep(layer: int):

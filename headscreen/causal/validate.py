@@ -23,10 +23,16 @@ from headscreen.causal.ablation import (
     check_eval_raw,
     clean_metrics,
 )
-from headscreen.causal.conditions import Head, normalize_circuit, null_conditions, standard_conditions, upper_bound
+from headscreen.causal.conditions import (
+    Head,
+    normalize_circuit,
+    null_conditions,
+    standard_conditions,
+    upper_bound,
+)
 from headscreen.causal.metrics import METRICS, metric_drop
-from headscreen.causal.path_patching import DIRECTIONS, path_patch_k
 from headscreen.causal.patching import head_patching
+from headscreen.causal.path_patching import DIRECTIONS, path_patch_k
 from headscreen.causal.stats import null_test
 from headscreen.probes.batch import ProbeBatch
 
@@ -74,7 +80,8 @@ def validate_checkpoint(
     hook (proof that every ablation fired). Same seed and inputs => same numbers.
     """
     check_eval_raw(bridge)
-    cfg = AblationConfig(kind=ablation, n_null=n_null, seed=seed, max_rows=max_rows)
+    cfg = AblationConfig(kind=ablation, n_null=n_null, seed=seed, max_rows=max_rows)  # validates the settings
+    n_null, seed, max_rows = cfg.n_null, cfg.seed, cfg.max_rows
     if not probes:
         raise ValueError("probes is empty; pass at least one ProbeBatch, e.g. {'retrieval': retrieval_probe(...)}")
     corrupted, reference = dict(corrupted or {}), dict(reference or {})
