@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import screen, series_info
+from pipelines import screen, series_info, train
 
 # (name, module, one-line help). A workflow is listed only once it works end to end.
 COMMANDS = [
     ("series", series_info, "list the checkpoints of a series and its attention geometry"),
+    ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
     ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
 ]
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     try:
         return int(args._module.main(args) or 0)
-    except (SeriesError, StoreError, ConfigError, ValueError) as e:
+    except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"headscreen {args.command}: error: {e}", file=sys.stderr)
         return 2
 
