@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -198,6 +199,14 @@ def test_sketch_is_the_defined_gaussian_matrix():
     x = torch.randn(3, 4, 5000, dtype=torch.float64)
     torch.testing.assert_close(sk.project(x), x @ phi.T, rtol=1e-12, atol=1e-10)
     assert not torch.equal(GaussianSketch(5000, 100, seed=4, block_size=1024).matrix(), phi)
+    # the documented definition: block b = PCG64(SeedSequence([seed, b])) normals, column-major, / sqrt(d)
+    for b, cols in ((0, 1024), (4, 5000 - 4 * 1024)):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([3, b])))
+        z = torch.from_numpy(rng.standard_normal((cols, 100), dtype=np.float32)).T.double() / 10
+        assert torch.equal(phi[:, b * 1024 : b * 1024 + cols], z)
+    # blocks are independent draws, not copies
+    c = torch.corrcoef(torch.stack([phi[:, :1024].flatten(), phi[:, 1024:2048].flatten()]))[0, 1]
+    assert abs(c.item()) < 0.02
 
 
 def test_sketch_independent_of_chunking_and_cache():
@@ -357,6 +366,20 @@ def test_onsets_find_the_planted_emergence():
     on_z = onsets(df, "update_norm_z", 5.0, reference="zero", consecutive=2, config=cfg).set_index(["layer", "head"])
     assert on_z.loc[(1, 2), "onset_step"] == on_z.loc[(0, 1), "onset_step"] == 40 * 24
     assert on_z.onset_step.notna().sum() == 2
+    # a large early-training transient (first 15 updates 4× larger) is skipped, not reported as an onset
+    d = v[1:] - v[:-1]
+    d[:15] *= 4
+    v_tr = torch.cat([v[:1], v[:1] + d.cumsum(0)])
+    df_tr = fingerprint(v_tr, STEPS(70), config=cfg)
+    un = df_tr[(df_tr.metric == "update_norm") & (df_tr.step <= 600)].value
+    assert un.min() > 3  # the transient is there, in windows 0..5
+    on_tr = onsets(df_tr, "update_norm", 0.5, relative=True, config=cfg).set_index(["layer", "head"])
+    pd.testing.assert_series_equal(on_tr.onset_step, on.onset_step)
+    # without the skip the transient *is* the baseline: the burst is missed, the end of the transient
+    # is what departs (downwards, at the first window whose newest update is unscaled: checkpoint 16)
+    kw = dict(relative=True, transient_windows=0, config=cfg)
+    assert onsets(df_tr, "update_norm", 0.5, **kw).onset_step.isna().all()
+    assert (onsets(df_tr, "update_norm", 0.5, direction="down", **kw).onset_step == 40 * 16).all()
     # the boxcar: r_12 of the rank-1 head stays up in every window holding a burst update (ends 24..36)
     r12 = df[(df.metric == "ratio_12_z") & (df["layer"] == 1) & (df["head"] == 2)].set_index("step").value
     inside = (r12.index >= 40 * 24) & (r12.index <= 40 * (24 + 3 + W - 1))
@@ -470,6 +493,19 @@ def test_backbone_of_a_planted_line_and_its_sign():
     assert (bb.a[-1] > 0).all()
     torch.testing.assert_close(bb.a[:, 0], f, atol=0.05, rtol=0)
     torch.testing.assert_close(bb.a[:, 1], f, atol=0.05, rtol=0)
+    # lines that first back up, then overtake θ_0 (rows of both signs), in random directions: the
+    # sign follows the final displacement, never the eigensolver's arbitrary choice
+    dirs = torch.randn(16, p, generator=g, dtype=torch.float64)
+    dirs /= dirs.norm(dim=-1, keepdim=True)
+    t = torch.arange(30, dtype=torch.float64)[:, None]
+    back = torch.linspace(5.5, 20.5, 16, dtype=torch.float64)[None, :]  # never exactly at θ_0 again
+    s = torch.where(torch.rand(16, generator=g) < 0.5, -1.0, 1.0).double()
+    path = s * t * (t - back)  # [30, 16]: negative until `back`, positive at the end (times s)
+    lines = theta0[:1] + path[..., None] * dirs + 1e-4 * torch.randn(30, 16, p, generator=g, dtype=torch.float64)
+    bb = backbone(lines)
+    assert (bb.pc1_share > 0.999).all()
+    assert ((bb.direction * dirs).sum(-1) * s > 0.999).all()
+    assert (bb.a[-1] > 0).all() and (bb.a[3] < 0).all()
     assert (bb.r < 0.05).all()
     assert (bb.displacement_share[1:] > 0.99).all() and torch.isnan(bb.displacement_share[0]).all()
 
