@@ -11,7 +11,11 @@ micro-batch it keeps, per layer:
   the blocks after the last layer needed)                    [batch, pos-1]
 
 Memory bound: the full [micro_batch, head, pos, pos] patterns of one micro-batch at a time, plus the
-kept slices, O(batch * layers * heads * (pos + d_head)). The bridge is used as given: keep it in raw
+kept slices, O(batch * layers * heads * (pos + d_head)). E.g. 16 layers x 16 heads, T = 256,
+d_head = 128, N = 2000, micro_batch = 16: the cache holds 16·16·16·256·256·4 B ≈ 1.1 GB of patterns
+at a time (lower micro_batch to shrink it); the kept query rows take 2000·16·16·256·4 B ≈ 0.5 GB and
+hook_z 0.26 GB. When every layer is needed the unembedding still runs (stop_at_layer = n_layers
+returns logits in TL 4.3), about 10% of a 1B model's forward. The bridge is used as given: keep it in raw
 (non-compatibility) mode so that `hook_z` is the o_proj input slice (METHODS §10).
 """
 
