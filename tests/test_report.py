@@ -14,14 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from headscreen.probes.screen import summarise_series
+from headscreen.probes.selectivity import CLASSES
 from headscreen.report import NotARunDirectoryError, RunFileError, StepNotFoundError, build_report
 from headscreen.report.content import SECTION_ORDER
 
 N_LAYERS, N_HEADS = 3, 4
 STEPS = [0, 250, 500, 750, 1000]
 TOKENS_PER_STEP = 2048
-CLASSES = ("induction", "duplicate", "previous", "self", "bos", "local")
-PROBE = "repeated"
+PROBES = ("retrieval", "repeated")  # retrieval is the report's default probe
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -29,77 +30,46 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _planted_selectivity(model: str) -> dict[tuple[int, int, str], list[float]]:
-    """(layer, head, class) -> selectivity per step; every other entry is near 1 (no preference)."""
+    """(layer, head, class) -> selectivity per step on the retrieval probe; every other entry is ~1."""
     plant = {
         (1, 2, "induction"): [1.0, 2.0, 60.0, 120.0, 200.0],
         (0, 1, "previous"): [1.0, 120.0, 150.0, 160.0, 170.0],
-        (2, 0, "bos"): [1.0, 5.0, 40.0, 45.0, 50.0],
-        (2, 3, "bos"): [1.0, 5.0, 35.0, 40.0, 42.0],
+        (2, 0, "first"): [1.0, 5.0, 40.0, 45.0, 50.0],
+        (2, 3, "first"): [1.0, 5.0, 35.0, 40.0, 42.0],
     }
     if model == "a":
         plant[(2, 1, "induction")] = [1.0, 1.0, 10.0, 55.0, 80.0]
     else:  # model b: one induction head only, and a BOS head in layer 1 at the last two checkpoints
-        plant[(1, 0, "bos")] = [1.0, 2.0, 8.0, 31.0, 33.0]
+        plant[(1, 0, "first")] = [1.0, 2.0, 8.0, 31.0, 33.0]
     return plant
 
 
-def _classify(sel: pd.DataFrame) -> pd.DataFrame:
-    """The METHODS §7 rules applied to the planted selectivity (the screen's job, done here for the fixture)."""
+def _selectivity(model: str, rng) -> pd.DataFrame:
+    """Long selectivity rows; on the repeated probe every planted induction value is halved."""
+    plant = _planted_selectivity(model)
     rows = []
-    for (step, layer, head), g in sel.groupby(["step", "layer", "head"]):
-        by_class = dict(zip(g["class"], g["selectivity"], strict=True))
-        best = max(by_class, key=by_class.get)
-        best_sel = by_class[best]
-        best_class = best if best_sel >= 30 else "unclassified"
-        rows.append({"step": step, "layer": layer, "head": head, "probe": PROBE, "best_class": best_class,
-                     "best_selectivity": best_sel, "induction_selectivity": by_class["induction"],
-                     "in_induction_circuit": by_class["induction"] >= 50,
-                     "in_previous_circuit": best_class == "previous" and best_sel >= 100,
-                     "is_bos": best_class == "bos"})
+    for probe in PROBES:
+        for si, step in enumerate(STEPS):
+            for layer in range(N_LAYERS):
+                for head in range(N_HEADS):
+                    for cls in CLASSES:
+                        v = plant.get((layer, head, cls), [1.0 + 0.1 * rng.rand()] * len(STEPS))[si]
+                        if probe == "repeated" and cls == "induction" and (layer, head, cls) in plant:
+                            v = v / 2
+                        rows.append({"step": step, "layer": layer, "head": head, "probe": probe, "class": cls,
+                                     "selectivity": v, "null_z": (v - 1.0) / 0.5})
     return pd.DataFrame(rows)
 
 
 def make_run(root: Path, model: str, *, validated: bool) -> dict:
-    """Write a complete run directory for model 'a' or 'b'; returns the planted truth."""
+    """Write a run directory for model 'a' or 'b' as `headscreen screen` lays it out; returns what was planted.
+
+    classes.parquet and circuits.json come from the screen's own summary (probes.screen.summarise_series)
+    of the planted selectivity, so the report is tested against the layout the screen really writes.
+    """
     root.mkdir(parents=True)
     rng = np.random.RandomState(0 if model == "a" else 1)
-    plant = _planted_selectivity(model)
-    sel_rows = []
-    for si, step in enumerate(STEPS):
-        for layer in range(N_LAYERS):
-            for head in range(N_HEADS):
-                for cls in CLASSES:
-                    v = plant.get((layer, head, cls), [1.0 + 0.1 * rng.rand()] * len(STEPS))[si]
-                    sel_rows.append({"step": step, "layer": layer, "head": head, "probe": PROBE, "class": cls,
-                                     "selectivity": v, "null_z": (v - 1.0) / 0.5})
-    sel = pd.DataFrame(sel_rows)
-    sel.to_parquet(root / "selectivity.parquet")
-    classes = _classify(sel)
-    classes.to_parquet(root / "classes.parquet")
-
-    def heads(step, mask_col):
-        c = classes[(classes["step"] == step) & classes[mask_col]]
-        return sorted([int(a), int(b)] for a, b in zip(c["layer"], c["head"], strict=True))
-
-    circuits_steps = {str(s): {"induction": heads(s, "in_induction_circuit"), "previous": heads(s, "in_previous_circuit"),
-                               "bos": heads(s, "is_bos")} for s in STEPS}
-    emergence: dict[str, dict[str, int]] = {}
-    for (layer, head, cls), values in plant.items():
-        threshold = 50 if cls == "induction" else 30
-        first = next((STEPS[i] for i, v in enumerate(values) if v >= threshold), None)
-        emergence.setdefault(cls, {})[f"L{layer}H{head}"] = first
-    bos01 = {}
-    for s in STEPS:
-        b = heads(s, "is_bos")
-        bos01[str(s)] = {"layer0": sum(1 for h in b if h[0] == 0), "layer1": sum(1 for h in b if h[0] == 1)}
-    induction_heads = [k for k in emergence["induction"] if emergence["induction"][k] is not None]
-    lead_times = [{"layer": int(k[1]), "head": int(k[3]), "metric": "pr", "class": "induction", "onset_step": 250,
-                   "emergence_step": emergence["induction"][k]} for k in induction_heads]
-    circuits = {"thresholds": {"class": 30, "bos": 30, "induction_circuit": 50, "previous_circuit": 100},
-                "steps": circuits_steps, "emergence": emergence, "lead_times": lead_times, "bos_layers01": bos01,
-                "pr_ranking": [{"layer": 1, "head": 2, "integral": 9.5}, {"layer": 2, "head": 1, "integral": 7.0}]}
-    (root / "circuits.json").write_text(json.dumps(circuits))
-
+    sel = _selectivity(model, rng)
     circuit_heads = {(1, 2), (2, 1)} if model == "a" else {(1, 2)}
     fp_rows, pr_rows = [], []
     for si, step in enumerate(STEPS):
@@ -110,33 +80,44 @@ def make_run(root: Path, model: str, *, validated: bool) -> dict:
                                   ("kstar", 2.0), ("update_norm", 0.5 / (1 + si) + 0.01 * rng.rand())):
                     fp_rows.append({"step": step, "layer": layer, "head": head, "metric": metric, "value": v})
                     fp_rows.append({"step": step, "layer": layer, "head": head, "metric": f"{metric}_z", "value": 0.0})
-                pr_rows.append({"step": step, "tokens": step * TOKENS_PER_STEP, "layer": layer, "head": head,
-                                "probe": PROBE, "pr": 2.0 + (si * (2 + layer) if (layer, head) in circuit_heads else rng.rand())})
+                for probe in PROBES:
+                    pr = 2.0 + (si * (2 + layer) if (layer, head) in circuit_heads else rng.rand())
+                    pr_rows.append({"step": step, "tokens": step * TOKENS_PER_STEP, "layer": layer, "head": head,
+                                    "probe": probe, "pr": pr})
+    participation = pd.DataFrame(pr_rows)
+    onsets = pd.DataFrame([{"layer": h[0], "head": h[1], "metric": "update_norm_z", "onset_step": 250.0}
+                           for h in sorted(circuit_heads)] + [{"layer": 0, "head": 0, "metric": "update_norm_z",
+                                                               "onset_step": np.nan}])
+    classes, circuits = summarise_series({"selectivity": sel, "participation": participation, "onsets": onsets})
+    sel.to_parquet(root / "selectivity.parquet")
+    classes.to_parquet(root / "classes.parquet")
+    (root / "circuits.json").write_text(json.dumps(circuits))
     pd.DataFrame(fp_rows).to_parquet(root / "fingerprints.parquet")
-    pd.DataFrame(pr_rows).to_parquet(root / "participation.parquet")
-    pd.DataFrame([{"step": s, "layer": 0, "head": 0, "probe": PROBE, "metric": "sink_rate", "value": 0.1}
-                  for s in STEPS]).to_parquet(root / "head_scores.parquet")
-    pd.DataFrame([{"layer": h[0], "head": h[1], "metric": "pr", "onset_step": 250.0} for h in sorted(circuit_heads)]
-                 + [{"layer": 0, "head": 0, "metric": "pr", "onset_step": np.nan}]).to_parquet(root / "onsets.parquet")
+    participation.to_parquet(root / "participation.parquet")
+    onsets.to_parquet(root / "onsets.parquet")
+    pd.DataFrame([{"step": s, "layer": 0, "head": 0, "probe": p, "metric": "sink_rate", "value": 0.1}
+                  for s in STEPS for p in PROBES]).to_parquet(root / "head_scores.parquet")
     loss_first = [4.8, 4.8, 4.7, 4.7, 4.6]
     loss_second = [4.8, 3.0, 2.0, 1.0, 0.8]
     max_ind = [sel[(sel["step"] == s) & (sel["class"] == "induction")]["selectivity"].max() for s in STEPS]
     gap = [a - b for a, b in zip(loss_first, loss_second, strict=True)]
+    flagged = [g > 1.0 and m < 50 for g, m in zip(gap, max_ind, strict=True)]
     pd.DataFrame({"step": STEPS, "loss_first": loss_first, "loss_second": loss_second, "loss_gap": gap,
-                  "max_induction_selectivity": max_ind,
-                  "noncanonical_copying": [g > 1.0 and m < 50 for g, m in zip(gap, max_ind, strict=True)]},
+                  "max_induction_selectivity": max_ind, "noncanonical_copying": flagged},
                  ).to_parquet(root / "copying.parquet")
-
-    truth = {"plant": plant, "circuits": circuits, "copying_flagged": [s for s, g, m in zip(STEPS, gap, max_ind, strict=True)
-                                                                        if g > 1.0 and m < 50]}
-    manifest = {"model": f"tiny-{model}", "config": {"name": f"tiny-{model}", "source": f"local:/series/tiny-{model}",
-                                                      "probes": {"n": 64, "seq_len": 64, "seed": 42}},
-                "series": {"name": f"tiny-{model}", "checkpoints": [{"step": s, "tokens": s * TOKENS_PER_STEP}
-                                                                     for s in STEPS]},
-                "thresholds": circuits["thresholds"], "seeds": {"probes": 42, "matched_random": 123},
-                "loading_mode": "raw", "versions": {"torch": "2.4.0", "transformer_lens": "4.3.0"},
-                "git_commit": "0123456789abcdef0123456789abcdef01234567"}
+    manifest = {  # the shape pipelines/screen.py writes
+        "kind": "screen", "model": f"tiny-{model}",
+        "config": {"model_config": {"name": f"tiny-{model}", "source": {"kind": "local", "path": f"/series/tiny-{model}"}},
+                   "thresholds": circuits["thresholds"], "probes": {"seq_len": 64, "seed": 42}},
+        "series": {"source": "local", "name": f"tiny-{model}", "n_checkpoints": len(STEPS), "steps": STEPS},
+        "seeds": {"probes": 42, "sketch": 0}, "loading_mode": "raw",
+        "created": "2025-01-01T00:00:00+00:00", "packages": {"torch": "2.4.0", "transformer-lens": "4.3.0"},
+        "git_commit": "0123456789abcdef0123456789abcdef01234567", "python": "3.11.2",
+        "probes": {p: {"n": 32, "seq_len": 64, "has_bos": False, "seed": 42} for p in PROBES},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
+    truth = {"circuits": circuits, "copying_flagged": [s for s, f in zip(STEPS, flagged, strict=True) if f],
+             "selectivity": sel}
     if validated:
         truth.update(_write_validation(root, rng))
     return truth
@@ -144,22 +125,26 @@ def make_run(root: Path, model: str, *, validated: bool) -> dict:
 
 def _write_validation(root: Path, rng) -> dict:
     null_top1 = (0.55 + 0.02 * rng.randn(20)).tolist()
-    rows = [{"step": 1000, "probe": PROBE, "condition": "clean", "draw": 0, "metric": "top1", "value": 0.62},
-            {"step": 1000, "probe": PROBE, "condition": "circuit", "draw": 0, "metric": "top1", "value": 0.05},
-            {"step": 1000, "probe": PROBE, "condition": "upper_bound", "draw": 0, "metric": "top1", "value": 0.01}]
-    rows += [{"step": 1000, "probe": PROBE, "condition": "matched_random", "draw": i, "metric": "top1", "value": v}
-             for i, v in enumerate(null_top1)]
-    rows += [{"step": 1000, "probe": PROBE, "condition": c, "draw": 0, "metric": "ce", "value": v}
+    rows = [{"step": 1000, "probe": "retrieval", "condition": c, "draw": 0, "metric": "top1", "value": v}
+            for c, v in (("clean", 0.62), ("circuit", 0.05), ("upper_bound", 0.01), ("head_L1H2", 0.3))]
+    rows += [{"step": 1000, "probe": "retrieval", "condition": "matched_random", "draw": i, "metric": "top1",
+              "value": v} for i, v in enumerate(null_top1)]
+    rows += [{"step": 1000, "probe": "retrieval", "condition": c, "draw": 0, "metric": "cross_entropy", "value": v}
              for c, v in (("clean", 1.1), ("circuit", 3.9), ("upper_bound", 4.5))]
-    rows += [{"step": 1000, "probe": PROBE, "condition": "matched_random", "draw": i, "metric": "ce", "value": 1.2 + 0.05 * i}
-             for i in range(20)]
+    rows += [{"step": 1000, "probe": "retrieval", "condition": "matched_random", "draw": i, "metric": "cross_entropy",
+              "value": 1.2 + 0.05 * i} for i in range(20)]
     pd.DataFrame(rows).to_parquet(root / "validation.parquet")
+    null_drop = 0.62 - float(np.mean(null_top1))
     summary = {"checkpoints": [{
-        "step": 1000, "probe": PROBE, "circuit": [[1, 2], [2, 1]], "metric": "top1",
-        "conditions": {"clean": {"top1": 0.62, "ce": 1.1}, "circuit": {"top1": 0.05, "ce": 3.9},
-                       "matched_random": {"top1": float(np.mean(null_top1)), "ce": 1.675},
-                       "upper_bound": {"top1": 0.01, "ce": 4.5}},
-        "effect_ratio": 8.14, "p_value": 0.0476, "n_draws": 20, "seeds": {"matched_random": 123}}]}
+        "step": 1000, "probe": "retrieval", "circuit": [[1, 2], [2, 1]], "metric": "top1",
+        "conditions": {"clean": {"top1": 0.62, "cross_entropy": 1.1}, "circuit": {"top1": 0.05, "cross_entropy": 3.9},
+                       "matched_random": {"top1": float(np.mean(null_top1)), "cross_entropy": 1.675},
+                       "upper_bound": {"top1": 0.01, "cross_entropy": 4.5}},
+        "tests": {"top1": {"metric": "top1", "observed_drop": 0.57, "null_mean_drop": null_drop,
+                           "effect_ratio": 0.57 / null_drop, "p_value": 1 / 21, "n_null": 20},
+                  "cross_entropy": {"metric": "cross_entropy", "observed_drop": 2.8, "null_mean_drop": 0.575,
+                                    "effect_ratio": 2.8 / 0.575, "p_value": 1 / 21, "n_null": 20}},
+        "seeds": {"matched_random": 123}}]}
     (root / "validation.json").write_text(json.dumps(summary))
     patch = [{"step": 1000, "layer": layer, "head": head, "kind": "head", "score": 0.02 * (layer + head)}
              for layer in range(N_LAYERS) for head in range(N_HEADS)]
@@ -168,7 +153,7 @@ def _write_validation(root: Path, rng) -> dict:
     patch.append({"step": 1000, "layer": 2, "head": 1, "kind": "path", "score": 0.3, "sender_layer": 1.0,
                   "sender_head": 2.0})
     pd.DataFrame(patch).to_parquet(root / "patching.parquet")
-    return {"null_top1": null_top1, "effect_ratio": 8.14, "p_value": 0.0476, "patch_12": 0.81}
+    return {"null_top1": null_top1, "effect_ratio": 0.57 / null_drop, "p_value": 1 / 21, "patch_12": 0.81}
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +168,6 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report_a(runs):
     return build_report([runs["a"]])
-
-
-@pytest.fixture(scope="module")
-def report_b(runs):
-    return build_report([runs["b"]])
 
 
 @pytest.fixture(scope="module")
@@ -216,47 +196,61 @@ def test_all_three_formats_are_written_in_the_run_report_dir(runs, report_a):
 def test_json_numbers_equal_the_stored_input(runs, report_a):
     doc = _json(report_a)
     truth = runs["truth_a"]
+    circuits = truth["circuits"]
     sec = _sections(doc)
     assert doc["runs"][0]["step"] == 1000 and doc["runs"][0]["name"] == "tiny-a"
-    # circuits at the report step and at every step, exactly as circuits.json holds them
-    assert sec["circuits"]["data"]["circuits_at_step"] == truth["circuits"]["steps"]["1000"]
-    assert sec["circuits"]["data"]["circuits_at_step"]["induction"] == [[1, 2], [2, 1]]
+    assert doc["runs"][0]["probe"] == "retrieval"
+    # circuits at the report step and at every step, as circuits.json holds them for the retrieval probe
+    assert sec["circuits"]["data"]["circuits_at_step"] == circuits["steps"]["1000"]["retrieval"]
+    assert sec["circuits"]["data"]["circuits_at_step"]["induction"] == [[1, 2], [2, 1]]  # the planted heads
     by_step = {r["step"]: r["induction"] for r in sec["circuits"]["data"]["by_step"]}
-    assert by_step == {int(s): v["induction"] for s, v in truth["circuits"]["steps"].items()}
-    # emergence steps
+    assert by_step == {int(s): v["retrieval"]["induction"] for s, v in circuits["steps"].items()}
+    classified = {(r["layer"], r["head"]): r["best_class"] for r in sec["circuits"]["data"]["classified"]}
+    assert classified == {(0, 1): "previous", (1, 2): "induction", (2, 1): "induction", (2, 0): "first",
+                          (2, 3): "first"}
+    # emergence steps: every head that emerged, equal to circuits.json and to the planted crossings
     got = {(r["class"], r["layer"], r["head"]): r["step"] for r in sec["emergence"]["data"]["records"]}
-    want = {(cls, int(k[1]), int(k[3])): s for cls, d in truth["circuits"]["emergence"].items() for k, s in d.items()}
-    assert got == want and got[("induction", 2, 1)] == 750
-    tokens = {r["step"]: r["tokens"] for r in sec["emergence"]["data"]["records"] if r["step"] is not None}
-    assert all(t == s * TOKENS_PER_STEP for s, t in tokens.items())
-    # BOS heads in layers 0/1 per step
-    bos = {r["step"]: (r["layer0"], r["layer1"]) for r in sec["bos_layers01"]["data"]["records"]}
-    assert bos == {int(s): (v["layer0"], v["layer1"]) for s, v in truth["circuits"]["bos_layers01"].items()}
+    want = {(r["class"], r["layer"], r["head"]): r["emergence_step"] for r in circuits["emergence"]
+            if r["probe"] == "retrieval" and r["emergence_step"] is not None}
+    assert got == want
+    assert got[("induction", 1, 2)] == 500 and got[("induction", 2, 1)] == 750 and got[("previous", 0, 1)] == 250
+    assert all(r["tokens"] == r["step"] * TOKENS_PER_STEP for r in sec["emergence"]["data"]["records"])
+    # BOS heads in layers 0/1 per step and probe
+    bos = {(r["step"], r["probe"]): (r["layer0"], r["layer1"]) for r in sec["bos_layers01"]["data"]["records"]}
+    assert bos == {(r["step"], r["probe"]): (r["bos_layer0"], r["bos_layer1"]) for r in circuits["bos_layers01"]}
+    assert len(bos) == len(STEPS) * len(PROBES)
     # ablation summary and the null distribution, draw for draw
     rec = sec["ablation"]["data"]["records"][0]
     assert rec["effect_ratio"] == truth["effect_ratio"] and rec["p_value"] == truth["p_value"]
-    assert rec["circuit"] == [[1, 2], [2, 1]]
+    assert rec["circuit"] == [[1, 2], [2, 1]] and rec["metric"] == "top1"
     null = sec["ablation"]["data"]["null_distributions"][0]
     assert null["random_draws"]["top1"] == pytest.approx(truth["null_top1"])
     assert null["circuit"]["top1"] == 0.05 and null["clean"]["top1"] == 0.62
-    # patching grid and lead times
+    # patching grid, lead times, copying, selectivity
     grid = sec["patching"]["data"]["steps"]["1000"]
     assert grid[1][2] == pytest.approx(truth["patch_12"]) and len(grid) == N_LAYERS and len(grid[0]) == N_HEADS
     assert len(sec["patching"]["data"]["path_patching"]) == 1
-    assert sec["lead_times"]["data"]["median_lead_steps_induction"] == np.median([500 - 250, 750 - 250])
+    leads = {(r["layer"], r["head"]): r["lead_steps"] for r in sec["lead_times"]["data"]["records"]
+             if r["class"] == "induction"}
+    assert leads == {(1, 2): 500 - 250, (2, 1): 750 - 250}
+    assert sec["lead_times"]["data"]["median_lead_steps_induction"] == 375
     assert sec["copying"]["data"]["noncanonical_steps"] == truth["copying_flagged"] == [250]
-    sel = sec["selectivity"]["data"]["probes"][PROBE]["induction"]
-    assert sel[1][2] == truth["plant"][(1, 2, "induction")][-1]
+    sel = truth["selectivity"]
+    for probe in PROBES:
+        stored = sel[(sel["step"] == 1000) & (sel["probe"] == probe) & (sel["class"] == "induction")]
+        grid = sec["selectivity"]["data"]["probes"][probe]["induction"]
+        assert all(grid[r.layer][r.head] == r.selectivity for r in stored.itertuples())
 
 
 def test_provenance_holds_the_manifest_fields(report_a):
     prov = _sections(_json(report_a))["provenance"]["data"]
     assert prov["model"] == "tiny-a" and prov["loading_mode"] == "raw"
     assert prov["git_commit"].startswith("0123456789abcdef")
-    assert prov["package_versions"]["transformer_lens"] == "4.3.0"
-    assert prov["seeds"] == {"probes": 42, "matched_random": 123}
-    assert prov["revisions"] == STEPS and prov["probe_settings"]["seq_len"] == 64
-    assert prov["source"] == "local:/series/tiny-a" and prov["thresholds"]["induction_circuit"] == 50
+    assert prov["package_versions"]["transformer-lens"] == "4.3.0"
+    assert prov["seeds"] == {"probes": 42, "sketch": 0}
+    assert prov["revisions"] == STEPS and prov["probe_settings"]["retrieval"]["seq_len"] == 64
+    assert prov["source"] == {"kind": "local", "path": "/series/tiny-a"}
+    assert prov["thresholds"]["induction_circuit"] == 50 and prov["thresholds"]["class_min"] == 30
 
 
 def test_markdown_references_pngs_that_exist(report_a):
@@ -317,26 +311,31 @@ def test_html_is_self_contained_and_has_every_section(report_a):
         assert img["alt"]
 
 
-def test_run_without_validation_says_so(report_b):
-    doc = _json(report_b)
-    sec = _sections(doc)
+def test_run_without_validation_says_so(report_ab):
+    doc = _json(report_ab)
+    run_b = doc["runs"][1]
+    assert run_b["name"] == "tiny-b"
     for key in ("ablation", "patching"):
-        assert sec[key]["available"] is False and sec[key]["data"]["validated"] is False
-        assert any("Validation has not been run" in n for n in sec[key]["notices"]), key
-    html, md = report_b["html"].read_text(), report_b["md"].read_text()
-    ablation_html = html.split(f'id="{doc["runs"][0]["slug"]}-ablation"')[1].split("</section>")[0]
+        sec = run_b["sections"][key]
+        assert sec["available"] is False and sec["data"]["validated"] is False and sec["figures"] == []
+        assert any("Validation has not been run" in n for n in sec["notices"]), key
+    assert _sections(doc, 0)["ablation"]["available"] is True  # run a is validated: no such notice
+    assert not any("Validation has not been run" in n for n in _sections(doc, 0)["ablation"]["notices"])
+    html, md = report_ab["html"].read_text(), report_ab["md"].read_text()
+    ablation_html = html.split(f'id="{run_b["slug"]}-ablation"')[1].split("</section>")[0]
     assert "Validation has not been run for this run" in ablation_html and "headscreen validate" in ablation_html
-    assert "Validation has not been run for this run" in md
+    assert md.count("Validation has not been run for this run") == 2  # ablation and patching of run b
 
 
-def test_every_section_is_filled_or_says_what_is_missing(tmp_path, report_a, report_b):
+def test_every_section_is_filled_or_says_what_is_missing(tmp_path, report_a, report_ab):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "manifest.json").write_text(json.dumps({"config": {"name": "bare-model"}}))
     paths = build_report([bare])
-    for doc in (_json(report_a), _json(report_b), _json(paths)):
-        for key, sec in _sections(doc).items():
-            assert sec["available"] or sec["notices"], key
+    for doc in (_json(report_a), _json(report_ab), _json(paths)):
+        for run in doc["runs"]:
+            for key, sec in run["sections"].items():
+                assert sec["available"] or sec["notices"], key
     bare_sections = _sections(_json(paths))
     assert not bare_sections["selectivity"]["available"]
     assert "selectivity.parquet" in bare_sections["selectivity"]["notices"][0]
@@ -365,14 +364,23 @@ def test_a_truncated_table_is_an_error_naming_the_file(runs, tmp_path):
         build_report([broken])
 
 
-def test_step_option_and_unknown_step(runs, tmp_path):
-    doc = _json(build_report([runs["a"]], out_dir=tmp_path / "r500", step=500))
+def test_step_and_probe_options(runs, tmp_path):
+    doc = _json(build_report([runs["a"]], out_dir=tmp_path / "r750", step=750, probe="repeated"))
     sec = _sections(doc)
-    assert doc["runs"][0]["step"] == 500
+    assert (doc["runs"][0]["step"], doc["runs"][0]["probe"]) == (750, "repeated")
+    # on the repeated probe the planted induction values are halved: at step 750 only L1H2 (60x) is >= 50x,
+    # where the retrieval probe has L1H2 and L2H1
     assert sec["circuits"]["data"]["circuits_at_step"]["induction"] == [[1, 2]]
-    assert sec["bos_layers01"]["data"]["at_step"]["step"] == 500
+    assert runs["truth_a"]["circuits"]["steps"]["750"]["retrieval"]["induction"] == [[1, 2], [2, 1]]
+    assert sec["bos_layers01"]["data"]["at_step"] == {"step": 750, "probe": "repeated", "layer0": 0, "layer1": 0,
+                                                      "total": 0}
+    got = {(r["class"], r["layer"], r["head"]): r["step"] for r in sec["emergence"]["data"]["records"]}
+    assert got[("induction", 1, 2)] == 750 and ("induction", 2, 1) not in got
     with pytest.raises(StepNotFoundError, match="available steps: 0, 250, 500, 750, 1000"):
         build_report([runs["a"]], out_dir=tmp_path / "r7", step=7)
+    with pytest.raises(ValueError, match="probe 'nope' was not screened"):
+        build_report([runs["a"]], out_dir=tmp_path / "x", probe="nope")
+    assert not (tmp_path / "r7").exists() and not (tmp_path / "x").exists()
 
 
 def test_two_runs_give_one_comparison_row_per_model(runs, report_ab):
@@ -384,8 +392,9 @@ def test_two_runs_give_one_comparison_row_per_model(runs, report_ab):
     assert b["induction_circuit"] == [[1, 2]] and b["induction_circuit_size"] == 1
     assert (a["effect_ratio"], a["p_value"]) == (runs["truth_a"]["effect_ratio"], runs["truth_a"]["p_value"])
     assert b["validated"] is False and b["effect_ratio"] is None
-    want_b = runs["truth_b"]["circuits"]["bos_layers01"]["1000"]
-    assert (b["bos_layer0"], b["bos_layer1"]) == (want_b["layer0"], want_b["layer1"]) == (0, 1)
+    want_b = next(r for r in runs["truth_b"]["circuits"]["bos_layers01"] if r["step"] == 1000
+                  and r["probe"] == "retrieval")
+    assert (b["bos_layer0"], b["bos_layer1"]) == (want_b["bos_layer0"], want_b["bos_layer1"]) == (0, 1)
     assert (a["bos_layer0"], a["bos_layer1"]) == (0, 0)
     assert a["median_lead_steps"] == 375 and b["median_lead_steps"] == 250
     html = report_ab["html"].read_text()

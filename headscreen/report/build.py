@@ -20,8 +20,16 @@ from headscreen.report.provenance import provenance_section
 from headscreen.report.render_html import write_html
 from headscreen.report.render_json import write_json
 from headscreen.report.render_md import write_markdown
-from headscreen.report.runinfo import Context, model_name, report_step, slugify, step_tokens, thresholds
-from headscreen.report.schema import circuits_by_step
+from headscreen.report.runinfo import (
+    Context,
+    choose_probe,
+    model_name,
+    report_step,
+    slugify,
+    step_tokens,
+    thresholds,
+)
+from headscreen.report.schema import circuits_by_step, for_probe
 from headscreen.report.screen_sections import (
     bos_layers01_section,
     circuits_section,
@@ -45,15 +53,17 @@ def _unique_names(runs: list[RunResults]) -> list[str]:
     return [f"{n} ({r.path.name})" if names.count(n) > 1 else n for n, r in zip(names, runs, strict=True)]
 
 
-def run_report(run: RunResults, name: str, slug: str, step: int | None) -> RunReport:
+def run_report(run: RunResults, name: str, slug: str, step: int | None, probe: str | None = None) -> RunReport:
     chosen = report_step(run, step)
+    probe = choose_probe(run, probe)
+    circuits = for_probe(circuits_by_step(run.circuits), probe) if run.circuits else []
     ctx = Context(run=run, step=chosen, slug=slug, tokens=step_tokens(run), thresholds=thresholds(run),
-                  circuits=circuits_by_step(run.circuits) if run.circuits else [])
+                  probe=probe, circuits=circuits)
     sections = [provenance_section(run)] + [build(ctx) for build in SECTION_BUILDERS]
-    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections)
+    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe)
 
 
-def assemble(run_dirs: list[Path], step: int | None = None) -> Report:
+def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = None) -> Report:
     """Load the runs and build the renderer-neutral report (no file is written)."""
     if not run_dirs:
         raise ValueError("no run directory given; pass at least one, e.g. results/<config>/<run>/.")
@@ -61,7 +71,7 @@ def assemble(run_dirs: list[Path], step: int | None = None) -> Report:
     runs = [load_run(p) for p in dirs]
     names = _unique_names(runs)
     slugs = [slugify(n) if len(runs) == 1 else f"run{i + 1}-{slugify(n)}" for i, n in enumerate(names)]
-    reports = [run_report(r, n, s, step) for r, n, s in zip(runs, names, slugs, strict=True)]
+    reports = [run_report(r, n, s, step, probe) for r, n, s in zip(runs, names, slugs, strict=True)]
     generated_by = {
         "headscreen_version": headscreen.__version__, "python": platform.python_version(),
         "matplotlib": matplotlib.__version__, "pandas": pd.__version__,
@@ -71,15 +81,18 @@ def assemble(run_dirs: list[Path], step: int | None = None) -> Report:
                   generated_by=generated_by)
 
 
-def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | None = None) -> dict[str, Path]:
+def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | None = None, *,
+                 probe: str | None = None) -> dict[str, Path]:
     """Render the report of one or several runs; returns {"html", "md", "json"} -> written path.
 
     `step` picks the checkpoint of the per-step sections (default: each run's last); it must be a screened
-    step of every run. `out_dir` defaults to `default_out_dir(run_dirs)`. PNGs of the figures are written
-    beside report.md.
+    step of every run. `probe` picks the probe whose circuits, emergence, lead times and BOS counts are
+    shown and compared (default: "retrieval" if screened, else "repeated", "text", the first); the
+    selectivity heatmaps show every probe. `out_dir` defaults to `default_out_dir(run_dirs)`. PNGs of the
+    figures are written beside report.md.
     """
     run_dirs = [Path(p) for p in run_dirs]
-    report = assemble(run_dirs, step)
+    report = assemble(run_dirs, step, probe)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     return {"html": write_html(report, out / "report.html"), "md": write_markdown(report, out),

@@ -12,10 +12,11 @@ def _data(run: RunReport, key: str) -> dict:
 def _validation_record(run: RunReport) -> dict | None:
     """The ablation summary at the report step, else at the latest validated step."""
     records = _data(run, "ablation").get("records") or []
-    at = [r for r in records if r["step"] == run.step]
-    if at:
-        return at[0]
-    return max(records, key=lambda r: r["step"]) if records else None
+    if not records:
+        return None
+    step = run.step if any(r["step"] == run.step for r in records) else max(r["step"] for r in records)
+    at = [r for r in records if r["step"] == step]
+    return next((r for r in at if r["probe"] == run.probe), at[0])
 
 
 def comparison_row(run: RunReport) -> dict:
@@ -29,6 +30,7 @@ def comparison_row(run: RunReport) -> dict:
         "model": run.name,
         "run_directory": run.path,
         "step": run.step,
+        "probe": run.probe,
         "bos_layer0": at.get("layer0"),
         "bos_layer1": at.get("layer1"),
         "bos_layers01_total": at.get("total"),

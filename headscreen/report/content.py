@@ -56,6 +56,7 @@ class RunReport:
     path: str
     step: int | None
     sections: list[Section]
+    probe: str | None = None
 
 
 @dataclass
@@ -85,7 +86,7 @@ def figure_to_png(fig: Figure, name: str, alt: str, dpi: int = 100) -> RenderedF
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")  # constrained layout: no second "tight" draw
     png = buf.getvalue()
     width = int.from_bytes(png[16:20], "big")
     height = int.from_bytes(png[20:24], "big")

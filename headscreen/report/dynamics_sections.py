@@ -8,7 +8,7 @@ import pandas as pd
 from headscreen.report import figures
 from headscreen.report.content import Section, Table, figure_to_png, human_count, to_python
 from headscreen.report.runinfo import Context
-from headscreen.report.schema import emergence_records, lead_time_records
+from headscreen.report.schema import emergence_records, for_probe, lead_time_records
 from headscreen.report.screen_sections import missing_notice
 
 FINGERPRINT_METRICS = ("ratio_12", "ratio_23", "kstar", "pr", "update_norm")
@@ -43,6 +43,9 @@ def fingerprints_section(ctx: Context) -> Section:
     if fp is None and part is None:
         sec.notices.append(missing_notice("fingerprints.parquet and participation.parquet", ctx, "Fingerprint curves"))
         return sec
+    status = ctx.run.manifest.get("fingerprints")
+    if fp is None and isinstance(status, dict) and status.get("reason"):
+        sec.notices.append(f"The screen skipped the update-Gram fingerprints: {status['reason']}")
     panels: dict[str, pd.DataFrame | None] = {}
     probe = None
     for metric in FINGERPRINT_METRICS:
@@ -50,7 +53,7 @@ def fingerprints_section(ctx: Context) -> Section:
             if part is None or part.empty:
                 panels[metric] = None
                 continue
-            probe = pr_probe(part)
+            probe = ctx.probe if ctx.probe in set(part["probe"].astype(str)) else pr_probe(part)
             sub = part[part["probe"] == probe]
             panels[metric] = pd.DataFrame({"x": sub["step"], "layer": sub["layer"], "head": sub["head"],
                                            "value": sub["pr"]})
@@ -59,7 +62,7 @@ def fingerprints_section(ctx: Context) -> Section:
             panels[metric] = None if sub is None or sub.empty else pd.DataFrame(
                 {"x": sub["step"], "layer": sub["layer"], "head": sub["head"], "value": sub["value"]})
     for name, file in (("fingerprints.parquet", fp), ("participation.parquet", part)):
-        if file is None:
+        if file is None and not (name == "fingerprints.parquet" and isinstance(status, dict) and status.get("reason")):
             sec.notices.append(missing_notice(name, ctx, "Part of the fingerprint curves"))
     absent = [m for m, df in panels.items() if df is None]
     if absent and len(absent) < len(panels):
@@ -126,7 +129,7 @@ def lead_times_section(ctx: Context) -> Section:
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The lead-time table"))
         return sec
-    records = lead_time_records(ctx.run.circuits)
+    records = for_probe(lead_time_records(ctx.run.circuits), ctx.probe)
     if not records:
         records = _leads_from_onsets(ctx)
         if records:
@@ -141,7 +144,7 @@ def lead_times_section(ctx: Context) -> Section:
             a, b = ctx.tokens.get(_int(r["onset_step"])), ctx.tokens.get(_int(r["emergence_step"]))
             r["lead_tokens"] = b - a if a is not None and b is not None else None
     leads = [r["lead_steps"] for r in records if r["lead_steps"] is not None and r.get("class", "induction") == "induction"]
-    sec.data = {"records": records, "median_lead_steps_induction": float(np.median(leads)) if leads else None,
+    sec.data = {"probe": ctx.probe, "records": records, "median_lead_steps_induction": float(np.median(leads)) if leads else None,
                 "n_heads_with_lead": len(leads)}
     sec.tables.append(Table(
         columns=["Head", "Class", "Metric", "Spectral onset (step)", "Emergence (step)", "Lead (steps)", "Lead (tokens)"],
@@ -161,7 +164,9 @@ def _leads_from_onsets(ctx: Context) -> list[dict]:
     if onsets is None:
         return []
     out = []
-    for e in emergence_records(ctx.run.circuits):
+    for e in for_probe(emergence_records(ctx.run.circuits), ctx.probe):
+        if e["step"] is None:
+            continue
         rows = onsets[(onsets["layer"] == e["layer"]) & (onsets["head"] == e["head"])]
         for metric, onset in zip(rows["metric"], rows["onset_step"], strict=True):
             onset = None if pd.isna(onset) else float(onset)

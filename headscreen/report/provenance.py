@@ -12,16 +12,20 @@ NOT_RECORDED = "not recorded in manifest.json"
 
 # field -> where to look, first hit wins: ("config", key) reads manifest["config"][key]
 _FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "source": (("source",), ("config", "source"), ("series", "source"), ("series", "path")),
-    "revisions": (("revisions",), ("config", "revisions"), ("series", "revisions")),
-    "probe_settings": (("probes",), ("probe_settings",), ("config", "probes"), ("config", "probe"), ("config", "probe_settings")),
+    "source": (("source",), ("config", "model_config", "source"), ("config", "source"), ("series", "repo"),
+               ("series", "root"), ("series", "source")),
+    "revisions": (("revisions",), ("series", "revisions"), ("series", "steps"), ("config", "revisions")),
+    "probe_settings": (("probes",), ("config", "probes"), ("probe_settings",), ("config", "probe_settings")),
     "thresholds": (("thresholds",), ("config", "thresholds")),
     "seeds": (("seeds",), ("seed",), ("config", "seeds"), ("config", "seed")),
     "loading_mode": (("loading_mode",), ("loading",), ("config", "loading_mode")),
-    "package_versions": (("package_versions",), ("versions",), ("packages",)),
+    "package_versions": (("packages",), ("package_versions",), ("versions",)),
     "git_commit": (("git_commit",), ("git",), ("commit",)),
+    "python": (("python",),),
+    "platform": (("platform",),),
     "created": (("created",), ("created_at",), ("timestamp",)),
 }
+_OPTIONAL = ("created", "python", "platform")
 
 
 def _lookup(manifest: dict, paths: tuple[tuple[str, ...], ...]):
@@ -76,7 +80,7 @@ _LABELS = {
     "model": "Model", "run_directory": "Run directory", "source": "Source", "revisions": "Revisions (steps)",
     "probe_settings": "Probe settings", "thresholds": "Thresholds", "seeds": "Seeds",
     "loading_mode": "Loading mode", "package_versions": "Package versions", "git_commit": "Git commit",
-    "created": "Created", "files_missing": "Files not in the run",
+    "python": "Python", "platform": "Platform", "created": "Created", "files_missing": "Files not in the run",
 }
 
 
@@ -89,7 +93,7 @@ def provenance_section(run: RunResults) -> Section:
             rows.append([label, ", ".join(value) if value else "none: every file of docs/run-format.md is present"])
         else:
             rows.append([label, _cell(value)])
-    absent = [_LABELS[k] for k in _FIELDS if data.get(k) is None and k != "created"]
+    absent = [_LABELS[k] for k in _FIELDS if data.get(k) is None and k not in _OPTIONAL]
     notices = []
     if absent:
         notices.append(

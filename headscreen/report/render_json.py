@@ -30,7 +30,7 @@ def report_document(report: Report) -> dict:
     doc = {
         "format": FORMAT,
         "generated_by": report.generated_by,
-        "runs": [{"name": r.name, "slug": r.slug, "run_directory": r.path, "step": r.step,
+        "runs": [{"name": r.name, "slug": r.slug, "run_directory": r.path, "step": r.step, "probe": r.probe,
                   "sections": {s.key: section_json(s) for s in r.sections}} for r in report.runs],
         "comparison": section_json(report.comparison) if report.comparison else None,
     }

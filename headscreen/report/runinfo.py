@@ -91,8 +91,8 @@ def grid_shape(run: RunResults) -> tuple[int, int] | None:
 # METHODS §7 defaults, used when neither circuits.json nor the manifest records a threshold
 DEFAULT_THRESHOLDS = {"class": 30.0, "bos": 30.0, "induction_circuit": 50.0, "previous_circuit": 100.0}
 _THRESHOLD_KEYS = {
-    "class": ("class", "class_threshold", "classify", "classification"),
-    "bos": ("bos", "bos_threshold"),
+    "class": ("class_min", "class", "class_threshold"),
+    "bos": ("bos", "bos_threshold", "class_min"),
     "induction_circuit": ("induction_circuit", "induction", "induction_threshold", "circuit"),
     "previous_circuit": ("previous_circuit", "previous", "previous_threshold"),
 }
@@ -103,7 +103,8 @@ def thresholds(run: RunResults) -> dict[str, float]:
     sources = []
     if run.circuits and isinstance(run.circuits.get("thresholds"), dict):
         sources.append(run.circuits["thresholds"])
-    for holder in (run.manifest, run.manifest.get("config") if isinstance(run.manifest.get("config"), dict) else {}):
+    config = run.manifest.get("config") if isinstance(run.manifest.get("config"), dict) else {}
+    for holder in (run.manifest, config):
         if isinstance(holder.get("thresholds"), dict):
             sources.append(holder["thresholds"])
     out = dict(DEFAULT_THRESHOLDS)
@@ -125,7 +126,8 @@ class Context:
     slug: str
     tokens: dict[int, float]
     thresholds: dict[str, float]
-    circuits: list[dict] = field(default_factory=list)  # schema.circuits_by_step
+    probe: str | None = None  # the probe of the circuits, emergence, lead times and the comparison
+    circuits: list[dict] = field(default_factory=list)  # schema.circuits_by_step, of `probe` only
 
     def circuit_at_step(self) -> dict | None:
         for rec in self.circuits:
@@ -133,5 +135,42 @@ class Context:
                 return rec
         return None
 
+    def of_probe(self, df):
+        """Rows of a table with a `probe` column that belong to the report's probe."""
+        if df is None or self.probe is None or "probe" not in df.columns:
+            return df
+        return df[df["probe"].astype(str) == self.probe]
+
     def figure_name(self, what: str) -> str:
         return slugify(f"{self.slug}_{what}")
+
+
+PREFERRED_PROBES = ("retrieval", "repeated", "text")
+
+
+class ProbeNotFoundError(ValueError):
+    """The requested probe was not screened in the run."""
+
+
+def available_probes(run: RunResults) -> list[str]:
+    from headscreen.report.schema import probes_in
+
+    found: list[str] = probes_in(run.circuits) if run.circuits else []
+    for attr in ("classes", "selectivity", "participation"):
+        df = getattr(run, attr)
+        if df is not None and "probe" in df.columns:
+            found += sorted(str(p) for p in df["probe"].dropna().unique() if str(p) not in found)
+    return list(dict.fromkeys(found))
+
+
+def choose_probe(run: RunResults, requested: str | None) -> str | None:
+    """`requested` if the run has it; else 'retrieval' (METHODS §7's probe), 'repeated', 'text', the first."""
+    probes = available_probes(run)
+    if requested is not None:
+        if requested not in probes:
+            raise ProbeNotFoundError(
+                f"probe {requested!r} was not screened in run {str(run.path)!r}; it has {probes or 'no probes'}. "
+                f"Pass one of them, or omit the probe to use {next(iter(probes), 'the default')}."
+            )
+        return requested
+    return next((p for p in PREFERRED_PROBES if p in probes), probes[0] if probes else None)

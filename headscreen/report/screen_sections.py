@@ -8,9 +8,9 @@ import numpy as np
 from headscreen.report import figures
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count, to_python
 from headscreen.report.runinfo import Context, grid_shape
-from headscreen.report.schema import bos_layers01_records, emergence_records, pr_ranking_records
+from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, pr_ranking_records
 
-CLASS_ORDER = ("induction", "duplicate", "previous", "self", "bos", "local")
+CLASS_ORDER = ("induction", "duplicate", "previous", "self", "first", "bos", "local")
 
 
 def missing_notice(file: str, ctx: Context, what: str, fix: str = "headscreen screen") -> str:
@@ -77,7 +77,8 @@ def circuits_section(ctx: Context) -> Section:
                   intro="A head's class is its most selective class if it reaches the class threshold. "
                         "Circuit membership is screened over all heads, whatever their best class (METHODS §7).")
     thr = ctx.thresholds
-    classes = ctx.run.classes
+    classes = ctx.of_probe(ctx.run.classes)
+    sec.data["probe"] = ctx.probe
     if classes is None:
         sec.notices.append(missing_notice("classes.parquet", ctx, "The per-head classification"))
     else:
@@ -95,7 +96,8 @@ def circuits_section(ctx: Context) -> Section:
                   "induction_selectivity": "Induction selectivity (×)", "in_induction_circuit": "Induction circuit",
                   "in_previous_circuit": "Previous-token circuit", "is_bos": "BOS head"}
         rows = [[f"L{r['layer']}H{r['head']}"] + [r[c] for c in cols[2:]] for r in records]
-        caption = (f"Heads classified (≥ {thr['class']:g}×) or in a circuit at step {ctx.step}: "
+        on = f", {ctx.probe} probe" if ctx.probe else ""
+        caption = (f"Heads classified (≥ {thr['class']:g}×) or in a circuit at step {ctx.step}{on}: "
                    f"{len({(r['layer'], r['head']) for r in records})} heads.")
         sec.tables.append(Table(columns=["Head"] + [labels[c] for c in cols[2:]], rows=rows, caption=caption))
     if ctx.run.circuits is None:
@@ -114,20 +116,20 @@ def circuits_section(ctx: Context) -> Section:
                   [f"Previous-token (best class, ≥ {thr['previous_circuit']:g}×)", head_list(at_step["previous"]),
                    len(at_step["previous"])],
                   [f"BOS (best class first token, ≥ {thr['bos']:g}×)", head_list(at_step["bos"]), len(at_step["bos"])]],
-            caption=f"Circuits at step {ctx.step}."))
+            caption=f"Circuits at step {ctx.step}" + (f", {ctx.probe} probe." if ctx.probe else ".")))
     sec.data["by_step"] = [{"step": r["step"], "induction": [list(h) for h in r["induction"]],
                             "previous": [list(h) for h in r["previous"]], "n_bos": len(r["bos"])} for r in ctx.circuits]
     sec.tables.append(Table(
         columns=["Step", "Induction circuit", "Size", "Previous-token circuit", "BOS heads"],
         rows=[[r["step"], head_list(r["induction"]), len(r["induction"]), head_list(r["previous"]), len(r["bos"])]
               for r in ctx.circuits],
-        caption="Circuits at every screened checkpoint."))
-    ranking = pr_ranking_records(ctx.run.circuits)
+        caption="Circuits at every screened checkpoint" + (f", {ctx.probe} probe." if ctx.probe else ".")))
+    ranking = for_probe(pr_ranking_records(ctx.run.circuits), ctx.probe)
     if ranking:
         sec.data["pr_ranking"] = ranking
         top = ranking[: max(1, min(len(ranking), 10))]
-        sec.tables.append(Table(columns=["Rank", "Head", "PR integral"],
-                                rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"]] for r in top],
+        sec.tables.append(Table(columns=["Rank", "Head", "PR integral", "Picked"],
+                                rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"], r["picked"]] for r in top],
                                 caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (METHODS §6a)."))
     return sec
 
@@ -138,19 +140,21 @@ def emergence_section(ctx: Context) -> Section:
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The emergence timeline"))
         return sec
-    records = emergence_records(ctx.run.circuits)
+    every = for_probe(emergence_records(ctx.run.circuits), ctx.probe)
+    records = [r for r in every if r["step"] is not None]
     if not records:
-        sec.notices.append("circuits.json records no emergence steps: no head reached a class threshold.")
+        sec.notices.append("No head is in any class at the last checkpoint, so none has an emergence step.")
         return sec
     for r in records:
-        r["tokens"] = ctx.tokens.get(r["step"]) if r["step"] is not None else None
-    sec.data["records"] = records
+        r["tokens"] = ctx.tokens.get(r["step"])
+    sec.data = {"probe": ctx.probe, "records": records, "n_not_emerged": len(every) - len(records)}
     sec.tables.append(Table(
         columns=["Head", "Class", "Emergence step", "Tokens seen"],
-        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"] if r["step"] is not None else "never",
-               human_count(r["tokens"])]
-              for r in records]))
-    if any(r["step"] is not None for r in records):
+        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"], human_count(r["tokens"])] for r in records],
+        caption=("Heads that join a class and stay in it through the last checkpoint"
+                 + (f" ({ctx.probe} probe)" if ctx.probe else "") + f"; {len(every) - len(records)} "
+                 "(head, class) pairs never do.")))
+    if records:
         fig = figures.emergence_timeline(records, step_tokens=ctx.tokens, title=_emergence_headline(records))
         sec.figures.append(figure_to_png(fig, ctx.figure_name("emergence"), "Emergence step of each head per class"))
     return sec
@@ -173,18 +177,22 @@ def bos_layers01_section(ctx: Context) -> Section:
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The BOS count in layers 0 and 1"))
         return sec
-    records = bos_layers01_records(ctx.run.circuits)
+    every = bos_layers01_records(ctx.run.circuits)
+    records = for_probe(every, ctx.probe)
     if not records:
         sec.notices.append("circuits.json has no 'bos_layers01' entry; re-run `headscreen screen` to record it.")
         return sec
     nonzero = [r["step"] for r in records if r["total"]]
     at = next((r for r in records if r["step"] == ctx.step), None)
-    sec.data = {"records": records, "at_step": at, "max_total": max(r["total"] for r in records),
+    sec.data = {"probe": ctx.probe, "records": every, "at_step": at, "max_total": max(r["total"] for r in records),
                 "checkpoints_with_bos_in_l01": nonzero}
+    with_probe = any(r["probe"] is not None for r in every)
     sec.tables.append(Table(
-        columns=["Step", "BOS heads in L0", "BOS heads in L1", "Total"],
-        rows=[[r["step"], r["layer0"], r["layer1"], r["total"]] for r in records],
-        caption=("No checkpoint has a BOS head in layers 0 or 1." if not nonzero else
-                 f"{len(nonzero)} of {len(records)} checkpoints have BOS heads in layers 0/1: steps "
-                 + ", ".join(map(str, nonzero[:20])) + ("…" if len(nonzero) > 20 else "") + ".")))
+        columns=["Step"] + (["Probe"] if with_probe else []) + ["BOS heads in L0", "BOS heads in L1", "Total"],
+        rows=[[r["step"]] + ([r["probe"]] if with_probe else []) + [r["layer0"], r["layer1"], r["total"]]
+              for r in every],
+        caption=("No checkpoint has a BOS head in layers 0 or 1" if not nonzero else
+                 f"{len(nonzero)} of {len(records)} checkpoints have BOS heads in layers 0/1: step "
+                 + ", ".join(map(str, nonzero[:20])) + ("…" if len(nonzero) > 20 else ""))
+                + (f" ({ctx.probe} probe)." if ctx.probe else ".")))
     return sec
