@@ -4,8 +4,8 @@ All functions take the logits at the query position only, [batch, vocab], and th
 (B of the retrieval probe) per example:
 
 - `cross_entropy`: -log softmax(logits)[target]
-- `top1`, `top5`: 1.0 if fewer than k tokens have a strictly larger logit than the target (ties
-  count in the target's favour, so the rank is deterministic), else 0.0
+- `top1`, `top5`: 1.0 if fewer than k *other* tokens have a logit >= the target's, else 0.0 (ties
+  count against the target, so constant logits never score a hit and the rank is deterministic)
 - `target_logit`: logit(target)
 - `logit_diff`: LD = logit(target) - mean over the vocabulary of the logits
 
@@ -47,7 +47,7 @@ def query_metrics(
     """Every metric of `METRICS`, per example, in float32."""
     logits = logits.float()
     t_logit = target_logit(logits, target)
-    rank = (logits > t_logit[:, None]).sum(1)  # tokens strictly above the target
+    rank = (logits >= t_logit[:, None]).sum(1) - 1  # other tokens at or above the target
     return {
         "cross_entropy": F.cross_entropy(logits, target.to(logits.device, torch.long), reduction="none"),
         "top1": (rank < 1).float(),
