@@ -28,6 +28,7 @@ class TensorSource:
         self.keys_read: list[str] = []
         self._key_to_file: dict[str, Path] | None = None
         self._pickle_sd: dict[str, torch.Tensor] | None = None
+        self._handles: dict[Path, object] = {}  # open safe_open handles, one per shard file
         self.format = self._detect_format()
 
     # --- discovery -------------------------------------------------------------------------
@@ -85,6 +86,17 @@ class TensorSource:
         return key in self.keys()
 
     # --- reading ---------------------------------------------------------------------------
+    def _handle(self, f: Path):
+        """An open safetensors handle for shard `f` (memory-mapped; tensors are copied out on read)."""
+        from safetensors import safe_open
+
+        if f not in self._handles:
+            self._handles[f] = safe_open(str(f), framework="pt")
+        return self._handles[f]
+
+    def close(self) -> None:
+        self._handles.clear()
+
     def _load_pickle(self) -> dict[str, torch.Tensor]:
         if self._pickle_sd is None:
             sd: dict[str, torch.Tensor] = {}
@@ -106,8 +118,6 @@ class TensorSource:
             if key not in sd:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: tensor {key!r} missing")
             return sd[key]
-        from safetensors import safe_open
-
         index = self._index()
         if key not in index:
             raise CorruptCheckpoint(
@@ -116,8 +126,7 @@ class TensorSource:
             )
         f = index[key]
         try:
-            with safe_open(str(f), framework="pt") as h:
-                return h.get_tensor(key)
+            return self._handle(f).get_tensor(key)
         except FileNotFoundError as e:
             raise CorruptCheckpoint(f"checkpoint {self.folder}: shard {f.name} listed in the index is missing") from e
         except Exception as e:
