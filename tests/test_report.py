@@ -466,3 +466,26 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     errors, _, dom = _check_page(bad, tmp_path)
     assert any("boom" in e for e in errors)
     assert "IMAGES 1 BROKEN 1" in dom
+
+
+def test_schema_reads_the_simpler_circuits_layouts_too():
+    from headscreen.report.schema import (
+        SchemaError,
+        bos_layers01_records,
+        circuits_by_step,
+        emergence_records,
+        validation_records,
+    )
+
+    doc = {"steps": {"500": {"induction": ["L1H2", {"layer": 2, "head": 1}], "previous": [[0, 1]], "bos": []}},
+           "emergence": {"induction": {"L1H2": 500, "L2H1": None}},
+           "bos_layers01": {"500": {"layer0": 0, "layer1": 2}, "750": 3}}
+    assert circuits_by_step(doc) == [{"step": 500, "probe": None, "induction": [(1, 2), (2, 1)],
+                                      "previous": [(0, 1)], "bos": []}]
+    assert [(r["layer"], r["head"], r["step"]) for r in emergence_records(doc)] == [(1, 2, 500), (2, 1, None)]
+    assert [(r["step"], r["layer0"], r["layer1"], r["total"]) for r in bos_layers01_records(doc)] == [
+        (500, 0, 2, 2), (750, None, None, 3)]
+    flat = validation_records([{"step": 9, "circuit": [[0, 0]], "effect_ratio": 3.0, "p_value": 0.01}])
+    assert (flat[0]["effect_ratio"], flat[0]["p_value"], flat[0]["circuit"]) == (3.0, 0.01, [(0, 0)])
+    with pytest.raises(SchemaError, match="'steps' 500 'induction'.*L<layer>H<head>"):
+        circuits_by_step({"steps": {"500": {"induction": ["head four"]}}})

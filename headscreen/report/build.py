@@ -42,10 +42,10 @@ SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fi
 
 
 def default_out_dir(run_dirs: list[Path]) -> Path:
-    """One run: <run>/report/. Several: <their common parent>/comparison_report/."""
+    """One run: <run>/report/. Several: <their common parent>/comparison/ (results/comparison for runs in results/)."""
     if len(run_dirs) == 1:
         return run_dirs[0] / "report"
-    return Path(os.path.commonpath([str(p.resolve()) for p in run_dirs])) / "comparison_report"
+    return Path(os.path.commonpath([str(p.resolve()) for p in run_dirs])) / "comparison"
 
 
 def _unique_names(runs: list[RunResults]) -> list[str]:

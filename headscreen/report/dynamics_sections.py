@@ -75,7 +75,7 @@ def fingerprints_section(ctx: Context) -> Section:
         if df is None:
             continue
         sec.data["metrics"][metric] = _metric_summary(df, highlight)
-    title = _fingerprint_headline(panels.get("pr"), highlight, len(_all_heads(panels)))
+    title = _fingerprint_headline(panels.get("pr"), highlight, len(_all_heads(panels)), ctx.step)
     fig = figures.fingerprint_curves(panels, highlight=highlight, x_label="training step", title=title)
     sec.figures.append(figure_to_png(fig, ctx.figure_name("fingerprints"),
                                      "Fingerprint curves of circuit heads against the other heads"))
@@ -101,11 +101,13 @@ def _metric_summary(df: pd.DataFrame, highlight) -> dict:
             "other_heads_median": {"steps": to_python(others.index.tolist()), "values": to_python(others.tolist())}}
 
 
-def _fingerprint_headline(pr: pd.DataFrame | None, highlight: dict, n_heads: int) -> str:
+def _fingerprint_headline(pr: pd.DataFrame | None, highlight: dict, n_heads: int, step) -> str:
     """Where the circuit heads' PR ends against the other heads (the induction heads if there are any)."""
     n_other = n_heads - len(highlight)
+    if not highlight:
+        return f"No circuit heads at step {step}: median and 10–90% band of all {n_heads} heads"
     generic = f"{len(highlight)} circuit heads (colour) against the other {n_other} heads (grey)"
-    if pr is None or not highlight:
+    if pr is None:
         return generic
     focus = {h for h, label in highlight.items() if "induction" in label} or set(highlight)
     kind = "induction-circuit" if any("induction" in highlight[h] for h in focus) else "circuit"
@@ -136,8 +138,7 @@ def lead_times_section(ctx: Context) -> Section:
             sec.notices.append("circuits.json has no 'lead_times'; the leads below are emergence step (circuits.json) "
                                "− onset step (onsets.parquet).")
     if not records:
-        sec.notices.append("No lead times: circuits.json has no 'lead_times' and onsets.parquet or the emergence "
-                           "steps are missing. Re-run `headscreen screen` to compute them.")
+        sec.notices.append(_no_lead_reason(ctx))
         return sec
     for r in records:
         if "lead_tokens" not in r:
@@ -153,6 +154,19 @@ def lead_times_section(ctx: Context) -> Section:
         caption=(f"Median lead over {len(leads)} induction heads: {sec.data['median_lead_steps_induction']:g} steps."
                  if leads else "No induction head has both a spectral onset and an emergence step.")))
     return sec
+
+
+def _no_lead_reason(ctx: Context) -> str:
+    onsets = ctx.run.onsets
+    n_onsets = 0 if onsets is None else int(onsets["onset_step"].notna().sum())
+    n_emerged = sum(r["step"] is not None for r in for_probe(emergence_records(ctx.run.circuits), ctx.probe))
+    if "lead_times" in ctx.run.circuits and (n_onsets == 0 or n_emerged == 0):
+        return (f"No lead times: a lead needs a head with both a spectral onset and an emergence step; this run "
+                f"has {n_onsets} spectral onsets (onsets.parquet) and {n_emerged} emerged (head, class) pairs.")
+    if "lead_times" in ctx.run.circuits:
+        return "No lead times: no head that emerged has a spectral onset."
+    return ("No lead times: circuits.json has no 'lead_times' and onsets.parquet or the emergence steps are "
+            "missing. Re-run `headscreen screen` to compute them.")
 
 
 def _int(v):

@@ -94,7 +94,8 @@ def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, titl
         for i, j in zip(*np.nonzero(np.nan_to_num(g) >= threshold), strict=True):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
         n_hits = int((np.nan_to_num(g) >= threshold).sum())
-        ax.set_title(f"{cls}: {n_hits} head{'s' if n_hits != 1 else ''} ≥ {threshold:g}×", fontsize=10)
+        name = "first token (BOS)" if cls == "first" else cls
+        ax.set_title(f"{name}: {n_hits} head{'s' if n_hits != 1 else ''} ≥ {threshold:g}×", fontsize=10)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(n_heads))

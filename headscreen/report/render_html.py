@@ -21,7 +21,7 @@ nav ul ul { padding-left: .4rem; } nav ul ul li { display: inline; margin-right:
 table { border-collapse: collapse; margin: .4rem 0 1.2rem; font-size: .85rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
 th { background: #eef1f5; } tr:nth-child(even) td { background: #fafbfc; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } td:first-child { white-space: nowrap; }
 p.caption { font-style: italic; margin: .8rem 0 .2rem; color: #444; font-size: .9rem; }
 figure { margin: .8rem 0 1.4rem; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: .85rem; color: #555; }

@@ -11,6 +11,7 @@ from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, pr_ranking_records
 
 CLASS_ORDER = ("induction", "duplicate", "previous", "self", "first", "bos", "local")
+CLASS_LABELS = {"first": "first token (BOS)", "bos": "BOS"}
 
 
 def missing_notice(file: str, ctx: Context, what: str, fix: str = "headscreen screen") -> str:
@@ -38,7 +39,7 @@ def selectivity_section(ctx: Context) -> Section:
     thr = ctx.thresholds
     sec.data = {"step": ctx.step, "threshold_class": thr["class"], "threshold_induction_circuit": thr["induction_circuit"],
                 "probes": {}}
-    for probe in sorted(at["probe"].unique()):
+    for probe in sorted(at["probe"].astype(str).unique(), key=lambda p: (p != ctx.probe, p)):  # report probe first
         sub = at[at["probe"] == probe]
         grids = {}
         for cls in _ordered_classes(sub["class"].unique()):
@@ -60,7 +61,8 @@ def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) 
     if "induction" in grids:
         g = np.nan_to_num(grids["induction"])
         hits = [(int(i), int(j)) for i, j in zip(*np.nonzero(g >= thr["induction_circuit"]), strict=True)]
-        parts.append(f"induction ≥ {thr['induction_circuit']:g}× in {head_list(hits)}")
+        parts.append(f"induction ≥ {thr['induction_circuit']:g}× in {head_list(hits)}" if hits
+                     else f"no head reaches {thr['induction_circuit']:g}× induction selectivity")
     best_cls, best = None, (-np.inf, 0, 0)
     for cls, g in grids.items():
         if np.isfinite(g).any():
@@ -68,7 +70,7 @@ def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) 
             if g[i, j] > best[0]:
                 best_cls, best = cls, (float(g[i, j]), int(i), int(j))
     if best_cls is not None:
-        parts.append(f"most selective: L{best[1]}H{best[2]} {best_cls} ({best[0]:.0f}×)")
+        parts.append(f"most selective: L{best[1]}H{best[2]} {CLASS_LABELS.get(best_cls, best_cls)} ({best[0]:.3g}×)")
     return "; ".join(parts)
 
 
