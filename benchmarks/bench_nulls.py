@@ -48,6 +48,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", help="HF checkpoint folder (default: a tiny model from headscreen.testing)")
     ap.add_argument("--arch", default="gpt_neox", help="tiny-model architecture when no MODEL_DIR is given")
+    ap.add_argument("--tiny", default="2,4,64", help="tiny model 'layers,heads,d_model' when no MODEL_DIR is given")
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--n", type=int, default=32, help="probe prompts")
     ap.add_argument("--seq-len", type=int, default=32)
@@ -72,7 +73,9 @@ def main(argv=None) -> None:
         if args.model_dir is None:
             from headscreen.testing import save_tiny_model
 
-            model_dir = save_tiny_model(Path(tmp) / args.arch, args.arch)
+            n_layers, n_heads, d_model = (int(x) for x in args.tiny.split(","))
+            model_dir = save_tiny_model(Path(tmp) / args.arch, args.arch, n_layers=n_layers, n_heads=n_heads,
+                                        d_model=d_model)
         else:
             model_dir = Path(args.model_dir)
         bridge = _boot(model_dir)
@@ -97,7 +100,7 @@ def main(argv=None) -> None:
     diff_stack = max(float((stacked[m] - ref[m]).abs().max()) for m in METRICS)
     diff_vec = max(float((vec[m] - ref[m]).abs().max()) for m in METRICS)
 
-    print(f"model: {model_dir if args.model_dir else f'tiny {args.arch} (headscreen.testing)'}  "
+    print(f"model: {model_dir if args.model_dir else f'tiny {args.arch} (headscreen.testing)'}: "
           f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, vocab {cfg.d_vocab}")
     print(f"circuit {list(circuit)}, {args.draws} matched-random draws ({len(set(draws))} distinct), "
           f"{args.kind} ablation, {args.n} prompts x {args.seq_len} tokens, max_rows {args.max_rows}, "

@@ -290,6 +290,8 @@ def test_vectorised_nulls_equal_a_loop_of_single_ablations(tiny, kind):
     n_draws = 100 if kind == "zero" else 25
     draws = matched_random_draws(circuit, bridge.cfg.n_heads, n_draws, seed=123)
     src = ablation_source(bridge, clean, [0, 1], kind, corrupted=corrupted)
+    chunked = ablation_source(bridge, clean, [0, 1], kind, corrupted=corrupted, max_rows=3)  # 3 micro-batches
+    assert all(torch.allclose(chunked.z[layer], src.z[layer], atol=1e-7) for layer in src.z)
     loop = ablate_head_sets_loop(bridge, scoring, draws, src)
     for max_rows, dedupe in [(512, True), (40, False), (5, True)]:  # 5 < n: examples split too
         vec = ablate_head_sets(bridge, scoring, draws, src, max_rows=max_rows, dedupe=dedupe)
@@ -359,6 +361,11 @@ def test_validate_checkpoint_on_the_known_circuit(hand, hand_probe):
         assert res["tests"]["top1"]["observed_drop"] == 1.0
         assert res["tests"]["top1"]["p_value"] == pytest.approx(1 / 21)
         assert res["fired"]["blocks.0.attn.hook_z"]["min_condition_max_abs_delta"] > 0.1
+    # a circuit that fills its layer has no matched-random control: the null is skipped, loudly
+    summary, df = validate_checkpoint(hand, [(0, 0), (0, 1)], {"retrieval": clean}, n_null=20)
+    assert "layer 0 has 2 circuit heads but only 0" in summary["null_skipped"]
+    assert summary["probes"]["retrieval"]["tests"] is None and "matched_random" not in set(df.condition)
+    assert summary["probes"]["retrieval"]["circuit_drop"]["top1"] == 1.0
 
 
 # ---------------------------------------------------------------- activation patching

@@ -115,6 +115,12 @@ def check_eval_raw(bridge) -> None:
         )
 
 
+def _capture_chunks(bridge, tokens: torch.Tensor, names: list[str], stop: int | None, max_rows: int):
+    """capture() in micro-batches of max_rows prompts, yielding {name: [rows, ...]} per chunk."""
+    for i0 in range(0, tokens.shape[0], max_rows):
+        yield capture(bridge, tokens[i0:i0 + max_rows], names, stop_at_layer=stop)
+
+
 def ablation_source(
     bridge,
     batch: ProbeBatch,
@@ -123,8 +129,13 @@ def ablation_source(
     *,
     reference: ProbeBatch | None = None,
     corrupted: ProbeBatch | None = None,
+    max_rows: int = 512,
 ) -> ZSource:
-    """The replacement hook_z of `layers` for `kind` (`reference` defaults to `batch` for mean)."""
+    """The replacement hook_z of `layers` for `kind` (`reference` defaults to `batch` for mean).
+
+    The mean is accumulated in float64 over micro-batches and cast back, so a constant activation
+    gives back exactly itself (and its ablation is reported as changing nothing).
+    """
     if kind == "zero":
         return ZSource("zero")
     layers = sorted(set(layers))
@@ -137,8 +148,14 @@ def ablation_source(
                 f"mean-ablation reference {ref.name!r} has seq_len {ref.seq_len}, the probe {batch.seq_len}; "
                 f"the position-wise mean needs the same length"
             )
-        acts = capture(bridge, ref.tokens, names, stop_at_layer=stop)
-        return ZSource("mean", {layer: acts[z_name(layer)].mean(0, keepdim=True) for layer in layers})
+        sums: dict[str, torch.Tensor] = {}
+        dtype = None
+        for acts in _capture_chunks(bridge, ref.tokens, names, stop, max_rows):
+            for name, a in acts.items():
+                dtype = a.dtype
+                part = a.double().sum(0, keepdim=True)
+                sums[name] = part if name not in sums else sums[name] + part
+        return ZSource("mean", {layer: (sums[z_name(layer)] / ref.n).to(dtype) for layer in layers})
     if kind == "resample":
         if corrupted is None:
             raise ValueError(f"resample ablation of probe {batch.name!r} needs a corrupted batch (corrupted=...)")
@@ -147,8 +164,8 @@ def ablation_source(
                 f"corrupted batch {tuple(corrupted.tokens.shape)} must match probe {batch.name!r} "
                 f"{tuple(batch.tokens.shape)}: resampling is aligned by example"
             )
-        acts = capture(bridge, corrupted.tokens, names, stop_at_layer=stop)
-        return ZSource("resample", {layer: acts[z_name(layer)] for layer in layers})
+        chunks = list(_capture_chunks(bridge, corrupted.tokens, names, stop, max_rows))
+        return ZSource("resample", {layer: torch.cat([c[z_name(layer)] for c in chunks]) for layer in layers})
     raise ValueError(f"ablation kind {kind!r} is not one of {ABLATIONS}")
 
 

@@ -45,8 +45,8 @@ def k_name(layer: int) -> str:
 
 
 def default_rtol(dtype: torch.dtype) -> float:
-    """Relative change below which an edit counts as "changed nothing" (32 ulp of the dtype)."""
-    return 32.0 * torch.finfo(dtype).eps
+    """Relative change below which an edit counts as "changed nothing": 32 ulp (3.8e-6 in fp32), at most 1e-2."""
+    return min(32.0 * torch.finfo(dtype).eps, 1e-2)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,9 @@ def validate_checkpoint(
     retrieval probes). The summary holds, per probe and metric, the circuit's drop, the null's
     distribution, the effect ratio and the p-value, plus the smallest per-condition max |delta| per
     hook (proof that every ablation fired). Same seed and inputs => same numbers.
+
+    When a circuit layer leaves too few other heads for a matched-random control (e.g. 3 of 4
+    heads), the other conditions still run, `summary["null_skipped"]` says why and `tests` is None.
     """
     check_eval_raw(bridge)
     cfg = AblationConfig(kind=ablation, n_null=n_null, seed=seed, max_rows=max_rows)  # validates the settings
@@ -87,8 +90,13 @@ def validate_checkpoint(
     corrupted, reference = dict(corrupted or {}), dict(reference or {})
     heads = normalize_circuit(circuit, bridge.cfg.n_layers, bridge.cfg.n_heads)
     layers = sorted({layer for layer, _ in heads})
-    conditions = standard_conditions(heads, bridge.cfg.n_heads) + null_conditions(heads, bridge.cfg.n_heads, n_null, seed)
-    n_std = len(conditions) - n_null
+    conditions = standard_conditions(heads, bridge.cfg.n_heads)
+    n_std = len(conditions)
+    try:
+        conditions += null_conditions(heads, bridge.cfg.n_heads, n_null, seed)
+        null_skipped = None
+    except ValueError as err:  # a layer has no room for a matched-random control
+        null_skipped = f"no matched-random null: {err}"
     summary: dict = {
         "format": "headscreen-validation/1",
         "step": step,
@@ -100,6 +108,7 @@ def validate_checkpoint(
         "upper_bound": _heads_json(upper_bound(heads, bridge.cfg.n_heads)),
         "layer_counts": {str(layer): sum(1 for lh in heads if lh[0] == layer) for layer in layers},
         "n_distinct_null_draws": len({c.heads for c in conditions[n_std:]}),
+        "null_skipped": null_skipped,
         "metrics": list(METRICS),
         "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
         "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null)",
@@ -115,7 +124,10 @@ def validate_checkpoint(
         if ablation == "resample":
             corr = _corrupted_for(name, batch, corrupted, seed)
             probe_info["corrupted_seed"] = corr.seed if name in corrupted else seed
-        source = ablation_source(bridge, batch, layers, ablation, reference=reference.get(name), corrupted=corr)
+        source = ablation_source(bridge, batch, layers, ablation, reference=reference.get(name), corrupted=corr,
+                                 max_rows=max_rows)
+        if ablation == "mean":
+            probe_info["mean_reference"] = reference[name].name if name in reference else name
         clean = {m: float(v.mean()) for m, v in clean_metrics(bridge, scoring, max_rows=max_rows).items()}
         per_ex = ablate_head_sets(
             bridge, scoring, [c.heads for c in conditions], source, max_rows=max_rows,
@@ -128,12 +140,17 @@ def validate_checkpoint(
         probe_info["clean"] = clean
         probe_info["conditions"] = {c.name: {m: float(means[m][i]) for m in METRICS}
                                     for i, c in enumerate(conditions[:n_std])}
-        probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
-        probe_info["tests"] = {
-            m: null_test(m, metric_drop(m, clean[m], float(means[m][0])),
-                         metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
-            for m in METRICS
-        }
+        probe_info["circuit_drop"] = {m: metric_drop(m, clean[m], float(means[m][0])) for m in METRICS}
+        if null_skipped is None:
+            probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
+            probe_info["tests"] = {
+                m: null_test(m, probe_info["circuit_drop"][m],
+                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
+                for m in METRICS
+            }
+        else:
+            probe_info["matched_random_mean"] = None
+            probe_info["tests"] = None
         probe_info["fired"] = log.to_json()
         summary["probes"][name] = probe_info
     df = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
