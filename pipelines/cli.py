@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import report, screen, series_info, train
+from pipelines import demo, report, screen, series_info, train, validate
 
 # (name, module, one-line help). A workflow is listed only once it works end to end.
 COMMANDS = [
+    ("demo", demo, "the embedded default end to end: train, screen, validate, report"),
     ("series", series_info, "list the checkpoints of a series and its attention geometry"),
     ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
     ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
+    ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
     ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),
 ]
 

@@ -15,7 +15,7 @@ import torch
 
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
-from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, rank_heads
+from headscreen.spectral import HeadSketcher, SpectralConfig, rank_heads
 from headscreen.testing import build_tiny_model, save_tiny_series, save_word_tokenizer
 from pipelines.screen import ScreenSettings, screen
 
@@ -94,7 +94,7 @@ def _planted_series(root, arch, planted: dict[tuple[int, int], int], n_ckpt=16, 
     (plus small isotropic noise on every attention weight), and all other heads get only the noise."""
     model = build_tiny_model(arch, n_ctx=64, seed=seed)
     g = torch.Generator().manual_seed(seed + 7)
-    H, dh, D = 4, 16, 64
+    dh, D = 16, 64
     dirs = {key: [(torch.randn(D, dh, generator=g), torch.randn(dh, D, generator=g)) for _ in range(k)]
             for key, k in planted.items()}
     for t in range(n_ckpt):
