@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from headscreen.report.content import human_count  # noqa: E402
 
@@ -52,7 +52,7 @@ def _tokens_tick(value: float, _pos=None) -> str:
 def _annotate_grid(ax, values: np.ndarray, fmt_cell, white_text) -> None:
     """Write each cell's value; `white_text(v)` says where the cell is dark enough for white text."""
     n_layers, n_heads = values.shape
-    if n_layers * n_heads > 256:
+    if n_layers * n_heads > 144:  # a 12 x 12 grid; beyond it the colours carry the values
         return
     size = 7 if n_heads <= 8 else 5
     for i in range(n_layers):
@@ -107,35 +107,80 @@ def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, titl
     return fig
 
 
-def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], title: str) -> Figure:
-    """Each head's emergence step (x) per class; heads on y, ordered by first emergence."""
+def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], title: str,
+                       max_rows: int = 30) -> Figure:
+    """Top: how many heads of each class have emerged by each step. Bottom: each head's emergence step.
+
+    The bottom panel lists every head when at most `max_rows` emerged, else the induction and
+    previous-token heads only (at most `max_rows`, earliest first).
+    """
     emerged = [r for r in records if r["step"] is not None]
-    heads = sorted({(r["layer"], r["head"]) for r in emerged},
-                   key=lambda h: (min(r["step"] for r in emerged if (r["layer"], r["head"]) == h), h))
+    classes = sorted({r["class"] for r in emerged}, key=lambda c: (c not in ("induction", "previous"), c))
+    rows = emerged if len({(r["layer"], r["head"]) for r in emerged}) <= max_rows else [
+        r for r in emerged if r["class"] in ("induction", "previous")]
+    first = {}
+    for r in rows:
+        h = (r["layer"], r["head"])
+        first[h] = min(first.get(h, r["step"]), r["step"])
+    heads = sorted(first, key=lambda h: (first[h], h))[:max_rows]
+    shown = [r for r in rows if (r["layer"], r["head"]) in set(heads)]
     y_of = {h: i for i, h in enumerate(heads)}
-    fig = _new_figure(8.0, max(2.4, 0.32 * len(heads) + 1.4))
-    ax = fig.subplots()
-    for cls in sorted({r["class"] for r in emerged}):
-        rs = [r for r in emerged if r["class"] == cls]
-        ax.scatter([r["step"] for r in rs], [y_of[(r["layer"], r["head"])] for r in rs], s=55, zorder=3,
-                   color=CLASS_COLOURS.get(cls, "#333333"), label=cls, edgecolor="black", linewidth=0.5)
-    for i in range(len(heads)):
-        ax.axhline(i, color="#dddddd", linewidth=0.8, zorder=1)
-    ax.set_yticks(range(len(heads)), [f"L{layer}H{head}" for layer, head in heads])
-    ax.invert_yaxis()
-    ax.set_xlabel("emergence step (training steps)")
-    ax.set_ylabel("head")
-    ax.legend(title="class", loc="best", fontsize=8)
-    if len(step_tokens) >= 2:
-        steps = np.array(list(step_tokens), dtype=float)
-        toks = np.array(list(step_tokens.values()), dtype=float)
-        if np.all(np.diff(toks) > 0):
-            top = ax.secondary_xaxis(
-                "top", functions=(lambda s: np.interp(s, steps, toks), lambda t: np.interp(t, toks, steps)))
-            top.set_xlabel("tokens seen")
-            top.xaxis.set_major_formatter(FuncFormatter(_tokens_tick))
+    fig = _new_figure(8.0, 2.6 + (max(1.2, 0.3 * len(heads) + 0.8) if heads else 0))
+    axes = fig.subplots(2 if heads else 1, 1, sharex=True, squeeze=False,
+                        height_ratios=[2.2, max(1.2, 0.3 * len(heads) + 0.4)] if heads else None)[:, 0]
+    ax = axes[0]
+    all_steps = sorted(set(step_tokens) | {r["step"] for r in emerged})
+    for cls in classes:
+        steps = np.sort([r["step"] for r in emerged if r["class"] == cls])
+        counts = [int(np.searchsorted(steps, s, side="right")) for s in all_steps]
+        ax.step(all_steps, counts, where="post", color=CLASS_COLOURS.get(cls, "#333333"), linewidth=2,
+                label=f"{cls} ({steps.size})")
+    ax.set_ylabel("heads emerged")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(title="class (heads)", fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    if heads:
+        axh = axes[1]
+        for cls in classes:
+            rs = [r for r in shown if r["class"] == cls]
+            if rs:
+                axh.scatter([r["step"] for r in rs], [y_of[(r["layer"], r["head"])] for r in rs], s=45, zorder=3,
+                            color=CLASS_COLOURS.get(cls, "#333333"), edgecolor="black", linewidth=0.5)
+        for i in range(len(heads)):
+            axh.axhline(i, color="#dddddd", linewidth=0.8, zorder=1)
+        axh.set_yticks(range(len(heads)), [f"L{layer}H{head}" for layer, head in heads], fontsize=8)
+        axh.set_ylim(len(heads) - 0.5, -0.5)
+        axh.set_ylabel("head")
+        if rows is not emerged:
+            axh.set_title("induction and previous-token heads", fontsize=9)
+    axes[-1].set_xlabel("training step")
+    _tokens_axis(ax, step_tokens)
     fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
+
+
+def _extrapolating(xp: np.ndarray, fp: np.ndarray):
+    """Piecewise-linear map through (xp, fp), continued linearly past both ends (np.interp clamps)."""
+    def f(x):
+        x = np.asarray(x, dtype=float)
+        y = np.interp(x, xp, fp)
+        lo, hi = x < xp[0], x > xp[-1]
+        y = np.where(lo, fp[0] + (x - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0]), y)
+        return np.where(hi, fp[-1] + (x - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2]), y)
+    return f
+
+
+def _tokens_axis(ax, step_tokens: dict[int, float]) -> None:
+    """A top axis in tokens seen, when tokens are known and increase with the step."""
+    if len(step_tokens) < 2:
+        return
+    steps = np.array(list(step_tokens), dtype=float)
+    toks = np.array(list(step_tokens.values()), dtype=float)
+    if not (np.all(np.diff(steps) > 0) and np.all(np.diff(toks) > 0)):
+        return
+    top = ax.secondary_xaxis("top", functions=(_extrapolating(steps, toks), _extrapolating(toks, steps)))
+    top.set_xlabel("tokens seen")
+    top.xaxis.set_major_formatter(FuncFormatter(_tokens_tick))
 
 
 def fingerprint_curves(panels: dict[str, pd.DataFrame | None], *, highlight: dict[tuple[int, int], str],
