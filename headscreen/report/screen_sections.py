@@ -138,7 +138,8 @@ def circuits_section(ctx: Context) -> Section:
 
 def emergence_section(ctx: Context) -> Section:
     sec = Section(key="emergence", title="Emergence timeline",
-                  intro="The first checkpoint at which each head reaches its class threshold.")
+                  intro="When each head joined its class, as circuits.json records it (`headscreen screen`: the "
+                        "first checkpoint from which the head stays in the class through the last one).")
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The emergence timeline"))
         return sec
