@@ -123,37 +123,62 @@ def make_run(root: Path, model: str, *, validated: bool) -> dict:
     return truth
 
 
+METRICS = ("cross_entropy", "top1", "top5", "target_logit", "logit_diff")
+
+
+def _ablation_summary(kind: str, clean: dict, conds: dict, null: dict) -> dict:
+    """One ablation kind's per-checkpoint summary, as causal.validate_checkpoint writes it."""
+    def drop(m, v):
+        return v - clean[m] if m == "cross_entropy" else clean[m] - v
+
+    tests = {}
+    for m in METRICS:
+        null_drops = np.array([drop(m, v) for v in null[m]])
+        observed = drop(m, conds["circuit"][m])
+        tests[m] = {"metric": m, "observed_drop": observed, "null_mean_drop": float(null_drops.mean()),
+                    "null_std_drop": float(null_drops.std(ddof=1)),
+                    "effect_ratio": observed / float(null_drops.mean()),
+                    "p_value": (1 + int((null_drops >= observed).sum())) / (1 + len(null_drops)), "n_null": len(null_drops)}
+    return {"format": "headscreen-validation/1", "step": 1000, "ablation": kind, "seed": 123, "n_null": 20,
+            "circuit": [[1, 2], [2, 1]], "null_skipped": None, "metrics": list(METRICS),
+            "probes": {"retrieval": {"clean": clean, "conditions": conds,
+                                     "matched_random_mean": {m: float(np.mean(null[m])) for m in METRICS},
+                                     "tests": tests}}}
+
+
 def _write_validation(root: Path, rng) -> dict:
-    null_top1 = (0.55 + 0.02 * rng.randn(20)).tolist()
-    rows = [{"step": 1000, "probe": "retrieval", "condition": c, "draw": 0, "metric": "top1", "value": v}
-            for c, v in (("clean", 0.62), ("circuit", 0.05), ("upper_bound", 0.01), ("head_L1H2", 0.3))]
-    rows += [{"step": 1000, "probe": "retrieval", "condition": "matched_random", "draw": i, "metric": "top1",
-              "value": v} for i, v in enumerate(null_top1)]
-    rows += [{"step": 1000, "probe": "retrieval", "condition": c, "draw": 0, "metric": "cross_entropy", "value": v}
-             for c, v in (("clean", 1.1), ("circuit", 3.9), ("upper_bound", 4.5))]
-    rows += [{"step": 1000, "probe": "retrieval", "condition": "matched_random", "draw": i, "metric": "cross_entropy",
-              "value": 1.2 + 0.05 * i} for i in range(20)]
-    pd.DataFrame(rows).to_parquet(root / "validation.parquet")
-    null_drop = 0.62 - float(np.mean(null_top1))
-    summary = {"checkpoints": [{
-        "step": 1000, "probe": "retrieval", "circuit": [[1, 2], [2, 1]], "metric": "top1",
-        "conditions": {"clean": {"top1": 0.62, "cross_entropy": 1.1}, "circuit": {"top1": 0.05, "cross_entropy": 3.9},
-                       "matched_random": {"top1": float(np.mean(null_top1)), "cross_entropy": 1.675},
-                       "upper_bound": {"top1": 0.01, "cross_entropy": 4.5}},
-        "tests": {"top1": {"metric": "top1", "observed_drop": 0.57, "null_mean_drop": null_drop,
-                           "effect_ratio": 0.57 / null_drop, "p_value": 1 / 21, "n_null": 20},
-                  "cross_entropy": {"metric": "cross_entropy", "observed_drop": 2.8, "null_mean_drop": 0.575,
-                                    "effect_ratio": 2.8 / 0.575, "p_value": 1 / 21, "n_null": 20}},
-        "seeds": {"matched_random": 123}}]}
-    (root / "validation.json").write_text(json.dumps(summary))
-    patch = [{"step": 1000, "layer": layer, "head": head, "kind": "head", "score": 0.02 * (layer + head)}
+    """validation.json / validation.parquet / patching.parquet laid out as `headscreen validate` writes them."""
+    clean = {"cross_entropy": 1.1, "top1": 0.62, "top5": 0.8, "target_logit": 9.0, "logit_diff": 7.0}
+    rows, ablations = [], {}
+    for kind, scale in (("zero", 1.0), ("mean", 0.8)):
+        conds = {"circuit": {"cross_entropy": 1.1 + 2.8 * scale, "top1": 0.62 - 0.57 * scale, "top5": 0.8 - 0.6 * scale,
+                             "target_logit": 9.0 - 5 * scale, "logit_diff": 7.0 - 5 * scale},
+                 "upper_bound": {"cross_entropy": 4.5, "top1": 0.01, "top5": 0.05, "target_logit": 2.0, "logit_diff": 1.0},
+                 "head_L1H2": {"cross_entropy": 2.0, "top1": 0.3, "top5": 0.5, "target_logit": 6.0, "logit_diff": 4.0}}
+        null = {m: (clean[m] + (0.02 if m == "cross_entropy" else -0.02) * (1 + rng.rand(20))).tolist() for m in METRICS}
+        ablations[kind] = _ablation_summary(kind, clean, conds, null)
+        rows += [(1000, "retrieval", "clean", 0, m, clean[m], kind) for m in METRICS]
+        rows += [(1000, "retrieval", c, 0, m, v[m], kind) for c, v in conds.items() for m in METRICS]
+        rows += [(1000, "retrieval", "matched_random", i, m, null[m][i], kind) for m in METRICS for i in range(20)]
+    pd.DataFrame(rows, columns=["step", "probe", "condition", "draw", "metric", "value", "ablation"]).to_parquet(
+        root / "validation.parquet")
+    patch = [(1000, "activation", layer, head, 0.02 * (layer + head), "", "")
              for layer in range(N_LAYERS) for head in range(N_HEADS)]
-    patch[1 * N_HEADS + 2]["score"] = 0.81
-    patch[2 * N_HEADS + 1]["score"] = 0.44
-    patch.append({"step": 1000, "layer": 2, "head": 1, "kind": "path", "score": 0.3, "sender_layer": 1.0,
-                  "sender_head": 2.0})
-    pd.DataFrame(patch).to_parquet(root / "patching.parquet")
-    return {"null_top1": null_top1, "effect_ratio": 0.57 / null_drop, "p_value": 1 / 21, "patch_12": 0.81}
+    patch[1 * N_HEADS + 2] = (1000, "activation", 1, 2, 0.81, "", "")
+    patch[2 * N_HEADS + 1] = (1000, "activation", 2, 1, 0.44, "", "")
+    patch += [(1000, "path_k_noising", 2, 1, 0.3, "L0H1", "L2H1"), (1000, "path_k_noising", -1, -1, 0.5, "L0H1", "L1H2,L2H1")]
+    pd.DataFrame(patch, columns=["step", "kind", "layer", "head", "score", "senders", "receivers"]).to_parquet(
+        root / "patching.parquet")
+    doc = {"format": "headscreen-validation-run/1", "step": 1000, "probe": "retrieval", "circuit": [[1, 2], [2, 1]],
+           "circuit_source": "screened induction circuit", "n_null": 20, "seed": 123, "ablations": ablations,
+           "patching": {"format": "headscreen-patching/1", "step": 1000, "unchanged_heads": [],
+                        "path_patching": {"component": "k", "results": []}},
+           "checkpoints": [ablations["zero"]], "status": "done"}
+    (root / "validation.json").write_text(json.dumps(doc))
+    zero = ablations["zero"]["probes"]["retrieval"]["tests"]["top1"]
+    return {"null_top1": [r[5] for r in rows if r[6] == "zero" and r[2] == "matched_random" and r[4] == "top1"],
+            "effect_ratio": zero["effect_ratio"], "p_value": zero["p_value"], "patch_12": 0.81,
+            "mean_effect_ratio": ablations["mean"]["probes"]["retrieval"]["tests"]["top1"]["effect_ratio"]}
 
 
 @pytest.fixture(scope="module")
@@ -219,17 +244,21 @@ def test_json_numbers_equal_the_stored_input(runs, report_a):
     bos = {(r["step"], r["probe"]): (r["layer0"], r["layer1"]) for r in sec["bos_layers01"]["data"]["records"]}
     assert bos == {(r["step"], r["probe"]): (r["bos_layer0"], r["bos_layer1"]) for r in circuits["bos_layers01"]}
     assert len(bos) == len(STEPS) * len(PROBES)
-    # ablation summary and the null distribution, draw for draw
-    rec = sec["ablation"]["data"]["records"][0]
-    assert rec["effect_ratio"] == truth["effect_ratio"] and rec["p_value"] == truth["p_value"]
-    assert rec["circuit"] == [[1, 2], [2, 1]] and rec["metric"] == "top1"
-    null = sec["ablation"]["data"]["null_distributions"][0]
-    assert null["random_draws"]["top1"] == pytest.approx(truth["null_top1"])
-    assert null["circuit"]["top1"] == 0.05 and null["clean"]["top1"] == 0.62
+    # ablation summaries per kind and the null distributions, draw for draw
+    recs = {r["ablation"]: r for r in sec["ablation"]["data"]["records"]}
+    assert set(recs) == {"zero", "mean"}
+    assert recs["zero"]["effect_ratio"] == truth["effect_ratio"] and recs["zero"]["p_value"] == truth["p_value"]
+    assert recs["mean"]["effect_ratio"] == truth["mean_effect_ratio"] != truth["effect_ratio"]
+    assert recs["zero"]["circuit"] == [[1, 2], [2, 1]] and recs["zero"]["metric"] == "top1"
+    nulls = {n["ablation"]: n for n in sec["ablation"]["data"]["null_distributions"]}
+    assert nulls["zero"]["random_draws"]["top1"] == pytest.approx(truth["null_top1"])
+    assert nulls["zero"]["circuit"]["top1"] == pytest.approx(0.05) and nulls["zero"]["clean"]["top1"] == 0.62
+    assert nulls["mean"]["circuit"]["top1"] == pytest.approx(0.62 - 0.57 * 0.8)
+    assert len(sec["ablation"]["figures"]) == 2
     # patching grid, lead times, copying, selectivity
     grid = sec["patching"]["data"]["steps"]["1000"]
     assert grid[1][2] == pytest.approx(truth["patch_12"]) and len(grid) == N_LAYERS and len(grid[0]) == N_HEADS
-    assert len(sec["patching"]["data"]["path_patching"]) == 1
+    assert len(sec["patching"]["data"]["path_patching"]) == 2
     leads = {(r["layer"], r["head"]): r["lead_steps"] for r in sec["lead_times"]["data"]["records"]
              if r["class"] == "induction"}
     assert leads == {(1, 2): 500 - 250, (2, 1): 750 - 250}

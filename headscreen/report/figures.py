@@ -225,15 +225,7 @@ def fingerprint_curves(panels: dict[str, pd.DataFrame | None], *, highlight: dic
             (line,) = ax.plot(sub["x"], sub["value"], color=colours[h], linewidth=2, marker="o", markersize=3)
             handles.setdefault(label, line)
         ax.tick_params(labelsize=8)
-    if handles:
-        spare = [ax for ax in axes.ravel() if not ax.get_visible()]
-        if spare:  # the legend fills the empty panel
-            spare[0].set_visible(True)
-            spare[0].axis("off")
-            spare[0].legend(list(handles.values()), list(handles), loc="center", fontsize=9, title="heads")
-        else:
-            fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)),
-                       fontsize=8)
+    _legend(fig, axes, handles, "heads")
     fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
 
@@ -242,9 +234,9 @@ def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], cl
                   upper: dict[str, float], title: str) -> Figure:
     """Per metric: histogram of the matched-random ablations with the circuit, clean and upper-bound values."""
     metrics = list(draws)
-    ncols = min(4, len(metrics))
+    ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
-    fig = _new_figure(3.6 * ncols, 2.9 * nrows + 0.9)
+    fig = _new_figure(3.9 * ncols, 2.9 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     handles: dict[str, object] = {}
     for k, ax in enumerate(axes.ravel()):
@@ -266,10 +258,23 @@ def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], cl
         ax.set_xlabel(f"{metric} after ablation ({_metric_unit(metric)})", fontsize=8)
         ax.set_ylabel("random draws (count)", fontsize=8)
         ax.tick_params(labelsize=8)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)), fontsize=8)
+    _legend(fig, axes, handles, "conditions")
     fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
+
+
+def _legend(fig: Figure, axes: np.ndarray, handles: dict, title: str) -> None:
+    """The legend in the first unused panel, else below the panels."""
+    if not handles:
+        return
+    spare = [ax for ax in axes.ravel() if not ax.get_visible()]
+    if spare:
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(list(handles.values()), list(handles), loc="center", fontsize=9, title=title)
+    else:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)),
+                   fontsize=8)
 
 
 def _metric_unit(metric: str) -> str:

@@ -19,8 +19,15 @@ circuits.json (as the screen writes it; alternatives in brackets)::
                      [or {"<step>": {"layer0": n, "layer1": m}} or {"<step>": n}],
      "pr_integral": {"<probe>": [{"layer", "head", "integral", "rank", "picked"}]}  [or "pr_ranking": [...]]}
 
-validation.json: a list of per-checkpoint summaries, or ``{"checkpoints": [...]}``, or
-``{"steps": {"<step>": {...}}}``; a summary may nest ``"probes": {"<probe>": {...}}``. Each summary::
+validation.json (as `headscreen validate` writes it)::
+
+    {"status": "done" | "no circuit", "reason"?, "step", "probe", "circuit",
+     "ablations": {"zero" | "mean" | "resample": <per-checkpoint summary>}, "patching": {...},
+     "checkpoints": [<the first ablation's summary>]}
+
+or a list of per-checkpoint summaries, ``{"checkpoints": [...]}``, ``{"steps": {"<step>": {...}}}``.
+A summary may nest ``"probes": {"<probe>": {"clean", "conditions", "matched_random_mean", "tests"}}``.
+Each summary (after that nesting is flattened)::
 
     {"step", "probe"?, "circuit": [heads], "metric"?, "conditions"?: {"<condition>": {"<metric>": v}},
      "effect_ratio", "p_value"            (for the primary metric), or
@@ -282,26 +289,49 @@ def probes_in(doc: dict) -> list[str]:
 # ---------------------------------------------------------------- validation.json
 
 
-def validation_records(doc, file: str = "validation.json") -> list[dict]:
-    """One normalised summary per (step, probe), sorted by step."""
+def validation_status(doc) -> tuple[str, str | None]:
+    """("done" | "no circuit" | ..., reason) as validation.json states it; "done" when it does not say."""
+    if isinstance(doc, dict) and doc.get("status"):
+        return str(doc["status"]), doc.get("reason")
+    return "done", None
+
+
+def _summaries(doc, file: str) -> list[tuple[str | None, object]]:
+    """(ablation kind, per-checkpoint summaries) pairs of any accepted layout."""
+    if isinstance(doc, dict) and isinstance(doc.get("ablations"), dict) and doc["ablations"]:
+        return [(str(kind), [summary]) for kind, summary in doc["ablations"].items()]
     if isinstance(doc, dict) and "checkpoints" in doc:
-        raw = doc["checkpoints"]
-    elif isinstance(doc, dict) and "steps" in doc:
-        raw = doc["steps"]
-    else:
-        raw = doc
+        return [(None, doc["checkpoints"])]
+    if isinstance(doc, dict) and "steps" in doc:
+        return [(None, doc["steps"])]
+    if isinstance(doc, dict) and "step" in doc and ("probes" in doc or "effect_ratio" in doc or "tests" in doc):
+        return [(None, [doc])]
+    if isinstance(doc, dict) and validation_status(doc)[0] != "done":
+        return []
+    if isinstance(doc, list):
+        return [(None, doc)]
+    raise SchemaError(f"{file}: expected 'ablations', 'checkpoints' or 'steps' (or a list of per-checkpoint "
+                      f"summaries); got the keys {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}. "
+                      f"Re-run `headscreen validate` on this run.")
+
+
+def validation_records(doc, file: str = "validation.json") -> list[dict]:
+    """One normalised summary per (step, probe, ablation kind), sorted by step (kinds in file order)."""
     out = []
-    for step, payload in per_step(raw, f"{file} checkpoints"):
-        if not isinstance(payload, dict):
-            raise SchemaError(f"{file} step {step}: expected a summary object, got {payload!r}.")
-        if isinstance(payload.get("probes"), dict):
-            shared = {k: v for k, v in payload.items() if k != "probes"}
-            parts = [(probe, {**shared, **sub}) for probe, sub in payload["probes"].items()]
-        else:
-            parts = [(payload.get("probe"), payload)]
-        for probe, rec in parts:
-            out.append(_validation_summary(step, probe, rec, f"{file} step {step}"))
-    return out
+    for kind, summaries in _summaries(doc, file):
+        for step, payload in per_step(summaries, f"{file} checkpoints"):
+            if not isinstance(payload, dict):
+                raise SchemaError(f"{file} step {step}: expected a summary object, got {payload!r}.")
+            if isinstance(payload.get("probes"), dict):
+                shared = {k: v for k, v in payload.items() if k != "probes"}
+                parts = [(probe, {**shared, **sub}) for probe, sub in payload["probes"].items()]
+            else:
+                parts = [(payload.get("probe"), payload)]
+            for probe, rec in parts:
+                item = _validation_summary(step, probe, rec, f"{file} step {step}")
+                item["ablation"] = rec.get("ablation", kind)
+                out.append(item)
+    return sorted(out, key=lambda r: r["step"])
 
 
 _PRIMARY_METRICS = ("top1", "logit_diff", "target_logit", "cross_entropy", "top5")
@@ -319,7 +349,7 @@ def _tests(rec: dict, where: str) -> dict[str, dict]:
 
 
 def _validation_summary(step: int, probe, rec: dict, where: str) -> dict:
-    tests = _tests(rec, where)
+    tests = _tests(rec, where) if rec.get("tests") is not None or rec.get("null_tests") is not None else {}
     metric = rec.get("metric") or rec.get("primary_metric")
     if metric is None and tests:
         metric = next((m for m in _PRIMARY_METRICS if m in tests), next(iter(tests)))
@@ -332,9 +362,13 @@ def _validation_summary(step: int, probe, rec: dict, where: str) -> dict:
     p_value = _finite_or_none(rec.get("p_value"))
     if p_value is None and p_values:
         p_value = p_values.get(metric, next(iter(p_values.values())))
-    conditions = rec.get("conditions") or {}
-    if not isinstance(conditions, dict):
+    conditions = dict(rec.get("conditions") or {})
+    if not isinstance(rec.get("conditions") or {}, dict):
         raise SchemaError(f"{where} 'conditions': expected {{condition: {{metric: value}}}}, got {conditions!r}.")
+    if isinstance(rec.get("clean"), dict) and "clean" not in conditions:  # the screen's layout keeps it apart
+        conditions = {"clean": rec["clean"], **conditions}
+    if isinstance(rec.get("matched_random_mean"), dict) and "matched_random" not in conditions:
+        conditions["matched_random (mean)"] = rec["matched_random_mean"]
     return {
         "step": step,
         "probe": probe,
@@ -347,4 +381,5 @@ def _validation_summary(step: int, probe, rec: dict, where: str) -> dict:
         "conditions": conditions,
         "n_draws": rec.get("n_draws", rec.get("n_null", next((t.get("n_null") for t in tests.values()), None))),
         "seeds": rec.get("seeds", rec.get("seed")),
+        "null_skipped": rec.get("null_skipped"),
     }
