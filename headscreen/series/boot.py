@@ -71,7 +71,6 @@ def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, 
     `bridge.cfg` gains no compatibility processing; `LOADING_MODE` ("raw") is what to record.
     """
     from transformer_lens.model_bridge import TransformerBridge
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint drowns the screen's own bar
