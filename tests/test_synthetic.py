@@ -144,14 +144,24 @@ def test_config_round_trip_and_schedule():
         TrainConfig.from_dict({"stpes": 10})
 
 
+def test_from_yaml_names_the_file_and_field(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\nsource: {kind: synthetic}\ntrain: {n_heads: 0}\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml \[train\].*'n_heads'"):
+        TrainConfig.from_yaml(path)
+    path.write_text("name: m\n")
+    with pytest.raises(ConfigError, match="train"):
+        TrainConfig.from_yaml(path)
+
+
 @pytest.mark.parametrize("name", ["synthetic-tiny", "synthetic-deep"])
 def test_model_config_yamls_parse(name):
     import yaml
 
     doc = yaml.safe_load((REPO / "model_configs" / f"{name}.yaml").read_text())
     assert doc["name"] == name and doc["source"]["kind"] == "synthetic"
-    cfg = TrainConfig.from_dict(doc["train"])
-    assert len(cfg.checkpoint_steps()) >= 40
+    cfg = TrainConfig.from_yaml(REPO / "model_configs" / f"{name}.yaml")
+    assert cfg == TrainConfig.from_dict(doc["train"]) and len(cfg.checkpoint_steps()) >= 40
     if name == "synthetic-tiny":
         assert (cfg.n_layers, cfg.ctx, cfg.attn_only) == (2, 128, True) and 100 <= cfg.vocab_size <= 160
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from headscreen.synthetic.tokenizer import MIN_VOCAB_SIZE
@@ -69,6 +70,19 @@ class TrainConfig:
                 raise ConfigError(f"unknown train config field {key!r}: {hint}valid fields are {', '.join(names)}")
             kwargs[key] = _coerce(key, value)
         return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str = "train") -> TrainConfig:
+        """The `section` mapping of a model_configs/*.yaml file (other top-level keys are ignored)."""
+        import yaml
+
+        doc = yaml.safe_load(Path(path).read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):
+            raise ConfigError(f"{path} has no {section!r} mapping: add a top-level '{section}:' with TrainConfig fields")
+        try:
+            return cls.from_dict(doc[section])
+        except ConfigError as err:
+            raise ConfigError(f"{path} [{section}]: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
