@@ -463,3 +463,18 @@ def test_patch_checkpoint_rows(hand, hand_probe, tiny):
     clean, corrupted = _probe(bridge, n=8)
     res = path_patch_k(bridge, Scoring.of(clean), corrupted.tokens, [(0, 0)], [[(1, 3)]])[0]
     assert res.kv_heads == ((1, 1),) and res.affected_heads == ((1, 2), (1, 3))
+
+
+def test_distinct_p_value_exposes_a_degenerate_null():
+    from headscreen.causal.stats import null_test
+
+    # 100 draws of only two distinct head sets: the Monte-Carlo p-value looks tiny, the exact one cannot
+    sets = [("a",), ("b",)] * 50
+    drops = [0.1, 0.2] * 50
+    t = null_test("top1", 0.9, drops, draw_sets=sets)
+    assert t.p_value == 1 / 101
+    assert t.n_distinct == 2 and t.p_value_distinct == 1 / 3
+    t2 = null_test("top1", 0.15, drops, draw_sets=sets)
+    assert t2.p_value_distinct == 2 / 3 and t2.p_value == 51 / 101
+    with pytest.raises(ValueError, match="draw_sets"):
+        null_test("top1", 0.9, drops, draw_sets=sets[:3])
