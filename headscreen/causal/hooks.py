@@ -89,7 +89,7 @@ class FireReport:
 
 def _group_max(values: Float[torch.Tensor, " batch"], groups: Int[torch.Tensor, " batch"], n: int) -> torch.Tensor:
     out = torch.zeros(n, dtype=values.dtype, device=values.device)
-    return out.scatter_reduce(0, groups, values, reduce="amax", include_self=True)
+    return out.scatter_reduce(0, groups.to(values.device), values, reduce="amax", include_self=True)
 
 
 def _recording(intervention: Intervention, firing: HookFiring, groups: torch.Tensor, n_groups: int):
@@ -197,7 +197,8 @@ def run_with_interventions(
         fwd_hooks.append((iv.hook_name, _recording(iv, report.firings[iv.hook_name], groups, n_groups)))
     if query_pos is not None:
         rows = torch.arange(n_rows)
-        fwd_hooks.append(("unembed.hook_in", lambda x, hook: x[rows, query_pos.to(torch.long)].unsqueeze(1)))
+        qpos = query_pos.to(torch.long)
+        fwd_hooks.append(("unembed.hook_in", lambda x, hook: x[rows.to(x.device), qpos.to(x.device)].unsqueeze(1)))
     with torch.no_grad():
         out = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)
     report.unchanged = check_fired(
