@@ -49,6 +49,13 @@ def small_series(tmp_path_factory) -> tuple[TrainConfig, Path]:
     return cfg, out
 
 
+@pytest.fixture(scope="module")
+def small_llama_series(tmp_path_factory) -> tuple[TrainConfig, Path]:
+    cfg = TrainConfig(**{**SMALL, "architecture": "llama"})
+    out = train_series(cfg, tmp_path_factory.mktemp("series") / "small-llama", progress=False)
+    return cfg, out
+
+
 # --- corpus -------------------------------------------------------------------------------------
 def test_corpus_is_deterministic_under_a_seed():
     cfg = TrainConfig(**SMALL)
@@ -203,11 +210,12 @@ def test_series_is_well_formed_and_lowers_the_loss(small_series):
     assert cks[-1]["train_loss"] < cks[0]["train_loss"] - 0.3
 
 
-def test_checkpoint_boots_in_bridge_and_matches_hf_logits(small_series):
+@pytest.mark.parametrize("fixture", ["small_series", "small_llama_series"])
+def test_checkpoint_boots_in_bridge_and_matches_hf_logits(fixture, request):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    cfg, out = small_series
+    cfg, out = request.getfixturevalue(fixture)
     tok = load_tokenizer(out)
     ckpt = out / "step000040"
     hf = AutoModelForCausalLM.from_pretrained(ckpt).eval()
