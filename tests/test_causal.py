@@ -158,6 +158,7 @@ def test_null_statistics():
     t = null_test("top1", 1.1, null)
     assert t.effect_ratio == pytest.approx(1.1 / null.mean()) and t.n_null == 5
     assert null_test("top1", 1.0, np.zeros(4)).effect_ratio is None  # never a division by ~0
+    assert null_test("top1", 1.0, np.array([-0.1, 0.05])).effect_ratio is None  # nor a sign flip
 
 
 # ---------------------------------------------------------------- conditions
@@ -360,6 +361,7 @@ def test_validate_checkpoint_on_the_known_circuit(hand, hand_probe):
         assert res["matched_random_mean"]["top1"] == 1.0  # the distractor is harmless
         assert res["tests"]["top1"]["observed_drop"] == 1.0
         assert res["tests"]["top1"]["p_value"] == pytest.approx(1 / 21)
+        assert res["tests"]["top1"]["n_distinct"] == 1 and res["tests"]["top1"]["p_value_distinct"] == 0.5
         assert res["fired"]["blocks.0.attn.hook_z"]["min_condition_max_abs_delta"] > 0.1
     # a circuit that fills its layer has no matched-random control: the null is skipped, loudly
     summary, df = validate_checkpoint(hand, [(0, 0), (0, 1)], {"retrieval": clean}, n_null=20)

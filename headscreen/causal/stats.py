@@ -3,8 +3,9 @@
 For one metric: observed = the circuit's drop (positive = worse, see `metrics.metric_drop`),
 null = the drops of the n matched-random draws.
 
-- effect ratio = observed / mean(null); None (JSON null) when |mean(null)| is below 1e-12, so a
-  division by ~0 never reports a meaningless huge ratio;
+- effect ratio = observed / mean(null); None (JSON null) when mean(null) <= 1e-12: a null that
+  does not degrade the model on average gives no scale (division by ~0), and a negative ratio
+  ("-15x" when the random heads slightly *help*) would read as an effect;
 - empirical one-sided p-value = (1 + #{null >= observed}) / (1 + n), in (0, 1], never 0.
 - with the draws' head sets given, also the exact p-value over the DISTINCT sets,
   (1 + #{distinct sets with drop >= observed}) / (1 + n_distinct). A small model can have few
@@ -49,7 +50,7 @@ def null_test(metric: str, observed_drop: float, null_drops, draw_sets=None) -> 
     if null.ndim != 1 or null.size == 0:
         raise ValueError(f"null_drops for {metric} must be a non-empty 1-d array, got shape {null.shape}")
     mean = float(null.mean())
-    ratio = None if abs(mean) < 1e-12 else float(observed_drop) / mean
+    ratio = None if mean <= 1e-12 else float(observed_drop) / mean
     n_distinct = p_distinct = None
     if draw_sets is not None:
         if len(draw_sets) != null.size:
