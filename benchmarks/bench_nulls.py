@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--circuit", default=None, help="'L.H,L.H' (default: head 0 of the first and the last layer)")
     ap.add_argument("--kind", default="zero", choices=("zero", "mean", "resample"))
-    ap.add_argument("--max-rows", type=int, default=512)
+    ap.add_argument("--max-rows", type=int, default=None, help="rows per forward (default 8192 tokens / seq-len)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=123)
@@ -64,7 +64,13 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from headscreen.causal.ablation import Scoring, ablate_head_sets, ablate_head_sets_loop, ablation_source
+    from headscreen.causal.ablation import (
+        Scoring,
+        ablate_head_sets,
+        ablate_head_sets_loop,
+        ablation_source,
+        rows_per_forward,
+    )
     from headscreen.causal.conditions import matched_random_draws, normalize_circuit
     from headscreen.causal.metrics import METRICS
     from headscreen.probes.prompts import corrupt_retrieval, retrieval_probe
@@ -103,7 +109,8 @@ def main(argv=None) -> None:
     print(f"model: {model_dir if args.model_dir else f'tiny {args.arch} (headscreen.testing)'}: "
           f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, vocab {cfg.d_vocab}")
     print(f"circuit {list(circuit)}, {args.draws} matched-random draws ({len(set(draws))} distinct), "
-          f"{args.kind} ablation, {args.n} prompts x {args.seq_len} tokens, max_rows {args.max_rows}, "
+          f"{args.kind} ablation, {args.n} prompts x {args.seq_len} tokens, "
+          f"{rows_per_forward(args.max_rows, args.seq_len)} rows per stacked forward, "
           f"{args.threads} thread(s), best of {args.repeats}")
     print(f"loop of single ablations: {t_loop * 1e3:9.1f} ms  ({args.draws} forwards)")
     print(f"stacked (no dedupe):      {t_stack * 1e3:9.1f} ms  speed ratio {t_loop / t_stack:5.2f}x  "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-from headscreen.causal.ablation import Scoring, check_eval_raw
+from headscreen.causal.ablation import Scoring, check_eval_raw, rows_per_forward
 from headscreen.causal.hooks import (
     Intervention,
     capture,
@@ -65,8 +65,9 @@ def normalised_score(ld_patch, ld_clean: float, ld_corr: float):
     return (ld_patch - ld_corr) / gap
 
 
-def run_ld(bridge, tokens: Int[torch.Tensor, "n pos"], scoring: Scoring, *, max_rows: int = 512) -> torch.Tensor:
+def run_ld(bridge, tokens: Int[torch.Tensor, "n pos"], scoring: Scoring, *, max_rows: int | None = None) -> torch.Tensor:
     """Per-example LD of the clean target on `tokens` without interventions. -> [n]"""
+    max_rows = rows_per_forward(max_rows, tokens.shape[1])
     parts = []
     for i0 in range(0, tokens.shape[0], max_rows):
         sl = slice(i0, i0 + max_rows)
@@ -89,7 +90,7 @@ def patch_ld(
     corrupted_tokens: Int[torch.Tensor, "n pos"],
     patch_sets: Sequence[Sequence[PatchSite]],
     *,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     names: Sequence[str] | None = None,
     allow_unchanged: bool = False,
 ) -> tuple[Float[torch.Tensor, "set n"], torch.Tensor]:
@@ -111,6 +112,7 @@ def patch_ld(
     clean_acts = capture(bridge, clean.tokens, list(per_hook)) if per_hook else {}
     names = list(names) if names is not None else [f"patch set {i}" for i in range(len(patch_sets))]
     n = clean.n
+    max_rows = rows_per_forward(max_rows, clean.tokens.shape[1])
     e_size = min(n, max_rows)
     c_size = max(1, max_rows // e_size)
     out = torch.empty(len(patch_sets), n)
@@ -149,7 +151,7 @@ def patch_ld(
     return out, unchanged
 
 
-def head_patching(bridge, clean: ProbeBatch, corrupted: ProbeBatch, *, max_rows: int = 512) -> HeadPatching:
+def head_patching(bridge, clean: ProbeBatch, corrupted: ProbeBatch, *, max_rows: int | None = None) -> HeadPatching:
     """Denoising patching of every head's hook_z (all positions), clean -> corrupted, as a [layer, head] map.
 
     A head whose patch changes nothing (a dead head, or identical clean and corrupted activations)

@@ -67,7 +67,7 @@ def validate_checkpoint(
     ablation: str = "zero",
     corrupted: Mapping[str, ProbeBatch] | None = None,
     reference: Mapping[str, ProbeBatch] | None = None,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     step: int | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Ablation validation of `circuit` on every probe. -> (summary, rows step/probe/condition/draw/metric/value).
@@ -171,7 +171,7 @@ def patch_checkpoint(
     *,
     previous_heads: Sequence[Sequence[int]] = (),
     induction_heads: Sequence[Sequence[int]] = (),
-    max_rows: int = 512,
+    max_rows: int | None = None,
     step: int | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Denoising head patching map + path patching previous-token -> induction (K). -> (summary, rows).
