@@ -100,7 +100,10 @@ class Series:
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
         src = self.tensor_source(ckpt)
-        hw = read_head_weights(src, self.geometry(ckpt), dtype=dtype)
+        try:
+            hw = read_head_weights(src, self.geometry(ckpt), dtype=dtype)
+        finally:
+            src.close()  # unmap the shards: nothing of this checkpoint stays resident
         shapes = hw.shapes()
         if self._reference is None:
             self._reference = (ckpt, shapes)
