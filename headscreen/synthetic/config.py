@@ -8,13 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headscreen.config import ConfigError  # one error type for every config section
 from headscreen.synthetic.tokenizer import MIN_VOCAB_SIZE
 
 ARCHITECTURES = ("gpt_neox", "llama")
-
-
-class ConfigError(ValueError):
-    """A bad TrainConfig value; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def save_tokenizer(vocab: Vocab, directory: str | Path, *, model_max_length: int
 
 
 def load_tokenizer(directory: str | Path):
-    """The saved tokenizer, loaded offline through `AutoTokenizer` (safe to hand to TransformerBridge)."""
-    from transformers import AutoTokenizer
+    """The saved tokenizer, loaded offline (the series loader's, which also refuses an empty tokenizer)."""
+    from headscreen.series.boot import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    return load(directory)
