@@ -25,7 +25,12 @@ from headscreen.causal.ablation import (
     ablate_head_sets_loop,
     ablation_source,
 )
-from headscreen.causal.conditions import matched_random_draws, normalize_circuit, standard_conditions
+from headscreen.causal.conditions import (
+    matched_random_draws,
+    matched_set_count,
+    normalize_circuit,
+    standard_conditions,
+)
 from headscreen.causal.hooks import (
     Intervention,
     InterventionDidNotFire,
@@ -175,6 +180,7 @@ def test_matched_random_draws_match_layers_and_never_overlap():
     assert used == {(1, h) for h in range(8) if h not in (2, 5)} | {(3, h) for h in range(1, 8)}
     assert matched_random_draws(circuit, 8, 300, seed=123) == draws
     assert matched_random_draws(circuit, 8, 300, seed=124) != draws
+    assert len(set(draws)) == len(draws) == matched_set_count(circuit, 8) == 6 * 5 // 2 * 7  # all sets, once
     names = [c.name for c in standard_conditions(circuit, 8)]
     assert names == ["circuit", "upper_bound", "head_L1H2", "head_L1H5", "head_L3H0"]
     assert standard_conditions(circuit, 8)[1].heads == tuple((layer, h) for layer in (1, 3) for h in range(8))
@@ -182,6 +188,18 @@ def test_matched_random_draws_match_layers_and_never_overlap():
         matched_random_draws([(0, 0), (0, 1), (0, 2)], 4, 10)
     with pytest.raises(ValueError, match="outside the model"):
         normalize_circuit([(0, 4)], n_layers=2, n_heads=4)
+
+
+def test_matched_random_draws_are_distinct_when_the_pool_allows():
+    circuit = [(1, 2), (1, 3), (1, 7)]
+    assert matched_set_count(circuit, 16) == 286  # C(13, 3)
+    draws = matched_random_draws(circuit, 16, 100, seed=123)
+    assert len(draws) == len(set(draws)) == 100  # without replacement
+    assert all(len(d) == 3 and not set(d) & set(circuit) and {lh[0] for lh in d} == {1} for d in draws)
+    assert draws == matched_random_draws(circuit, 16, 100, seed=123) != matched_random_draws(circuit, 16, 100, seed=1)
+    every = matched_random_draws(circuit, 8, 100, seed=5)  # C(5, 3) = 10 < 100: the exact null
+    assert len(every) == len(set(every)) == 10 == matched_set_count(circuit, 8)
+    assert every != matched_random_draws(circuit, 8, 100, seed=6) and set(every) == set(matched_random_draws(circuit, 8, 100, seed=6))
 
 
 def test_config_errors_name_the_field():
@@ -343,9 +361,12 @@ def test_fixed_seed_gives_identical_p_values(tiny):
         null = r[(r.condition == "matched_random") & (r.metric == m)].sort_values("draw").value.to_numpy()
         sign = -1 if m == "cross_entropy" else 1
         drop, null_drop = sign * (clean_v - circ), sign * (clean_v - null)
-        assert tests[m]["p_value"] == pytest.approx((1 + np.sum(null_drop >= drop)) / 101)
-        assert tests[m]["n_null"] == 100
-    assert len(df1) == (3 + 2 + 100) * len(METRICS)  # clean, circuit, upper bound, 2 heads, 100 draws
+        assert tests[m]["p_value"] == pytest.approx((1 + np.sum(null_drop >= drop)) / (1 + len(null)))
+        assert tests[m]["n_null"] == len(null) == 9
+    # 4 heads per layer: only 3 x 3 matched sets exist, so the null is exact (each once), not 100 repeats
+    assert s1["n_null"] == s1["n_matched_sets"] == 9 and s1["n_null_requested"] == 100
+    assert s1["null_kind"].startswith("exact")
+    assert len(df1) == (3 + 2 + 9) * len(METRICS)  # clean, circuit, upper bound, 2 heads, 9 sets
     assert set(df1.columns) == {"step", "probe", "condition", "draw", "metric", "value"} and (df1.step == 40).all()
     s3, _ = validate_checkpoint(bridge, [(0, 1), (1, 3)], probes, n_null=100, seed=7)
     assert s3["probes"]["retrieval"]["matched_random_mean"] != s1["probes"]["retrieval"]["matched_random_mean"]
@@ -360,7 +381,8 @@ def test_validate_checkpoint_on_the_known_circuit(hand, hand_probe):
         assert res["clean"]["top1"] == 1.0 and res["conditions"]["circuit"]["top1"] == 0.0
         assert res["matched_random_mean"]["top1"] == 1.0  # the distractor is harmless
         assert res["tests"]["top1"]["observed_drop"] == 1.0
-        assert res["tests"]["top1"]["p_value"] == pytest.approx(1 / 21)
+        # one free head: the exact null has a single set, so p can be no smaller than 1/2 (not 1/21)
+        assert res["tests"]["top1"]["p_value"] == 0.5 and res["tests"]["top1"]["n_null"] == 1
         assert res["tests"]["top1"]["n_distinct"] == 1 and res["tests"]["top1"]["p_value_distinct"] == 0.5
         assert res["fired"]["blocks.0.attn.hook_z"]["min_condition_max_abs_delta"] > 0.1
     # a circuit that fills its layer has no matched-random control: the null is skipped, loudly

@@ -310,3 +310,22 @@ def test_diagnostics_find_a_planted_induction_pattern():
     assert diag["loss_first"] == pytest.approx(diag["loss_second"])  # constant logits: no copying
     assert phase_change_step([{"step": 5, "diagnostics": diag}]) == 5
     assert phase_change_step([{"step": 5, "diagnostics": {**diag, "induction": [[0.1], [0.2]]}}]) is None
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_sdpa_training_kernel_matches_eager_and_diagnostics_get_patterns(arch):
+    from headscreen.synthetic.model import attention_kernel
+
+    cfg = TrainConfig(**{**SMALL, "architecture": arch, "ctx": 32})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.config._attn_implementation == "sdpa"
+    x = SyntheticCorpus(cfg).batch(0)
+    fused = model(input_ids=x).logits
+    with attention_kernel(model, "eager"):
+        out = model(input_ids=x, output_attentions=True)
+        assert len(out.attentions) == cfg.n_layers and out.attentions[0].shape[-1] == cfg.ctx
+    assert model.config._attn_implementation == "sdpa"  # restored
+    assert torch.allclose(out.logits, fused, atol=1e-5)
+    with pytest.raises(ConfigError, match="'attention' = 'flash'"):
+        TrainConfig(**{**SMALL, "attention": "flash"})

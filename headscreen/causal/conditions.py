@@ -5,7 +5,7 @@ A circuit is a list of (layer, head). The conditions are
 - `circuit`: the circuit's heads;
 - `matched_random` (draws 0..n-1): in each of the circuit's layers, as many heads as the circuit
   has there, drawn uniformly from that layer's non-circuit heads (never overlapping the circuit);
-  seeded (default 123), so a seed fixes every draw;
+  distinct sets, seeded (default 123), so a seed fixes every draw; all of them when fewer exist;
 - `upper_bound`: every head of the circuit's layers;
 - `head_L{l}H{h}`: each circuit head alone.
 
@@ -14,6 +14,8 @@ The clean baseline ablates nothing and is evaluated without any intervention.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,12 +55,25 @@ def upper_bound(circuit: Sequence[Head], n_heads: int) -> tuple[Head, ...]:
     return tuple((layer, h) for layer in layers for h in range(n_heads))
 
 
-def matched_random_draws(circuit: Sequence[Head], n_heads: int, n_draws: int, seed: int = 123) -> list[tuple[Head, ...]]:
-    """`n_draws` head sets, each with the circuit's per-layer counts and no circuit head.
+def matched_set_count(circuit: Sequence[Head], n_heads: int) -> int:
+    """How many distinct matched-random head sets exist: the product over layers of C(free, count)."""
+    counts = Counter(layer for layer, _ in circuit)
+    in_circuit = set(circuit)
+    total = 1
+    for layer, count in counts.items():
+        total *= math.comb(sum((layer, h) not in in_circuit for h in range(n_heads)), count)
+    return total
 
-    Deterministic given (circuit, n_heads, n_draws, seed): a torch CPU generator seeded with
-    `seed` draws, per draw and per layer in increasing order, a random permutation of that layer's
-    free heads and keeps the first `count`.
+
+def matched_random_draws(circuit: Sequence[Head], n_heads: int, n_draws: int, seed: int = 123) -> list[tuple[Head, ...]]:
+    """`n_draws` distinct head sets, each with the circuit's per-layer counts and no circuit head.
+
+    Distinct, so that the null's p-value means what it says: when fewer than `n_draws` matched sets
+    exist (`matched_set_count`), every one of them is returned once, in a seeded order, and the null
+    is exact (its p-value cannot go below 1 / (1 + that count)). Otherwise sets are drawn without
+    replacement. Deterministic given (circuit, n_heads, n_draws, seed): a torch CPU generator seeded
+    with `seed` draws, per draw and per layer in increasing order, a random permutation of that
+    layer's free heads and keeps the first `count`; a set drawn before is drawn again.
     """
     if n_draws < 1:
         raise ValueError(f"n_draws={n_draws} must be >= 1")
@@ -73,13 +88,23 @@ def matched_random_draws(circuit: Sequence[Head], n_heads: int, n_draws: int, se
                 f"control exists; drop some layer-{layer} heads from the circuit or skip the null test"
             )
     gen = torch.Generator().manual_seed(int(seed))
-    draws = []
-    for _ in range(n_draws):
+    n_sets = matched_set_count(circuit, n_heads)
+    if n_sets <= n_draws:  # the whole null, each set once, in a seeded order
+        per_layer = [[tuple((layer, h) for h in hs) for hs in itertools.combinations(free[layer], count)]
+                     for layer, count in sorted(counts.items())]
+        every = [tuple(h for part in combo for h in part) for combo in itertools.product(*per_layer)]
+        return [every[int(i)] for i in torch.randperm(len(every), generator=gen)]
+    draws: list[tuple[Head, ...]] = []
+    seen: set[tuple[Head, ...]] = set()
+    while len(draws) < n_draws:
         heads: list[Head] = []
         for layer, count in sorted(counts.items()):
             pick = torch.randperm(len(free[layer]), generator=gen)[:count]
             heads.extend((layer, free[layer][int(i)]) for i in sorted(pick.tolist()))
-        draws.append(tuple(heads))
+        key = tuple(heads)
+        if key not in seen:
+            seen.add(key)
+            draws.append(key)
     return draws
 
 

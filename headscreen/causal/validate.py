@@ -25,6 +25,7 @@ from headscreen.causal.ablation import (
 )
 from headscreen.causal.conditions import (
     Head,
+    matched_set_count,
     normalize_circuit,
     null_conditions,
     standard_conditions,
@@ -103,7 +104,12 @@ def validate_checkpoint(
         "loading_mode": "raw",
         "ablation": ablation,
         "seed": seed,
-        "n_null": n_null,
+        "n_null": len(conditions) - n_std,
+        "n_null_requested": n_null,
+        "n_matched_sets": matched_set_count(heads, bridge.cfg.n_heads),
+        "null_kind": ("skipped" if null_skipped else
+                      "exact: every matched set once" if len(conditions) - n_std < n_null else
+                      "distinct seeded draws without replacement"),
         "circuit": _heads_json(heads),
         "upper_bound": _heads_json(upper_bound(heads, bridge.cfg.n_heads)),
         "layer_counts": {str(layer): sum(1 for lh in heads if lh[0] == layer) for layer in layers},

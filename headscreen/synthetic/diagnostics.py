@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float, Int
 
 from headscreen.synthetic.corpus import RepeatBatch
+from headscreen.synthetic.model import attention_kernel
 
 
 @torch.no_grad()
@@ -25,6 +26,11 @@ def copying_diagnostics(
       earlier occurrence); `duplicate` to q - n; `previous` to q - 1 (all on the repeat batch).
     - `bos[l][h]`: mean attention to position 0 from queries 1.. on the story batch.
     """
+    with attention_kernel(model, "eager"):  # patterns need the eager kernel
+        return _diagnostics(model, repeats, stories)
+
+
+def _diagnostics(model: torch.nn.Module, repeats: RepeatBatch, stories: Int[torch.Tensor, "batch ctx"]) -> dict:
     was_training = model.training
     model.eval()
     out = model(repeats.tokens, output_attentions=True)

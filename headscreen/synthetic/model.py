@@ -8,6 +8,9 @@ exactly 0 at every step, and it stays tiny (width ATTN_ONLY_MLP_WIDTH) so it cos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from headscreen.synthetic.config import TrainConfig
@@ -40,11 +43,28 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         hf_cfg.rope_parameters = {**hf_cfg.rope_parameters, "rope_theta": cfg.rope_theta}
         hf_cfg.architectures = ["LlamaForCausalLM"]
         cls = tf.LlamaForCausalLM
-    hf_cfg._attn_implementation = "eager"
+    hf_cfg._attn_implementation = cfg.attention
     model = cls(hf_cfg)
     if cfg.attn_only:
         silence_mlps(model)
     return model
+
+
+@contextmanager
+def attention_kernel(model: torch.nn.Module, kind: str) -> Iterator[torch.nn.Module]:
+    """Run `model` with HF attention kernel `kind` ("eager" to get attention patterns) inside the block.
+
+    A module that is not an HF model (no `set_attn_implementation`) is run as it is.
+    """
+    if not hasattr(model, "set_attn_implementation"):
+        yield model
+        return
+    before = model.config._attn_implementation
+    model.set_attn_implementation(kind)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
 
 
 def mlp_modules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module, torch.nn.Linear]]:
