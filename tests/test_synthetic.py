@@ -329,3 +329,30 @@ def test_sdpa_training_kernel_matches_eager_and_diagnostics_get_patterns(arch):
     assert torch.allclose(out.logits, fused, atol=1e-5)
     with pytest.raises(ConfigError, match="'attention' = 'flash'"):
         TrainConfig(**{**SMALL, "attention": "flash"})
+
+
+def test_scattered_repeats_keep_a_unique_induction_target():
+    cfg = TrainConfig(**{**SMALL, "ctx": 64, "min_span": 2, "scattered_fraction": 1.0})
+    corpus = SyntheticCorpus(cfg)
+    rng = np.random.default_rng(0)
+    batch = corpus.repeats(rng, 200, scattered_fraction=1.0)
+    starts = []
+    for row, n in zip(batch.tokens.numpy(), batch.span_len.tolist(), strict=True):
+        assert row[0] == BOS_ID and BOS_ID not in row[1:]
+        # some second copy s2: n distinct tokens, an earlier copy at s1, and each of its tokens exactly
+        # once before s2 (so the induction target of every second-copy token is unique)
+        hits = [
+            s1
+            for s2 in range(1 + n, len(row) - n + 1)
+            if len(set(row[s2 : s2 + n].tolist())) == n
+            and all((row[1:s2] == t).sum() == 1 for t in row[s2 : s2 + n])
+            for s1 in range(1, s2 - n + 1)
+            if (row[s1 : s1 + n] == row[s2 : s2 + n]).all()
+        ]
+        assert hits, f"no clean repeat of length {n} in {row.tolist()}"
+        starts.append(hits[0])
+    assert len(set(starts)) > 10 and max(starts) > 10  # the first copy starts anywhere, not at 1
+    # a share of 0 leaves the canonical layout (and the random stream) untouched
+    plain = corpus.repeats(np.random.default_rng(1), 8)
+    for row, n in zip(plain.tokens.numpy(), plain.span_len.tolist(), strict=True):
+        assert (row[1 : 1 + n] == row[1 + n : 1 + 2 * n]).all()

@@ -46,6 +46,10 @@ class TrainConfig:
     # corpus
     story_fraction: float = 0.0  # share of sequences that are grammar stories; the rest are repeats
     min_span: int = 10  # repeated span length n ~ U[min_span, max_span]
+    # share of repeat sequences laid out [BOS, filler, span, filler, span, filler] with random offsets
+    # (the rest start the first copy at position 1): induction at any position and distance, as in
+    # the retrieval probe. The span tokens never occur in the filler before the second copy.
+    scattered_fraction: float = 0.0
     max_span: int | None = None  # None -> (ctx - 1) // 2
     zipf_exponent: float = 1.0  # filler after the second copy ~ Zipf(zipf_exponent) over content ids
     eval_batch_size: int = 32  # sequences of the fixed diagnostic batches evaluated at each checkpoint
@@ -119,7 +123,8 @@ _INT_FIELDS = {
     "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads",
 }
 _OPTIONAL_INT_FIELDS = {"d_mlp", "max_span"}
-_FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent"}
+_FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent",
+                 "scattered_fraction"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -190,6 +195,8 @@ def _validate(c: TrainConfig) -> None:
         fail("grad_clip", "use a positive max norm or null to disable clipping")
     if not 0.0 <= c.story_fraction <= 1.0:
         fail("story_fraction", "use a share in [0, 1]")
+    if not 0.0 <= c.scattered_fraction <= 1.0:
+        fail("scattered_fraction", "use a share in [0, 1]")
     if c.ctx < 8:
         fail("ctx", "use a context of at least 8 tokens")
     if c.min_span < 2:

@@ -3,7 +3,9 @@
 A repeat sequence is `[BOS, r_1..r_n, r_1..r_n, Zipf filler]` with n ~ U[min_span, max_span] drawn
 per sequence (varying offsets, never a fixed period; a fixed period is solved by a positional head
 instead of an induction head). The n span tokens are distinct, so each token of the second copy has
-exactly one earlier occurrence and the induction target q - n + 1 is unambiguous.
+exactly one earlier occurrence and the induction target q - n + 1 is unambiguous. A share
+`scattered_fraction` of training repeats is scattered instead: `[BOS, filler, span, filler, span,
+filler]` with uniform random filler lengths, and no span token in the filler before the second copy.
 
 A story sequence is `[BOS, story, EOS, story, EOS, ...]` cut at ctx (see `stories.py`).
 
@@ -53,7 +55,7 @@ class SyntheticCorpus:
         """Training batch number `step`: each row is a story with probability story_fraction."""
         rng = np.random.default_rng([self.cfg.seed, _TRAIN, step])
         is_story = rng.random(self.cfg.batch_size) < self.cfg.story_fraction
-        out = self.repeats(rng, self.cfg.batch_size).tokens
+        out = self.repeats(rng, self.cfg.batch_size, scattered_fraction=self.cfg.scattered_fraction).tokens
         n_story = int(is_story.sum())
         if n_story:
             out[torch.from_numpy(is_story)] = self.stories(rng, n_story)
@@ -70,17 +72,36 @@ class SyntheticCorpus:
         return self.stories(rng, n_rows or self.cfg.eval_batch_size)
 
     # ----------------------------------------------------------------------------------------------
-    def repeats(self, rng: np.random.Generator, n_rows: int) -> RepeatBatch:
+    def repeats(self, rng: np.random.Generator, n_rows: int, scattered_fraction: float = 0.0) -> RepeatBatch:
+        """Repeat rows; `span_len` holds n. Scattered rows (training only) do not follow the
+        1..n / n+1..2n layout that RepeatBatch documents, so evaluation batches never scatter."""
         cfg = self.cfg
         span_len = rng.integers(cfg.min_span, cfg.span_max + 1, size=n_rows)  # [batch]
         # distinct tokens per row: the first span_max entries of a random permutation of content ids
         spans = self._content[np.argsort(rng.random((n_rows, len(self._content))), axis=1)[:, : cfg.span_max]]
         toks = self._zipf_ids[rng.choice(len(self._zipf_ids), size=(n_rows, cfg.ctx), p=self._zipf_p)]
         toks[:, 0] = BOS_ID
+        if scattered_fraction > 0:  # drawn only when used: a 0 keeps older recipes' batches unchanged
+            scattered = rng.random(n_rows) < scattered_fraction
+            slack = rng.random((n_rows, 2))
         for b, n in enumerate(span_len):
-            toks[b, 1 : 1 + n] = spans[b, :n]
-            toks[b, 1 + n : 1 + 2 * n] = spans[b, :n]
+            first, second = 1, 1 + n
+            if scattered_fraction > 0 and scattered[b]:
+                free = cfg.ctx - 1 - 2 * n  # filler tokens to place before, between and after
+                before = int(slack[b, 0] * (free + 1))
+                gap = int(slack[b, 1] * (free - before + 1))
+                first, second = 1 + before, 1 + before + n + gap
+                head = toks[b, 1 : second]
+                clash = np.isin(head, spans[b, :n])
+                if clash.any():  # keep the induction target unique: no span token in earlier filler
+                    head[clash] = self._not_in(rng, spans[b, :n], int(clash.sum()))
+            toks[b, first : first + n] = spans[b, :n]
+            toks[b, second : second + n] = spans[b, :n]
         return RepeatBatch(torch.from_numpy(toks).long(), torch.from_numpy(span_len).long())
+
+    def _not_in(self, rng: np.random.Generator, excluded: np.ndarray, k: int) -> np.ndarray:
+        pool = np.setdiff1d(self._content, excluded)
+        return pool[rng.integers(0, len(pool), size=k)]
 
     def stories(self, rng: np.random.Generator, n_rows: int) -> Int[torch.Tensor, "batch ctx"]:
         py = random.Random(int(rng.integers(0, 2**63 - 1)))
