@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from headscreen.config import ConfigError
+    from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
     from pipelines.common import offline_default, set_threads
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     offline_default()
     set_threads(args.threads)
+    tune_allocator()
     try:
         return int(args._module.main(args) or 0)
     except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:

@@ -91,8 +91,13 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     with torch.no_grad():
         for kind in ablations:
             if progress:
-                print(f"validate: {kind} ablation of {len(heads)} heads, {n_null} matched-random draws", file=sys.stderr)
+                print(f"validate: {kind} ablation of {len(heads)} heads against up to {n_null} matched-random sets",
+                      file=sys.stderr)
             s, df = validate_checkpoint(bridge, heads, probes, n_null=n_null, seed=seed, ablation=kind, step=step)
+            t = ((s["probes"].get(probe) or {}).get("tests") or {}).get("top1")
+            if progress and t:
+                print(f"validate: {kind}: null of {s['n_null']} sets ({s['null_kind']}); top-1 drop "
+                      f"{t['observed_drop']:.3f} vs null mean {t['null_mean_drop']:.3f}, p = {t['p_value']:.4f}", file=sys.stderr)
             summary["ablations"][kind] = s
             rows.append(df.assign(ablation=kind))
         senders, rule = _previous_senders(run, step, probe, found["previous"])

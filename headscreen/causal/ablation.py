@@ -17,9 +17,11 @@ every set must change hook_z at each of its layers, so a batched forward is as s
 Memory bound: one forward holds at most `max_rows` rows of [seq_len] tokens, i.e. about
 max_rows * seq_len * (a few * d_model + n_heads * seq_len) floats of activations, plus
 [max_rows, vocab] query logits (the full [rows, seq, vocab] logits are never materialised).
-By default max_rows = MAX_TOKENS // seq_len (8192 tokens per forward): on a CPU the cost per row
-is flat from ~4k to ~8k tokens per forward and grows beyond (2L d128 at seq 128: 3.1 ms/row at 64
-rows, 5.4 ms/row at 512 rows, as the [rows, heads, seq, seq] attention leaves the cache).
+By default max_rows = MAX_TOKENS // seq_len (8192 tokens per forward), fewer when one layer's
+[rows, heads, seq, seq] attention pattern would pass PATTERN_BYTES: on a CPU the cost per row is
+flat from ~4k to ~8k tokens per forward and grows beyond (2L d128 at seq 128: 3.1 ms/row at 64
+rows, 5.4 ms/row at 512 rows, as the attention leaves the cache), and blocks above glibc's 32 MiB
+mmap ceiling are page-faulted in afresh by every forward (see headscreen.runtime).
 """
 
 from __future__ import annotations
@@ -37,11 +39,18 @@ from headscreen.probes.batch import ProbeBatch
 
 ABLATIONS = ("zero", "mean", "resample")
 MAX_TOKENS = 8192  # default tokens per forward (rows * seq_len), see the module docstring
+PATTERN_BYTES = 24 * 2**20  # default cap on one layer's [rows, heads, seq, seq] float32 attention pattern
 
 
-def rows_per_forward(max_rows: int | None, seq_len: int) -> int:
-    """`max_rows`, or MAX_TOKENS // seq_len (at least 1) when None."""
-    return int(max_rows) if max_rows is not None else max(1, MAX_TOKENS // seq_len)
+def rows_per_forward(max_rows: int | None, seq_len: int, n_heads: int | None = None) -> int:
+    """`max_rows`, or by default MAX_TOKENS // seq_len rows, fewer if one layer's attention pattern
+    would exceed PATTERN_BYTES (under glibc's 32 MiB mmap ceiling, see headscreen.runtime); >= 1."""
+    if max_rows is not None:
+        return int(max_rows)
+    rows = MAX_TOKENS // seq_len
+    if n_heads:
+        rows = min(rows, PATTERN_BYTES // (4 * n_heads * seq_len * seq_len))
+    return max(1, rows)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ def check_eval_raw(bridge) -> None:
 
 def _capture_chunks(bridge, tokens: torch.Tensor, names: list[str], stop: int | None, max_rows: int | None):
     """capture() in micro-batches of max_rows prompts, yielding {name: [rows, ...]} per chunk."""
-    max_rows = rows_per_forward(max_rows, tokens.shape[1])
+    max_rows = rows_per_forward(max_rows, tokens.shape[1], bridge.cfg.n_heads)
     for i0 in range(0, tokens.shape[0], max_rows):
         yield capture(bridge, tokens[i0:i0 + max_rows], names, stop_at_layer=stop)
 
@@ -181,7 +190,7 @@ def ablation_source(
 
 def clean_metrics(bridge, scoring: Scoring, *, max_rows: int | None = None) -> dict[str, Float[torch.Tensor, " n"]]:
     """Per-example metrics of the unablated model (no intervention), in micro-batches of max_rows."""
-    max_rows = rows_per_forward(max_rows, scoring.tokens.shape[1])
+    max_rows = rows_per_forward(max_rows, scoring.tokens.shape[1], bridge.cfg.n_heads)
     parts: list[dict[str, torch.Tensor]] = []
     for i0 in range(0, scoring.n, max_rows):
         sl = slice(i0, i0 + max_rows)
@@ -265,7 +274,7 @@ def ablate_head_sets(
     masks = _set_masks([keys[i] for i in unique], cfg.n_layers, cfg.n_heads)
     u_names = [names[i] for i in unique]
     log = FiringLog() if log is None else log
-    max_rows = rows_per_forward(max_rows, scoring.tokens.shape[1])
+    max_rows = rows_per_forward(max_rows, scoring.tokens.shape[1], bridge.cfg.n_heads)
     e_size = min(scoring.n, max_rows)
     c_size = max(1, max_rows // e_size)
     out = {m: torch.empty(len(unique), scoring.n) for m in METRICS}

@@ -67,7 +67,7 @@ def normalised_score(ld_patch, ld_clean: float, ld_corr: float):
 
 def run_ld(bridge, tokens: Int[torch.Tensor, "n pos"], scoring: Scoring, *, max_rows: int | None = None) -> torch.Tensor:
     """Per-example LD of the clean target on `tokens` without interventions. -> [n]"""
-    max_rows = rows_per_forward(max_rows, tokens.shape[1])
+    max_rows = rows_per_forward(max_rows, tokens.shape[1], bridge.cfg.n_heads)
     parts = []
     for i0 in range(0, tokens.shape[0], max_rows):
         sl = slice(i0, i0 + max_rows)
@@ -112,7 +112,7 @@ def patch_ld(
     clean_acts = capture(bridge, clean.tokens, list(per_hook)) if per_hook else {}
     names = list(names) if names is not None else [f"patch set {i}" for i in range(len(patch_sets))]
     n = clean.n
-    max_rows = rows_per_forward(max_rows, clean.tokens.shape[1])
+    max_rows = rows_per_forward(max_rows, clean.tokens.shape[1], bridge.cfg.n_heads)
     e_size = min(n, max_rows)
     c_size = max(1, max_rows // e_size)
     out = torch.empty(len(patch_sets), n)
