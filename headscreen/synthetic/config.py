@@ -22,6 +22,7 @@ class TrainConfig:
     n_layers: int = 2
     d_model: int = 128
     n_heads: int = 4
+    head_dim: int | None = None  # per-head width; None -> d_model // n_heads (llama may set it apart)
     ctx: int = 128  # sequence length of every training sequence (= max_position_embeddings)
     vocab_size: int = 128  # total ids: 4 specials + the story grammar's words + abstract tokens
     attn_only: bool = True  # MLPs zero-initialised and frozen: their output is exactly 0
@@ -97,7 +98,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------------------
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
     @property
     def span_max(self) -> int:
@@ -122,7 +123,7 @@ _INT_FIELDS = {
     "n_layers", "d_model", "n_heads", "ctx", "vocab_size", "warmup", "batch_size", "steps",
     "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads",
 }
-_OPTIONAL_INT_FIELDS = {"d_mlp", "max_span"}
+_OPTIONAL_INT_FIELDS = {"d_mlp", "max_span", "head_dim"}
 _FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent",
                  "scattered_fraction"}
 
@@ -171,10 +172,16 @@ def _validate(c: TrainConfig) -> None:
     for name in ("warmup", "log_checkpoints_until", "seed"):
         if getattr(c, name) < 0:
             fail(name, "use an integer >= 0")
-    if c.d_model % c.n_heads:
-        fail("d_model", f"must be divisible by n_heads={c.n_heads}")
-    if c.d_head % 2:
-        fail("d_model", f"d_model / n_heads = {c.d_head} must be even for rotary embeddings")
+    if c.head_dim is not None:
+        if c.head_dim < 2 or c.head_dim % 2:
+            fail("head_dim", "use an even width >= 2 (rotary embeddings rotate pairs) or null (d_model / n_heads)")
+        if c.architecture != "llama":
+            fail("head_dim", "only llama decouples the head width from d_model / n_heads; use null for gpt_neox")
+    else:
+        if c.d_model % c.n_heads:
+            fail("d_model", f"must be divisible by n_heads={c.n_heads}")
+        if c.d_head % 2:
+            fail("d_model", f"d_model / n_heads = {c.d_head} must be even for rotary embeddings")
     if c.d_mlp is not None and c.d_mlp < 1:
         fail("d_mlp", "use a positive integer or null (4 * d_model)")
     if not 0.0 < c.rotary_fraction <= 1.0:

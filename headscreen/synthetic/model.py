@@ -39,7 +39,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         hf_cfg.architectures = ["GPTNeoXForCausalLM"]
         cls = tf.GPTNeoXForCausalLM
     else:
-        hf_cfg = tf.LlamaConfig(**common, num_key_value_heads=cfg.n_heads, rms_norm_eps=1e-5)
+        hf_cfg = tf.LlamaConfig(**common, num_key_value_heads=cfg.n_heads, head_dim=cfg.d_head, rms_norm_eps=1e-5)
         hf_cfg.rope_parameters = {**hf_cfg.rope_parameters, "rope_theta": cfg.rope_theta}
         hf_cfg.architectures = ["LlamaForCausalLM"]
         cls = tf.LlamaForCausalLM
