@@ -356,3 +356,21 @@ def test_scattered_repeats_keep_a_unique_induction_target():
     plain = corpus.repeats(np.random.default_rng(1), 8)
     for row, n in zip(plain.tokens.numpy(), plain.span_len.tolist(), strict=True):
         assert (row[1 : 1 + n] == row[1 + n : 1 + 2 * n]).all()
+
+
+def test_llama_head_dim_apart_from_d_model(tmp_path):
+    from headscreen.series import LocalSeries
+
+    cfg = TrainConfig(**{**SMALL, "architecture": "llama", "n_heads": 4, "head_dim": 16, "steps": 2,
+                         "log_checkpoints_until": 1, "checkpoint_every": 2})
+    assert cfg.d_head == 16 and cfg.d_model // cfg.n_heads == 8
+    out = train_series(cfg, tmp_path / "s", progress=False)
+    series = LocalSeries(out)
+    hw = series.head_weights(series.checkpoints[-1])
+    assert tuple(hw.W_Q.shape) == (2, 4, 32, 16) and tuple(hw.W_O.shape) == (2, 4, 16, 32)
+    bridge = series.boot(series.checkpoints[-1])
+    assert bridge.cfg.d_head == 16 and torch.equal(bridge.W_Q.detach(), hw.W_Q)
+    with pytest.raises(ConfigError, match="'head_dim' = 16.*only llama"):
+        TrainConfig(**{**SMALL, "architecture": "gpt_neox", "head_dim": 16})
+    with pytest.raises(ConfigError, match="'head_dim' = 7"):
+        TrainConfig(**{**SMALL, "architecture": "llama", "head_dim": 7})
