@@ -44,6 +44,7 @@ from headscreen.causal.path_patching import path_patch_k
 from headscreen.causal.stats import empirical_p_value, null_test
 from headscreen.causal.validate import patch_checkpoint, validate_checkpoint
 from headscreen.probes.prompts import corrupt_retrieval, retrieval_probe
+from headscreen.testing import ARCHITECTURES, save_tiny_model
 
 torch.set_num_threads(1)
 
@@ -502,3 +503,28 @@ def test_distinct_p_value_exposes_a_degenerate_null():
     assert t2.p_value_distinct == 2 / 3 and t2.p_value == 51 / 101
     with pytest.raises(ValueError, match="draw_sets"):
         null_test("top1", 0.9, drops, draw_sets=sets[:3])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_starting_at_the_lowest_ablated_block_equals_the_whole_forward(tmp_path, arch):
+    """Skipping the blocks below the lowest ablated layer (`blocks_from`) changes no number, on every architecture."""
+    from headscreen.causal.hooks import blocks_from
+
+    d = save_tiny_model(tmp_path / arch, arch, n_layers=3, vocab=96, n_ctx=24)
+    bridge = _boot(d)
+    probe = retrieval_probe(6, 24, token_range=(2, 96), seed=0, pair_range=(1, 16))
+    scoring = Scoring.of(probe)
+    sets = [[(1, 0)], [(1, 2), (2, 1)], [(2, 3)]]
+    for kind in ("zero", "resample"):
+        src = ablation_source(bridge, probe, [1, 2], kind, corrupted=corrupt_retrieval(probe, 1))
+        whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
+        skipped = ablate_head_sets(bridge, scoring, sets, src, max_rows=8)  # starts at block 1, chunked
+        for m in METRICS:
+            assert torch.allclose(skipped[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m)
+    with torch.no_grad():
+        full = bridge(probe.tokens)
+        resid = bridge(probe.tokens, stop_at_layer=2)
+        with blocks_from(bridge, 2):
+            again = bridge(resid, start_at_layer=2)
+        assert torch.allclose(again, full, atol=1e-5)
+        assert torch.equal(bridge(probe.tokens), full)  # the whole block list is back after the context

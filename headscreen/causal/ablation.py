@@ -13,6 +13,8 @@ dimension, [set0 ex0..ex(n-1), set1 ex0.., ...], and each hook_z hook replaces, 
 of that row's set. This gives the same numbers as one forward per set (the test and
 `benchmarks/bench_nulls.py` compare against `ablate_head_sets_loop`). The firing check runs per set:
 every set must change hook_z at each of its layers, so a batched forward is as strict as single ones.
+Blocks below the lowest ablated layer compute the same clean activations for every set: they run
+once per example chunk, and the stacked forwards start from their output (`hooks.blocks_from`).
 
 Memory bound: one forward holds at most `max_rows` rows of [seq_len] tokens, i.e. about
 max_rows * seq_len * (a few * d_model + n_heads * seq_len) floats of activations, plus
@@ -211,9 +213,13 @@ def _set_masks(head_sets: Sequence[Sequence[Head]], n_layers: int, n_heads: int)
 
 def _forward_sets(
     bridge, scoring: Scoring, ex: slice, masks: torch.Tensor, source: ZSource, names: Sequence[str],
-    rtol: float | None, log: FiringLog,
+    rtol: float | None, log: FiringLog, prefix: tuple[int, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One forward: the sets of `masks` [c, L, H] on examples `ex`, stacked condition-major. -> metric [c, e]."""
+    """One forward: the sets of `masks` [c, L, H] on examples `ex`, stacked condition-major. -> metric [c, e].
+
+    `prefix` = (L, residual entering block L for these examples): no set ablates a head below L, so
+    the forward starts at block L from that clean residual (blocks below are identical for every set).
+    """
     c = masks.shape[0]
     tokens = scoring.tokens[ex]
     e = tokens.shape[0]
@@ -225,9 +231,10 @@ def _forward_sets(
         if src is not None and src.shape[0] > 1:
             src = src[ex]
         ivs.append(Intervention(z_name(layer), replace_heads(row_mask, src), expect=masks[:, layer].any(1)))
+    start, inputs = (None, tokens.repeat(c, 1)) if prefix is None else (prefix[0], prefix[1].repeat(c, 1, 1))
     logits, report = run_with_interventions(
-        bridge, tokens.repeat(c, 1), ivs, groups=groups, group_names=list(names),
-        query_pos=scoring.query_pos[ex].repeat(c), rtol=rtol,
+        bridge, inputs, ivs, groups=groups, group_names=list(names),
+        query_pos=scoring.query_pos[ex].repeat(c), rtol=rtol, start_at_layer=start,
     )
     for iv in ivs:
         firing = report.firings[iv.hook_name]
@@ -247,14 +254,16 @@ def ablate_head_sets(
     rtol: float | None = None,
     log: FiringLog | None = None,
     dedupe: bool = True,
+    skip_prefix: bool = True,
 ) -> dict[str, Float[torch.Tensor, "set n"]]:
     """Per-example metrics with each head set ablated, many sets per forward. -> {metric: [set, n]}.
 
     Sets are packed condition-major into forwards of at most `max_rows` rows (examples are split
-    too when n > max_rows). With `dedupe`, a head set that occurs several times (matched-random
-    draws repeat when a layer has few free heads) is run once and its rows copied to every
-    occurrence: the same computation, so the same numbers. Every set must contain at least one
-    head; `names` label the sets in firing errors.
+    too when n > max_rows). With `dedupe`, a head set that occurs several times is run once and
+    its rows copied to every occurrence: the same computation, so the same numbers. With
+    `skip_prefix`, the blocks below the lowest ablated layer L are run once per example chunk
+    (clean) instead of once per set: the stacked forwards start at block L (`blocks_from`). Every
+    set must contain at least one head; `names` label the sets in firing errors.
     """
     if not head_sets or any(len(s) == 0 for s in head_sets):
         raise ValueError("every head set must ablate at least one head (the clean run is clean_metrics)")
@@ -278,11 +287,16 @@ def ablate_head_sets(
     e_size = min(scoring.n, max_rows)
     c_size = max(1, max_rows // e_size)
     out = {m: torch.empty(len(unique), scoring.n) for m in METRICS}
+    lowest = int(masks.any(2).any(0).nonzero()[0, 0])  # the lowest layer any set ablates
     for i0 in range(0, scoring.n, e_size):
         ex = slice(i0, min(i0 + e_size, scoring.n))
+        prefix = None
+        if skip_prefix and lowest > 0:
+            with torch.no_grad():
+                prefix = (lowest, bridge(scoring.tokens[ex], stop_at_layer=lowest))
         for c0 in range(0, len(unique), c_size):
             cs = slice(c0, min(c0 + c_size, len(unique)))
-            part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log)
+            part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log, prefix)
             for m in METRICS:
                 out[m][cs, ex] = part[m]
     if not dedupe:
@@ -294,10 +308,9 @@ def ablate_head_sets(
 def ablate_head_sets_loop(
     bridge, scoring: Scoring, head_sets: Sequence[Sequence[Head]], source: ZSource, *, rtol: float | None = None
 ) -> dict[str, Float[torch.Tensor, "set n"]]:
-    """Reference implementation: one plain forward per head set (no stacking). Same output as ablate_head_sets."""
+    """Reference implementation: one plain, whole forward per head set. Same output as ablate_head_sets."""
     per_set = []
     for heads in head_sets:
-        per_set.append(
-            ablate_head_sets(bridge, scoring, [heads], source, max_rows=scoring.n, rtol=rtol, dedupe=False)
-        )
+        per_set.append(ablate_head_sets(bridge, scoring, [heads], source, max_rows=scoring.n, rtol=rtol,
+                                        dedupe=False, skip_prefix=False))
     return {m: torch.cat([p[m] for p in per_set]) for m in METRICS}

@@ -23,7 +23,8 @@ activation aligned by example.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -152,9 +153,40 @@ def check_fired(
     return unchanged
 
 
+@contextmanager
+def blocks_from(bridge, start: int) -> Iterator[None]:
+    """Inside the block, the wrapped model runs only blocks start.. (the blocks before are skipped).
+
+    TransformerBridge's `start_at_layer` swaps the given residual in at block `start` but still
+    computes every earlier block on it and throws that away; a forward that starts at block L this
+    way costs the whole model. Here the wrapped model's block list is cut to blocks[start:] for the
+    duration, so the skipped blocks cost nothing. Use it with `start_at_layer=start` and the residual
+    entering block `start` (`bridge(tokens, stop_at_layer=start)`): the result equals the full forward
+    (tests/test_causal.py checks it on every architecture).
+    """
+    if start == 0:
+        yield
+        return
+    blocks = list(bridge.blocks)
+    for module in bridge.original_model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == len(blocks) and \
+                    all(a is b for a, b in zip(child, blocks, strict=True)):
+                setattr(module, name, torch.nn.ModuleList(blocks[start:]))
+                try:
+                    yield
+                finally:
+                    setattr(module, name, child)
+                return
+    raise RuntimeError(
+        f"cannot find the block list of {type(bridge.original_model).__name__} to start at block {start}; "
+        "run the full forward instead (start_at_layer=None)"
+    )
+
+
 def run_with_interventions(
     bridge,
-    tokens: Int[torch.Tensor, "batch pos"],
+    tokens: Int[torch.Tensor, "batch pos"] | Float[torch.Tensor, "batch pos d_model"],
     interventions: Sequence[Intervention],
     *,
     groups: Int[torch.Tensor, " batch"] | None = None,
@@ -162,9 +194,13 @@ def run_with_interventions(
     rtol: float | None = None,
     query_pos: Int[torch.Tensor, " batch"] | None = None,
     stop_at_layer: int | None = None,
+    start_at_layer: int | None = None,
     allow_unchanged: bool = False,
 ) -> tuple[torch.Tensor, FireReport]:
     """One forward of `bridge` on `tokens` with every intervention applied; checks that each fired.
+
+    With `start_at_layer=L`, `tokens` is instead the residual entering block L ([batch, pos,
+    d_model], from `bridge(tokens, stop_at_layer=L)`) and only blocks L.. are computed (`blocks_from`).
 
     Returns (output, report). The output is the logits [batch, pos, vocab], or [batch, vocab] at
     `query_pos` when given (the final norm's output is sliced to those positions before the
@@ -200,7 +236,15 @@ def run_with_interventions(
         qpos = query_pos.to(torch.long)
         fwd_hooks.append(("unembed.hook_in", lambda x, hook: x[rows.to(x.device), qpos.to(x.device)].unsqueeze(1)))
     with torch.no_grad():
-        out = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)
+        if start_at_layer:
+            if not tokens.is_floating_point() or tokens.ndim != 3:
+                raise ValueError(f"start_at_layer={start_at_layer} needs the residual [batch, pos, d_model] entering "
+                                 f"that block, got {tuple(tokens.shape)} {tokens.dtype}")
+            with blocks_from(bridge, start_at_layer):
+                out = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer,
+                                            start_at_layer=start_at_layer)
+        else:
+            out = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)
     report.unchanged = check_fired(
         report, interventions, default_rtol(out.dtype) if rtol is None else rtol, allow_unchanged=allow_unchanged
     )
