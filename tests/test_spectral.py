@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -67,6 +68,11 @@ def test_config_defaults_and_validation():
         SpectralConfig(rel_scope="head")
     with pytest.raises(ValueError, match=r"SpectralConfig\.collapse_threshold"):
         SpectralConfig(collapse_threshold=0.9)
+    with pytest.raises(ValueError, match=r"SpectralConfig\.projection_dtype='float16' .*'float32'"):
+        SpectralConfig(projection_dtype="float16")
+    with pytest.raises(ValueError, match=r"SpectralConfig\.gram_estimator='exact' .*'norm_corrected'"):
+        SpectralConfig(gram_estimator="exact")
+    assert SpectralConfig().to_dict()["projection_dtype"] == "float32"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,7 +414,11 @@ def test_head_sketcher_streams_head_weights():
     second = hs.update(b, 10)
     va, vb = a.head_vectors(), b.head_vectors()
     torch.testing.assert_close(second.update_norm, (vb.double() - va.double()).norm(dim=-1))
-    torch.testing.assert_close(second.sketch, hs.projector.project(vb))
+    # the record is Φθ_t (float64), computed as Φθ_{t−1} + Φδ_t: compare with Φ applied in float64
+    phi = hs.projector.matrix().double()
+    assert second.sketch.dtype == torch.float64
+    torch.testing.assert_close(second.sketch, vb.double() @ phi.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second.sketch - first.sketch, (vb.double() - va.double()) @ phi.T, rtol=1e-5, atol=1e-5)
     # tensors passed in are copied, not aliased: mutating them afterwards changes nothing
     t0, t1 = torch.randn(2, 3, 50), torch.randn(2, 3, 50)
     hs2 = HeadSketcher(SpectralConfig(window=3, sketch_dim=40))
@@ -420,6 +430,91 @@ def test_head_sketcher_streams_head_weights():
     resumed = HeadSketcher(SpectralConfig(window=3, sketch_dim=40))
     resumed.prime(a, 0)
     assert torch.equal(resumed.update(b, 10).update_norm, second.update_norm)
+
+
+def _tiny_update_series(t=16, n_heads=3, p=24_000, rel=1e-4, seed=0) -> torch.Tensor:
+    """float32 θ_t [T, 1, H, P] with ‖δ_t‖/‖θ‖ ≈ rel: a rank-2 coherent drift plus noise per head."""
+    g = torch.Generator().manual_seed(seed)
+    theta0 = torch.randn(n_heads, p, generator=g, dtype=torch.float64)
+    dirs = torch.randn(2, n_heads, p, generator=g, dtype=torch.float64)
+    coef = torch.randn(t - 1, 2, n_heads, 1, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0])[:, None, None]
+    noise = 0.2 * torch.randn(t - 1, n_heads, p, generator=g, dtype=torch.float64)
+    deltas = (coef * dirs).sum(1) + noise
+    deltas *= rel * theta0.norm(dim=-1, keepdim=True) / deltas.norm(dim=-1, keepdim=True)
+    traj = torch.cat([theta0[None], theta0 + deltas.cumsum(0)])
+    return traj.float().unsqueeze(1)  # the float32 weights are the ground truth from here on
+
+
+def test_float32_projection_of_updates_matches_float64_on_tiny_updates():
+    # δ/θ ~ 1e-4: the case that made θ-sketching need float64. Reference: Φ (float64) applied to the
+    # float64 values of the float32 weights, Grams in float64.
+    v = _tiny_update_series()
+    cfg = SpectralConfig(window=W, seed=3, block_size=5000)
+    steps = STEPS(v.shape[0])
+    runs = {}
+    for dt in ("float32", "float64"):
+        hs = HeadSketcher(dataclasses.replace(cfg, projection_dtype=dt))
+        for i in range(v.shape[0]):
+            hs.update(v[i], steps[i])
+        runs[dt] = hs
+    phi = runs["float64"].projector.matrix()  # float64 Φ
+    ref_sk = v.double() @ phi.T
+    ref = rolling_window_stats(ref_sk, W).stats
+    exact_norms = (v.double()[1:] - v.double()[:-1]).norm(dim=-1)
+    for dt, tol in (("float32", 2e-5), ("float64", 1e-9)):
+        hs = runs[dt]
+        st = rolling_window_stats(hs.sketches, W).stats
+        # σ to `tol` of σ_1 (the reference itself differences float64 sketches: ~1e-12·‖θ‖/‖δ‖)
+        assert ((st.sigma - ref.sigma).abs() / ref.sigma[..., :1]).max() < tol, dt
+        torch.testing.assert_close(st.ratios[..., :3], ref.ratios[..., :3], rtol=tol, atol=0)
+        torch.testing.assert_close(hs.update_norms[1:], exact_norms, rtol=2e-7, atol=0)
+    assert torch.equal(ref.kstar, rolling_window_stats(runs["float32"].sketches, W).stats.kstar)
+    # the motivating failure, to show the test can tell: Φθ_t itself in float32 loses the updates to
+    # cancellation (measured: ratio error 5.6e-3 here, 4e-2 at δ/θ = 1e-5; ours stays ~2e-6)
+    naive = rolling_window_stats(v @ phi.float().T, W).stats
+    assert ((naive.ratios[..., :3] - ref.ratios[..., :3]).abs() / ref.ratios[..., :3]).max() > 1e-3
+
+
+def test_stored_dtype_and_layout_do_not_change_the_sketch():
+    # fp16 HeadWeights (kept as fp16 between checkpoints) give bit-identical records to their float32
+    # copies and to the [L, H, P] head-vector tensor
+    g = torch.Generator().manual_seed(4)
+    hws = [_head_weights(g) for _ in range(4)]
+    hws = [HeadWeights(**{k: getattr(h, k).half() for k in ("W_Q", "W_K", "W_V", "W_O")}) for h in hws]
+    as32 = [HeadWeights(**{k: getattr(h, k).float() for k in ("W_Q", "W_K", "W_V", "W_O")}) for h in hws]
+    cfg = SpectralConfig(window=3, sketch_dim=30, block_size=100)
+    outs = []
+    for feed in (hws, as32, [h.head_vectors() for h in as32], [h.head_vectors(torch.float16) for h in hws]):
+        hs = HeadSketcher(cfg)
+        outs.append([hs.update(w, 10 * i) for i, w in enumerate(feed)])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other, strict=True):
+            assert torch.equal(a.sketch, b.sketch)
+            torch.testing.assert_close(a.update_norm, b.update_norm, rtol=0, atol=0, equal_nan=True)
+    # a mixed series (fp16 then float32 weights) is fine too: θ is kept at the wider dtype
+    hs = HeadSketcher(cfg)
+    mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], hws[2], as32[3]])]
+    for a, b in zip(outs[0], mixed, strict=True):
+        assert torch.equal(a.sketch, b.sketch)
+
+
+def test_prime_with_the_recorded_sketch_resumes_bit_identically():
+    v = _tiny_update_series(t=6, p=3000)
+    cfg = SpectralConfig(window=3, block_size=1000)
+    full = HeadSketcher(cfg)
+    recs = [full.update(v[i], i) for i in range(6)]
+    resumed = HeadSketcher(cfg)
+    resumed.prime(v[2], 2, sketch=recs[2].sketch)
+    again = [resumed.update(v[i], i) for i in range(3, 6)]
+    for a, b in zip(recs[3:], again, strict=True):
+        assert torch.equal(a.sketch, b.sketch) and torch.equal(a.update_norm, b.update_norm)
+    # without the recorded sketch, Φθ_2 is recomputed in float64: equal up to rounding
+    approx = HeadSketcher(cfg)
+    approx.prime(v[2], 2)
+    got, want = approx.update(v[3], 3).sketch - recs[2].sketch, recs[3].sketch - recs[2].sketch
+    assert ((got - want).norm(dim=-1) / want.norm(dim=-1)).max() < 1e-5
+    with pytest.raises(ValueError, match=r"recorded sketch has shape \(1, 3, 7\).*settings the run was recorded"):
+        HeadSketcher(cfg).prime(v[2], 2, sketch=torch.zeros(1, 3, 7))
 
 
 def test_too_few_checkpoints_and_too_large_window_are_clear_errors():

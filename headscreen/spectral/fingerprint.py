@@ -34,6 +34,7 @@ emergence; a network-wide reorganisation shows up in `_z` for every head but not
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -334,100 +335,225 @@ def rank_heads(
 @dataclass(frozen=True)
 class SketchStep:
     step: int
-    sketch: Float[Tensor, "layer head d"]  # Φ θ_t per head (compute dtype)
-    update_norm: Float[Tensor, "layer head"]  # exact ‖θ_t − θ_{t−1}‖ (float64); NaN for the first
+    sketch: Float[Tensor, "layer head d"]  # s_t ≈ Φθ_t per head (float64; exact mode: θ_t itself)
+    update_norm: Float[Tensor, "layer head"]  # ‖θ_t − θ_{t−1}‖ (float64); NaN for the first
+
+
+_NORM_CHUNK = 256  # ‖δ‖² = Σ of float32 partial sums over 256 entries, added in float64
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Σ x² along the last dim of a contiguous [n, P] tensor, float64-accurate at float32 speed."""
+    p = x.shape[-1]
+    main = p // _NORM_CHUNK * _NORM_CHUNK
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    if main:
+        part = torch.linalg.vector_norm(x[:, :main].reshape(x.shape[0], -1, _NORM_CHUNK), dim=-1)
+        out += part.to(torch.float64).pow(2).sum(-1)
+    if main < p:
+        out += x[:, main:].to(torch.float64).pow(2).sum(-1)
+    return out
+
+
+class _Checkpoint:
+    """One checkpoint's head vectors, read one layer at a time (no [L, H, P] copy is made)."""
+
+    def __init__(self, weights, step: int) -> None:
+        self.step = step
+        if isinstance(weights, Tensor):
+            if weights.ndim != 3:
+                raise ValueError(f"step {step}: head vectors must be [layer, head, P]; got shape {tuple(weights.shape)}")
+            if not weights.is_floating_point():
+                raise ValueError(f"step {step}: head vectors must be floating point; got {weights.dtype}")
+            self.tensor, self.hw = weights, None
+            self.shape = tuple(weights.shape)
+            self.dtype = weights.dtype
+            self.parts: tuple[Tensor, ...] = (weights,)
+        elif hasattr(weights, "head_vectors") and hasattr(weights, "W_Q"):
+            self.tensor, self.hw = None, weights
+            self.parts = (weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
+            for t in self.parts:
+                if not t.is_floating_point():
+                    raise ValueError(f"step {step}: head weights must be floating point; got {t.dtype}")
+            self.shape = (weights.n_layers, weights.n_heads, weights.head_vector_size)
+            self.dtype = functools.reduce(torch.promote_types, [t.dtype for t in self.parts])
+        else:
+            raise TypeError(f"step {step}: expected HeadWeights or an [L, H, P] tensor; got {type(weights).__name__}")
+        # vectors are formed in float32 (float64 stays float64): exact for fp16/bf16/fp32 weights
+        self.work_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    def check_finite(self) -> None:
+        # a sum is non-finite if any entry is (or if it overflows: then the exact check decides)
+        if all(torch.isfinite(t.sum()).item() for t in self.parts):
+            return
+        for layer in range(self.shape[0]):
+            v = self.layer(layer)
+            bad = ~torch.isfinite(v).all(-1)
+            if bad.any():
+                head = int(bad.nonzero()[0, 0])
+                raise ValueError(f"step {self.step}: NaN/inf weights in layer {layer} head {head}; the "
+                                 "checkpoint is corrupt or diverged")
+
+    def layer(self, layer: int, out: Tensor | None = None) -> Tensor:
+        """Head vectors of one layer [H, P] in the work dtype (written into `out` when given)."""
+        _, h, p = self.shape
+        if self.tensor is not None:
+            v = self.tensor[layer]
+            if out is None:
+                return v.to(self.work_dtype)
+            return out.copy_(v)
+        out = torch.empty(h, p, dtype=self.work_dtype) if out is None else out
+        hw = self.hw
+        n = hw.d_model * hw.d_head
+        kv = hw.n_kv_heads
+        out[:, :n].view(h, hw.d_model, hw.d_head).copy_(hw.W_Q[layer])
+        # query head h reads K/V head h // (H // KV): broadcast each K/V head over its group
+        out[:, n : 2 * n].view(kv, h // kv, hw.d_model, hw.d_head).copy_(hw.W_K[layer].unsqueeze(1))
+        out[:, 2 * n : 3 * n].view(kv, h // kv, hw.d_model, hw.d_head).copy_(hw.W_V[layer].unsqueeze(1))
+        out[:, 3 * n :].view(h, hw.d_head, hw.d_model).copy_(hw.W_O[layer])
+        return out
 
 
 class HeadSketcher:
-    """Streams checkpoints, oldest first: sketch each head's θ_t and the exact update norm.
+    """Streams checkpoints, oldest first: sketch each head's trajectory and its exact update norms.
 
     `update(weights, step)` takes one checkpoint's `HeadWeights` (or an [L, H, P] tensor of head
-    vectors) and returns its `SketchStep`. Only the previous checkpoint's head vectors are kept.
+    vectors) and returns its `SketchStep`. Only the previous checkpoint's head vectors are kept, in
+    the dtype they came in (fp16 weights stay fp16).
 
-    Memory bound (L layers, H heads, P = head-vector length, d = sketch dim, T checkpoints so far),
-    beyond the caller's HeadWeights:
-      * the current checkpoint's head vectors (from `HeadWeights.head_vectors`) and the previous
-        ones: 2·L·H·P·4 bytes (float32; float64 input stays float64);
-      * Φ cache: ≤ config.cache_bytes (d·P·4 bytes when it fits; blocks are regenerated otherwise);
-      * temporaries: one Φ block (d·block_size·8 bytes), one [L·H, block_size] float64 slice, and for
-        the exact norm one layer's two float64 copies (2·H·P·8 bytes; done layer by layer);
+    What is sketched. With θ_t a head's vector at checkpoint t, the record is s_t = Φθ_t — but it is
+    computed as a running sum, s_0 = Φθ_0 (float64) and s_t = s_{t−1} + Φδ_t with the exact update
+    δ_t = θ_t − θ_{t−1}, projected in `config.projection_dtype` (float32 by default) and summed in
+    float64. Sketching θ_t directly would need float64: in float32, Φθ_t − Φθ_{t−1} loses δ_t to
+    cancellation once ‖δ‖/‖θ‖ ≲ 1e-4 (a relative error of ~1e-7·‖θ‖/‖δ‖ per sketch entry). δ_t is
+    formed from the weights themselves (exact for fp16/bf16/fp32 weights), so the float32 sketch of
+    δ_t is accurate to ~1e-6 of ‖δ_t‖ however small the update, and s_t − s_{t−1} recovers it from
+    the float64 sum. Records keep their meaning (Φθ_t, float64, [L, H, d]) and stay comparable with
+    ones made by sketching θ_t in float64. The cost: s_t depends on s_{t−1}, so resuming needs the
+    last record's sketch as well as its weights: `prime(weights, step, sketch=recorded_sketch)`
+    (without `sketch=`, s_{t−1} is recomputed as Φθ_{t−1} in float64, which agrees to rounding but
+    is not bit-identical). In exact mode the record is θ_t itself (compute dtype) and nothing is summed.
+
+    The update norm ‖δ_t‖ is exact up to float32 rounding of 256-entry partial sums (relative error
+    ~1e-7; the partial sums are added in float64).
+
+    Processing is layer by layer: one layer's vectors [H, P] are assembled (float32), differenced
+    against the stored previous layer, normed, projected, and then written over the stored previous
+    layer. Memory bound (L layers, H heads, P = head-vector length, d = sketch dim, b = bytes per
+    element of the weights as given, T checkpoints so far), beyond the caller's weights:
+      * the previous checkpoint's head vectors: L·H·P·b bytes (fp16 weights: 2 bytes);
+      * two float32 [H, P] work buffers (current layer and its update): 2·H·P·4 bytes;
+      * the running sum L·H·d·8 bytes; Φ cache ≤ config.cache_bytes (d·P·4 bytes when it fits;
+        blocks are regenerated otherwise, at ~12 ms per 16384×100 block here);
       * history (if keep_history): T·L·H·(d+1)·8 bytes; in exact mode d = P, so the history is the
         whole per-head trajectory: use exact mode only for toy models.
-    Pythia-1B-like (16 layers, 8 heads, d_model 2048, d_head 256 → P = 2.1M): 2 × 1.07 GB of head
-    vectors, 270 MB for the layer-wise norm, Φ (840 MB) only partly cached at the default 256 MiB,
-    history ≈ 100 kB per checkpoint. Projection speed measured here: 33.5M parameters (128 heads ×
-    P = 262k) in 1.3 s uncached / 0.6 s cached on one CPU thread (float64), i.e. ~10 s per 1B-model
-    checkpoint.
+    Pythia-1B-like (16 layers, 8 heads, d_model 2048, d_head 256 → P = 2.1M, fp16): 537 MB of
+    previous vectors, 2 × 67 MB of work buffers, Φ (840 MB) only partly cached at the default
+    256 MiB, history ≈ 100 kB per checkpoint.
 
-    To resume after an interruption, `prime(weights_of_last_recorded_checkpoint, step)` restores the
-    previous vectors without producing a record.
+    Speed measured here (AMD EPYC, 1 thread; benchmarks/bench_extraction.py): float32 matmul runs at
+    75–90 GFLOP/s against 41–44 for float64, so the d = 100 projection costs ~2·d flops per parameter:
+    ~50 ms per 19M attention parameters (the 100M-parameter GPT-NeoX benchmark model), and the
+    difference, norm and layer assembly ~10 ms; see the benchmark for the full per-stage figures.
     """
 
     def __init__(self, config: SpectralConfig | None = None, *, keep_history: bool = True) -> None:
         self.config = config or SpectralConfig()
         self.keep_history = keep_history
         self.projector: GaussianSketch | ExactProjector | None = None
-        self._prev: Tensor | None = None
+        self._prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
         self._prev_step: int | None = None
+        self._sum: Tensor | None = None  # s_{t−1} [L, H, d] float64 (sketch mode)
+        self._buf: tuple[Tensor, Tensor] | None = None  # [H, P] work buffers (current layer, update)
         self._steps: list[int] = []
         self._sketches: list[Tensor] = []
         self._norms: list[Tensor] = []
 
     # -- input handling
-    def _vectors(self, weights, step: int) -> tuple[Tensor, bool]:
-        """(head vectors [L, H, P], whether they may alias the caller's memory)."""
-        if isinstance(weights, Tensor):
-            v = weights
-        elif hasattr(weights, "head_vectors"):
-            dtype = torch.float64 if weights.W_Q.dtype == torch.float64 else torch.float32
-            v = weights.head_vectors(dtype=dtype)
-        else:
-            raise TypeError(f"step {step}: expected HeadWeights or an [L, H, P] tensor; got {type(weights).__name__}")
-        if v.ndim != 3:
-            raise ValueError(f"step {step}: head vectors must be [layer, head, P]; got shape {tuple(v.shape)}")
-        if not v.is_floating_point():
-            raise ValueError(f"step {step}: head vectors must be floating point; got {v.dtype}")
-        aliased = v is weights
-        if v.dtype not in (torch.float32, torch.float64):
-            v, aliased = v.to(torch.float32), False
-        if not torch.isfinite(v).all():
-            layer, head = (~torch.isfinite(v)).any(-1).nonzero()[0].tolist()
-            raise ValueError(f"step {step}: NaN/inf weights in layer {layer} head {head}; the checkpoint "
-                             "is corrupt or diverged")
-        if self._prev is not None and v.shape != self._prev.shape:
-            raise ValueError(f"step {step}: head vectors have shape {tuple(v.shape)} but earlier checkpoints "
+    def _open(self, weights, step: int) -> _Checkpoint:
+        ck = _Checkpoint(weights, step)
+        if self._prev is not None and ck.shape != tuple(self._prev.shape):
+            raise ValueError(f"step {step}: head vectors have shape {ck.shape} but earlier checkpoints "
                              f"had {tuple(self._prev.shape)}; a series must keep one architecture")
         if self._prev_step is not None and step <= self._prev_step:
             raise ValueError(f"step {step} is not after the previous step {self._prev_step}; "
                              "feed checkpoints oldest first")
-        return v, aliased
+        ck.check_finite()
+        if self.projector is None:
+            self.projector = make_projector(self.config, ck.shape[-1])
+        elif self.projector.in_dim != ck.shape[-1]:
+            raise ValueError(f"step {step}: P={ck.shape[-1]} differs from the series' P={self.projector.in_dim}")
+        return ck
 
-    def _norm(self, v: Tensor) -> Tensor:
-        out = torch.empty(v.shape[:2], dtype=torch.float64)
-        for layer in range(v.shape[0]):
-            d = v[layer].to(torch.float64) - self._prev[layer].to(torch.float64)
-            out[layer] = d.pow(2).sum(-1).sqrt()
-        return out
+    def _buffers(self, ck: _Checkpoint) -> tuple[Tensor, Tensor]:
+        _, h, p = ck.shape
+        if self._buf is None or self._buf[0].dtype != ck.work_dtype or tuple(self._buf[0].shape) != (h, p):
+            self._buf = (torch.empty(h, p, dtype=ck.work_dtype), torch.empty(h, p, dtype=ck.work_dtype))
+        return self._buf
 
-    def prime(self, weights, step: int) -> None:
-        """Set the previous checkpoint (for resuming) without recording it."""
+    def _new_prev(self, ck: _Checkpoint) -> Tensor:
+        """Where θ_t is stored for the next update: the old buffer when the dtype allows it in place."""
+        dtype = ck.dtype if self._prev is None else torch.promote_types(ck.dtype, self._prev.dtype)
+        if self._prev is not None and self._prev.dtype == dtype:
+            return self._prev  # layer l is overwritten only after it has been used
+        return torch.empty(ck.shape, dtype=dtype)
+
+    def _ingest(self, ck: _Checkpoint, *, record: bool) -> tuple[Tensor | None, Tensor]:
+        """One pass over the layers: (sketch or None, norms). Stores θ_t as the previous vectors."""
+        n_layers, n_heads, _ = ck.shape
+        cur_buf, delta_buf = self._buffers(ck)
+        new_prev = self._new_prev(ck)
+        norm = torch.full((n_layers, n_heads), math.nan, dtype=torch.float64)
+        exact = isinstance(self.projector, ExactProjector)
+        sketch = None
+        if record:
+            dim = self.projector.dim
+            sketch = torch.empty(n_layers, n_heads, dim, dtype=self.config.compute_dtype if exact else torch.float64)
+        for layer in range(n_layers):
+            cur = ck.layer(layer, cur_buf)
+            if self._prev is not None:
+                delta = torch.sub(cur, delta_buf.copy_(self._prev[layer]), out=delta_buf)
+                norm[layer] = _sq_norms(delta).sqrt()
+            if record and exact:
+                sketch[layer] = cur
+            elif record and self._prev is None:  # s_0 = Φθ_0 in float64 (once per series)
+                sketch[layer] = self.projector.project(cur, dtype=torch.float64)
+            elif record:
+                sketch[layer] = self._sum[layer] + self.projector.project(delta).to(torch.float64)
+            new_prev[layer].copy_(cur)
+        self._prev = new_prev
+        return sketch, norm
+
+    def prime(self, weights, step: int, *, sketch: Tensor | None = None) -> None:
+        """Set the previous checkpoint (for resuming) without recording it.
+
+        `sketch`: that checkpoint's recorded `SketchStep.sketch`, so that the running sum continues
+        bit-identically. Without it, Φθ is recomputed in float64 (equal up to rounding).
+        """
         step = int(step)
-        v, aliased = self._vectors(weights, step)
-        self._prev, self._prev_step = (v.detach().clone() if aliased else v), step
+        ck = self._open(weights, step)
+        self._prev, self._prev_step = None, None  # priming replaces any state
+        self._ingest(ck, record=False)
+        self._prev_step = step
+        if isinstance(self.projector, ExactProjector):
+            return
+        shape = (*ck.shape[:2], self.projector.dim)
+        if sketch is not None:
+            if tuple(sketch.shape) != shape:
+                raise ValueError(f"step {step}: the recorded sketch has shape {tuple(sketch.shape)} but this "
+                                 f"sketcher makes {shape}; resume with the settings the run was recorded with")
+            self._sum = sketch.to(torch.float64).clone()
+        else:
+            self._sum = torch.stack([self.projector.project(ck.layer(layer), dtype=torch.float64)
+                                     for layer in range(shape[0])])
 
     def update(self, weights, step: int) -> SketchStep:
         step = int(step)
-        v, aliased = self._vectors(weights, step)
-        if self.projector is None:
-            self.projector = make_projector(self.config, v.shape[-1])
-        elif self.projector.in_dim != v.shape[-1]:
-            raise ValueError(f"step {step}: P={v.shape[-1]} differs from the series' P={self.projector.in_dim}")
-        sketch = self.projector.project(v)
-        if self._prev is None:
-            norm = torch.full(v.shape[:2], math.nan, dtype=torch.float64)
-        else:
-            norm = self._norm(v)
-        self._prev, self._prev_step = (v.detach().clone() if aliased else v), step  # never alias the caller
+        ck = self._open(weights, step)
+        sketch, norm = self._ingest(ck, record=True)
+        self._prev_step = step
+        if not isinstance(self.projector, ExactProjector):
+            self._sum = sketch
         if self.keep_history:
             self._steps.append(step)
             self._sketches.append(sketch)
