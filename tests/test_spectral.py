@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 
 import numpy as np
@@ -32,6 +33,7 @@ from headscreen.spectral import (
 from headscreen.spectral.planted import momentum_trajectory, planted_head_series
 
 torch.set_num_threads(1)
+fingerprint_module = importlib.import_module("headscreen.spectral.fingerprint")  # the package exports a function of that name
 
 W = 10
 STEPS = lambda t: [40 * i for i in range(t)]  # noqa: E731
@@ -475,7 +477,16 @@ def test_float32_projection_of_updates_matches_float64_on_tiny_updates():
     assert ((naive.ratios[..., :3] - ref.ratios[..., :3]).abs() / ref.ratios[..., :3]).max() > 1e-3
 
 
-def test_stored_dtype_and_layout_do_not_change_the_sketch():
+def test_stored_dtype_and_layout_do_not_change_the_sketch(monkeypatch):
+    threads = torch.get_num_threads()  # bitwise equality holds at a fixed thread count (other tests change it)
+    torch.set_num_threads(1)
+    try:
+        _stored_dtype_and_layout(monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stored_dtype_and_layout(monkeypatch):
     # fp16 HeadWeights (kept as fp16 between checkpoints) give bit-identical records to their float32
     # copies and to the [L, H, P] head-vector tensor
     g = torch.Generator().manual_seed(4)
@@ -496,6 +507,19 @@ def test_stored_dtype_and_layout_do_not_change_the_sketch():
     mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], hws[2], as32[3]])]
     for a, b in zip(outs[0], mixed, strict=True):
         assert torch.equal(a.sketch, b.sketch)
+    # segments that straddle the W_Q/W_K/W_V/W_O boundaries (SEGMENT = 37 columns): same records up
+    # to rounding, and they equal Φθ_t and ‖δ_t‖ computed in float64 from the head vectors
+    monkeypatch.setattr(fingerprint_module, "SEGMENT", 37)
+    hs = HeadSketcher(cfg)
+    small = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
+    phi = hs.projector.matrix().double()
+    for i, (a, b) in enumerate(zip(outs[0], small, strict=True)):
+        vec = hws[i].head_vectors(torch.float64)
+        torch.testing.assert_close(b.sketch, vec @ phi.T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.sketch, b.sketch, rtol=1e-5, atol=1e-5)
+        if i:
+            torch.testing.assert_close(b.update_norm, (vec - hws[i - 1].head_vectors(torch.float64)).norm(dim=-1),
+                                       rtol=1e-6, atol=0)
 
 
 def test_prime_with_the_recorded_sketch_resumes_bit_identically():

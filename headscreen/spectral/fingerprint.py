@@ -355,8 +355,19 @@ def _sq_norms(x: Tensor) -> Tensor:
     return out
 
 
+#: Columns of the head vectors processed together. All L·H heads of a segment are differenced, normed
+#: and projected at once, so each block of Φ is read once per checkpoint and the working set (two
+#: [L·H, SEGMENT] float32 buffers and a Φ block) stays in cache. Not part of any definition.
+SEGMENT = 4096
+
+
 class _Checkpoint:
-    """One checkpoint's head vectors, read one layer at a time (no [L, H, P] copy is made)."""
+    """One checkpoint's head vectors, read a segment of columns at a time (no [L, H, P] copy).
+
+    A head vector is concat(W_Q[h], W_K[g(h)], W_V[g(h)], W_O[h]) flattened (`HeadWeights.head_vectors`);
+    `parts` lists (first column, width, view [L, G, width], G) with G = H for W_Q/W_O and the K/V heads
+    for W_K/W_V (each broadcast over its group of H/G query heads).
+    """
 
     def __init__(self, weights, step: int) -> None:
         self.step = step
@@ -365,53 +376,57 @@ class _Checkpoint:
                 raise ValueError(f"step {step}: head vectors must be [layer, head, P]; got shape {tuple(weights.shape)}")
             if not weights.is_floating_point():
                 raise ValueError(f"step {step}: head vectors must be floating point; got {weights.dtype}")
-            self.tensor, self.hw = weights, None
             self.shape = tuple(weights.shape)
             self.dtype = weights.dtype
-            self.parts: tuple[Tensor, ...] = (weights,)
+            self.tensors: tuple[Tensor, ...] = (weights,)
+            self.parts = [(0, self.shape[2], weights)]
         elif hasattr(weights, "head_vectors") and hasattr(weights, "W_Q"):
-            self.tensor, self.hw = None, weights
-            self.parts = (weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
-            for t in self.parts:
+            self.tensors = (weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
+            for t in self.tensors:
                 if not t.is_floating_point():
                     raise ValueError(f"step {step}: head weights must be floating point; got {t.dtype}")
-            self.shape = (weights.n_layers, weights.n_heads, weights.head_vector_size)
-            self.dtype = functools.reduce(torch.promote_types, [t.dtype for t in self.parts])
+            n_layers, n_heads = weights.n_layers, weights.n_heads
+            n = weights.d_model * weights.d_head
+            self.shape = (n_layers, n_heads, 4 * n)
+            self.dtype = functools.reduce(torch.promote_types, [t.dtype for t in self.tensors])
+            self.parts = [(i * n, n, t.reshape(n_layers, t.shape[1], n)) for i, t in enumerate(self.tensors)]
         else:
             raise TypeError(f"step {step}: expected HeadWeights or an [L, H, P] tensor; got {type(weights).__name__}")
         # vectors are formed in float32 (float64 stays float64): exact for fp16/bf16/fp32 weights
         self.work_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
 
+    def segments(self):
+        """Column ranges [lo, hi) of width SEGMENT (the last one shorter); independent of the layout."""
+        p = self.shape[2]
+        for lo in range(0, p, SEGMENT):
+            yield lo, min(lo + SEGMENT, p)
+
+    def columns(self, lo: int, hi: int, out: Tensor) -> Tensor:
+        """Columns [lo, hi) of every head vector, as [L·H, hi − lo] (written into `out`)."""
+        n_layers, n_heads, _ = self.shape
+        dst = out[: n_layers * n_heads, : hi - lo]
+        for base, width, view in self.parts:
+            a, b = max(lo, base), min(hi, base + width)
+            if a >= b:
+                continue
+            groups = view.shape[1]
+            dst[:, a - lo : b - lo].view(n_layers, groups, n_heads // groups, b - a).copy_(
+                view[:, :, None, a - base : b - base])
+        return dst
+
     def check_finite(self) -> None:
         # a sum is non-finite if any entry is (or if it overflows: then the exact check decides)
-        if all(torch.isfinite(t.sum()).item() for t in self.parts):
+        if all(torch.isfinite(t.sum()).item() for t in self.tensors):
             return
-        for layer in range(self.shape[0]):
-            v = self.layer(layer)
-            bad = ~torch.isfinite(v).all(-1)
-            if bad.any():
-                head = int(bad.nonzero()[0, 0])
-                raise ValueError(f"step {self.step}: NaN/inf weights in layer {layer} head {head}; the "
-                                 "checkpoint is corrupt or diverged")
-
-    def layer(self, layer: int, out: Tensor | None = None) -> Tensor:
-        """Head vectors of one layer [H, P] in the work dtype (written into `out` when given)."""
-        _, h, p = self.shape
-        if self.tensor is not None:
-            v = self.tensor[layer]
-            if out is None:
-                return v.to(self.work_dtype)
-            return out.copy_(v)
-        out = torch.empty(h, p, dtype=self.work_dtype) if out is None else out
-        hw = self.hw
-        n = hw.d_model * hw.d_head
-        kv = hw.n_kv_heads
-        out[:, :n].view(h, hw.d_model, hw.d_head).copy_(hw.W_Q[layer])
-        # query head h reads K/V head h // (H // KV): broadcast each K/V head over its group
-        out[:, n : 2 * n].view(kv, h // kv, hw.d_model, hw.d_head).copy_(hw.W_K[layer].unsqueeze(1))
-        out[:, 2 * n : 3 * n].view(kv, h // kv, hw.d_model, hw.d_head).copy_(hw.W_V[layer].unsqueeze(1))
-        out[:, 3 * n :].view(h, hw.d_head, hw.d_model).copy_(hw.W_O[layer])
-        return out
+        n_layers, n_heads, _ = self.shape
+        bad = torch.zeros(n_layers * n_heads, dtype=torch.bool)
+        buf = torch.empty(n_layers * n_heads, SEGMENT, dtype=self.work_dtype)
+        for lo, hi in self.segments():
+            bad |= ~torch.isfinite(self.columns(lo, hi, buf)).all(-1)
+        if bad.any():
+            layer, head = divmod(int(bad.nonzero()[0, 0]), n_heads)
+            raise ValueError(f"step {self.step}: NaN/inf weights in layer {layer} head {head}; the "
+                             "checkpoint is corrupt or diverged")
 
 
 class HeadSketcher:
@@ -437,24 +452,24 @@ class HeadSketcher:
     The update norm ‖δ_t‖ is exact up to float32 rounding of 256-entry partial sums (relative error
     ~1e-7; the partial sums are added in float64).
 
-    Processing is layer by layer: one layer's vectors [H, P] are assembled (float32), differenced
-    against the stored previous layer, normed, projected, and then written over the stored previous
-    layer. Memory bound (L layers, H heads, P = head-vector length, d = sketch dim, b = bytes per
-    element of the weights as given, T checkpoints so far), beyond the caller's weights:
+    Processing goes over segments of `SEGMENT` columns: the segment of every head's vector is
+    assembled (float32), differenced against the stored previous vectors, normed, projected with
+    the matching columns of Φ, and written over the stored previous vectors. Each Φ block is read
+    once per checkpoint (projecting layer by layer instead read all of Φ once per layer: 3× slower
+    at this model size, memory-bound). Memory bound (L layers, H heads, P = head-vector length,
+    d = sketch dim, b = bytes per element of the weights as given, T checkpoints so far), beyond
+    the caller's weights:
       * the previous checkpoint's head vectors: L·H·P·b bytes (fp16 weights: 2 bytes);
-      * two float32 [H, P] work buffers (current layer and its update): 2·H·P·4 bytes;
+      * two float32 [L·H, SEGMENT] work buffers and one [L·H, d] accumulator;
       * the running sum L·H·d·8 bytes; Φ cache ≤ config.cache_bytes (d·P·4 bytes when it fits;
         blocks are regenerated otherwise, at ~12 ms per 16384×100 block here);
       * history (if keep_history): T·L·H·(d+1)·8 bytes; in exact mode d = P, so the history is the
         whole per-head trajectory: use exact mode only for toy models.
     Pythia-1B-like (16 layers, 8 heads, d_model 2048, d_head 256 → P = 2.1M, fp16): 537 MB of
-    previous vectors, 2 × 67 MB of work buffers, Φ (840 MB) only partly cached at the default
+    previous vectors, 2 × 2 MB of work buffers, Φ (840 MB) only partly cached at the default
     256 MiB, history ≈ 100 kB per checkpoint.
 
-    Speed measured here (AMD EPYC, 1 thread; benchmarks/bench_extraction.py): float32 matmul runs at
-    75–90 GFLOP/s against 41–44 for float64, so the d = 100 projection costs ~2·d flops per parameter:
-    ~50 ms per 19M attention parameters (the 100M-parameter GPT-NeoX benchmark model), and the
-    difference, norm and layer assembly ~10 ms; see the benchmark for the full per-stage figures.
+    Speed: see `benchmarks/bench_extraction.py` (figures in the module docstring of that file).
     """
 
     def __init__(self, config: SpectralConfig | None = None, *, keep_history: bool = True) -> None:
@@ -464,7 +479,7 @@ class HeadSketcher:
         self._prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
         self._prev_step: int | None = None
         self._sum: Tensor | None = None  # s_{t−1} [L, H, d] float64 (sketch mode)
-        self._buf: tuple[Tensor, Tensor] | None = None  # [H, P] work buffers (current layer, update)
+        self._buf: tuple[Tensor, Tensor] | None = None  # [L·H, SEGMENT] work buffers (θ_t, δ_t)
         self._steps: list[int] = []
         self._sketches: list[Tensor] = []
         self._norms: list[Tensor] = []
@@ -486,43 +501,60 @@ class HeadSketcher:
         return ck
 
     def _buffers(self, ck: _Checkpoint) -> tuple[Tensor, Tensor]:
-        _, h, p = ck.shape
-        if self._buf is None or self._buf[0].dtype != ck.work_dtype or tuple(self._buf[0].shape) != (h, p):
-            self._buf = (torch.empty(h, p, dtype=ck.work_dtype), torch.empty(h, p, dtype=ck.work_dtype))
+        rows = ck.shape[0] * ck.shape[1]
+        if self._buf is None or self._buf[0].dtype != ck.work_dtype or self._buf[0].shape[0] != rows:
+            self._buf = tuple(torch.empty(rows, SEGMENT, dtype=ck.work_dtype) for _ in range(2))
         return self._buf
 
     def _new_prev(self, ck: _Checkpoint) -> Tensor:
         """Where θ_t is stored for the next update: the old buffer when the dtype allows it in place."""
         dtype = ck.dtype if self._prev is None else torch.promote_types(ck.dtype, self._prev.dtype)
         if self._prev is not None and self._prev.dtype == dtype:
-            return self._prev  # layer l is overwritten only after it has been used
+            return self._prev  # each segment is overwritten only after it has been used
         return torch.empty(ck.shape, dtype=dtype)
 
-    def _ingest(self, ck: _Checkpoint, *, record: bool) -> tuple[Tensor | None, Tensor]:
-        """One pass over the layers: (sketch or None, norms). Stores θ_t as the previous vectors."""
-        n_layers, n_heads, _ = ck.shape
+    def _ingest(self, ck: _Checkpoint, *, record: bool, project_theta: bool) -> tuple[Tensor | None, Tensor]:
+        """One pass over the columns: (sketch or None, norms); stores θ_t as the previous vectors.
+
+        project_theta: return Φθ_t (float64) instead of s_{t−1} + Φδ_t (first checkpoint, priming).
+        """
+        n_layers, n_heads, p = ck.shape
+        rows = n_layers * n_heads
         cur_buf, delta_buf = self._buffers(ck)
         new_prev = self._new_prev(ck)
-        norm = torch.full((n_layers, n_heads), math.nan, dtype=torch.float64)
+        prev_flat = None if self._prev is None else self._prev.view(rows, p)
+        new_flat = new_prev.view(rows, p)
         exact = isinstance(self.projector, ExactProjector)
-        sketch = None
-        if record:
-            dim = self.projector.dim
-            sketch = torch.empty(n_layers, n_heads, dim, dtype=self.config.compute_dtype if exact else torch.float64)
-        for layer in range(n_layers):
-            cur = ck.layer(layer, cur_buf)
-            if self._prev is not None:
-                delta = torch.sub(cur, delta_buf.copy_(self._prev[layer]), out=delta_buf)
-                norm[layer] = _sq_norms(delta).sqrt()
-            if record and exact:
-                sketch[layer] = cur
-            elif record and self._prev is None:  # s_0 = Φθ_0 in float64 (once per series)
-                sketch[layer] = self.projector.project(cur, dtype=torch.float64)
-            elif record:
-                sketch[layer] = self._sum[layer] + self.projector.project(delta).to(torch.float64)
-            new_prev[layer].copy_(cur)
+        sq = torch.zeros(rows, dtype=torch.float64)
+        want = record or project_theta
+        if exact and want:
+            out = torch.empty(rows, p, dtype=self.config.compute_dtype)
+        elif want:
+            pdt = torch.float64 if project_theta else self.projector.dtype
+            out = torch.zeros(rows, self.projector.dim, dtype=pdt)
+        for lo, hi in ck.segments():
+            cur = ck.columns(lo, hi, cur_buf)
+            if prev_flat is not None:
+                delta = delta_buf[:, : hi - lo]
+                delta.copy_(prev_flat[:, lo:hi])
+                torch.sub(cur, delta, out=delta)
+                sq += _sq_norms(delta)
+            if exact and want:
+                out[:, lo:hi] = cur
+            elif want and project_theta:
+                out += self.projector.project(cur, col_offset=lo, dtype=torch.float64)
+            elif want:
+                out += self.projector.project(delta, col_offset=lo)
+            new_flat[:, lo:hi] = cur
         self._prev = new_prev
-        return sketch, norm
+        norm = sq.sqrt() if prev_flat is not None else torch.full((rows,), math.nan, dtype=torch.float64)
+        norm = norm.view(n_layers, n_heads)
+        if not want:
+            return None, norm
+        out = out.view(n_layers, n_heads, -1)
+        if exact or project_theta:
+            return out, norm
+        return self._sum + out.to(torch.float64), norm
 
     def prime(self, weights, step: int, *, sketch: Tensor | None = None) -> None:
         """Set the previous checkpoint (for resuming) without recording it.
@@ -532,27 +564,24 @@ class HeadSketcher:
         """
         step = int(step)
         ck = self._open(weights, step)
-        self._prev, self._prev_step = None, None  # priming replaces any state
-        self._ingest(ck, record=False)
-        self._prev_step = step
-        if isinstance(self.projector, ExactProjector):
-            return
+        gaussian = not isinstance(self.projector, ExactProjector)
         shape = (*ck.shape[:2], self.projector.dim)
-        if sketch is not None:
-            if tuple(sketch.shape) != shape:
-                raise ValueError(f"step {step}: the recorded sketch has shape {tuple(sketch.shape)} but this "
-                                 f"sketcher makes {shape}; resume with the settings the run was recorded with")
-            self._sum = sketch.to(torch.float64).clone()
-        else:
-            self._sum = torch.stack([self.projector.project(ck.layer(layer), dtype=torch.float64)
-                                     for layer in range(shape[0])])
+        if sketch is not None and gaussian and tuple(sketch.shape) != shape:
+            raise ValueError(f"step {step}: the recorded sketch has shape {tuple(sketch.shape)} but this "
+                             f"sketcher makes {shape}; resume with the settings the run was recorded with")
+        self._prev, self._prev_step = None, None  # priming replaces any state
+        theta, _ = self._ingest(ck, record=False, project_theta=gaussian and sketch is None)
+        self._prev_step = step
+        if gaussian:
+            self._sum = sketch.to(torch.float64).clone() if sketch is not None else theta
 
     def update(self, weights, step: int) -> SketchStep:
         step = int(step)
         ck = self._open(weights, step)
-        sketch, norm = self._ingest(ck, record=True)
+        exact = isinstance(self.projector, ExactProjector)
+        sketch, norm = self._ingest(ck, record=True, project_theta=not exact and self._prev is None)
         self._prev_step = step
-        if not isinstance(self.projector, ExactProjector):
+        if not exact:
             self._sum = sketch
         if self.keep_history:
             self._steps.append(step)

@@ -93,7 +93,9 @@ class GaussianSketch:
         cols = min(self.block_size, self.in_dim - lo)
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, b])))
         z = rng.standard_normal((cols, self.dim), dtype=np.float32)
-        return torch.from_numpy(z).T
+        # copied into torch's (64-byte aligned) memory: BLAS results can depend on the alignment of
+        # the operands, and numpy's is not fixed, which would make projections differ in the last bit
+        return torch.empty(cols, self.dim).copy_(torch.from_numpy(z)).T
 
     def raw_block(self, b: int) -> Float[Tensor, "d cols"]:
         """Unscaled N(0,1) block b (float32), from the cache when present."""
