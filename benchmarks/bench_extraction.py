@@ -117,8 +117,9 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         for c in ckpts:
             f = c.path / "model.safetensors"
             nbytes += _plain_read(f, _attention_keys(f), buf)
-    elif mode == "stream":
-        sk = HeadSketcher(SpectralConfig(window=10), keep_history=True)
+    elif mode in ("stream", "stream-countsketch"):
+        kind = "countsketch" if mode == "stream-countsketch" else "gaussian"
+        sk = HeadSketcher(SpectralConfig(window=10, sketch_kind=kind), keep_history=True)
         for c in ckpts:
             hw = series.head_weights(c, dtype=None)  # as stored (fp16)
             sk.update(hw, c.step)
@@ -161,7 +162,8 @@ def profile(series, ckpts) -> dict:
     from headscreen.spectral.fingerprint import SEGMENT, _Checkpoint, _sq_norms
 
     stages = ("read", "finite", "assemble", "delta", "norm", "project_f32", "store_prev")
-    acc = {k: [] for k in stages + ("project_f64", "project_layerwise_f32", "read_f32_and_head_vectors")}
+    acc = {k: [] for k in stages + ("project_f64", "project_layerwise_f32", "project_countsketch",
+                                    "read_f32_and_head_vectors")}
     proj, prev, bufs = None, None, None
     for i, c in enumerate(ckpts):
         t = {k: 0.0 for k in acc}
@@ -178,6 +180,9 @@ def profile(series, ckpts) -> dict:
             proj = make_projector(SpectralConfig(window=10), p)
             for b in range(proj.n_blocks):
                 proj.raw_block(b)  # fill the Φ cache outside the timings
+            cs = make_projector(SpectralConfig(window=10, sketch_kind="countsketch"), p)
+            for b in range(cs.n_blocks):
+                cs.hashes(b)
             prev = torch.empty(rows, p, dtype=ck.dtype)
             bufs = (torch.empty(rows, SEGMENT), torch.empty(rows, SEGMENT))
             whole = torch.empty(n_heads, p)
@@ -197,8 +202,10 @@ def profile(series, ckpts) -> dict:
             t5 = time.perf_counter()
             proj.project(delta, col_offset=lo, dtype=torch.float64)
             t6 = time.perf_counter()
+            cs.project(delta, col_offset=lo)
+            t7 = time.perf_counter()
             for k, a, b in (("assemble", t0, t1), ("delta", t1, t2), ("norm", t2, t3), ("project_f32", t3, t4),
-                            ("store_prev", t4, t5), ("project_f64", t5, t6)):
+                            ("store_prev", t4, t5), ("project_f64", t5, t6), ("project_countsketch", t6, t7)):
                 t[k] += b - a
         t0 = time.perf_counter()  # the same projection done layer by layer over whole [H, P] rows
         for _layer in range(n_layers):
@@ -236,12 +243,13 @@ def main() -> None:
     print(f"threads={a.threads}, nice={os.nice(0)}, load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     res = {}
-    for mode, k in (("floor", n), ("stream", n), ("stream", 2 * n), ("bridge", n), ("profile", n)):
+    for mode, k in (("floor", n), ("stream", n), ("stream", 2 * n), ("stream-countsketch", n), ("bridge", n),
+                    ("profile", n)):
         r = run_worker(mode, root, k, a.threads)
         res[(mode, k)] = r
         if mode == "profile":
             continue
-        print(f"  {mode:>6} N={k:>2}: wall {r['wall_s']:7.2f} s ({1e3 * r['wall_s'] / k:6.1f} ms/ckpt)  peak RSS "
+        print(f"  {mode:>18} N={k:>2}: wall {r['wall_s']:7.2f} s ({1e3 * r['wall_s'] / k:6.1f} ms/ckpt)  peak RSS "
               f"{r['peak_rss_mb']:7.0f} MB (+{r['peak_above_base_mb']:.0f} MB above the {r['base_rss_mb']:.0f} MB "
               "after imports)", flush=True)
     fl, st, st2, br = res[("floor", n)], res[("stream", n)], res[("stream", 2 * n)], res[("bridge", n)]
@@ -253,20 +261,26 @@ def main() -> None:
           f"({pr['project_f64'] / pr['project_f32']:.2f}x the float32 one); float32 projection layer by layer "
           f"(Φ read once per layer) {1e3 * pr['project_layerwise_f32']:.1f} ms "
           f"({pr['project_layerwise_f32'] / pr['project_f32']:.2f}x); the previous read path "
-          f"(float32 HeadWeights + whole head_vectors) {1e3 * pr['read_f32_and_head_vectors']:.1f} ms")
+          f"(float32 HeadWeights + whole head_vectors) {1e3 * pr['read_f32_and_head_vectors']:.1f} ms; "
+          f"CountSketch projection {1e3 * pr['project_countsketch']:.1f} ms "
+          f"({pr['project_countsketch'] / pr['project_f32']:.2f}x the Gaussian float32 one)")
     att16 = st["attention_mb_per_ckpt"]
-    sketch_state = st["phi_cache_mb"] + st["running_sum_mb"]
     print(f"\nattention tensors of one checkpoint: {att16:.1f} MB as stored (fp16), {2 * att16:.1f} MB as float32")
-    print(f"speed-up of streaming+sketch over bridge-per-checkpoint: {br['wall_s'] / st['wall_s']:.1f}x  (target >= 20x)")
+    cs = res[("stream-countsketch", n)]
+    print(f"speed-up of streaming+sketch over bridge-per-checkpoint: {br['wall_s'] / st['wall_s']:.1f}x  (target >= 20x); "
+          f"with sketch_kind='countsketch': {br['wall_s'] / cs['wall_s']:.1f}x")
     print(f"streaming+sketch vs the plain attention read (floor):   {st['wall_s'] / fl['wall_s']:.2f}x the floor "
           f"(target <= 2x; floor {fl['wall_s'] / n * 1e3:.1f} ms/ckpt = "
-          f"{fl['attention_mb_per_ckpt'] * n / fl['wall_s'] / 1024:.2f} GB/s)")
-    for r, k in ((st, n), (st2, 2 * n)):
-        budget = 2 * att16 + sketch_state + r["history_mb"]
-        print(f"streaming N={k}: peak +{r['peak_above_base_mb']:.0f} MB; sketch state: Φ cache {r['phi_cache_mb']:.1f} MB, "
-              f"running sum {r['running_sum_mb']:.2f} MB, history {r['history_mb']:.2f} MB; previous θ "
-              f"{r['prev_mb']:.1f} MB, work buffers {r['work_buffers_mb']:.1f} MB; target 2x attention (fp16) + "
-              f"sketch state = {budget:.0f} MB -> {'met' if r['peak_above_base_mb'] <= budget else 'missed'}")
+          f"{fl['attention_mb_per_ckpt'] * n / fl['wall_s'] / 1024:.2f} GB/s); countsketch: "
+          f"{cs['wall_s'] / fl['wall_s']:.2f}x")
+    for r, k, kind in ((st, n, "gaussian"), (st2, 2 * n, "gaussian"), (cs, n, "countsketch")):
+        sketch_state = r["phi_cache_mb"] + r["running_sum_mb"] + r["history_mb"]
+        budget = 2 * att16 + sketch_state
+        print(f"streaming {kind} N={k}: peak +{r['peak_above_base_mb']:.0f} MB; sketch state {sketch_state:.1f} MB "
+              f"(Φ/hash cache {r['phi_cache_mb']:.1f}, running sum {r['running_sum_mb']:.2f}, history "
+              f"{r['history_mb']:.2f}); previous θ {r['prev_mb']:.1f} MB, work buffers {r['work_buffers_mb']:.1f} MB; "
+              f"target 2x attention (fp16) + sketch state = {budget:.0f} MB -> "
+              f"{'met' if r['peak_above_base_mb'] <= budget else 'missed'}")
     print(f"peak growth N={n} -> {2 * n}: {st2['peak_above_base_mb'] / max(st['peak_above_base_mb'], 1):.2f}x; "
           f"bridge N={n}: +{br['peak_above_base_mb']:.0f} MB")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -26,6 +26,7 @@ trajectories below.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ def _at(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return t.gather(-1, (k - 1).unsqueeze(-1)).squeeze(-1)
 
 
+ESTIMATORS = ("raw", "norm_corrected")
+
+
 def sketch_accuracy(
     vectors: torch.Tensor,
     *,
@@ -52,14 +56,19 @@ def sketch_accuracy(
     dims: Sequence[int] = DIMS,
     seeds: Sequence[int] = SEEDS,
     skip_windows: int = 0,
+    estimators: Sequence[str] = ESTIMATORS,
 ) -> pd.DataFrame:
-    """Per (d, seed): mean relative errors of sketched vs exact edge ratios.
+    """Per (estimator, d, seed): mean relative errors of sketched vs exact edge ratios.
 
     vectors: θ_t stacked as [T, ..., P] (any batch dims, e.g. [T, layer, head, P]).
-    Returns columns d, seed, gap_ratio_err, gap_ratio_err_edge (windows with exact R >= 1.5), r12_err,
-    r23_err, kstar_agree, n_windows, n_edge_windows.
+    estimators: "raw" (Gram of the sketched updates) and/or "norm_corrected" (sketched cosines with
+    the exact update norms, as `HeadSketcher` provides them; SpectralConfig.gram_estimator).
+    Returns columns estimator, d, seed, gap_ratio_err, gap_ratio_err_edge (windows with exact
+    R >= 1.5), r12_err, r23_err, kstar_agree, n_windows, n_edge_windows.
     """
-    exact = rolling_window_stats(vectors, window).stats
+    ex = rolling_window_stats(vectors, window)
+    exact = ex.stats
+    norms = ex.delta_norm  # exact ‖δ_t‖ [T-1, ...]
     keep = slice(skip_windows, None)
     ks = exact.kstar[keep]
     valid = ks > 0
@@ -71,28 +80,29 @@ def sketch_accuracy(
         for seed in seeds:
             sk = GaussianSketch(p, d, seed, cache_bytes=0)
             s = sk.project(vectors)  # [T, ..., d]
-            st = rolling_window_stats(s, window).stats
-            r_sk = _at(st.ratios[keep], ks.clamp(min=1))
+            for est in estimators:
+                st = rolling_window_stats(s, window, update_norms=norms if est == "norm_corrected" else None).stats
+                r_sk = _at(st.ratios[keep], ks.clamp(min=1))
 
-            def rel(a, b, mask=valid):
-                return ((a - b).abs() / b)[mask].mean().item()
+                def rel(a, b, mask=valid):
+                    return ((a - b).abs() / b)[mask].mean().item()
 
-            rows.append({
-                "d": d, "seed": seed,
-                "gap_ratio_err": rel(r_sk, r_exact),
-                "gap_ratio_err_edge": rel(r_sk, r_exact, edge) if edge.any() else float("nan"),
-                "r12_err": rel(st.r_12[keep], exact.r_12[keep]),
-                "r23_err": rel(st.r_23[keep], exact.r_23[keep]),
-                "kstar_agree": (st.kstar[keep] == ks)[valid].double().mean().item(),
-                "n_windows": int(valid.sum()),
-                "n_edge_windows": int(edge.sum()),
-            })
+                rows.append({
+                    "estimator": est, "d": d, "seed": seed,
+                    "gap_ratio_err": rel(r_sk, r_exact),
+                    "gap_ratio_err_edge": rel(r_sk, r_exact, edge) if edge.any() else float("nan"),
+                    "r12_err": rel(st.r_12[keep], exact.r_12[keep]),
+                    "r23_err": rel(st.r_23[keep], exact.r_23[keep]),
+                    "kstar_agree": (st.kstar[keep] == ks)[valid].double().mean().item(),
+                    "n_windows": int(valid.sum()),
+                    "n_edge_windows": int(edge.sum()),
+                })
     return pd.DataFrame(rows)
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds (and the worst seed of the gap-ratio error) per d."""
-    g = df.groupby("d")
+    """Mean over seeds (and the worst seed of the gap-ratio error) per estimator and d."""
+    g = df.groupby(["estimator", "d"])
     out = g[["gap_ratio_err", "gap_ratio_err_edge", "r12_err", "r23_err", "kstar_agree"]].mean()
     out["gap_ratio_err_worst_seed"] = g["gap_ratio_err"].max()
     return out
@@ -104,17 +114,20 @@ def _load_vectors(path: str) -> torch.Tensor:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _series_vectors(root: str, max_bytes: int = 2 * 2**30) -> tuple[torch.Tensor, list[int]]:
+def _series_vectors(root: str, layers: Sequence[int] | None = None, max_bytes: int = 2 * 2**30
+                    ) -> tuple[torch.Tensor, list[int]]:
     from headscreen.series import LocalSeries
 
     series = LocalSeries(root)
     vecs, steps, total = [], [], 0
-    for ckpt, hw in series.iter_head_weights():
-        v = hw.head_vectors()
+    for ckpt in series.checkpoints:
+        v = series.head_weights(ckpt, dtype=None).head_vectors()
+        if layers is not None:
+            v = v[list(layers)].clone()
         total += v.numel() * v.element_size()
         if total > max_bytes:
             raise MemoryError(f"the series' head vectors exceed {max_bytes} bytes; the benchmark holds them "
-                              "all for the exact reference: use a smaller series or --vectors")
+                              "all for the exact reference: pick fewer --layers, a smaller series, or --vectors")
         vecs.append(v)
         steps.append(ckpt.step)
     return torch.stack(vecs), steps
@@ -126,11 +139,17 @@ def _print(name: str, vectors: torch.Tensor, args) -> None:
                          skip_windows=args.skip_windows)
     summ = summarise(df)
     print(f"\n== {name}: vectors {tuple(vectors.shape)}, W={args.window}, seeds {list(args.seeds)} "
-          f"({time.perf_counter() - t0:.1f} s)")
-    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
+          f"({time.perf_counter() - t0:.1f} s, load average {os.getloadavg()[0]:.2f})")
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 140):
         print(summ.to_string())
-    at100 = summ.loc[100, "gap_ratio_err"] if 100 in summ.index else float("nan")
-    print(f"mean gap-ratio relative error at d=100: {100 * at100:.2f}% (target <= 5.7%)")
+    for est in ESTIMATORS:
+        if (est, 100) in summ.index:
+            row = summ.loc[(est, 100)]
+            print(f"mean gap-ratio relative error at d=100, {est}: {100 * row['gap_ratio_err']:.2f}% "
+                  f"(worst seed {100 * row['gap_ratio_err_worst_seed']:.2f}%; target <= 5.7%)")
+    if ("raw", 100) in summ.index and ("norm_corrected", 100) in summ.index:
+        ratio = summ.loc[("norm_corrected", 100), "gap_ratio_err"] / summ.loc[("raw", 100), "gap_ratio_err"]
+        print(f"norm_corrected / raw error at d=100: {ratio:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--skip-windows", type=int, default=0, help="leave out the first windows (transient)")
     ap.add_argument("--vectors", help="a [T, ..., P] tensor (.pt via torch.load weights_only, or .npy)")
-    ap.add_argument("--series", help="a local checkpoint series folder (head vectors of every checkpoint)")
+    ap.add_argument("--series", nargs="+", help="local checkpoint series folders (head vectors of every checkpoint)")
+    ap.add_argument("--layers", type=int, nargs="+", help="with --series: only these layers' heads")
     ap.add_argument("--p", type=int, default=16_384, help="vector length of the synthetic trajectories")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -148,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.vectors:
         _print(args.vectors, _load_vectors(args.vectors), args)
         return 0
+    print(f"threads={args.threads}, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.series:
-        v, _ = _series_vectors(args.series)
-        _print(args.series, v, args)
+        for root in args.series:
+            v, _ = _series_vectors(root, args.layers)
+            _print(root + (f" (layers {args.layers})" if args.layers else ""), v, args)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return 0
     planted = {(0, 0): 1, (0, 1): 2, (1, 0): 2, (1, 1): 3}
     v = planted_head_series(60, 2, 4, args.p, planted, onset=20, reorg_at=35, seed=0)
@@ -159,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     _print("random walk (decaying drift + rotating rank-2 + noise)", v, args)
     v = momentum_trajectory(80, args.p, beta=0.9, batch=(4,), seed=2)
     _print("momentum walk (EMA-filtered noise, beta 0.9: steep window spectra)", v, args)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

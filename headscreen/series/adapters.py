@@ -169,7 +169,7 @@ def read_head_weights(
     Memory: one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats) plus one tensor.
     """
     reader = _READERS[geometry.architecture]
-    per_layer = []
+    stacked: dict[str, torch.Tensor] = {}
     for layer in range(geometry.n_layers):
         parts = reader(src, geometry, layer)
         for name, t in parts.items():
@@ -179,7 +179,9 @@ def read_head_weights(
                     f"checkpoint {src.folder}: layer {layer} {name} has {bad} NaN/Inf values; "
                     "this checkpoint is corrupt or diverged — drop it from the series"
                 )
-        per_layer.append(parts if dtype is None else {n: t.to(dtype) for n, t in parts.items()})
-    names = per_layer[0].keys()
-    stacked = {n: torch.stack([layer_parts[n] for layer_parts in per_layer]) for n in names}
+            if layer == 0:
+                stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
+            stacked[name][layer] = t  # copies out of the memory-mapped file
+        del parts
+        src.close()  # unmap the shards after each layer: at most one layer's file pages stay resident
     return HeadWeights(**stacked)

@@ -20,6 +20,7 @@ BaselineMode = Literal["robust", "leading"]
 RelScope = Literal["network", "layer"]
 ProjectionDtype = Literal["float32", "float64"]
 GramEstimator = Literal["raw", "norm_corrected"]
+SketchKind = Literal["gaussian", "countsketch"]
 PROJECTION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -35,6 +36,9 @@ class SpectralConfig:
     sketch_dim:        d of the JL sketch; None → 10·W. Ignored when `exact`.
     seed:              seed of the projection Φ (blocks are seeded from (seed, block index)).
     exact:             identity "sketch" (d = P): for toy models / small heads.
+    sketch_kind:       "gaussian" (METHODS §1: dense N(0, 1/d) Φ, 2·d flops per parameter) or
+                       "countsketch" (one ±1 per column, P additions per vector; same variance for
+                       dense vectors, worse for spiky ones). Ignored when `exact`.
     min_sigma_frac:    weighted k* only considers j with σ_j ≥ min_sigma_frac·σ_1 (§6b); 0 disables.
     zero_tol:          σ below zero_tol·σ_1 count as numerically zero in the ratios; None → sqrt(W·eps)
                        of the Gram's dtype.
@@ -64,6 +68,7 @@ class SpectralConfig:
     sketch_dim: int | None = None
     seed: int = 0
     exact: bool = False
+    sketch_kind: SketchKind = "gaussian"
     min_sigma_frac: float = 0.05
     zero_tol: float | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -100,6 +105,9 @@ class SpectralConfig:
         if self.compute_dtype not in (torch.float32, torch.float64):
             raise _bad("compute_dtype", self.compute_dtype, "is not float32 or float64",
                        "use torch.float64 (default) or torch.float32")
+        if self.sketch_kind not in ("gaussian", "countsketch"):
+            raise _bad("sketch_kind", self.sketch_kind, "is unknown",
+                       "use 'gaussian' (METHODS default) or 'countsketch' (sparse, faster)")
         if self.projection_dtype not in PROJECTION_DTYPES:
             raise _bad("projection_dtype", self.projection_dtype, "is unknown",
                        "use 'float32' (default: Φδ_t is accurate in float32) or 'float64'")

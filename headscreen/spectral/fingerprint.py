@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .config import SpectralConfig
 from .gram import check_series_length, rolling_window_stats
-from .sketch import ExactProjector, GaussianSketch, make_projector
+from .sketch import CountSketch, ExactProjector, GaussianSketch, make_projector
 
 SCALAR_METRICS = ("ratio_12", "ratio_23", "kstar", "kstar_weighted", "gap_norm", "g_23", "update_norm")
 POSITION_METRICS = ("kstar", "kstar_weighted")  # `_rel` is a difference for these
@@ -134,7 +134,11 @@ def compute_fingerprint(
     config: SpectralConfig | None = None,
     update_norms: Float[Tensor, "T layer head"] | None = None,
 ) -> Fingerprint:
-    """Wide fingerprint; see the module docstring. Raises if T < W + 1 (naming both)."""
+    """Wide fingerprint; see the module docstring. Raises if T < W + 1 (naming both).
+
+    With exact `update_norms` and `config.gram_estimator == "norm_corrected"`, the window Grams use
+    the sketched cosines with the exact norms (see `rolling_window_stats`); otherwise the raw Gram.
+    """
     config = config or SpectralConfig()
     w = config.window
     if vectors.ndim != 4:
@@ -145,21 +149,20 @@ def compute_fingerprint(
     t, n_layers, n_heads, _ = vectors.shape
     check_series_length(t, w)
     step_arr = _as_steps(steps, t)
+    if update_norms is not None:
+        norms = torch.as_tensor(update_norms, dtype=torch.float64)
+        if tuple(norms.shape) != (t, n_layers, n_heads):
+            raise ValueError(f"update_norms must be [T, layer, head] = {(t, n_layers, n_heads)}; "
+                             f"got {tuple(norms.shape)}")
+        if not torch.isfinite(norms[1:]).all():
+            raise ValueError("update_norms has NaN/inf after row 0 (only the first checkpoint has no update); "
+                             "pass the norms HeadSketcher returned for every checkpoint")
+    correct = update_norms is not None and config.gram_estimator == "norm_corrected"
     ws = rolling_window_stats(vectors, w, min_sigma_frac=config.min_sigma_frac, zero_tol=config.zero_tol,
-                              dtype=config.compute_dtype)
+                              dtype=config.compute_dtype, update_norms=norms[1:] if correct else None)
     st = ws.stats
     end = ws.end_index
-    if update_norms is not None:
-        un = torch.as_tensor(update_norms, dtype=torch.float64)
-        if tuple(un.shape) != (t, n_layers, n_heads):
-            raise ValueError(f"update_norms must be [T, layer, head] = {(t, n_layers, n_heads)}; "
-                             f"got {tuple(un.shape)}")
-        un = un[end]
-        if not torch.isfinite(un).all():
-            raise ValueError("update_norms has NaN/inf at a window end (only row 0 may be NaN); "
-                             "pass the norms HeadSketcher returned for every checkpoint")
-    else:
-        un = ws.update_norm
+    un = norms[end] if update_norms is not None else ws.update_norm
     kstar = torch.where(st.kstar > 0, st.kstar.double(), torch.nan)
     kstar_w = torch.where(st.kstar_weighted > 0, st.kstar_weighted.double(), torch.nan)
     per = [st.sigma[..., j] for j in range(w)] + [st.r_12, st.r_23, kstar, kstar_w, st.gap_norm, st.g_23, un]
@@ -475,7 +478,7 @@ class HeadSketcher:
     def __init__(self, config: SpectralConfig | None = None, *, keep_history: bool = True) -> None:
         self.config = config or SpectralConfig()
         self.keep_history = keep_history
-        self.projector: GaussianSketch | ExactProjector | None = None
+        self.projector: GaussianSketch | CountSketch | ExactProjector | None = None
         self._prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
         self._prev_step: int | None = None
         self._sum: Tensor | None = None  # s_{t−1} [L, H, d] float64 (sketch mode)

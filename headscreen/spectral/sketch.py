@@ -157,6 +157,111 @@ class GaussianSketch:
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
 
+class CountSketch:
+    """Seeded CountSketch S [dim, in_dim]: each column j has a single ±1, in row h(j).
+
+    E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
+    of the Gaussian sketch ((‖x‖²‖y‖² + ⟨x,y⟩²)/d), but projecting costs P additions per vector
+    instead of 2·d·P flops. Worse than Gaussian for sparse or spiky vectors (a few large coordinates
+    collide in one bucket with probability ~1/d each). An alternative `kind`; METHODS specifies the
+    Gaussian sketch.
+
+    Definition (stable like GaussianSketch's): columns are cut into blocks of `block_size`; block b
+    draws from numpy's PCG64(SeedSequence([seed, b, 1])) `integers(0, dim, block_size)` (the rows h)
+    and then `integers(0, 2, block_size)` (sign = 2·bit − 1), both cut to the block's columns.
+    Memory: 12 bytes per column of (h, sign), cached within `cache_bytes`.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        seed: int = 0,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if in_dim < 1:
+            raise ValueError(f"in_dim={in_dim} must be the (positive) vector length P")
+        if dim < 1:
+            raise ValueError(f"dim={dim} must be positive; use e.g. 10 * window")
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be positive; use {DEFAULT_BLOCK_SIZE}")
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be a non-negative integer")
+        self.in_dim, self.dim, self.seed = int(in_dim), int(dim), int(seed)
+        self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
+        self.n_blocks = -(-self.in_dim // self.block_size)
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cached_bytes = 0
+
+    @classmethod
+    def from_config(cls, config: SpectralConfig, in_dim: int) -> CountSketch:
+        return cls(in_dim, config.dim, config.seed, block_size=config.block_size,
+                   cache_bytes=config.cache_bytes, dtype=config.projection_torch_dtype)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    def hashes(self, b: int) -> tuple[Tensor, Tensor]:
+        """(rows h [cols] int64, signs [cols] float32) of block b."""
+        if not 0 <= b < self.n_blocks:
+            raise IndexError(f"block {b} outside [0, {self.n_blocks})")
+        hit = self._cache.get(b)
+        if hit is not None:
+            return hit
+        lo = b * self.block_size
+        cols = min(self.block_size, self.in_dim - lo)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, b, 1])))
+        # whole blocks are drawn, then cut: S for P' < P is the first P' columns of S for P
+        h = torch.from_numpy(rng.integers(0, self.dim, self.block_size, dtype=np.int64)[:cols].copy())
+        sign = torch.from_numpy(rng.integers(0, 2, self.block_size, dtype=np.int64)[:cols].astype(np.float32) * 2 - 1)
+        if self._cached_bytes + 12 * cols <= self.cache_bytes:
+            self._cache[b] = (h, sign)
+            self._cached_bytes += 12 * cols
+        return h, sign
+
+    def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
+        """S whole, dense: for tests and small P only (refuses above `max_bytes`)."""
+        nbytes = self.dim * self.in_dim * torch.finfo(self.dtype).bits // 8
+        if nbytes > max_bytes:
+            raise MemoryError(f"S would take {nbytes} bytes > max_bytes={max_bytes}; use project() instead")
+        out = torch.zeros(self.dim, self.in_dim, dtype=self.dtype)
+        for b in range(self.n_blocks):
+            h, sign = self.hashes(b)
+            cols = torch.arange(b * self.block_size, b * self.block_size + h.numel())
+            out[h, cols] = sign.to(self.dtype)
+        return out
+
+    def project(
+        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
+    ) -> Float[Tensor, "... d"]:
+        """x Sᵀ restricted to columns [col_offset, col_offset + n): scatter-adds of ±x_j into row h(j)."""
+        _check_x(x, self.in_dim, col_offset)
+        dtype = dtype or self.dtype
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, n)
+        out = torch.zeros(self.dim, flat.shape[0], dtype=dtype)  # transposed: index_add_ over rows
+        lo, hi = col_offset, col_offset + n
+        for b in range(lo // self.block_size, -(-hi // self.block_size)):
+            b_lo = b * self.block_size
+            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
+            h, sign = self.hashes(b)
+            h, sign = h[c_lo - b_lo : c_hi - b_lo], sign[c_lo - b_lo : c_hi - b_lo]
+            signed = torch.empty(c_hi - c_lo, flat.shape[0], dtype=dtype)  # [cols, batch], rows contiguous
+            torch.mul(flat[:, c_lo - lo : c_hi - lo].T, sign.to(dtype)[:, None], out=signed)
+            out.index_add_(0, h, signed)
+        return out.T.reshape(*lead, self.dim)
+
+    def provenance(self) -> dict:
+        return {"kind": "countsketch", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
+                "block_size": self.block_size, "generator": "numpy PCG64(SeedSequence([seed, block, 1]))",
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
 class ExactProjector:
     """The identity behind the Projector interface (dim = P): exact Grams for toy models."""
 
@@ -181,8 +286,11 @@ class ExactProjector:
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
 
-def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | ExactProjector:
-    """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch."""
+def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | CountSketch | ExactProjector:
+    """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch of
+    `config.sketch_kind` ("gaussian", the METHODS default, or "countsketch")."""
     if config.exact:
         return ExactProjector(in_dim, dtype=config.compute_dtype)
+    if config.sketch_kind == "countsketch":
+        return CountSketch.from_config(config, in_dim)
     return GaussianSketch.from_config(config, in_dim)
