@@ -173,15 +173,16 @@ def read_head_weights(
     for layer in range(geometry.n_layers):
         parts = reader(src, geometry, layer)
         for name, t in parts.items():
-            if not _all_finite(t):
-                bad = (~torch.isfinite(t)).sum().item()
+            if layer == 0:
+                stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
+            dst = stacked[name][layer]
+            dst.copy_(t)  # out of the memory-mapped file (parts are often strided views)
+            if not _all_finite(dst):  # checked on the contiguous copy: the fast path
+                bad = (~torch.isfinite(dst)).sum().item()
                 raise NonFiniteWeights(
                     f"checkpoint {src.folder}: layer {layer} {name} has {bad} NaN/Inf values; "
                     "this checkpoint is corrupt or diverged — drop it from the series"
                 )
-            if layer == 0:
-                stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
-            stacked[name][layer] = t  # copies out of the memory-mapped file
         del parts
         src.close()  # unmap the shards after each layer: at most one layer's file pages stay resident
     return HeadWeights(**stacked)
