@@ -117,9 +117,11 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         for c in ckpts:
             f = c.path / "model.safetensors"
             nbytes += _plain_read(f, _attention_keys(f), buf)
-    elif mode in ("stream", "stream-countsketch"):
-        kind = "countsketch" if mode == "stream-countsketch" else "gaussian"
-        sk = HeadSketcher(SpectralConfig(window=10, sketch_kind=kind), keep_history=True)
+    elif mode.startswith("stream"):  # stream[:kind[:d]]
+        parts = mode.split(":")
+        kind = parts[1] if len(parts) > 1 else "gaussian"
+        dim = int(parts[2]) if len(parts) > 2 else 100
+        sk = HeadSketcher(SpectralConfig(window=10, sketch_kind=kind, sketch_dim=dim), keep_history=True)
         for c in ckpts:
             hw = series.head_weights(c, dtype=None)  # as stored (fp16)
             sk.update(hw, c.step)
@@ -243,13 +245,13 @@ def main() -> None:
     print(f"threads={a.threads}, nice={os.nice(0)}, load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     res = {}
-    for mode, k in (("floor", n), ("stream", n), ("stream", 2 * n), ("stream-countsketch", n), ("bridge", n),
-                    ("profile", n)):
+    for mode, k in (("floor", n), ("stream", n), ("stream", 2 * n), ("stream:countsketch:100", n),
+                    ("stream:countsketch:500", n), ("stream:gaussian:500", n), ("bridge", n), ("profile", n)):
         r = run_worker(mode, root, k, a.threads)
         res[(mode, k)] = r
         if mode == "profile":
             continue
-        print(f"  {mode:>18} N={k:>2}: wall {r['wall_s']:7.2f} s ({1e3 * r['wall_s'] / k:6.1f} ms/ckpt)  peak RSS "
+        print(f"  {mode:>22} N={k:>2}: wall {r['wall_s']:7.2f} s ({1e3 * r['wall_s'] / k:6.1f} ms/ckpt)  peak RSS "
               f"{r['peak_rss_mb']:7.0f} MB (+{r['peak_above_base_mb']:.0f} MB above the {r['base_rss_mb']:.0f} MB "
               "after imports)", flush=True)
     fl, st, st2, br = res[("floor", n)], res[("stream", n)], res[("stream", 2 * n)], res[("bridge", n)]
@@ -266,14 +268,16 @@ def main() -> None:
           f"({pr['project_countsketch'] / pr['project_f32']:.2f}x the Gaussian float32 one)")
     att16 = st["attention_mb_per_ckpt"]
     print(f"\nattention tensors of one checkpoint: {att16:.1f} MB as stored (fp16), {2 * att16:.1f} MB as float32")
-    cs = res[("stream-countsketch", n)]
+    cs, cs5, g5 = res[("stream:countsketch:100", n)], res[("stream:countsketch:500", n)], res[("stream:gaussian:500", n)]
     print(f"speed-up of streaming+sketch over bridge-per-checkpoint: {br['wall_s'] / st['wall_s']:.1f}x  (target >= 20x); "
-          f"with sketch_kind='countsketch': {br['wall_s'] / cs['wall_s']:.1f}x")
+          f"sketch_kind='countsketch': {br['wall_s'] / cs['wall_s']:.1f}x; countsketch d=500: "
+          f"{br['wall_s'] / cs5['wall_s']:.1f}x; gaussian d=500: {br['wall_s'] / g5['wall_s']:.1f}x")
     print(f"streaming+sketch vs the plain attention read (floor):   {st['wall_s'] / fl['wall_s']:.2f}x the floor "
           f"(target <= 2x; floor {fl['wall_s'] / n * 1e3:.1f} ms/ckpt = "
           f"{fl['attention_mb_per_ckpt'] * n / fl['wall_s'] / 1024:.2f} GB/s); countsketch: "
           f"{cs['wall_s'] / fl['wall_s']:.2f}x")
-    for r, k, kind in ((st, n, "gaussian"), (st2, 2 * n, "gaussian"), (cs, n, "countsketch")):
+    for r, k, kind in ((st, n, "gaussian"), (st2, 2 * n, "gaussian"), (cs, n, "countsketch"),
+                       (cs5, n, "countsketch d=500")):
         sketch_state = r["phi_cache_mb"] + r["running_sum_mb"] + r["history_mb"]
         budget = 2 * att16 + sketch_state
         print(f"streaming {kind} N={k}: peak +{r['peak_above_base_mb']:.0f} MB; sketch state {sketch_state:.1f} MB "

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscreen.spectral import GaussianSketch, rolling_window_stats
+from headscreen.spectral import SpectralConfig, make_projector, rolling_window_stats
 from headscreen.spectral.planted import momentum_trajectory, planted_head_series, random_walk_trajectory
 
 DIMS = (50, 100, 200, 500, 1000)
@@ -47,6 +47,7 @@ def _at(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 ESTIMATORS = ("raw", "norm_corrected")
+KINDS = ("gaussian", "countsketch")
 
 
 def sketch_accuracy(
@@ -57,13 +58,15 @@ def sketch_accuracy(
     seeds: Sequence[int] = SEEDS,
     skip_windows: int = 0,
     estimators: Sequence[str] = ESTIMATORS,
+    kinds: Sequence[str] = KINDS,
 ) -> pd.DataFrame:
     """Per (estimator, d, seed): mean relative errors of sketched vs exact edge ratios.
 
     vectors: θ_t stacked as [T, ..., P] (any batch dims, e.g. [T, layer, head, P]).
     estimators: "raw" (Gram of the sketched updates) and/or "norm_corrected" (sketched cosines with
     the exact update norms, as `HeadSketcher` provides them; SpectralConfig.gram_estimator).
-    Returns columns estimator, d, seed, gap_ratio_err, gap_ratio_err_edge (windows with exact
+    kinds: "gaussian" (METHODS) and/or "countsketch" (SpectralConfig.sketch_kind).
+    Returns columns kind, estimator, d, seed, gap_ratio_err, gap_ratio_err_edge (windows with exact
     R >= 1.5), r12_err, r23_err, kstar_agree, n_windows, n_edge_windows.
     """
     ex = rolling_window_stats(vectors, window)
@@ -76,33 +79,32 @@ def sketch_accuracy(
     edge = valid & (r_exact >= 1.5)
     rows = []
     p = vectors.shape[-1]
-    for d in dims:
-        for seed in seeds:
-            sk = GaussianSketch(p, d, seed, cache_bytes=0)
-            s = sk.project(vectors)  # [T, ..., d]
-            for est in estimators:
-                st = rolling_window_stats(s, window, update_norms=norms if est == "norm_corrected" else None).stats
-                r_sk = _at(st.ratios[keep], ks.clamp(min=1))
+    for kind, d, seed in ((k, d, s) for k in kinds for d in dims for s in seeds):
+        cfg = SpectralConfig(window=window, sketch_dim=d, seed=seed, sketch_kind=kind, cache_bytes=0)
+        s = make_projector(cfg, p).project(vectors, dtype=torch.float64)  # [T, ..., d]
+        for est in estimators:
+            st = rolling_window_stats(s, window, update_norms=norms if est == "norm_corrected" else None).stats
+            r_sk = _at(st.ratios[keep], ks.clamp(min=1))
 
-                def rel(a, b, mask=valid):
-                    return ((a - b).abs() / b)[mask].mean().item()
+            def rel(a, b, mask=valid):
+                return ((a - b).abs() / b)[mask].mean().item()
 
-                rows.append({
-                    "estimator": est, "d": d, "seed": seed,
-                    "gap_ratio_err": rel(r_sk, r_exact),
-                    "gap_ratio_err_edge": rel(r_sk, r_exact, edge) if edge.any() else float("nan"),
-                    "r12_err": rel(st.r_12[keep], exact.r_12[keep]),
-                    "r23_err": rel(st.r_23[keep], exact.r_23[keep]),
-                    "kstar_agree": (st.kstar[keep] == ks)[valid].double().mean().item(),
-                    "n_windows": int(valid.sum()),
-                    "n_edge_windows": int(edge.sum()),
-                })
+            rows.append({
+                "kind": kind, "estimator": est, "d": d, "seed": seed,
+                "gap_ratio_err": rel(r_sk, r_exact),
+                "gap_ratio_err_edge": rel(r_sk, r_exact, edge) if edge.any() else float("nan"),
+                "r12_err": rel(st.r_12[keep], exact.r_12[keep]),
+                "r23_err": rel(st.r_23[keep], exact.r_23[keep]),
+                "kstar_agree": (st.kstar[keep] == ks)[valid].double().mean().item(),
+                "n_windows": int(valid.sum()),
+                "n_edge_windows": int(edge.sum()),
+            })
     return pd.DataFrame(rows)
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds (and the worst seed of the gap-ratio error) per estimator and d."""
-    g = df.groupby(["estimator", "d"])
+    """Mean over seeds (and the worst seed of the gap-ratio error) per kind, estimator and d."""
+    g = df.groupby(["kind", "estimator", "d"])
     out = g[["gap_ratio_err", "gap_ratio_err_edge", "r12_err", "r23_err", "kstar_agree"]].mean()
     out["gap_ratio_err_worst_seed"] = g["gap_ratio_err"].max()
     return out
@@ -142,14 +144,15 @@ def _print(name: str, vectors: torch.Tensor, args) -> None:
           f"({time.perf_counter() - t0:.1f} s, load average {os.getloadavg()[0]:.2f})")
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 140):
         print(summ.to_string())
-    for est in ESTIMATORS:
-        if (est, 100) in summ.index:
-            row = summ.loc[(est, 100)]
-            print(f"mean gap-ratio relative error at d=100, {est}: {100 * row['gap_ratio_err']:.2f}% "
-                  f"(worst seed {100 * row['gap_ratio_err_worst_seed']:.2f}%; target <= 5.7%)")
-    if ("raw", 100) in summ.index and ("norm_corrected", 100) in summ.index:
-        ratio = summ.loc[("norm_corrected", 100), "gap_ratio_err"] / summ.loc[("raw", 100), "gap_ratio_err"]
-        print(f"norm_corrected / raw error at d=100: {ratio:.2f}")
+    for kind in KINDS:
+        for est in ESTIMATORS:
+            if (kind, est, 100) in summ.index:
+                row = summ.loc[(kind, est, 100)]
+                print(f"mean gap-ratio relative error at d=100, {kind}, {est}: {100 * row['gap_ratio_err']:.2f}% "
+                      f"(worst seed {100 * row['gap_ratio_err_worst_seed']:.2f}%; target <= 5.7%)")
+        if (kind, "raw", 100) in summ.index and (kind, "norm_corrected", 100) in summ.index:
+            ratio = summ.loc[(kind, "norm_corrected", 100), "gap_ratio_err"] / summ.loc[(kind, "raw", 100), "gap_ratio_err"]
+            print(f"{kind}: norm_corrected / raw error at d=100: {ratio:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

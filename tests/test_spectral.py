@@ -78,6 +78,7 @@ def test_config_defaults_and_validation():
     with pytest.raises(ValueError, match=r"SpectralConfig\.gram_estimator='exact' .*'norm_corrected'"):
         SpectralConfig(gram_estimator="exact")
     assert SpectralConfig().to_dict()["projection_dtype"] == "float32"
+    assert SpectralConfig().to_dict()["gram_estimator"] == "norm_corrected"  # recorded in the manifest
 
 
 # ----------------------------------------------------------------------------------------------
