@@ -161,6 +161,8 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
         store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
                             meta={"tokens": ckpt.tokens})
         previous = ckpt
+    if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
+        store.update_manifest(sketch=sketcher.provenance())
     if batches is not None:
         store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
                                              "meta": b.meta} for name, b in batches.items()})

@@ -52,6 +52,8 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["loading_mode"] == "raw" and manifest["series"]["n_checkpoints"] == 8
     assert manifest["seeds"]["probes"] == 42 and "packages" in manifest
+    assert manifest["sketch"]["projector"]["kind"] == "gaussian_jl" and "s_t = s_(t-1)" in manifest["sketch"]["record"]
+    assert manifest["config"]["spectral"]["gram_estimator"] == "norm_corrected"
 
     # rerun: nothing recomputed (records untouched), tables identical
     rec = out / "records" / "sketch" / "step_000000048.safetensors"

@@ -628,5 +628,9 @@ class HeadSketcher:
         return fingerprint(self.sketches, self._steps, config=self.config, update_norms=self.update_norms)
 
     def provenance(self) -> dict:
-        return {"config": self.config.to_dict(),
+        exact = isinstance(self.projector, ExactProjector) or self.config.exact
+        record = ("theta_t (exact mode)" if exact else
+                  f"s_t = s_(t-1) + P delta_t (P delta_t in {self.config.projection_dtype}, sum in float64), "
+                  "s_0 = P theta_0 in float64")
+        return {"config": self.config.to_dict(), "record": record,
                 "projector": self.projector.provenance() if self.projector is not None else None}
