@@ -603,11 +603,13 @@ def _stored_dtype_and_layout(monkeypatch):
         for a, b in zip(outs[0], other, strict=True):
             assert torch.equal(a.sketch, b.sketch)
             torch.testing.assert_close(a.update_norm, b.update_norm, rtol=0, atol=0, equal_nan=True)
-    # a mixed series (fp16 then float32 weights) is fine too: θ is kept at the wider dtype
+    # a mixed series (fp16 and float32 weights, as the screen feeds lazily read and booted checkpoints)
+    # is fine too: θ_{t-1} is kept in the dtype it came in
     hs = HeadSketcher(cfg)
-    mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], hws[2], as32[3]])]
+    mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], as32[2], hws[3]])]
     for a, b in zip(outs[0], mixed, strict=True):
         assert torch.equal(a.sketch, b.sketch)
+    assert hs._prev.dtype == torch.float16
     # segments that straddle the W_Q/W_K/W_V/W_O boundaries (SEGMENT = 37 columns): same records up
     # to rounding, and they equal Φθ_t and ‖δ_t‖ computed in float64 from the head vectors
     monkeypatch.setattr(fingerprint_module, "SEGMENT", 37)

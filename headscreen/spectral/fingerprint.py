@@ -518,11 +518,11 @@ class HeadSketcher:
         return self._buf
 
     def _new_prev(self, ck: _Checkpoint) -> Tensor:
-        """Where θ_t is stored for the next update: the old buffer when the dtype allows it in place."""
-        dtype = ck.dtype if self._prev is None else torch.promote_types(ck.dtype, self._prev.dtype)
-        if self._prev is not None and self._prev.dtype == dtype:
-            return self._prev  # each segment is overwritten only after it has been used
-        return torch.empty(ck.shape, dtype=dtype)
+        """Where θ_t is stored for the next update, in the dtype it came in (so it is stored exactly):
+        the old buffer when that dtype is the same (each segment is overwritten only after use)."""
+        if self._prev is not None and self._prev.dtype == ck.dtype:
+            return self._prev
+        return torch.empty(ck.shape, dtype=ck.dtype)
 
     def _ingest(self, ck: _Checkpoint, *, record: bool, project_theta: bool) -> tuple[Tensor | None, Tensor]:
         """One pass over the columns: (sketch or None, norms); stores θ_t as the previous vectors.
