@@ -3,7 +3,8 @@
 Builds a ~100M-parameter GPT-NeoX-shaped series locally (random init + small planted drifts in the
 attention weights, saved as fp16 safetensors), then times, each in its own subprocess:
   (a) headscreen: LocalSeries.head_weights(dtype=None) (lazy safetensors, attention only, as stored)
-      -> HeadSketcher (JL, d = 10W, float32 projection of exact updates);
+      -> HeadSketcher (Gaussian JL, d = 10W, float32 projection of exact updates), and the same with
+      sketch_kind="countsketch" at d = 100 and d = 500;
   (b) the usual way: TransformerBridge.boot_transformers per checkpoint, read W_Q..W_O, keep the
       flattened head vectors;
   (floor) a plain read of every byte of the attention tensors (header parsed, `readinto` one reused
@@ -12,6 +13,13 @@ attention weights, saved as fp16 safetensors), then times, each in its own subpr
 and prints wall-time ratios and the peak RSS (above the interpreter's RSS after imports) of each;
 (a) is run at N and 2N checkpoints to show that its memory stays flat. The sketch state (Φ cache,
 running sums, history) is reported separately from the budget of 2× one checkpoint's attention tensors.
+
+Measured here (1 thread, nice 10, 2-core host shared with another engineer's jobs, load 1.7–3.3):
+Gaussian 126–180 ms per checkpoint, CountSketch 98–116 ms, bridge 1.15–2.19 s: 9.1–13.4× and
+14–20× in the same runs; floor 4–14 ms per checkpoint (36 MB of fp16). Peak RSS above imports:
+Gaussian +177–192 MB, CountSketch +113–121 MB, flat from N = 12 to 24 (0.92–1.07×); bridge +4 GB.
+Before this version (float64 θ projection, whole-checkpoint float32 head vectors, mmap reads):
+7.45 s for 12 checkpoints (2.2× the bridge), +854 MB.
 
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench]
 """
