@@ -97,8 +97,8 @@ def screen(
 
     Writes fingerprints.parquet (when the series has >= W+1 checkpoints), onsets.parquet,
     selectivity / head_scores / participation / copying / classes .parquet and circuits.json
-    (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors) plus the
-    previous checkpoint's head vectors and the sketch history (T·L·H·(d+1) floats).
+    (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
+    the previous checkpoint's head vectors (as stored) and the sketcher's buffers (see HeadSketcher).
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
@@ -135,8 +135,9 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
         if done:
             previous = ckpt
             continue
-        if previous is not None and not primed:  # resuming: the update norm needs θ_{t-1}
-            sketcher.prime(series.head_weights(previous), previous.step)
+        if previous is not None and not primed:  # resuming: the update needs θ_{t-1} and its sketch
+            last = store.read_tensors("sketch", previous.step)[0]["sketch"]
+            sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
         bar.set_postfix_str(f"step {ckpt.step}")
         if ckpt.step in probe_steps:
             bridge = series.boot(ckpt, device=device)
@@ -150,7 +151,7 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
                                            tokens=ckpt.tokens)
             del bridge
         else:
-            weights, tables = series.head_weights(ckpt), None
+            weights, tables = series.head_weights(ckpt, dtype=None), None  # as stored: fp16 stays fp16
         rec = sketcher.update(weights, ckpt.step)
         primed = True
         del weights
@@ -160,6 +161,8 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
         store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
                             meta={"tokens": ckpt.tokens})
         previous = ckpt
+    if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
+        store.update_manifest(sketch=sketcher.provenance())
     if batches is not None:
         store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
                                              "meta": b.meta} for name, b in batches.items()})

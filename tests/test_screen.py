@@ -52,6 +52,8 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["loading_mode"] == "raw" and manifest["series"]["n_checkpoints"] == 8
     assert manifest["seeds"]["probes"] == 42 and "packages" in manifest
+    assert manifest["sketch"]["projector"]["kind"] == "gaussian_jl" and "s_t = s_(t-1)" in manifest["sketch"]["record"]
+    assert manifest["config"]["spectral"]["gram_estimator"] == "norm_corrected"
 
     # rerun: nothing recomputed (records untouched), tables identical
     rec = out / "records" / "sketch" / "step_000000048.safetensors"
@@ -60,12 +62,23 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     assert rec.stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(pd.read_parquet(out / "fingerprints.parquet"), fp)
 
-    # an interrupted screen (last two records lost) resumes and reproduces the same update norms
+    # an interrupted screen (last two records lost) resumes and reproduces the records bit for bit
+    # (the running sketch sum continues from the last record; θ_{t-1} is re-read)
+    before = {s: store_tensors(out, s) for s in (32, 48)}
     for step in (32, 48):
         for kind, ext in (("sketch", "safetensors"), ("probes", "parquet")):
             (out / "records" / kind / f"step_{step:09d}.{ext}").unlink()
     screen(tiny_series, out, settings=_settings(), progress=False)
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "fingerprints.parquet"), fp)
+    for s, tensors in before.items():
+        after = store_tensors(out, s)
+        assert all(torch.equal(tensors[k], after[k]) for k in ("sketch", "update_norm")), s
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "fingerprints.parquet"), fp, check_exact=True)
+
+
+def store_tensors(out, step):
+    from safetensors.torch import load_file
+
+    return load_file(out / "records" / "sketch" / f"step_{step:09d}.safetensors")
 
 
 def test_too_few_checkpoints_says_how_many(tiny_series, tmp_path):

@@ -94,8 +94,9 @@ class Series:
     def tensor_source(self, ckpt: Checkpoint) -> TensorSource:
         return TensorSource(self.folder(ckpt), allow_pickle=self.allow_pickle)
 
-    def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype = torch.float32) -> HeadWeights:
-        """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default.
+    def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32) -> HeadWeights:
+        """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default
+        (dtype=None: as stored, e.g. fp16).
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """

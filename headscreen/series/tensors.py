@@ -1,13 +1,15 @@
 """Lazy tensor access to one HF checkpoint folder: safetensors (single or sharded) or, on opt-in, pickle.
 
-`TensorSource` opens nothing until a tensor is asked for, reads tensors one at a time with
-`safe_open`, and records which keys it read (so tests and users can check that only attention
-tensors were touched).
+`TensorSource` opens nothing until a tensor is asked for, validates each shard's header with
+`safe_open`, reads tensors one at a time with a plain positioned read of their bytes (no memory map:
+nothing of the file stays resident, and no page faults per 4 kB page), and records which keys it
+read (so tests and users can check that only attention tensors were touched).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -15,6 +17,10 @@ import torch
 from headscreen.series.errors import CorruptCheckpoint, NoWeightsError, PickleRefused
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+#: safetensors dtype names read with a plain read (others go through safe_open)
+_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
@@ -29,6 +35,7 @@ class TensorSource:
         self._key_to_file: dict[str, Path] | None = None
         self._pickle_sd: dict[str, torch.Tensor] | None = None
         self._handles: dict[Path, object] = {}  # open safe_open handles, one per shard file
+        self._headers: dict[Path, tuple[dict, int]] = {}  # parsed header and data start, per shard
         self.format = self._detect_format()
 
     # --- discovery -------------------------------------------------------------------------
@@ -97,6 +104,31 @@ class TensorSource:
     def close(self) -> None:
         self._handles.clear()
 
+    def _header(self, f: Path) -> tuple[dict, int]:
+        if f not in self._headers:
+            self._handle(f)  # safe_open validates the header (and the file length) first
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                self._headers[f] = (json.loads(fh.read(n)), 8 + n)
+        return self._headers[f]
+
+    def _read_plain(self, f: Path, key: str) -> torch.Tensor | None:
+        """The tensor's bytes read into fresh memory; None for dtypes left to safe_open."""
+        header, start = self._header(f)
+        info = header[key]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            return None
+        a, b = info["data_offsets"]
+        buf = torch.empty(b - a, dtype=torch.uint8)
+        with open(f, "rb", buffering=0) as fh:
+            fh.seek(start + a)
+            got = fh.readinto(buf.numpy()) if b > a else 0
+        if got != b - a:
+            raise CorruptCheckpoint(f"checkpoint {self.folder}: tensor {key!r} in {f.name} is cut short ({got} of "
+                                    f"{b - a} bytes); the file is truncated — re-download or re-save this checkpoint")
+        return buf.view(dtype).reshape(info["shape"])
+
     def _load_pickle(self) -> dict[str, torch.Tensor]:
         if self._pickle_sd is None:
             sd: dict[str, torch.Tensor] = {}
@@ -126,7 +158,10 @@ class TensorSource:
             )
         f = index[key]
         try:
-            return self._handle(f).get_tensor(key)
+            t = self._read_plain(f, key)
+            return t if t is not None else self._handle(f).get_tensor(key)
+        except CorruptCheckpoint:
+            raise
         except FileNotFoundError as e:
             raise CorruptCheckpoint(f"checkpoint {self.folder}: shard {f.name} listed in the index is missing") from e
         except Exception as e:

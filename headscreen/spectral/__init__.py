@@ -29,11 +29,11 @@ from .gram import (
     update_gram,
     window_stats,
 )
-from .sketch import ExactProjector, GaussianSketch, Projector, make_projector
+from .sketch import CountSketch, ExactProjector, GaussianSketch, Projector, make_projector
 from .trajectory import Backbone, PC1Rotation, backbone, pc1_rotation
 
 __all__ = [
-    "PHASE_NAMES", "Backbone", "EdgePhases", "ExactProjector", "Fingerprint", "GaussianSketch",
+    "PHASE_NAMES", "Backbone", "CountSketch", "EdgePhases", "ExactProjector", "Fingerprint", "GaussianSketch",
     "GramStats", "HeadSketcher", "PC1Rotation", "Projector", "SketchStep", "SpectralConfig",
     "WindowStats", "adiabatic", "backbone", "check_series_length", "compute_fingerprint",
     "edge_phases", "fingerprint", "gram_stats", "make_projector", "metric_names", "onsets",

@@ -223,11 +223,15 @@ def rolling_window_stats(
     min_sigma_frac: float = 0.05,
     zero_tol: float | None = None,
     dtype: torch.dtype = torch.float64,
+    update_norms: Float[Tensor, " Tm1 *batch"] | None = None,
 ) -> WindowStats:
     """Per-window edge statistics of a trajectory (raw parameters, sketches, or exact head vectors).
 
     vectors: θ_t stacked on dim 0 (T checkpoints), any batch dims, the flattened vector last; the
     deltas δ_t = θ_t − θ_{t−1} are formed in `dtype` (memory: T·batch·P·8 bytes in float64).
+    update_norms: the exact ‖δ_t‖ for t = 1..T−1 when `vectors` are sketches: each sketched update
+    is rescaled to its exact norm, i.e. the Gram becomes G̃_ij = Ĝ_ij·n_i n_j/(n̂_i n̂_j) (sketched
+    cosines, exact norms: the "norm_corrected" estimator). Updates with a zero sketch are left at 0.
     Raises a ValueError naming the counts if T < window + 1.
     """
     if vectors.ndim < 2:
@@ -236,6 +240,15 @@ def rolling_window_stats(
     _check_finite(vectors, "vectors")
     v = vectors.to(dtype)
     deltas = v[1:] - v[:-1]  # [T-1, *batch, P]
+    if update_norms is not None:
+        n = torch.as_tensor(update_norms).to(dtype)
+        if tuple(n.shape) != tuple(deltas.shape[:-1]):
+            raise ValueError(f"update_norms must be [T-1, *batch] = {tuple(deltas.shape[:-1])} (one exact norm "
+                             f"per update); got {tuple(n.shape)}")
+        _check_finite(n, "update_norms")
+        sketched = deltas.pow(2).sum(-1).sqrt()
+        scale = torch.where(sketched > 0, n / torch.where(sketched > 0, sketched, 1.0), 0.0)
+        deltas = deltas * scale.unsqueeze(-1)
     grams = rolling_grams(deltas, window)
     stats = gram_stats(grams, min_sigma_frac=min_sigma_frac, zero_tol=zero_tol)
     delta_norm = deltas.pow(2).sum(-1).sqrt()

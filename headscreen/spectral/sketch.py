@@ -1,19 +1,24 @@
 """Seeded Gaussian Johnson–Lindenstrauss sketches of long parameter vectors.
 
 Φ ∈ ℝ^{d×P} has i.i.d. entries N(0, 1/d), so E[ΦᵀΦ] = I and ⟨Φx, Φy⟩ ≈ ⟨x, y⟩: the update Gram
-of sketches approximates the exact one. Sketch the parameters θ_t, not the updates: Φ is linear, so
-Φθ_t − Φθ_{t−1} = Φδ_t and every checkpoint's record stands alone (resumable, order-free).
+of sketches approximates the exact one. Φ is linear, so the sketches of the parameters θ_t and of
+the updates δ_t = θ_t − θ_{t−1} determine each other (Φθ_t − Φθ_{t−1} = Φδ_t); `HeadSketcher`
+projects δ_t and records the running sum s_t = s_{t−1} + Φδ_t (= Φθ_t in exact arithmetic).
 
 Definition of Φ (stable across runs, machines, chunkings and library versions):
 * columns are cut into blocks of `block_size`; block b covers columns [b·B, (b+1)·B);
 * block b is drawn from numpy's PCG64 seeded by SeedSequence([seed, b]) as
-  `standard_normal((cols, d), float32)`, transposed to [d, cols] and divided by sqrt(d) in the compute
-  dtype. Drawing column-major makes Φ for P' < P the first P' columns of Φ for P.
+  `standard_normal((cols, d), float32)`, transposed to [d, cols] and divided by sqrt(d). Drawing
+  column-major makes Φ for P' < P the first P' columns of Φ for P.
+  `project` multiplies by the unscaled block in the projector's dtype and divides the [.., d] result
+  by sqrt(d) (equal to x·Φᵀ up to rounding, and no scaled copy of Φ is ever made).
 Numpy's bit generator is used (not torch's) because its streams are documented as stable.
 
 Memory: Φ is never held whole unless it fits `cache_bytes` (d·P·4 bytes as float32); otherwise at
-most `cache_bytes` of blocks are cached and the rest are regenerated on each call. A call needs one
-block of Φ plus one [batch, block_size] slice of x in the compute dtype as temporaries.
+most `cache_bytes` of blocks are cached and the rest are regenerated on each call (drawing one
+16384×100 block costs ~12 ms here, as much as projecting 20M parameters, so the cache matters).
+A float32 call needs no temporary beyond the [batch, d] result when x is float32; a float64 call
+converts one block of Φ and one [batch, block_size] slice of x.
 """
 
 from __future__ import annotations
@@ -81,14 +86,16 @@ class GaussianSketch:
         if config.exact:
             raise ValueError("config.exact=True asks for the identity; use make_projector(config, P)")
         return cls(in_dim, config.dim, config.seed, block_size=config.block_size,
-                   cache_bytes=config.cache_bytes, dtype=config.compute_dtype)
+                   cache_bytes=config.cache_bytes, dtype=config.projection_torch_dtype)
 
     def _draw(self, b: int) -> Tensor:  # [dim, cols] float32, unscaled N(0, 1)
         lo = b * self.block_size
         cols = min(self.block_size, self.in_dim - lo)
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, b])))
         z = rng.standard_normal((cols, self.dim), dtype=np.float32)
-        return torch.from_numpy(z).T
+        # copied into torch's (64-byte aligned) memory: BLAS results can depend on the alignment of
+        # the operands, and numpy's is not fixed, which would make projections differ in the last bit
+        return torch.empty(cols, self.dim).copy_(torch.from_numpy(z)).T
 
     def raw_block(self, b: int) -> Float[Tensor, "d cols"]:
         """Unscaled N(0,1) block b (float32), from the cache when present."""
@@ -108,7 +115,7 @@ class GaussianSketch:
         return self._cached_bytes
 
     def block(self, b: int) -> Float[Tensor, "d cols"]:
-        """Block b of Φ (columns [b·B, min((b+1)·B, P))) in the compute dtype."""
+        """Block b of Φ (columns [b·B, min((b+1)·B, P))) in the projector's dtype."""
         return self.raw_block(b).to(self.dtype) / self.dim**0.5
 
     def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
@@ -118,29 +125,171 @@ class GaussianSketch:
             raise MemoryError(f"Φ would take {nbytes} bytes > max_bytes={max_bytes}; use project() instead")
         return torch.cat([self.block(b) for b in range(self.n_blocks)], dim=1)
 
-    def project(self, x: Float[Tensor, "... P"], *, col_offset: int = 0) -> Float[Tensor, "... d"]:
+    def project(
+        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
+    ) -> Float[Tensor, "... d"]:
         """x Φ[:, col_offset:col_offset+n]ᵀ for x with n = x.shape[-1] columns (default: all of P).
 
         One matmul per overlapped block for the whole batch (e.g. all heads [L, H, P] at once),
-        accumulated in block order in the compute dtype. Slices of one vector may be projected
-        separately (col_offset) and summed: equal to the whole projection up to rounding.
+        accumulated in block order in the projector's dtype (or `dtype` for this call); the 1/sqrt(d)
+        scale is applied to the result. Slices of one vector may be projected separately (col_offset)
+        and summed: equal to the whole projection up to rounding.
         """
         _check_x(x, self.in_dim, col_offset)
+        dtype = dtype or self.dtype
         n = x.shape[-1]
         lead = x.shape[:-1]
         flat = x.reshape(-1, n)
-        out = torch.zeros(flat.shape[0], self.dim, dtype=self.dtype)
+        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
         lo, hi = col_offset, col_offset + n
         for b in range(lo // self.block_size, -(-hi // self.block_size)):
             b_lo = b * self.block_size
             c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
-            phi = self.block(b)[:, c_lo - b_lo : c_hi - b_lo]  # [d, cols]
-            out += flat[:, c_lo - lo : c_hi - lo].to(self.dtype) @ phi.T
+            z_t = self.raw_block(b)[:, c_lo - b_lo : c_hi - b_lo].T  # [cols, d], rows contiguous
+            xs = flat[:, c_lo - lo : c_hi - lo]
+            out.addmm_(xs.to(dtype), z_t.to(dtype))
+        out /= self.dim**0.5
         return out.reshape(*lead, self.dim)
 
     def provenance(self) -> dict:
         return {"kind": "gaussian_jl", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
                 "block_size": self.block_size, "generator": "numpy PCG64(SeedSequence([seed, block]))",
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class CountSketch:
+    """Seeded CountSketch S [dim, in_dim]: each column j has a single ±1, in row h(j).
+
+    E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
+    of the Gaussian sketch ((‖x‖²‖y‖² + ⟨x,y⟩²)/d), but projecting costs P additions per vector
+    instead of 2·d·P flops. Worse than Gaussian for sparse or spiky vectors (a few large coordinates
+    collide in one bucket with probability ~1/d each). An alternative `kind`; METHODS specifies the
+    Gaussian sketch.
+
+    Definition (stable like GaussianSketch's): columns are cut into blocks of `block_size`; block b
+    draws from numpy's PCG64(SeedSequence([seed, b, 1])) `integers(0, dim, block_size)` (the rows h)
+    and then `integers(0, 2, block_size)` (sign = 2·bit − 1), both cut to the block's columns.
+    Memory: 12 bytes per column of (h, sign) plus ~1.4× that for the gather tables of the column
+    ranges projected, cached within `cache_bytes`.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        seed: int = 0,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if in_dim < 1:
+            raise ValueError(f"in_dim={in_dim} must be the (positive) vector length P")
+        if dim < 1:
+            raise ValueError(f"dim={dim} must be positive; use e.g. 10 * window")
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be positive; use {DEFAULT_BLOCK_SIZE}")
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be a non-negative integer")
+        self.in_dim, self.dim, self.seed = int(in_dim), int(dim), int(seed)
+        self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
+        self.n_blocks = -(-self.in_dim // self.block_size)
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor, int]] = {}
+        self._cached_bytes = 0
+
+    @classmethod
+    def from_config(cls, config: SpectralConfig, in_dim: int) -> CountSketch:
+        return cls(in_dim, config.dim, config.seed, block_size=config.block_size,
+                   cache_bytes=config.cache_bytes, dtype=config.projection_torch_dtype)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    def hashes(self, b: int) -> tuple[Tensor, Tensor]:
+        """(rows h [cols] int64, signs [cols] float32) of block b."""
+        if not 0 <= b < self.n_blocks:
+            raise IndexError(f"block {b} outside [0, {self.n_blocks})")
+        hit = self._cache.get(b)
+        if hit is not None:
+            return hit
+        lo = b * self.block_size
+        cols = min(self.block_size, self.in_dim - lo)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, b, 1])))
+        # whole blocks are drawn, then cut: S for P' < P is the first P' columns of S for P
+        h = torch.from_numpy(rng.integers(0, self.dim, self.block_size, dtype=np.int64)[:cols].copy())
+        sign = torch.from_numpy(rng.integers(0, 2, self.block_size, dtype=np.int64)[:cols].astype(np.float32) * 2 - 1)
+        if self._cached_bytes + 12 * cols <= self.cache_bytes:
+            self._cache[b] = (h, sign)
+            self._cached_bytes += 12 * cols
+        return h, sign
+
+    def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
+        """S whole, dense: for tests and small P only (refuses above `max_bytes`)."""
+        nbytes = self.dim * self.in_dim * torch.finfo(self.dtype).bits // 8
+        if nbytes > max_bytes:
+            raise MemoryError(f"S would take {nbytes} bytes > max_bytes={max_bytes}; use project() instead")
+        out = torch.zeros(self.dim, self.in_dim, dtype=self.dtype)
+        for b in range(self.n_blocks):
+            h, sign = self.hashes(b)
+            cols = torch.arange(b * self.block_size, b * self.block_size + h.numel())
+            out[h, cols] = sign.to(self.dtype)
+        return out
+
+    def _table(self, b: int, c_lo: int, c_hi: int) -> tuple[Tensor, Tensor, int]:
+        """Gather table of columns [c_lo, c_hi) of block b (block-local): (index [d·m], sign [d·m], m).
+
+        Row k of the [d, m] table lists the columns hashed to row k, padded to the largest count m
+        with column 0 and sign 0, so that the projection is a gather, a multiply and a sum over m.
+        """
+        key = (b, c_lo, c_hi)
+        hit = self._tables.get(key)
+        if hit is not None:
+            return hit
+        h, sign = self.hashes(b)
+        h, sign = h[c_lo:c_hi], sign[c_lo:c_hi]
+        order = torch.argsort(h, stable=True)
+        counts = torch.bincount(h, minlength=self.dim)
+        m = max(int(counts.max()), 1)
+        start = torch.cumsum(counts, 0) - counts  # first position of each row in `order`
+        pos = torch.arange(order.numel()) - start[h[order]]  # rank of each column within its row
+        index = torch.zeros(self.dim, m, dtype=torch.int64)
+        signs = torch.zeros(self.dim, m, dtype=torch.float32)
+        index[h[order], pos] = order
+        signs[h[order], pos] = sign[order]
+        table = (index.reshape(-1), signs.reshape(-1), m)
+        nbytes = 12 * index.numel()
+        if self._cached_bytes + nbytes <= self.cache_bytes:
+            self._tables[key] = table
+            self._cached_bytes += nbytes
+        return table
+
+    def project(
+        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
+    ) -> Float[Tensor, "... d"]:
+        """x Sᵀ restricted to columns [col_offset, col_offset + n): per block, a gather of the columns
+        grouped by their row of S, a multiply by the signs and a sum (no P×d matrix, no scatter)."""
+        _check_x(x, self.in_dim, col_offset)
+        dtype = dtype or self.dtype
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, n)
+        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
+        lo, hi = col_offset, col_offset + n
+        for b in range(lo // self.block_size, -(-hi // self.block_size)):
+            b_lo = b * self.block_size
+            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
+            index, signs, m = self._table(b, c_lo - b_lo, c_hi - b_lo)
+            xs = flat[:, c_lo - lo : c_hi - lo]
+            g = xs.to(dtype).index_select(1, index)  # [batch, d·m]
+            g.mul_(signs.to(dtype))
+            out += g.view(-1, self.dim, m).sum(-1)
+        return out.reshape(*lead, self.dim)
+
+    def provenance(self) -> dict:
+        return {"kind": "countsketch", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
+                "block_size": self.block_size, "generator": "numpy PCG64(SeedSequence([seed, block, 1]))",
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
 
@@ -168,8 +317,11 @@ class ExactProjector:
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
 
-def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | ExactProjector:
-    """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch."""
+def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | CountSketch | ExactProjector:
+    """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch of
+    `config.sketch_kind` ("gaussian", the METHODS default, or "countsketch")."""
     if config.exact:
         return ExactProjector(in_dim, dtype=config.compute_dtype)
+    if config.sketch_kind == "countsketch":
+        return CountSketch.from_config(config, in_dim)
     return GaussianSketch.from_config(config, in_dim)
