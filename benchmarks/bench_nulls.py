@@ -6,9 +6,13 @@ MODEL_DIR is an HF-format checkpoint folder (its tokenizer may sit in the folder
 in a `headscreen train` series); without it a tiny GPT-NeoX model is built with headscreen.testing.
 Three ways to get the same numbers:
 
-- loop: one forward of the n probe prompts per draw (`ablate_head_sets_loop`);
-- stacked: the draws stacked along the batch, forwards of <= --max-rows rows, no de-duplication;
-- vectorised: stacked, and each distinct head set run once (the default of `ablate_head_sets`).
+- loop: one whole forward of the n probe prompts per draw (`ablate_head_sets_loop`);
+- stacked: the draws stacked along the batch, forwards of <= --max-rows rows, whole forwards,
+  no de-duplication;
+- vectorised: stacked, the blocks below the lowest ablated layer run once per example chunk
+  (forwards start at that block), and each distinct head set run once (`ablate_head_sets`'
+  defaults). Matched-random draws are distinct sets whenever enough exist, so de-duplication
+  only matters for tiny layers.
 
 Prints the max |difference| against the loop over every metric and example (must be ~0) and the
 speed ratios (best of --repeats timings each, 1 thread by default).
@@ -64,6 +68,9 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from headscreen.runtime import tune_allocator
+
+    tuned = tune_allocator()  # as the CLI does; every variant below runs under the same allocator
     from headscreen.causal.ablation import (
         Scoring,
         ablate_head_sets,
@@ -100,7 +107,8 @@ def main(argv=None) -> None:
 
     t_loop, ref = _best(lambda: ablate_head_sets_loop(bridge, scoring, draws, source), args.repeats)
     t_stack, stacked = _best(
-        lambda: ablate_head_sets(bridge, scoring, draws, source, max_rows=args.max_rows, dedupe=False), args.repeats
+        lambda: ablate_head_sets(bridge, scoring, draws, source, max_rows=args.max_rows, dedupe=False,
+                                 skip_prefix=False), args.repeats
     )
     t_vec, vec = _best(lambda: ablate_head_sets(bridge, scoring, draws, source, max_rows=args.max_rows), args.repeats)
     diff_stack = max(float((stacked[m] - ref[m]).abs().max()) for m in METRICS)
@@ -110,12 +118,14 @@ def main(argv=None) -> None:
           f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, vocab {cfg.d_vocab}")
     print(f"circuit {list(circuit)}, {args.draws} matched-random draws ({len(set(draws))} distinct), "
           f"{args.kind} ablation, {args.n} prompts x {args.seq_len} tokens, "
-          f"{rows_per_forward(args.max_rows, args.seq_len)} rows per stacked forward, "
-          f"{args.threads} thread(s), best of {args.repeats}")
+          f"{rows_per_forward(args.max_rows, args.seq_len, cfg.n_heads)} rows per stacked forward, "
+          f"{args.threads} thread(s), best of {args.repeats}, glibc allocator tuned: {tuned}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"loop of single ablations: {t_loop * 1e3:9.1f} ms  ({args.draws} forwards)")
-    print(f"stacked (no dedupe):      {t_stack * 1e3:9.1f} ms  speed ratio {t_loop / t_stack:5.2f}x  "
+    lowest = min(layer for layer, _ in circuit)
+    print(f"stacked, whole forwards:  {t_stack * 1e3:9.1f} ms  speed ratio {t_loop / t_stack:5.2f}x  "
           f"max abs diff {diff_stack:.3g}")
-    print(f"vectorised (dedupe):      {t_vec * 1e3:9.1f} ms  speed ratio {t_loop / t_vec:5.2f}x  "
+    print(f"vectorised (start at block {lowest}, dedupe): {t_vec * 1e3:9.1f} ms  speed ratio {t_loop / t_vec:5.2f}x  "
           f"max abs diff {diff_vec:.3g}")
 
 

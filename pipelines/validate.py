@@ -10,19 +10,46 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from headscreen.causal import patch_checkpoint, validate_checkpoint
-from headscreen.config import ConfigError, config_series, load_config
+from headscreen.config import ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
 from headscreen.store import RunStore, write_json
 
 ABLATIONS = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The `validation:` section of a model config (the CLI flags override it).
+
+    ablations: kinds to run, in order; the first is the primary one the report plots.
+    n_null:    matched-random head sets in each null (distinct; all of them when fewer exist).
+    seed:      seed of the matched-random draws and of the retrieval corruption.
+    """
+
+    ablations: tuple[str, ...] = ABLATIONS
+    n_null: int = 100
+    seed: int = 123
+
+    def __post_init__(self):
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if not self.ablations or bad:
+            raise ValueError(f"ablations={list(self.ablations)}: use a non-empty list of {list(ABLATIONS)}")
+        if self.n_null < 1:
+            raise ValueError(f"n_null={self.n_null} must be >= 1 (100 or more for a p-value below 0.01)")
+
+    @classmethod
+    def of_manifest(cls, manifest: dict) -> ValidationSettings:
+        section = ((manifest.get("config") or {}).get("model_config") or {}).get("validation")
+        return from_mapping(cls, section, "validation")
 
 
 def _series_of(manifest: dict):
@@ -53,15 +80,22 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 
 
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
-             probe: str = "retrieval", ablations: tuple[str, ...] = ABLATIONS, n_null: int = 100, seed: int = 123,
-             progress: bool = True) -> Path:
+             probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
+             seed: int | None = None, progress: bool = True) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
-    `circuit` overrides the screened circuit. Returns the path of validation.json. A run whose
-    circuit is empty at that checkpoint gets a validation.json that says so (and nothing is ablated).
+    `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the run's
+    model config (`validation:` section, else ValidationSettings()). Returns the path of
+    validation.json. A run whose circuit is empty at that checkpoint gets a validation.json that
+    says so (and nothing is ablated).
     """
     run = RunStore.existing(run_dir)
     manifest = run.manifest()
+    given = ValidationSettings.of_manifest(manifest)
+    settings = ValidationSettings(ablations=given.ablations if ablations is None else tuple(ablations),
+                                  n_null=given.n_null if n_null is None else n_null,
+                                  seed=given.seed if seed is None else seed)
+    ablations, n_null, seed = settings.ablations, settings.n_null, settings.seed
     circuits = run.read_json("circuits")
     if circuits is None:
         raise ConfigError(f"{run.root} has no circuits.json: screen it first (`headscreen screen ... --out {run.root}`)")
@@ -118,9 +152,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory written by `headscreen screen`")
     p.add_argument("--checkpoint", type=int, help="step to validate (default: the last screened)")
     p.add_argument("--heads", help="override the circuit, e.g. 'L1H0,L1H3'")
-    p.add_argument("--ablation", default=",".join(ABLATIONS), help="comma-separated: zero,mean,resample")
-    p.add_argument("--n-null", type=int, default=100, help="matched-random draws in the null (default 100)")
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--ablation", default=None,
+                   help="comma-separated of zero,mean,resample (default: the config's validation section, else all)")
+    p.add_argument("--n-null", type=int, default=None, help="matched-random head sets in the null (default 100)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the null draws (default 123)")
 
 
 def _parse_heads(text: str) -> list[list[int]]:
@@ -136,7 +171,7 @@ def _parse_heads(text: str) -> list[list[int]]:
 
 def main(args: argparse.Namespace) -> int:
     path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
-                    ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()),
+                    ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
                     n_null=args.n_null, seed=args.seed)
     print(f"validation written to {path}")
     return 0

@@ -528,3 +528,17 @@ def test_starting_at_the_lowest_ablated_block_equals_the_whole_forward(tmp_path,
             again = bridge(resid, start_at_layer=2)
         assert torch.allclose(again, full, atol=1e-5)
         assert torch.equal(bridge(probe.tokens), full)  # the whole block list is back after the context
+
+
+def test_validation_settings_come_from_the_config_section():
+    from headscreen.config import ConfigError
+    from pipelines.validate import ValidationSettings
+
+    manifest = {"config": {"model_config": {"validation": {"ablations": ["zero", "resample"], "n_null": 200}}}}
+    s = ValidationSettings.of_manifest(manifest)
+    assert s.ablations == ("zero", "resample") and s.n_null == 200 and s.seed == 123
+    assert ValidationSettings.of_manifest({}) == ValidationSettings()
+    with pytest.raises(ConfigError, match="unknown field"):
+        ValidationSettings.of_manifest({"config": {"model_config": {"validation": {"n_nul": 5}}}})
+    with pytest.raises(ConfigError, match="'shuffle'"):
+        ValidationSettings.of_manifest({"config": {"model_config": {"validation": {"ablations": ["shuffle"]}}}})
