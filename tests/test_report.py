@@ -140,6 +140,7 @@ def _ablation_summary(kind: str, clean: dict, conds: dict, null: dict) -> dict:
                     "effect_ratio": observed / float(null_drops.mean()),
                     "p_value": (1 + int((null_drops >= observed).sum())) / (1 + len(null_drops)), "n_null": len(null_drops)}
     return {"format": "headscreen-validation/1", "step": 1000, "ablation": kind, "seed": 123, "n_null": 20,
+            "n_null_requested": 100, "n_matched_sets": 20, "null_kind": "exact: every matched set once",
             "circuit": [[1, 2], [2, 1]], "null_skipped": None, "metrics": list(METRICS),
             "probes": {"retrieval": {"clean": clean, "conditions": conds,
                                      "matched_random_mean": {m: float(np.mean(null[m])) for m in METRICS},
@@ -518,3 +519,8 @@ def test_schema_reads_the_simpler_circuits_layouts_too():
     assert (flat[0]["effect_ratio"], flat[0]["p_value"], flat[0]["circuit"]) == (3.0, 0.01, [(0, 0)])
     with pytest.raises(SchemaError, match="'steps' 500 'induction'.*L<layer>H<head>"):
         circuits_by_step({"steps": {"500": {"induction": ["head four"]}}})
+
+
+def test_ablation_table_names_the_null(report_a):
+    md = report_a["md"].read_text()
+    assert "Null: exact: every matched set once (20 matched sets exist); p cannot go below 1/(1 + draws)." in md

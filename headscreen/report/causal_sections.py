@@ -114,11 +114,17 @@ def _tests_table(rec: dict) -> Table | None:
     rows = [[m, t.get("observed_drop"), t.get("null_mean_drop"), t.get("null_std_drop"), t.get("effect_ratio"),
              t.get("p_value"), t.get("n_null"), t.get("n_distinct"), t.get("p_value_distinct")]
             for m, t in ((m, tests[m]) for m in _metric_order(tests))]
+    null = ""
+    if rec.get("null_kind"):
+        null = f" Null: {rec['null_kind']}"
+        if rec.get("n_matched_sets") is not None:
+            null += f" ({rec['n_matched_sets']} matched sets exist)"
+        null += "; p cannot go below 1/(1 + draws)."
     return Table(columns=["Metric", "Circuit drop", "Mean random drop", "SD random drop", "Effect ratio", "p-value",
                           "Draws", "Distinct sets", "p (distinct sets)"], rows=rows,
                  caption=f"Circuit against the matched-random null, {_where(rec)}. 'Distinct sets' counts the different "
                          "head sets among the draws: with few, only 'p (distinct sets)' (≥ 1/(1 + sets)) is "
-                         "a fair significance.")
+                         f"a fair significance.{null}")
 
 
 def _conditions_table(rec: dict) -> Table | None:

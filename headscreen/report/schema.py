@@ -382,4 +382,6 @@ def _validation_summary(step: int, probe, rec: dict, where: str) -> dict:
         "n_draws": rec.get("n_draws", rec.get("n_null", next((t.get("n_null") for t in tests.values()), None))),
         "seeds": rec.get("seeds", rec.get("seed")),
         "null_skipped": rec.get("null_skipped"),
+        "null_kind": rec.get("null_kind"),
+        "n_matched_sets": rec.get("n_matched_sets"),
     }
