@@ -54,8 +54,8 @@ def _check_x(x: Tensor, in_dim: int, col_offset: int) -> None:
         )
 
 
-class GaussianSketch:
-    """Seeded Gaussian JL projection Φ [dim, in_dim], generated in fixed column blocks."""
+class _SeededBlocks:
+    """Shared settings of the seeded, column-blocked sketches: P = in_dim columns cut into blocks."""
 
     def __init__(
         self,
@@ -78,6 +78,14 @@ class GaussianSketch:
         self.in_dim, self.dim, self.seed = int(in_dim), int(dim), int(seed)
         self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
         self.n_blocks = -(-self.in_dim // self.block_size)
+
+
+class GaussianSketch(_SeededBlocks):
+    """Seeded Gaussian JL projection Φ [dim, in_dim], generated in fixed column blocks."""
+
+    def __init__(self, in_dim: int, dim: int, seed: int = 0, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(in_dim, dim, seed, block_size=block_size, cache_bytes=cache_bytes, dtype=dtype)
         self._cache: dict[int, Tensor] = {}
         self._cached_bytes = 0
 
@@ -157,7 +165,7 @@ class GaussianSketch:
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
 
-class CountSketch:
+class CountSketch(_SeededBlocks):
     """Seeded CountSketch S [dim, in_dim]: each column j has a single ±1, in row h(j).
 
     E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
@@ -173,27 +181,9 @@ class CountSketch:
     ranges projected, cached within `cache_bytes`.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        dim: int,
-        seed: int = 0,
-        *,
-        block_size: int = DEFAULT_BLOCK_SIZE,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if in_dim < 1:
-            raise ValueError(f"in_dim={in_dim} must be the (positive) vector length P")
-        if dim < 1:
-            raise ValueError(f"dim={dim} must be positive; use e.g. 10 * window")
-        if block_size < 1:
-            raise ValueError(f"block_size={block_size} must be positive; use {DEFAULT_BLOCK_SIZE}")
-        if seed < 0:
-            raise ValueError(f"seed={seed} must be a non-negative integer")
-        self.in_dim, self.dim, self.seed = int(in_dim), int(dim), int(seed)
-        self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
-        self.n_blocks = -(-self.in_dim // self.block_size)
+    def __init__(self, in_dim: int, dim: int, seed: int = 0, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(in_dim, dim, seed, block_size=block_size, cache_bytes=cache_bytes, dtype=dtype)
         self._cache: dict[int, tuple[Tensor, Tensor]] = {}
         self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor, int]] = {}
         self._cached_bytes = 0
