@@ -116,12 +116,13 @@ def main(argv=None) -> None:
 
     print(f"model: {model_dir if args.model_dir else f'tiny {args.arch} (headscreen.testing)'}: "
           f"{cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, vocab {cfg.d_vocab}")
-    print(f"circuit {list(circuit)}, {args.draws} matched-random draws ({len(set(draws))} distinct), "
+    kind = "the exact null: every matched set" if len(draws) < args.draws else "distinct draws"
+    print(f"circuit {list(circuit)}, {len(draws)} matched-random sets for {args.draws} requested ({kind}), "
           f"{args.kind} ablation, {args.n} prompts x {args.seq_len} tokens, "
           f"{rows_per_forward(args.max_rows, args.seq_len, cfg.n_heads)} rows per stacked forward, "
           f"{args.threads} thread(s), best of {args.repeats}, glibc allocator tuned: {tuned}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"loop of single ablations: {t_loop * 1e3:9.1f} ms  ({args.draws} forwards)")
+    print(f"loop of single ablations: {t_loop * 1e3:9.1f} ms  ({len(draws)} forwards)")
     lowest = min(layer for layer, _ in circuit)
     print(f"stacked, whole forwards:  {t_stack * 1e3:9.1f} ms  speed ratio {t_loop / t_stack:5.2f}x  "
           f"max abs diff {diff_stack:.3g}")
