@@ -101,6 +101,21 @@ def test_story_share_and_story_tokens():
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
+def test_story_text_is_seeded_and_tokenizes_like_the_training_stories(tmp_path):
+    from headscreen.synthetic.stories import story_text
+
+    text = story_text(5, seed=3)
+    assert text == story_text(5, seed=3) != story_text(5, seed=4)
+    docs = [d for d in text.split("\n\n") if d.strip()]
+    assert len(docs) == 5 and all(d.split()[-1] == "<eos>" for d in docs)
+    vocab = Vocab.build(128)
+    tok = load_tokenizer(save_tokenizer(vocab, tmp_path))
+    ids = tok(docs[0], add_special_tokens=False)["input_ids"]
+    assert ids[-1] == EOS_ID and ids[:-1] == vocab.encode(docs[0].split()[:-1])
+    with pytest.raises(ValueError, match="n_stories"):
+        story_text(0)
+
+
 def test_tokenizer_saved_and_reloaded(tmp_path):
     vocab = Vocab.build(128)
     assert vocab.size == 128 and vocab.words[:4] == ("<bos>", "<eos>", "<pad>", "<unk>")
@@ -173,6 +188,12 @@ def test_model_config_yamls_parse(name):
         assert (cfg.n_layers, cfg.ctx, cfg.attn_only) == (2, 128, True) and 100 <= cfg.vocab_size <= 160
     else:
         assert cfg.n_layers >= 4
+    text_file = (doc.get("probes") or {}).get("text_file")
+    if text_file:  # a story text probe: the committed file is story_text(n, seed=0), paths from the repo root
+        from headscreen.synthetic.stories import story_text
+
+        text = (REPO / text_file).read_text(encoding="utf-8")
+        assert text == story_text(text.count("<eos>"), seed=0)
 
 
 # --- model --------------------------------------------------------------------------------------

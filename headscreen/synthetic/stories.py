@@ -56,3 +56,15 @@ def story(rng: random.Random) -> list[str]:
     for _ in range(rng.randint(3, 7)):
         words += rng.choice(_EVENTS).format(a=a, b=b, obj=obj, obj2=obj2, adj=adj, place=place).split()
     return words + "the end .".split()
+
+
+def story_text(n_stories: int, seed: int = 0) -> str:
+    """`n_stories` stories as text for a text probe (`probes.text_file`): one story per paragraph.
+
+    Each story ends with the `<eos>` token, as in the training corpus, because the text probe joins
+    the paragraphs without a separator. The result depends only on (n_stories, seed).
+    """
+    if n_stories < 1:
+        raise ValueError(f"n_stories={n_stories} must be >= 1")
+    rng = random.Random(seed)
+    return "\n\n".join(" ".join(story(rng) + ["<eos>"]) for _ in range(n_stories)) + "\n"
