@@ -198,7 +198,8 @@ class RunStore:
 
     def write_frames(self, kind: str, step: int, frames: dict[str, pd.DataFrame]) -> Path:
         """Several named tables for one checkpoint, stored as one Parquet file (so the record is atomic)
-        with a `table` column; each table's own columns are kept in the file's schema metadata."""
+        with a `table` column; each table's own columns and dtypes are kept in the file's schema
+        metadata (stacking tables turns an int column that another table lacks into float)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -206,7 +207,9 @@ class RunStore:
         parts = [df.assign(table=name) for name, df in frames.items() if len(df)]
         combined = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"table": pd.Series([], dtype=str)})
         table = pa.Table.from_pandas(combined, preserve_index=False)
-        meta = {**(table.schema.metadata or {}), b"headscreen_columns": json.dumps(columns).encode()}
+        dtypes = {name: {c: str(t) for c, t in df.dtypes.items()} for name, df in frames.items()}
+        meta = {**(table.schema.metadata or {}), b"headscreen_columns": json.dumps(columns).encode(),
+                b"headscreen_dtypes": json.dumps(dtypes).encode()}
         table = table.replace_schema_metadata(meta)
         return atomic_write(self.record_path(kind, step, "parquet"), lambda p: pq.write_table(table, p))
 
@@ -219,9 +222,12 @@ class RunStore:
         for s in steps:
             table = pq.read_table(self.record_path(kind, s, "parquet"))
             columns = json.loads(table.schema.metadata[b"headscreen_columns"])
+            dtypes = json.loads(table.schema.metadata.get(b"headscreen_dtypes", b"{}"))
             df = table.to_pandas()
             for name, cols in columns.items():
-                out.setdefault(name, []).append(df.loc[df["table"] == name, cols])
+                part = df.loc[df["table"] == name, cols]
+                ints = {c: t for c, t in (dtypes.get(name) or {}).items() if t.startswith(("int", "uint"))}
+                out.setdefault(name, []).append(part.astype(ints) if ints else part)
         return {name: pd.concat(parts, ignore_index=True) for name, parts in out.items()}
 
     def clear_records(self, kind: str | None = None) -> None:

@@ -31,6 +31,8 @@ def test_tensor_and_frame_records_roundtrip(tmp_path):
         assert list(frames["a"].columns) == ["layer", "value"]  # an all-NaN column survives; no 'table' column
         assert list(frames["b"].columns) == ["loss"]
         assert len(frames["a"]) == 4 and frames["a"]["value"].isna().sum() == 1
+        assert frames["a"]["layer"].dtype == "int64"  # stacked with b (no layer), it came back as float before
+        assert frames["a"]["layer"].tolist() == [0, 1, 0, 1]
         assert store.recorded_steps("probes") == [40, 80]
         assert store.has_record("sketch", 40) and not store.has_record("sketch", 80)
 
