@@ -21,10 +21,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="demo directory (default: a fresh temporary one)")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from headscreen.runtime import tune_allocator
     from pipelines.common import set_threads
     from pipelines.demo import demo
 
     set_threads(a.threads)
+    tune_allocator()  # as the CLI does
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="headscreen-demo-")) / "demo"
     load0 = os.getloadavg()
     t0 = time.perf_counter()
