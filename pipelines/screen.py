@@ -54,10 +54,15 @@ class ScreenSettings:
         if cfg is None:
             return cls()
         where = cfg.path.name if cfg.path else cfg.name
+        probes = dict(cfg.section("probes") or {})
+        text = probes.get("text_file")
+        if isinstance(text, str) and cfg.path and not Path(text).is_absolute():
+            beside = cfg.path.parent / text  # a relative text_file is relative to the config's folder
+            probes["text_file"] = str(beside.resolve()) if beside.exists() else text
         return cls(
             spectral=from_mapping(SpectralConfig, cfg.section("spectral"), f"{where}: spectral"),
             thresholds=from_mapping(ScreenThresholds, cfg.section("thresholds"), f"{where}: thresholds"),
-            probes=from_mapping(ProbeSuite, cfg.section("probes"), f"{where}: probes"),
+            probes=from_mapping(ProbeSuite, probes, f"{where}: probes"),
             onsets=from_mapping(OnsetSettings, cfg.section("onsets"), f"{where}: onsets"),
         )
 

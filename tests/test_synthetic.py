@@ -13,6 +13,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from headscreen.config import load_config  # noqa: E402
 from headscreen.synthetic import (  # noqa: E402
     ConfigError,
     RepeatBatch,
@@ -189,11 +190,14 @@ def test_model_config_yamls_parse(name):
     else:
         assert cfg.n_layers >= 4
     text_file = (doc.get("probes") or {}).get("text_file")
-    if text_file:  # a story text probe: the committed file is story_text(n, seed=0), paths from the repo root
+    if text_file:  # a story text probe: the committed file is story_text(n, seed=0), beside the config
         from headscreen.synthetic.stories import story_text
+        from pipelines.screen import ScreenSettings
 
-        text = (REPO / text_file).read_text(encoding="utf-8")
+        text = (REPO / "model_configs" / text_file).read_text(encoding="utf-8")
         assert text == story_text(text.count("<eos>"), seed=0)
+        resolved = ScreenSettings.from_config(load_config(name)).probes.text_file
+        assert Path(resolved).is_absolute() and Path(resolved).read_text(encoding="utf-8") == text
 
 
 # --- model --------------------------------------------------------------------------------------
