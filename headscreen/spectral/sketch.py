@@ -79,6 +79,35 @@ class _SeededBlocks:
         self.block_size, self.cache_bytes, self.dtype = int(block_size), int(cache_bytes), dtype
         self.n_blocks = -(-self.in_dim // self.block_size)
 
+    def project(
+        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
+    ) -> Float[Tensor, "... d"]:
+        """x Sᵀ for the columns [col_offset, col_offset + n) of S, n = x.shape[-1] (default: all of P).
+
+        Block by block for the whole batch (e.g. all heads [L, H, P] at once), accumulated in block
+        order in the projector's dtype (or `dtype` for this call). Slices of one vector may be
+        projected separately (col_offset) and summed: equal to the whole projection up to rounding.
+        """
+        _check_x(x, self.in_dim, col_offset)
+        dtype = dtype or self.dtype
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, n)
+        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
+        lo, hi = col_offset, col_offset + n
+        for b in range(lo // self.block_size, -(-hi // self.block_size)):
+            b_lo = b * self.block_size
+            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
+            self._accumulate(out, flat[:, c_lo - lo : c_hi - lo].to(dtype), b, c_lo - b_lo, c_hi - b_lo)
+        return self._finish(out).reshape(*lead, self.dim)
+
+    def _accumulate(self, out: Tensor, xs: Tensor, b: int, c0: int, c1: int) -> None:
+        """out [batch, d] += xs [batch, c1 - c0] times columns [c0, c1) of block b, transposed."""
+        raise NotImplementedError
+
+    def _finish(self, out: Tensor) -> Tensor:
+        return out
+
 
 class GaussianSketch(_SeededBlocks):
     """Seeded Gaussian JL projection Φ [dim, in_dim], generated in fixed column blocks."""
@@ -133,31 +162,12 @@ class GaussianSketch(_SeededBlocks):
             raise MemoryError(f"Φ would take {nbytes} bytes > max_bytes={max_bytes}; use project() instead")
         return torch.cat([self.block(b) for b in range(self.n_blocks)], dim=1)
 
-    def project(
-        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
-    ) -> Float[Tensor, "... d"]:
-        """x Φ[:, col_offset:col_offset+n]ᵀ for x with n = x.shape[-1] columns (default: all of P).
+    def _accumulate(self, out: Tensor, xs: Tensor, b: int, c0: int, c1: int) -> None:
+        z_t = self.raw_block(b)[:, c0:c1].T  # [cols, d], rows contiguous
+        out.addmm_(xs, z_t.to(out.dtype))  # one matmul per block for the whole batch
 
-        One matmul per overlapped block for the whole batch (e.g. all heads [L, H, P] at once),
-        accumulated in block order in the projector's dtype (or `dtype` for this call); the 1/sqrt(d)
-        scale is applied to the result. Slices of one vector may be projected separately (col_offset)
-        and summed: equal to the whole projection up to rounding.
-        """
-        _check_x(x, self.in_dim, col_offset)
-        dtype = dtype or self.dtype
-        n = x.shape[-1]
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, n)
-        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
-        lo, hi = col_offset, col_offset + n
-        for b in range(lo // self.block_size, -(-hi // self.block_size)):
-            b_lo = b * self.block_size
-            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
-            z_t = self.raw_block(b)[:, c_lo - b_lo : c_hi - b_lo].T  # [cols, d], rows contiguous
-            xs = flat[:, c_lo - lo : c_hi - lo]
-            out.addmm_(xs.to(dtype), z_t.to(dtype))
-        out /= self.dim**0.5
-        return out.reshape(*lead, self.dim)
+    def _finish(self, out: Tensor) -> Tensor:
+        return out.div_(self.dim**0.5)  # the 1/sqrt(d) of Φ, applied once to the result
 
     def provenance(self) -> dict:
         return {"kind": "gaussian_jl", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
@@ -255,27 +265,13 @@ class CountSketch(_SeededBlocks):
             self._cached_bytes += nbytes
         return table
 
-    def project(
-        self, x: Float[Tensor, "... P"], *, col_offset: int = 0, dtype: torch.dtype | None = None
-    ) -> Float[Tensor, "... d"]:
-        """x Sᵀ restricted to columns [col_offset, col_offset + n): per block, a gather of the columns
-        grouped by their row of S, a multiply by the signs and a sum (no P×d matrix, no scatter)."""
-        _check_x(x, self.in_dim, col_offset)
-        dtype = dtype or self.dtype
-        n = x.shape[-1]
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, n)
-        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
-        lo, hi = col_offset, col_offset + n
-        for b in range(lo // self.block_size, -(-hi // self.block_size)):
-            b_lo = b * self.block_size
-            c_lo, c_hi = max(lo, b_lo), min(hi, b_lo + self.block_size)
-            index, signs, m = self._table(b, c_lo - b_lo, c_hi - b_lo)
-            xs = flat[:, c_lo - lo : c_hi - lo]
-            g = xs.to(dtype).index_select(1, index)  # [batch, d·m]
-            g.mul_(signs.to(dtype))
-            out += g.view(-1, self.dim, m).sum(-1)
-        return out.reshape(*lead, self.dim)
+    def _accumulate(self, out: Tensor, xs: Tensor, b: int, c0: int, c1: int) -> None:
+        # a gather of the columns grouped by their row of S, a multiply by the signs and a sum
+        # (no P×d matrix, no scatter)
+        index, signs, m = self._table(b, c0, c1)
+        g = xs.index_select(1, index)  # [batch, d·m]
+        g.mul_(signs.to(out.dtype))
+        out += g.view(-1, self.dim, m).sum(-1)
 
     def provenance(self) -> dict:
         return {"kind": "countsketch", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,
