@@ -524,3 +524,19 @@ def test_schema_reads_the_simpler_circuits_layouts_too():
 def test_ablation_table_names_the_null(report_a):
     md = report_a["md"].read_text()
     assert "Null: exact: every matched set once (20 matched sets exist); p cannot go below 1/(1 + draws)." in md
+
+
+def test_bos_section_counts_gu_sink_heads_per_layer(tmp_path):
+    root = tmp_path / "run"
+    make_run(root, "s", validated=False)
+    hs = pd.read_parquet(root / "head_scores.parquet")
+    last = max(STEPS)
+    extra = pd.DataFrame([{"step": s, "layer": 1, "head": 2, "probe": p, "metric": "sink_rate", "value": 0.8}
+                          for s in STEPS[-2:] for p in PROBES])
+    pd.concat([hs, extra], ignore_index=True).to_parquet(root / "head_scores.parquet")
+    doc = _json(build_report([root], out_dir=tmp_path / "rep"))
+    data = _sections(doc, 0)["bos_layers01"]["data"]["sink_heads"]
+    assert data["1"] == {"heads_at_step": [2], "checkpoints_flagged": 2}
+    assert data["0"] == {"heads_at_step": [], "checkpoints_flagged": 0}  # the fixture's 0.1 rates stay below 0.5
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"Gu sink heads at step {last}" in md and "L1H2" in md

@@ -198,4 +198,40 @@ def bos_layers01_section(ctx: Context) -> Section:
                  f"{len(nonzero)} of {len(records)} checkpoints have BOS heads in layers 0/1: step "
                  + ", ".join(map(str, nonzero[:20])) + ("…" if len(nonzero) > 20 else ""))
                 + (f" ({ctx.probe} probe)." if ctx.probe else ".")))
+    sinks = _sink_heads_table(ctx)
+    if sinks is not None:
+        table, sec.data["sink_heads"] = sinks
+        sec.tables.append(table)
     return sec
+
+
+SINK_HEAD_RATE = 0.5  # a Gu sink head: alpha_1 > eps in at least half of the probe's rows
+
+
+def _sink_heads_table(ctx: Context) -> tuple[Table, dict] | None:
+    """Per layer, the heads whose Gu sink rate (share of rows with alpha_1 > eps) is >= SINK_HEAD_RATE."""
+    hs = ctx.run.head_scores
+    if hs is None:
+        return None
+    rates = hs[hs["metric"] == "sink_rate"]
+    if ctx.probe is not None and "probe" in rates:
+        rates = rates[rates["probe"] == ctx.probe]
+    if rates.empty:
+        return None
+    flagged = rates[rates["value"] >= SINK_HEAD_RATE]
+    at = flagged[flagged["step"] == ctx.step]
+    layers = sorted(int(v) for v in rates["layer"].unique())
+    data, rows = {}, []
+    for layer in layers:
+        here = sorted(int(h) for h in at.loc[at["layer"] == layer, "head"])
+        steps = sorted(int(v) for v in flagged.loc[flagged["layer"] == layer, "step"].unique())
+        data[str(layer)] = {"heads_at_step": here, "checkpoints_flagged": len(steps)}
+        rows.append([layer, ", ".join(f"L{layer}H{h}" for h in here) or "none", len(steps)])
+    n_ckpt = rates["step"].nunique()
+    table = Table(columns=["Layer", f"Gu sink heads at step {ctx.step}", f"Checkpoints with one (of {n_ckpt})"],
+                  rows=rows,
+                  caption=f"Gu sink heads per layer: sink rate (share of rows whose mean attention to position 0 "
+                          f"exceeds eps) >= {SINK_HEAD_RATE}. The BOS class above reads the query position only; "
+                          "the sink rate counts every query, so a head that parks on BOS only while idle shows "
+                          "here and not above.")
+    return table, data
