@@ -542,3 +542,14 @@ def test_validation_settings_come_from_the_config_section():
         ValidationSettings.of_manifest({"config": {"model_config": {"validation": {"n_nul": 5}}}})
     with pytest.raises(ConfigError, match="'shuffle'"):
         ValidationSettings.of_manifest({"config": {"model_config": {"validation": {"ablations": ["shuffle"]}}}})
+
+
+def test_start_at_block_on_a_native_bridge(hand, hand_probe):
+    clean, corrupted = hand_probe
+    scoring = Scoring.of(clean)
+    for kind in ("zero", "resample"):
+        src = ablation_source(hand, clean, [1], kind, corrupted=corrupted)
+        whole = ablate_head_sets(hand, scoring, [[(1, 0)]], src, skip_prefix=False)
+        skipped = ablate_head_sets(hand, scoring, [[(1, 0)]], src)
+        for m in METRICS:
+            assert torch.allclose(skipped[m], whole[m], atol=1e-5), (kind, m)

@@ -35,7 +35,14 @@ import torch
 from jaxtyping import Float, Int
 
 from headscreen.causal.conditions import Head
-from headscreen.causal.hooks import Intervention, capture, replace_heads, run_with_interventions, z_name
+from headscreen.causal.hooks import (
+    Intervention,
+    can_start_at_block,
+    capture,
+    replace_heads,
+    run_with_interventions,
+    z_name,
+)
 from headscreen.causal.metrics import METRICS, query_metrics
 from headscreen.probes.batch import ProbeBatch
 
@@ -291,7 +298,7 @@ def ablate_head_sets(
     for i0 in range(0, scoring.n, e_size):
         ex = slice(i0, min(i0 + e_size, scoring.n))
         prefix = None
-        if skip_prefix and lowest > 0:
+        if skip_prefix and lowest > 0 and can_start_at_block(bridge):
             with torch.no_grad():
                 prefix = (lowest, bridge(scoring.tokens[ex], stop_at_layer=lowest))
         for c0 in range(0, len(unique), c_size):

@@ -153,6 +153,25 @@ def check_fired(
     return unchanged
 
 
+def _block_list(bridge) -> tuple[torch.nn.Module, str, torch.nn.ModuleList] | None:
+    """(owner, attribute, list) of the wrapped model's ModuleList that holds exactly bridge.blocks, or None."""
+    blocks = list(getattr(bridge, "blocks", []) or [])
+    model = getattr(bridge, "original_model", None)
+    if not blocks or model is None:
+        return None
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == len(blocks) and \
+                    all(a is b for a, b in zip(child, blocks, strict=True)):
+                return module, name, child
+    return None
+
+
+def can_start_at_block(bridge) -> bool:
+    """Whether `blocks_from` can skip blocks of this bridge (it finds the wrapped model's block list)."""
+    return _block_list(bridge) is not None
+
+
 @contextmanager
 def blocks_from(bridge, start: int) -> Iterator[None]:
     """Inside the block, the wrapped model runs only blocks start.. (the blocks before are skipped).
@@ -167,17 +186,15 @@ def blocks_from(bridge, start: int) -> Iterator[None]:
     if start == 0:
         yield
         return
-    blocks = list(bridge.blocks)
-    for module in bridge.original_model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.ModuleList) and len(child) == len(blocks) and \
-                    all(a is b for a, b in zip(child, blocks, strict=True)):
-                setattr(module, name, torch.nn.ModuleList(blocks[start:]))
-                try:
-                    yield
-                finally:
-                    setattr(module, name, child)
-                return
+    found = _block_list(bridge)
+    if found is not None:
+        module, name, child = found
+        setattr(module, name, torch.nn.ModuleList(list(child)[start:]))
+        try:
+            yield
+        finally:
+            setattr(module, name, child)
+        return
     raise RuntimeError(
         f"cannot find the block list of {type(bridge.original_model).__name__} to start at block {start}; "
         "run the full forward instead (start_at_layer=None)"
