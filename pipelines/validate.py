@@ -17,13 +17,12 @@ import pandas as pd
 import torch
 
 from headscreen.causal import patch_checkpoint, validate_checkpoint
+from headscreen.causal.ablation import ABLATIONS, AblationConfig
 from headscreen.config import ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
 from headscreen.store import RunStore, write_json
-
-ABLATIONS = ("zero", "mean", "resample")
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,10 @@ class ValidationSettings:
     seed: int = 123
 
     def __post_init__(self):
-        bad = [a for a in self.ablations if a not in ABLATIONS]
-        if not self.ablations or bad:
-            raise ValueError(f"ablations={list(self.ablations)}: use a non-empty list of {list(ABLATIONS)}")
-        if self.n_null < 1:
-            raise ValueError(f"n_null={self.n_null} must be >= 1 (100 or more for a p-value below 0.01)")
+        if not self.ablations:
+            raise ValueError(f"ablations is empty: list one or more of {list(ABLATIONS)}")
+        for kind in self.ablations:  # the causal layer's own check of each kind, n_null and seed
+            AblationConfig(kind=kind, n_null=self.n_null, seed=self.seed)
 
     @classmethod
     def of_manifest(cls, manifest: dict) -> ValidationSettings:
