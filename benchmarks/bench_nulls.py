@@ -62,6 +62,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--no-tune-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (to measure what headscreen.runtime.tune_allocator buys)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     from headscreen.runtime import tune_allocator
 
-    tuned = tune_allocator()  # as the CLI does; every variant below runs under the same allocator
+    tuned = False if args.no_tune_allocator else tune_allocator()  # as the CLI does; all variants share it
     from headscreen.causal.ablation import (
         Scoring,
         ablate_head_sets,
