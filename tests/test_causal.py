@@ -553,3 +553,29 @@ def test_start_at_block_on_a_native_bridge(hand, hand_probe):
         skipped = ablate_head_sets(hand, scoring, [[(1, 0)]], src)
         for m in METRICS:
             assert torch.allclose(skipped[m], whole[m], atol=1e-5), (kind, m)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_last_block_ablations_on_query_rows_equal_the_whole_forward(tmp_path, arch):
+    """Sets in the last block only: the stacked forwards run it on the query rows (`_Prefix.z`), same numbers."""
+    from headscreen.causal import ablation
+
+    d = save_tiny_model(tmp_path / arch, arch, n_layers=3, vocab=96, n_ctx=24)
+    bridge = _boot(d)
+    probe = retrieval_probe(6, 24, token_range=(2, 96), seed=0, pair_range=(1, 16))
+    scoring = Scoring.of(probe)
+    prefix = ablation._clean_prefix(bridge, scoring, slice(0, 6), 2)
+    assert prefix.resid.shape == (6, 1, bridge.cfg.d_model) and prefix.z.shape == (6, 1, bridge.cfg.n_heads, bridge.cfg.d_head)
+    sets = [[(2, 0)], [(2, 1), (2, 3)], [(2, 2)]]
+    corrupted = corrupt_retrieval(probe, 1)
+    for kind in ("zero", "mean", "resample"):
+        src = ablation_source(bridge, probe, [2], kind, corrupted=corrupted)
+        whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
+        rows = ablate_head_sets(bridge, scoring, sets, src, max_rows=8)  # query rows, chunked
+        for m in METRICS:
+            assert torch.allclose(rows[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m)
+        assert not torch.equal(whole["logit_diff"][0], whole["logit_diff"][1])
+    # the firing check acts on the clean z of the query rows: resampling from the clean batch itself raises
+    same = ablation_source(bridge, probe, [2], "resample", corrupted=probe)
+    with pytest.raises(InterventionDidNotFire, match="changed nothing"):
+        ablate_head_sets(bridge, scoring, [[(2, 1)]], same)

@@ -218,30 +218,69 @@ def _set_masks(head_sets: Sequence[Sequence[Head]], n_layers: int, n_heads: int)
     return masks
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    """Clean activations that every stacked set shares on one example chunk (no set ablates below `start`).
+
+    `resid` [e, pos, d_model] enters block `start`; the stacked forwards start there (`blocks_from`).
+    Query-row tail (`z` given): every set ablates heads of the last block only. That block's
+    attention (pattern and values) is then clean for every set, and everything after its hook_z is
+    position-wise (o_proj, residual, MLP or MoE, final norm, unembedding), so only the query rows
+    matter: `resid` is the query row entering the block ([e, 1, d_model]) and `z` the clean hook_z
+    at that row ([e, 1, head, d_head]). The block runs on one position per row, its own hook_z is
+    discarded for `z` (`Intervention.baseline`), and the ablation and its firing check act on `z`.
+    """
+
+    start: int
+    resid: torch.Tensor
+    z: torch.Tensor | None = None
+
+
+def _clean_prefix(bridge, scoring: Scoring, ex: slice, lowest: int) -> _Prefix:
+    """The clean `_Prefix` of examples `ex` for sets whose lowest ablated layer is `lowest` (> 0)."""
+    with torch.no_grad():
+        resid = bridge(scoring.tokens[ex], stop_at_layer=lowest)  # [e, pos, d_model]
+    if lowest < bridge.cfg.n_layers - 1:
+        return _Prefix(lowest, resid)
+    z = capture(bridge, resid, [z_name(lowest)], start_at_layer=lowest)[z_name(lowest)]  # [e, pos, H, D]
+    rows, qpos = torch.arange(resid.shape[0]), scoring.query_pos[ex]
+    return _Prefix(lowest, resid[rows, qpos].unsqueeze(1), z[rows, qpos].unsqueeze(1))
+
+
 def _forward_sets(
     bridge, scoring: Scoring, ex: slice, masks: torch.Tensor, source: ZSource, names: Sequence[str],
-    rtol: float | None, log: FiringLog, prefix: tuple[int, torch.Tensor] | None = None,
+    rtol: float | None, log: FiringLog, prefix: _Prefix | None = None,
 ) -> dict[str, torch.Tensor]:
     """One forward: the sets of `masks` [c, L, H] on examples `ex`, stacked condition-major. -> metric [c, e].
 
-    `prefix` = (L, residual entering block L for these examples): no set ablates a head below L, so
-    the forward starts at block L from that clean residual (blocks below are identical for every set).
+    `prefix`: the clean activations below the lowest ablated block (`_Prefix`); None: whole forwards.
     """
     c = masks.shape[0]
-    tokens = scoring.tokens[ex]
-    e = tokens.shape[0]
+    e = scoring.tokens[ex].shape[0]
     groups = torch.arange(c).repeat_interleave(e)
+    tail = prefix is not None and prefix.z is not None
+    qpos = scoring.query_pos[ex]
     ivs = []
     for layer in masks.any(2).any(0).nonzero()[:, 0].tolist():
         row_mask = masks[:, layer].repeat_interleave(e, dim=0)  # [c*e, H]
         src = source.z.get(layer)
         if src is not None and src.shape[0] > 1:
             src = src[ex]
-        ivs.append(Intervention(z_name(layer), replace_heads(row_mask, src), expect=masks[:, layer].any(1)))
-    start, inputs = (None, tokens.repeat(c, 1)) if prefix is None else (prefix[0], prefix[1].repeat(c, 1, 1))
+        baseline = None
+        if tail:  # the source and the clean z at the query rows only: [e, 1, H, D]
+            if src is not None:
+                src = src.expand(e, *src.shape[1:])[torch.arange(e), qpos].unsqueeze(1)
+            baseline = prefix.z.repeat(c, 1, 1, 1)
+        ivs.append(Intervention(z_name(layer), replace_heads(row_mask, src), expect=masks[:, layer].any(1),
+                                baseline=baseline))
+    if prefix is None:
+        start, inputs = None, scoring.tokens[ex].repeat(c, 1)
+    else:
+        start, inputs = prefix.start, prefix.resid.repeat(c, 1, 1)
+    query = torch.zeros(c * e, dtype=torch.long) if tail else qpos.repeat(c)
     logits, report = run_with_interventions(
         bridge, inputs, ivs, groups=groups, group_names=list(names),
-        query_pos=scoring.query_pos[ex].repeat(c), rtol=rtol, start_at_layer=start,
+        query_pos=query, rtol=rtol, start_at_layer=start,
     )
     for iv in ivs:
         firing = report.firings[iv.hook_name]
@@ -269,8 +308,9 @@ def ablate_head_sets(
     too when n > max_rows). With `dedupe`, a head set that occurs several times is run once and
     its rows copied to every occurrence: the same computation, so the same numbers. With
     `skip_prefix`, the blocks below the lowest ablated layer L are run once per example chunk
-    (clean) instead of once per set: the stacked forwards start at block L (`blocks_from`). Every
-    set must contain at least one head; `names` label the sets in firing errors.
+    (clean) instead of once per set: the stacked forwards start at block L (`blocks_from`). When L
+    is the last block, the stacked forwards run it on the query rows only (`_Prefix`). Every set
+    must contain at least one head; `names` label the sets in firing errors.
     """
     if not head_sets or any(len(s) == 0 for s in head_sets):
         raise ValueError("every head set must ablate at least one head (the clean run is clean_metrics)")
@@ -295,12 +335,10 @@ def ablate_head_sets(
     c_size = max(1, max_rows // e_size)
     out = {m: torch.empty(len(unique), scoring.n) for m in METRICS}
     lowest = int(masks.any(2).any(0).nonzero()[0, 0])  # the lowest layer any set ablates
+    shared = skip_prefix and lowest > 0 and can_start_at_block(bridge)
     for i0 in range(0, scoring.n, e_size):
         ex = slice(i0, min(i0 + e_size, scoring.n))
-        prefix = None
-        if skip_prefix and lowest > 0 and can_start_at_block(bridge):
-            with torch.no_grad():
-                prefix = (lowest, bridge(scoring.tokens[ex], stop_at_layer=lowest))
+        prefix = _clean_prefix(bridge, scoring, ex, lowest) if shared else None
         for c0 in range(0, len(unique), c_size):
             cs = slice(c0, min(c0 + c_size, len(unique)))
             part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log, prefix)

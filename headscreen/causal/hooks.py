@@ -55,11 +55,16 @@ class Intervention:
     """Replace the activation at `hook_name` by `edit(activation)` (same shape, a new tensor).
 
     `expect[g]` says whether row group g must change (None: every group must change).
+    `baseline`, when given, is the activation this hook carries in the full forward: the hook's own
+    activation is discarded and the edit applies to `baseline` instead, and the firing check measures
+    the edit against it. Used where the forward computed the hook's block from query rows only
+    (`ablation` on the last block), so the activation there is not the one being intervened on.
     """
 
     hook_name: str
     edit: EditFn
     expect: Bool[torch.Tensor, " group"] | None = None
+    baseline: torch.Tensor | None = None
 
 
 @dataclass
@@ -95,6 +100,13 @@ def _group_max(values: Float[torch.Tensor, " batch"], groups: Int[torch.Tensor, 
 
 def _recording(intervention: Intervention, firing: HookFiring, groups: torch.Tensor, n_groups: int):
     def hook_fn(act: torch.Tensor, hook) -> torch.Tensor:
+        if intervention.baseline is not None:
+            if intervention.baseline.shape != act.shape:
+                raise ValueError(
+                    f"intervention on {intervention.hook_name}: baseline {tuple(intervention.baseline.shape)} does "
+                    f"not match the activation {tuple(act.shape)}"
+                )
+            act = intervention.baseline.to(act.device, act.dtype)
         new = intervention.edit(act)
         if new.shape != act.shape:
             raise ValueError(
@@ -278,8 +290,12 @@ def capture(
     hook_names: Sequence[str],
     *,
     stop_at_layer: int | None = None,
+    start_at_layer: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Activations at `hook_names` from one clean forward (each hook must run, else InterventionDidNotFire)."""
+    """Activations at `hook_names` from one clean forward (each hook must run, else InterventionDidNotFire).
+
+    With `start_at_layer`, `tokens` is the residual entering that block (see run_with_interventions).
+    """
     store: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> EditFn:
@@ -291,7 +307,7 @@ def capture(
 
     never = torch.zeros(1, dtype=torch.bool)
     ivs = [Intervention(name, keep(name), expect=never) for name in dict.fromkeys(hook_names)]
-    run_with_interventions(bridge, tokens, ivs, stop_at_layer=stop_at_layer)
+    run_with_interventions(bridge, tokens, ivs, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer)
     return store
 
 
