@@ -149,6 +149,8 @@ def test_tokenizer_saved_and_reloaded(tmp_path):
         ({"vocab_size": 50}, "vocab_size"),
         ({"max_span": 80}, "max_span"),
         ({"architecture": "llama", "rotary_fraction": 0.25}, "rotary_fraction"),
+        ({"distinct_filler": True, "min_span": 2}, "distinct_filler"),  # 124 content ids < 128 - 1 - 2 slots
+        ({"distinct_filler": 1, "vocab_size": 256}, "distinct_filler"),
     ],
 )
 def test_bad_config_values_name_the_field(bad, field):
@@ -381,6 +383,30 @@ def test_scattered_repeats_keep_a_unique_induction_target():
     plain = corpus.repeats(np.random.default_rng(1), 8)
     for row, n in zip(plain.tokens.numpy(), plain.span_len.tolist(), strict=True):
         assert (row[1 : 1 + n] == row[1 + n : 1 + 2 * n]).all()
+
+
+@pytest.mark.parametrize("scattered", [0.0, 1.0])
+def test_distinct_filler_leaves_only_the_planted_repeats(scattered):
+    cfg = TrainConfig(**{**SMALL, "ctx": 64, "min_span": 2, "vocab_size": 96, "distinct_filler": True,
+                         "scattered_fraction": scattered})
+    corpus = SyntheticCorpus(cfg)
+    batch = corpus.repeats(np.random.default_rng(0), 200, scattered_fraction=scattered)
+    seen_filler = np.zeros(cfg.vocab_size, dtype=int)
+    for row, n in zip(batch.tokens.numpy(), batch.span_len.tolist(), strict=True):
+        assert row[0] == BOS_ID and row[1:].min() >= 4  # content ids only after BOS
+        ids, counts = np.unique(row[1:], return_counts=True)
+        twice = set(ids[counts == 2].tolist())
+        assert counts.max() == 2 and len(twice) == n  # exactly the n span tokens occur twice
+        starts = [i for i in range(1, len(row)) if row[i] in twice]
+        first, second = starts[:n], starts[n:]
+        assert (row[first] == row[second]).all() and first == list(range(first[0], first[0] + n))
+        np.add.at(seen_filler, ids[counts == 1], 1)
+    # the filler is Zipf-weighted: the most frequent filler id is seen far more often than the rarest
+    used = seen_filler[4:]
+    assert used.max() > 2 * used.min()
+    if scattered == 0.0:
+        assert all((r[1:1 + n] == r[1 + n:1 + 2 * n]).all()
+                   for r, n in zip(batch.tokens.numpy(), batch.span_len.tolist(), strict=True))
 
 
 def test_llama_head_dim_apart_from_d_model(tmp_path):

@@ -53,6 +53,11 @@ class TrainConfig:
     scattered_fraction: float = 0.0
     max_span: int | None = None  # None -> (ctx - 1) // 2
     zipf_exponent: float = 1.0  # filler after the second copy ~ Zipf(zipf_exponent) over content ids
+    # Repeat rows draw their filler without replacement (Zipf-weighted) and never from the span, so
+    # every repeated token in a row is a planted repeat and a single-token match always predicts.
+    # With i.i.d. filler most repeats are chance ones that predict nothing, and a model learns to
+    # distrust a lone match, as in the retrieval probe. Needs vocab_size - 4 >= ctx - 1 - min_span.
+    distinct_filler: bool = False
     eval_batch_size: int = 32  # sequences of the fixed diagnostic batches evaluated at each checkpoint
     # reproducibility
     seed: int = 0
@@ -148,7 +153,7 @@ def _coerce(key: str, value: Any) -> Any:
         ):
             raise bad("a pair of numbers such as [0.9, 0.99]")
         return (float(value[0]), float(value[1]))
-    if key == "attn_only" and not isinstance(value, bool):
+    if key in ("attn_only", "distinct_filler") and not isinstance(value, bool):
         raise bad("true or false")
     if key == "architecture" and not isinstance(value, str):
         raise bad(f"one of {ARCHITECTURES}")
@@ -217,3 +222,6 @@ def _validate(c: TrainConfig) -> None:
         fail("max_span", f"spans use distinct tokens: use max_span <= vocab_size - 4 = {c.vocab_size - 4}")
     if c.zipf_exponent < 0:
         fail("zipf_exponent", "use a value >= 0 (0 gives uniform filler)")
+    if c.distinct_filler and c.vocab_size - 4 < c.ctx - 1 - c.min_span:
+        fail("distinct_filler", f"a row of distinct tokens needs vocab_size - 4 >= ctx - 1 - min_span = "
+                                f"{c.ctx - 1 - c.min_span}: raise vocab_size to >= {c.ctx + 3 - c.min_span}")

@@ -6,6 +6,8 @@ instead of an induction head). The n span tokens are distinct, so each token of 
 exactly one earlier occurrence and the induction target q - n + 1 is unambiguous. A share
 `scattered_fraction` of training repeats is scattered instead: `[BOS, filler, span, filler, span,
 filler]` with uniform random filler lengths, and no span token in the filler before the second copy.
+With `distinct_filler`, the filler of a repeat row is a Zipf-weighted draw without replacement that
+excludes the span, so the row's only repeated tokens are the planted copies.
 
 A story sequence is `[BOS, story, EOS, story, EOS, ...]` cut at ctx (see `stories.py`).
 
@@ -79,7 +81,13 @@ class SyntheticCorpus:
         span_len = rng.integers(cfg.min_span, cfg.span_max + 1, size=n_rows)  # [batch]
         # distinct tokens per row: the first span_max entries of a random permutation of content ids
         spans = self._content[np.argsort(rng.random((n_rows, len(self._content))), axis=1)[:, : cfg.span_max]]
-        toks = self._zipf_ids[rng.choice(len(self._zipf_ids), size=(n_rows, cfg.ctx), p=self._zipf_p)]
+        if cfg.distinct_filler:
+            # Gumbel top-k: per row, every content id in a Zipf-weighted random order (no repeats)
+            keys = np.log(self._zipf_p) - np.log(-np.log(rng.random((n_rows, len(self._zipf_ids)))))
+            order = self._zipf_ids[np.argsort(-keys, axis=1)]  # [batch, n_content]
+            toks = np.empty((n_rows, cfg.ctx), dtype=order.dtype)
+        else:
+            toks = self._zipf_ids[rng.choice(len(self._zipf_ids), size=(n_rows, cfg.ctx), p=self._zipf_p)]
         toks[:, 0] = BOS_ID
         if scattered_fraction > 0:  # drawn only when used: a 0 keeps older recipes' batches unchanged
             scattered = rng.random(n_rows) < scattered_fraction
@@ -92,9 +100,14 @@ class SyntheticCorpus:
                 gap = int(slack[b, 1] * (free - before + 1))
                 first, second = 1 + before, 1 + before + n + gap
                 head = toks[b, 1 : second]
-                clash = np.isin(head, spans[b, :n])
+                clash = np.isin(head, spans[b, :n]) if not cfg.distinct_filler else np.zeros(0, dtype=bool)
                 if clash.any():  # keep the induction target unique: no span token in earlier filler
                     head[clash] = self._not_in(rng, spans[b, :n], int(clash.sum()))
+            if cfg.distinct_filler:  # the ctx - 1 - 2n filler slots take ids outside the span, in order
+                slots = np.ones(cfg.ctx, dtype=bool)
+                slots[[0, *range(first, first + n), *range(second, second + n)]] = False
+                rest = order[b][~np.isin(order[b], spans[b, :n])]  # n_content - n >= ctx - 1 - n (config check)
+                toks[b, slots] = rest[: int(slots.sum())]
             toks[b, first : first + n] = spans[b, :n]
             toks[b, second : second + n] = spans[b, :n]
         return RepeatBatch(torch.from_numpy(toks).long(), torch.from_numpy(span_len).long())
