@@ -571,9 +571,10 @@ def test_last_block_ablations_on_query_rows_equal_the_whole_forward(tmp_path, ar
     for kind in ("zero", "mean", "resample"):
         src = ablation_source(bridge, probe, [2], kind, corrupted=corrupted)
         whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
-        rows = ablate_head_sets(bridge, scoring, sets, src, max_rows=8)  # query rows, chunked
-        for m in METRICS:
-            assert torch.allclose(rows[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m)
+        for max_rows in (8, 2, None):  # query rows: one set per forward, examples split, all in one forward
+            rows = ablate_head_sets(bridge, scoring, sets, src, max_rows=max_rows)
+            for m in METRICS:
+                assert torch.allclose(rows[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m, max_rows)
         assert not torch.equal(whole["logit_diff"][0], whole["logit_diff"][1])
     # the firing check acts on the clean z of the query rows: resampling from the clean batch itself raises
     same = ablation_source(bridge, probe, [2], "resample", corrupted=probe)

@@ -15,10 +15,14 @@ of that row's set. This gives the same numbers as one forward per set (the test 
 every set must change hook_z at each of its layers, so a batched forward is as strict as single ones.
 Blocks below the lowest ablated layer compute the same clean activations for every set: they run
 once per example chunk, and the stacked forwards start from their output (`hooks.blocks_from`).
+When every set lies in the last block, the stacked forwards run that block on the query rows only
+(`_Prefix`): the sets differ only after its hook_z, where everything is position-wise.
 
 Memory bound: one forward holds at most `max_rows` rows of [seq_len] tokens, i.e. about
 max_rows * seq_len * (a few * d_model + n_heads * seq_len) floats of activations, plus
 [max_rows, vocab] query logits (the full [rows, seq, vocab] logits are never materialised).
+Query-row forwards (one position per row) take up to MAX_TOKENS rows, fewer when their
+[rows, vocab] logits would pass PATTERN_BYTES.
 By default max_rows = MAX_TOKENS // seq_len (8192 tokens per forward), fewer when one layer's
 [rows, heads, seq, seq] attention pattern would pass PATTERN_BYTES: on a CPU the cost per row is
 flat from ~4k to ~8k tokens per forward and grows beyond (2L d128 at seq 128: 3.1 ms/row at 64
@@ -51,14 +55,17 @@ MAX_TOKENS = 8192  # default tokens per forward (rows * seq_len), see the module
 PATTERN_BYTES = 24 * 2**20  # default cap on one layer's [rows, heads, seq, seq] float32 attention pattern
 
 
-def rows_per_forward(max_rows: int | None, seq_len: int, n_heads: int | None = None) -> int:
+def rows_per_forward(max_rows: int | None, seq_len: int, n_heads: int | None = None, vocab: int | None = None) -> int:
     """`max_rows`, or by default MAX_TOKENS // seq_len rows, fewer if one layer's attention pattern
-    would exceed PATTERN_BYTES (under glibc's 32 MiB mmap ceiling, see headscreen.runtime); >= 1."""
+    (or, given `vocab`, the [rows, vocab] query logits) would exceed PATTERN_BYTES (under glibc's
+    32 MiB mmap ceiling, see headscreen.runtime); >= 1."""
     if max_rows is not None:
         return int(max_rows)
     rows = MAX_TOKENS // seq_len
     if n_heads:
         rows = min(rows, PATTERN_BYTES // (4 * n_heads * seq_len * seq_len))
+    if vocab:
+        rows = min(rows, PATTERN_BYTES // (4 * vocab))
     return max(1, rows)
 
 
@@ -330,15 +337,24 @@ def ablate_head_sets(
     masks = _set_masks([keys[i] for i in unique], cfg.n_layers, cfg.n_heads)
     u_names = [names[i] for i in unique]
     log = FiringLog() if log is None else log
-    max_rows = rows_per_forward(max_rows, scoring.tokens.shape[1], bridge.cfg.n_heads)
-    e_size = min(scoring.n, max_rows)
-    c_size = max(1, max_rows // e_size)
+    rows = rows_per_forward(max_rows, scoring.tokens.shape[1], bridge.cfg.n_heads)  # full-length rows
+    e_size = min(scoring.n, rows)
     out = {m: torch.empty(len(unique), scoring.n) for m in METRICS}
     lowest = int(masks.any(2).any(0).nonzero()[0, 0])  # the lowest layer any set ablates
     shared = skip_prefix and lowest > 0 and can_start_at_block(bridge)
+    tail = None
+    if shared and lowest == cfg.n_layers - 1:  # query rows of every example, from full-length chunks
+        parts = [_clean_prefix(bridge, scoring, slice(i, i + e_size), lowest) for i in range(0, scoring.n, e_size)]
+        tail = _Prefix(lowest, torch.cat([p.resid for p in parts]), torch.cat([p.z for p in parts]))
+        rows = rows_per_forward(max_rows, 1, cfg.n_heads, cfg.d_vocab)  # the stacked rows are one position long
+        e_size = min(scoring.n, rows)
+    c_size = max(1, rows // e_size)
     for i0 in range(0, scoring.n, e_size):
         ex = slice(i0, min(i0 + e_size, scoring.n))
-        prefix = _clean_prefix(bridge, scoring, ex, lowest) if shared else None
+        if tail is not None:
+            prefix = _Prefix(lowest, tail.resid[ex], tail.z[ex])
+        else:
+            prefix = _clean_prefix(bridge, scoring, ex, lowest) if shared else None
         for c0 in range(0, len(unique), c_size):
             cs = slice(c0, min(c0 + c_size, len(unique)))
             part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log, prefix)
