@@ -256,11 +256,12 @@ def _clean_prefix(bridge, scoring: Scoring, ex: slice, lowest: int) -> _Prefix:
 
 def _forward_sets(
     bridge, scoring: Scoring, ex: slice, masks: torch.Tensor, source: ZSource, names: Sequence[str],
-    rtol: float | None, log: FiringLog, prefix: _Prefix | None = None,
+    rtol: float | None, log: FiringLog, prefix: _Prefix | None = None, allow_unchanged: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One forward: the sets of `masks` [c, L, H] on examples `ex`, stacked condition-major. -> metric [c, e].
 
     `prefix`: the clean activations below the lowest ablated block (`_Prefix`); None: whole forwards.
+    `allow_unchanged`: a set whose edit changed nothing gets NaN metrics instead of raising.
     """
     c = masks.shape[0]
     e = scoring.tokens[ex].shape[0]
@@ -287,13 +288,19 @@ def _forward_sets(
     query = torch.zeros(c * e, dtype=torch.long) if tail else qpos.repeat(c)
     logits, report = run_with_interventions(
         bridge, inputs, ivs, groups=groups, group_names=list(names),
-        query_pos=query, rtol=rtol, start_at_layer=start,
+        query_pos=query, rtol=rtol, start_at_layer=start, allow_unchanged=allow_unchanged,
     )
+    bad = torch.zeros(c, dtype=torch.bool)
+    for flags in report.unchanged.values():
+        bad |= flags.cpu()
     for iv in ivs:
         firing = report.firings[iv.hook_name]
-        log.add(iv.hook_name, firing.group_delta[iv.expect])
+        log.add(iv.hook_name, firing.group_delta[iv.expect & ~bad])
     metrics = query_metrics(logits, scoring.target[ex].repeat(c))
-    return {m: v.view(c, e) for m, v in metrics.items()}
+    out = {m: v.view(c, e) for m, v in metrics.items()}
+    for v in out.values():
+        v[bad] = float("nan")
+    return out
 
 
 def ablate_head_sets(
@@ -308,6 +315,7 @@ def ablate_head_sets(
     log: FiringLog | None = None,
     dedupe: bool = True,
     skip_prefix: bool = True,
+    allow_unchanged: bool = False,
 ) -> dict[str, Float[torch.Tensor, "set n"]]:
     """Per-example metrics with each head set ablated, many sets per forward. -> {metric: [set, n]}.
 
@@ -317,7 +325,9 @@ def ablate_head_sets(
     `skip_prefix`, the blocks below the lowest ablated layer L are run once per example chunk
     (clean) instead of once per set: the stacked forwards start at block L (`blocks_from`). When L
     is the last block, the stacked forwards run it on the query rows only (`_Prefix`). Every set
-    must contain at least one head; `names` label the sets in firing errors.
+    must contain at least one head; `names` label the sets in firing errors. With `allow_unchanged`,
+    a set whose edit changes nothing (a dead head, a source equal to the run) gets NaN metrics
+    instead of raising `InterventionDidNotFire` (scans such as head patching).
     """
     if not head_sets or any(len(s) == 0 for s in head_sets):
         raise ValueError("every head set must ablate at least one head (the clean run is clean_metrics)")
@@ -357,7 +367,8 @@ def ablate_head_sets(
             prefix = _clean_prefix(bridge, scoring, ex, lowest) if shared else None
         for c0 in range(0, len(unique), c_size):
             cs = slice(c0, min(c0 + c_size, len(unique)))
-            part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log, prefix)
+            part = _forward_sets(bridge, scoring, ex, masks[cs], source, u_names[cs], rtol, log, prefix,
+                                 allow_unchanged)
             for m in METRICS:
                 out[m][cs, ex] = part[m]
     if not dedupe:

@@ -9,8 +9,10 @@ so 0 = the patch restores nothing and 1 = it restores the clean LD. Patching the
 (`blocks.0.hook_resid_pre`) scores exactly 1; the empty patch is the corrupted run and scores 0.
 
 Many patch sets run per forward: sets are stacked condition-major along the batch and each hook
-replaces, per row, only its set's sites (`hooks.replace_heads` / `replace_rows`); the per-head map
-is verified against `transformer_lens.patching.get_act_patch_attn_head_out_all_pos` in the tests.
+replaces, per row, only its set's sites (`hooks.replace_heads` / `replace_rows`). The per-head map
+(`head_patching`) is a resample ablation of the corrupted run whose source is the clean run, so it
+runs on the ablation machinery (forwards from each layer's block, query rows on the last block);
+it is verified against `transformer_lens.patching.get_act_patch_attn_head_out_all_pos` in the tests.
 A patch whose clean activation equals the corrupted one raises `InterventionDidNotFire`.
 """
 
@@ -22,14 +24,19 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-from headscreen.causal.ablation import Scoring, check_eval_raw, rows_per_forward
+from headscreen.causal.ablation import (
+    Scoring,
+    ablate_head_sets,
+    ablation_source,
+    check_eval_raw,
+    rows_per_forward,
+)
 from headscreen.causal.hooks import (
     Intervention,
     capture,
     replace_heads,
     replace_rows,
     run_with_interventions,
-    z_name,
 )
 from headscreen.causal.metrics import logit_diff
 from headscreen.probes.batch import ProbeBatch
@@ -159,12 +166,21 @@ def head_patching(bridge, clean: ProbeBatch, corrupted: ProbeBatch, *, max_rows:
     """
     check_eval_raw(bridge)
     scoring = Scoring.of(clean)
+    _check_pair(scoring, corrupted.tokens)
     cfg = bridge.cfg
-    heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    sets = [[PatchSite(z_name(layer), h)] for layer, h in heads]
-    ld, unchanged = patch_ld(bridge, scoring, corrupted.tokens, sets, max_rows=max_rows,
-                             names=[f"patch L{layer}H{h}" for layer, h in heads], allow_unchanged=True)
-    ld_patch = ld.mean(1).view(cfg.n_layers, cfg.n_heads)
+    layers = list(range(cfg.n_layers))
+    # Patching head h of the corrupted run is a resample ablation of it whose source is the clean run:
+    # the ablation machinery runs it (stacked, from the layer's block, query rows on the last block).
+    source = ablation_source(bridge, corrupted, layers, "resample", corrupted=clean, max_rows=max_rows)
+    on_corrupted = Scoring(corrupted.tokens, scoring.query_pos, scoring.target)
+    ld_patch = torch.empty(cfg.n_layers, cfg.n_heads)
+    for layer in layers:  # one layer per call, so that its forwards start at the layer's block
+        sets = [[(layer, h)] for h in range(cfg.n_heads)]
+        ld = ablate_head_sets(bridge, on_corrupted, sets, source, max_rows=max_rows, dedupe=False,
+                              names=[f"patch L{layer}H{h}" for h in range(cfg.n_heads)], allow_unchanged=True)
+        ld_patch[layer] = ld["logit_diff"].mean(1)
+    heads = [(layer, h) for layer in layers for h in range(cfg.n_heads)]
+    unchanged = ld_patch.isnan().flatten()
     ld_clean = float(run_ld(bridge, clean.tokens, scoring, max_rows=max_rows).mean())
     ld_corr = float(run_ld(bridge, corrupted.tokens, scoring, max_rows=max_rows).mean())
     dead = tuple(heads[i] for i in unchanged.nonzero()[:, 0].tolist())

@@ -60,11 +60,15 @@ def _named(batches: Mapping[str, ProbeBatch] | Sequence[ProbeBatch]) -> dict[str
 
 
 class _Detect:
-    """Reducers for the detect_head-style scores; caches the detection patterns of one micro-batch."""
+    """Reducers for the detect_head-style scores. Caches the detection patterns of one micro-batch,
+    and the three scores of the last attention pattern (computed in one pass, read per kind)."""
 
     def __init__(self) -> None:
         self._key: torch.Tensor | None = None
         self._pats: dict[str, torch.Tensor] = {}
+        self._pattern: torch.Tensor | None = None  # held, so that `is` cannot match a different tensor
+        self._scores: dict[str, torch.Tensor] = {}
+        self._scores_key: torch.Tensor | None = None  # the token batch the cached scores belong to
 
     def patterns(self, toks: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._key is None or self._key.shape != toks.shape or not torch.equal(self._key, toks):
@@ -74,7 +78,11 @@ class _Detect:
 
     def reducer(self, kind: str):
         def fn(pat: torch.Tensor, toks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-            return sel.detect_score(pat.cpu(), self.patterns(toks)[kind])
+            pats = self.patterns(toks)
+            if self._pattern is not pat or self._scores_key is not self._key:
+                self._pattern, self._scores_key = pat, self._key
+                self._scores = sel.detect_scores(pat.cpu(), pats)
+            return self._scores[kind]
 
         return fn
 

@@ -236,16 +236,17 @@ def detection_patterns(
     }
 
 
-def detect_score(
+def detect_scores(
     pattern: Float[torch.Tensor, "b *heads T T"],
-    detection: Float[torch.Tensor, "b T T"],
+    detections: dict[str, Float[torch.Tensor, "b T T"]],
     *,
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-) -> Float[torch.Tensor, " b *heads"]:
-    """detect_head's "mul" score per example: Σ(A ⊙ P) / ΣA (after the optional exclusions).
+) -> dict[str, Float[torch.Tensor, " b *heads"]]:
+    """detect_head's "mul" score per example for each detection pattern: Σ(A ⊙ P) / ΣA.
 
-    One batched matmul per call: [b, heads, T·T] @ [b, T·T, 1] (fp32 products, |error| < 1e-6).
+    One pass over the attention: [b, heads, T·T] @ [b, T·T, k + 1], the last column all ones
+    (ΣA). fp32 products and sums: |error| < 1e-6 against TransformerLens (tests/test_probes.py).
     """
     a = pattern.float()
     b, T = a.shape[0], a.shape[-1]
@@ -258,6 +259,20 @@ def detect_score(
             keep.fill_diagonal_(0)
         a = a * keep
     flat = a.reshape(b, -1, T * T)  # [b, h, T*T]
-    num = torch.bmm(flat, detection.to(a.dtype).reshape(b, T * T, 1)).squeeze(-1)  # [b, h]
-    den = flat.sum(-1, dtype=torch.float64)
-    return (num.double() / den).reshape(b, *hs)
+    cols = [d.to(a.dtype).reshape(b, T * T) for d in detections.values()]
+    cols.append(torch.ones(b, T * T, dtype=a.dtype, device=a.device))
+    out = torch.bmm(flat, torch.stack(cols, -1))  # [b, h, k + 1]
+    den = out[..., -1].double()
+    return {name: (out[..., i].double() / den).reshape(b, *hs) for i, name in enumerate(detections)}
+
+
+def detect_score(
+    pattern: Float[torch.Tensor, "b *heads T T"],
+    detection: Float[torch.Tensor, "b T T"],
+    *,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+) -> Float[torch.Tensor, " b *heads"]:
+    """detect_head's "mul" score per example for one detection pattern (`detect_scores`)."""
+    return detect_scores(pattern, {"score": detection}, exclude_bos=exclude_bos,
+                         exclude_current_token=exclude_current_token)["score"]
