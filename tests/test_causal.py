@@ -483,6 +483,12 @@ def test_patch_checkpoint_rows(hand, hand_probe, tiny):
     noising = df[df.kind == "path_k_noising"]
     assert len(noising) == 1 and noising.score.item() > 0.99 and noising.senders.item() == "L0H0"
     assert summary["unchanged_heads"] == [[1, 1]]
+    # a previous-token head in the induction layer cannot feed its keys: left out of the senders, named
+    summary, df = patch_checkpoint(hand, *hand_probe, previous_heads=[(0, 0), (1, 1)], induction_heads=[(1, 0)])
+    assert df[df.kind == "path_k_noising"].senders.item() == "L0H0"
+    assert summary["path_patching_excluded_senders"]["heads"] == [[1, 1]]
+    summary, _ = patch_checkpoint(hand, *hand_probe, previous_heads=[(1, 1)], induction_heads=[(1, 0)])
+    assert "L1H1" in summary["path_patching"]["skipped"]
     # GQA: the K patch reaches the query heads that share the kv head
     _, bridge = tiny["llama"]
     clean, corrupted = _probe(bridge, n=8)

@@ -173,7 +173,8 @@ def _write_validation(root: Path, rng) -> dict:
     doc = {"format": "headscreen-validation-run/1", "step": 1000, "probe": "retrieval", "circuit": [[1, 2], [2, 1]],
            "circuit_source": "screened induction circuit", "n_null": 20, "seed": 123, "ablations": ablations,
            "patching": {"format": "headscreen-patching/1", "step": 1000, "unchanged_heads": [],
-                        "path_patching": {"component": "k", "results": []}},
+                        "path_patching": {"component": "k", "results": []},
+                        "path_patching_excluded_senders": {"heads": [[2, 3]], "why": "not in a layer below 1"}},
            "checkpoints": [ablations["zero"]], "status": "done"}
     (root / "validation.json").write_text(json.dumps(doc))
     zero = ablations["zero"]["probes"]["retrieval"]["tests"]["top1"]
@@ -524,6 +525,11 @@ def test_schema_reads_the_simpler_circuits_layouts_too():
 def test_ablation_table_names_the_null(report_a):
     md = report_a["md"].read_text()
     assert "Null: exact: every matched set once (20 matched sets exist); p cannot go below 1/(1 + draws)." in md
+
+
+def test_patching_section_names_excluded_path_senders(report_a):
+    md = report_a["md"].read_text()
+    assert "Previous-token heads left out of the path-patching senders: L2H3 (not in a layer below 1)." in md
 
 
 def test_bos_section_counts_gu_sink_heads_per_layer(tmp_path):

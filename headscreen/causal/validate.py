@@ -185,8 +185,10 @@ def patch_checkpoint(
     Rows: kind "activation" per (layer, head) with its score (NaN for a head whose patch changed
     nothing); kinds "path_k_noising" / "path_k_denoising" per induction head (layer, head = that
     receiver) and for all induction heads jointly (layer = head = -1); `senders` / `receivers` name
-    the heads ("L0H1,L0H3"). Path patching is skipped, with the reason in the summary, when either
-    head list is empty or a previous-token head is not in an earlier layer than every induction head.
+    the heads ("L0H1,L0H3"). Previous-token heads in or above the first induction layer cannot feed
+    the induction heads' keys: they are left out of the senders and listed in the summary
+    (`path_patching_excluded_senders`). Path patching is skipped, with the reason in the summary,
+    when no sender or no induction head remains.
     """
     check_eval_raw(bridge)
     hp = head_patching(bridge, clean, corrupted, max_rows=max_rows)
@@ -201,11 +203,20 @@ def patch_checkpoint(
     }
     senders = normalize_circuit(previous_heads, cfg.n_layers, cfg.n_heads) if previous_heads else ()
     receivers = normalize_circuit(induction_heads, cfg.n_layers, cfg.n_heads) if induction_heads else ()
+    late = ()
+    if senders and receivers:  # a previous-token head can only feed the keys of later layers
+        first = min(layer for layer, _ in receivers)
+        late = tuple(lh for lh in senders if lh[0] >= first)
+        senders = tuple(lh for lh in senders if lh[0] < first)
+        if late and senders:
+            summary["path_patching_excluded_senders"] = {
+                "heads": _heads_json(late),
+                "why": f"not in a layer below the first induction layer {first}, so they cannot feed its keys",
+            }
     if not senders or not receivers:
-        summary["path_patching"] = {"skipped": "no previous-token or no induction heads given"}
-    elif max(layer for layer, _ in senders) >= min(layer for layer, _ in receivers):
-        summary["path_patching"] = {"skipped": f"previous-token heads {_label(senders)} are not all in earlier "
-                                               f"layers than the induction heads {_label(receivers)}"}
+        summary["path_patching"] = {"skipped": (
+            f"previous-token heads {_label(late)} are not in layers below the induction heads {_label(receivers)}"
+            if late else "no previous-token or no induction heads given")}
     else:
         sets = [[r] for r in receivers] + ([list(receivers)] if len(receivers) > 1 else [])
         results = []

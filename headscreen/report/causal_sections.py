@@ -214,6 +214,10 @@ def _patching_notices(ctx: Context) -> list[str]:
     path = summary.get("path_patching")
     if isinstance(path, dict) and path.get("skipped"):
         out.append(f"Path patching was skipped: {path['skipped']}.")
+    excluded = summary.get("path_patching_excluded_senders")
+    if isinstance(excluded, dict) and excluded.get("heads"):
+        out.append("Previous-token heads left out of the path-patching senders: "
+                   + head_list([tuple(h) for h in excluded["heads"]]) + f" ({excluded.get('why', '')}).")
     return out
 
 
