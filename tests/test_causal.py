@@ -474,6 +474,10 @@ def test_path_patching_matches_transformer_lens_direct_path(tiny, arch):
     got_ld = torch.tensor([r.ld_patch for r in got])
     assert (ref - got[0].ld_corr).abs().max() > 1e-5
     assert torch.allclose(got_ld, ref, atol=1e-7, rtol=0)
+    # micro-batches (examples split, one receiver set per forward) give the same numbers
+    small = path_patch_k(bridge, Scoring.of(clean), corrupted.tokens, [sender], [[(1, h)] for h in range(4)],
+                         direction="denoising", max_rows=3)
+    assert torch.allclose(torch.tensor([r.ld_patch for r in small]), got_ld, atol=1e-6, rtol=0)
 
 
 def test_patch_checkpoint_rows(hand, hand_probe, tiny):

@@ -39,10 +39,11 @@ from dataclasses import dataclass
 
 import torch
 
-from headscreen.causal.ablation import Scoring, check_eval_raw
+from headscreen.causal.ablation import Scoring, check_eval_raw, rows_per_forward
 from headscreen.causal.conditions import Head
 from headscreen.causal.hooks import (
     Intervention,
+    can_start_at_block,
     capture,
     k_name,
     replace_heads,
@@ -138,9 +139,12 @@ def path_patch_k(
     receiver_sets: Sequence[Sequence[Head]],
     *,
     direction: str = "noising",
+    max_rows: int | None = None,
 ) -> list[PathPatchResult]:
-    """Path-patch senders -> each receiver set's K (see the module docstring). One run B per call,
-    with the receiver sets stacked along the batch; one result per receiver set."""
+    """Path-patch senders -> each receiver set's K (see the module docstring); one result per receiver
+    set. Run B stacks the receiver sets along the batch, in micro-batches whose attention patterns
+    stay under glibc's mmap ceiling, and starts at the first receiver block (the blocks below it
+    are the base run's, shared by every set)."""
     check_eval_raw(bridge)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r} must be one of {DIRECTIONS}")
@@ -150,24 +154,41 @@ def path_patch_k(
     group = _kv_group(bridge)
     base, source = (clean.tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean.tokens)
     r_layers = sorted({layer for rs in receiver_sets for layer, _ in rs})
-    k_in = _receiver_k_inputs(bridge, base, source, senders, r_layers)
     n, c = clean.n, len(receiver_sets)
+    rows = rows_per_forward(max_rows, base.shape[1], cfg.n_heads)  # micro-batches: patterns under the mmap ceiling
+    e_size = min(n, rows)
+    c_size = max(1, rows // e_size)
     n_kv = cfg.n_heads // group
     masks = torch.zeros(c, cfg.n_layers, n_kv, dtype=torch.bool)
     for j, rs in enumerate(receiver_sets):
         for layer, h in rs:
             masks[j, layer, h // group] = True
-    ivs = [
-        Intervention(k_name(layer), replace_heads(masks[:, layer].repeat_interleave(n, dim=0), k_in[layer]),
-                     expect=masks[:, layer].any(1))
-        for layer in r_layers
-    ]
     names = [f"receivers {list(rs)} <- senders {list(senders)} ({direction})" for rs in receiver_sets]
-    logits, _ = run_with_interventions(
-        bridge, base.repeat(c, 1), ivs, groups=torch.arange(c).repeat_interleave(n), group_names=names,
-        query_pos=clean.query_pos.repeat(c),
-    )
-    ld_patch = logit_diff(logits.float(), clean.target.repeat(c)).view(c, n).mean(1)
+    start = r_layers[0] if can_start_at_block(bridge) else 0  # blocks below the receivers: the base run
+    ld = torch.empty(c, n)
+    for i0 in range(0, n, e_size):
+        ex = slice(i0, min(i0 + e_size, n))
+        e = ex.stop - ex.start
+        k_in = _receiver_k_inputs(bridge, base[ex], source[ex], senders, r_layers)
+        inputs = base[ex]
+        if start:
+            with torch.no_grad():
+                inputs = bridge(base[ex], stop_at_layer=start)  # [e, pos, d_model] entering block `start`
+        for c0 in range(0, c, c_size):
+            cs = slice(c0, min(c0 + c_size, c))
+            cc = cs.stop - cs.start
+            ivs = [
+                Intervention(k_name(layer), replace_heads(masks[cs, layer].repeat_interleave(e, dim=0), k_in[layer]),
+                             expect=masks[cs, layer].any(1))
+                for layer in r_layers
+            ]
+            reps = (cc, 1, 1) if start else (cc, 1)
+            logits, _ = run_with_interventions(
+                bridge, inputs.repeat(*reps), ivs, groups=torch.arange(cc).repeat_interleave(e),
+                group_names=names[cs], query_pos=clean.query_pos[ex].repeat(cc), start_at_layer=start or None,
+            )
+            ld[cs, ex] = logit_diff(logits.float(), clean.target[ex].repeat(cc)).view(cc, e)
+    ld_patch = ld.mean(1)
     ld_clean = float(run_ld(bridge, clean.tokens, clean).mean())
     ld_corr = float(run_ld(bridge, corrupted_tokens, clean).mean())
     results = []
