@@ -42,3 +42,16 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
     assert top1["effect_ratio"] is None or top1["effect_ratio"] >= 5
     assert top1["n_distinct"] > 1
     assert top1["p_value_distinct"] == pytest.approx(1 / (1 + top1["n_distinct"]))
+
+    # the acceptance of issue 6: zero-ablating the circuit drops retrieval top-1 by >= 5x the mean
+    # matched-random drop with p < 0.01, against >= 100 distinct matched-random sets
+    zero = val["ablations"]["zero"]
+    test = zero["probes"]["retrieval"]["tests"]["top1"]
+    assert zero["n_null"] >= 100 and test["n_distinct"] >= 100
+    assert test["p_value"] < 0.01
+    assert test["observed_drop"] > 0.1 and test["observed_drop"] >= 5 * test["null_mean_drop"]
+    rows = pd.read_parquet(run / "validation.parquet")
+    top = rows[(rows.ablation == "zero") & (rows.probe == "retrieval") & (rows.metric == "top1")]
+    clean = top[top.condition == "clean"].value.item()
+    null_drops = clean - top[top.condition == "matched_random"].value
+    assert len(null_drops) == zero["n_null"] and null_drops.max() < test["observed_drop"]
