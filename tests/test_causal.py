@@ -516,21 +516,36 @@ def test_distinct_p_value_exposes_a_degenerate_null():
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_starting_at_the_lowest_ablated_block_equals_the_whole_forward(tmp_path, arch):
-    """Skipping the blocks below the lowest ablated layer (`blocks_from`) changes no number, on every architecture."""
+def test_shared_prefix_and_query_rows_equal_the_whole_forward(tmp_path, arch):
+    """Starting at the lowest ablated block (`blocks_from`), and running a last block on the query rows
+    only (`_Prefix.z`), change no number, on every architecture."""
+    from headscreen.causal import ablation
     from headscreen.causal.hooks import blocks_from
 
     d = save_tiny_model(tmp_path / arch, arch, n_layers=3, vocab=96, n_ctx=24)
     bridge = _boot(d)
     probe = retrieval_probe(6, 24, token_range=(2, 96), seed=0, pair_range=(1, 16))
-    scoring = Scoring.of(probe)
-    sets = [[(1, 0)], [(1, 2), (2, 1)], [(2, 3)]]
-    for kind in ("zero", "resample"):
-        src = ablation_source(bridge, probe, [1, 2], kind, corrupted=corrupt_retrieval(probe, 1))
-        whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
-        skipped = ablate_head_sets(bridge, scoring, sets, src, max_rows=8)  # starts at block 1, chunked
-        for m in METRICS:
-            assert torch.allclose(skipped[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m)
+    scoring, corrupted = Scoring.of(probe), corrupt_retrieval(probe, 1)
+    prefix = ablation._clean_prefix(bridge, scoring, slice(0, 6), 2)
+    assert prefix.resid.shape == (6, 1, bridge.cfg.d_model)
+    assert prefix.z.shape == (6, 1, bridge.cfg.n_heads, bridge.cfg.d_head)
+    cases = [  # (sets, layers, kinds, max_rows): from block 1; the last block on query rows
+        ([[(1, 0)], [(1, 2), (2, 1)], [(2, 3)]], [1, 2], ("zero", "resample"), (8,)),
+        ([[(2, 0)], [(2, 1), (2, 3)], [(2, 2)]], [2], ("zero", "mean", "resample"), (8, 2, None)),
+    ]
+    for sets, layers, kinds, row_caps in cases:
+        for kind in kinds:
+            src = ablation_source(bridge, probe, layers, kind, corrupted=corrupted)
+            whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
+            assert not torch.equal(whole["logit_diff"][0], whole["logit_diff"][1])
+            for max_rows in row_caps:  # chunked: one set per forward, examples split, all in one forward
+                fast = ablate_head_sets(bridge, scoring, sets, src, max_rows=max_rows)
+                for m in METRICS:
+                    assert torch.allclose(fast[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m, max_rows)
+    # the query-row firing check acts on the clean z: resampling from the clean batch itself raises
+    same = ablation_source(bridge, probe, [2], "resample", corrupted=probe)
+    with pytest.raises(InterventionDidNotFire, match="changed nothing"):
+        ablate_head_sets(bridge, scoring, [[(2, 1)]], same)
     with torch.no_grad():
         full = bridge(probe.tokens)
         resid = bridge(probe.tokens, stop_at_layer=2)
@@ -563,30 +578,3 @@ def test_start_at_block_on_a_native_bridge(hand, hand_probe):
         skipped = ablate_head_sets(hand, scoring, [[(1, 0)]], src)
         for m in METRICS:
             assert torch.allclose(skipped[m], whole[m], atol=1e-5), (kind, m)
-
-
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_last_block_ablations_on_query_rows_equal_the_whole_forward(tmp_path, arch):
-    """Sets in the last block only: the stacked forwards run it on the query rows (`_Prefix.z`), same numbers."""
-    from headscreen.causal import ablation
-
-    d = save_tiny_model(tmp_path / arch, arch, n_layers=3, vocab=96, n_ctx=24)
-    bridge = _boot(d)
-    probe = retrieval_probe(6, 24, token_range=(2, 96), seed=0, pair_range=(1, 16))
-    scoring = Scoring.of(probe)
-    prefix = ablation._clean_prefix(bridge, scoring, slice(0, 6), 2)
-    assert prefix.resid.shape == (6, 1, bridge.cfg.d_model) and prefix.z.shape == (6, 1, bridge.cfg.n_heads, bridge.cfg.d_head)
-    sets = [[(2, 0)], [(2, 1), (2, 3)], [(2, 2)]]
-    corrupted = corrupt_retrieval(probe, 1)
-    for kind in ("zero", "mean", "resample"):
-        src = ablation_source(bridge, probe, [2], kind, corrupted=corrupted)
-        whole = ablate_head_sets(bridge, scoring, sets, src, skip_prefix=False)
-        for max_rows in (8, 2, None):  # query rows: one set per forward, examples split, all in one forward
-            rows = ablate_head_sets(bridge, scoring, sets, src, max_rows=max_rows)
-            for m in METRICS:
-                assert torch.allclose(rows[m], whole[m], atol=1e-5, rtol=1e-5), (arch, kind, m, max_rows)
-        assert not torch.equal(whole["logit_diff"][0], whole["logit_diff"][1])
-    # the firing check acts on the clean z of the query rows: resampling from the clean batch itself raises
-    same = ablation_source(bridge, probe, [2], "resample", corrupted=probe)
-    with pytest.raises(InterventionDidNotFire, match="changed nothing"):
-        ablate_head_sets(bridge, scoring, [[(2, 1)]], same)
