@@ -91,7 +91,7 @@ def ablation_section(ctx: Context) -> Section:
             rows=[[r["step"], r["probe"], r["ablation"], head_list(r["circuit"]), len(r["circuit"]), r["metric"],
                    r["effect_ratio"], r["p_value"], r["n_draws"], r["seeds"]] for r in records],
             caption="Summary per validated checkpoint, probe and ablation (validation.json); effect ratio "
-                    "'–' = undefined (mean random drop ≈ 0)."))
+                    "'–' = undefined (mean random drop ≤ 0: random heads do not hurt on average)."))
         for r in records:
             sec.tables += [t for t in (_tests_table(r), _conditions_table(r)) if t is not None]
             if r.get("null_skipped"):
@@ -186,7 +186,7 @@ def _ablation_headline(step, probe, kind, metrics, draws, point, rec) -> str:
     if rec and rec["effect_ratio"] is not None:
         parts.append(f"effect ratio {rec['effect_ratio']:.3g}")
     if rec and rec["p_value"] is not None:
-        parts.append(f"p = {rec['p_value']:.3g}")
+        parts.append(f"p\u00a0=\u00a0{rec['p_value']:.3g}")  # no-break spaces: the title wraps elsewhere
     return "; ".join(parts)
 
 

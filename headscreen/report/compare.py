@@ -55,7 +55,7 @@ def comparison_section(runs: list[RunReport]) -> Section:
         if r["validated"]:
             where = f"step {r['validation_step']}" + "".join(
                 f", {x}" for x in (r["validation_probe"], r["validation_ablation"]) if x)
-            ratio, p = _or(r["effect_ratio"], "undefined (random drop ≈ 0)"), _or(r["p_value"], "–")
+            ratio, p = _or(r["effect_ratio"], "undefined (mean random drop ≤ 0)"), _or(r["p_value"], "–")
         else:
             where = "not validated" if r["validation_status"] in (None, "not validated", "done") else (
                 f"validated: {r['validation_status']}")
