@@ -1,6 +1,6 @@
 """`headscreen demo`: the embedded default, end to end — train, screen, validate, report.
 
-Trains the `synthetic-tiny` recipe (a small GPT-NeoX-format model on a synthetic corpus in which
+Trains the `synthetic-tiny` recipe (a small Llama-format model on a synthetic corpus in which
 induction heads form within minutes on a CPU), screens the saved checkpoint series, validates the
 induction circuit causally at the last checkpoint, and writes the report. Every stage resumes: a
 rerun with the same --out reuses what is finished.
