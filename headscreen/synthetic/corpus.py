@@ -106,7 +106,7 @@ class SyntheticCorpus:
             if cfg.distinct_filler:  # the ctx - 1 - 2n filler slots take ids outside the span, in order
                 slots = np.ones(cfg.ctx, dtype=bool)
                 slots[[0, *range(first, first + n), *range(second, second + n)]] = False
-                rest = order[b][~np.isin(order[b], spans[b, :n])]  # n_content - n >= ctx - 1 - n (config check)
+                rest = order[b][~np.isin(order[b], spans[b, :n])]  # n_content - n >= ctx - 1 - 2n slots (config)
                 toks[b, slots] = rest[: int(slots.sum())]
             toks[b, first : first + n] = spans[b, :n]
             toks[b, second : second + n] = spans[b, :n]
