@@ -295,6 +295,7 @@ def capture(
     """Activations at `hook_names` from one clean forward (each hook must run, else InterventionDidNotFire).
 
     With `start_at_layer`, `tokens` is the residual entering that block (see run_with_interventions).
+    A forward through the last block is unembedded at position 0 only: its logits are discarded.
     """
     store: dict[str, torch.Tensor] = {}
 
@@ -307,7 +308,9 @@ def capture(
 
     never = torch.zeros(1, dtype=torch.bool)
     ivs = [Intervention(name, keep(name), expect=never) for name in dict.fromkeys(hook_names)]
-    run_with_interventions(bridge, tokens, ivs, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer)
+    query = torch.zeros(tokens.shape[0], dtype=torch.long) if stop_at_layer is None else None
+    run_with_interventions(bridge, tokens, ivs, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer,
+                           query_pos=query)
     return store
 
 

@@ -140,11 +140,13 @@ def path_patch_k(
     *,
     direction: str = "noising",
     max_rows: int | None = None,
+    ld_reference: tuple[float, float] | None = None,
 ) -> list[PathPatchResult]:
     """Path-patch senders -> each receiver set's K (see the module docstring); one result per receiver
     set. Run B stacks the receiver sets along the batch, in micro-batches whose attention patterns
     stay under glibc's mmap ceiling, and starts at the first receiver block (the blocks below it
-    are the base run's, shared by every set)."""
+    are the base run's, shared by every set). `ld_reference` = (LD_clean, LD_corr) batch means when
+    the caller already has them (e.g. from `head_patching`); else they are computed here."""
     check_eval_raw(bridge)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r} must be one of {DIRECTIONS}")
@@ -189,8 +191,10 @@ def path_patch_k(
             )
             ld[cs, ex] = logit_diff(logits.float(), clean.target[ex].repeat(cc)).view(cc, e)
     ld_patch = ld.mean(1)
-    ld_clean = float(run_ld(bridge, clean.tokens, clean).mean())
-    ld_corr = float(run_ld(bridge, corrupted_tokens, clean).mean())
+    if ld_reference is None:
+        ld_reference = (float(run_ld(bridge, clean.tokens, clean).mean()),
+                        float(run_ld(bridge, corrupted_tokens, clean).mean()))
+    ld_clean, ld_corr = ld_reference
     results = []
     for j, rs in enumerate(receiver_sets):
         denoise = float(normalised_score(float(ld_patch[j]), ld_clean, ld_corr))

@@ -221,7 +221,8 @@ def patch_checkpoint(
         sets = [[r] for r in receivers] + ([list(receivers)] if len(receivers) > 1 else [])
         results = []
         for direction in DIRECTIONS:
-            out = path_patch_k(bridge, Scoring.of(clean), corrupted.tokens, senders, sets, direction=direction)
+            out = path_patch_k(bridge, Scoring.of(clean), corrupted.tokens, senders, sets, direction=direction,
+                               max_rows=max_rows, ld_reference=(hp.ld_clean, hp.ld_corr))
             results += out
             for res in out:
                 layer, h = res.receivers[0] if len(res.receivers) == 1 else (-1, -1)
