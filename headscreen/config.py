@@ -47,9 +47,10 @@ def _type_ok(value, tp) -> bool:
 
 def from_mapping(cls, data: dict | None, where: str):
     """Build frozen dataclass `cls` from a mapping, naming any unknown key, missing field or wrong type."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r} ({type(data).__name__}); "
+                          f"write it as an indented block of `field: value` lines")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -151,15 +152,30 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
     )
 
 
-def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cache_dir: str | Path | None = None):
+def require_remote_code_flag(cfg: ModelConfig | None, granted: bool) -> None:
+    """A config may ask for `source.trust_remote_code` but never grant it: only the caller's explicit
+    `trust_remote_code=True` (the CLI's --trust-remote-code) does."""
+    if cfg is not None and cfg.source.trust_remote_code and not granted:
+        where = cfg.path or cfg.name
+        raise ConfigError(
+            f"{where}: source.trust_remote_code asks to run Python code shipped with the checkpoints; a config "
+            "cannot grant that. Pass --trust-remote-code (trust_remote_code=True) if you trust them, or remove "
+            "the setting"
+        )
+
+
+def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                  trust_remote_code: bool = False):
     """The checkpoint series a config names. A local path (argument or `source.local_path`) always wins:
-    then no hub call is made."""
+    then no hub call is made. Remote code runs only with `trust_remote_code=True` given here; a config
+    whose source asks for it without that is refused (`require_remote_code_flag`)."""
     from headscreen.series import HubSeries, LocalSeries, revisions
 
+    require_remote_code_flag(cfg, trust_remote_code)
     local = local_path or cfg.source.local_path
     if local:
         return LocalSeries(local, name=cfg.name, allow_pickle=cfg.source.allow_pickle,
-                           trust_remote_code=cfg.source.trust_remote_code)
+                           trust_remote_code=trust_remote_code)
     if cfg.source.kind == "synthetic":
         raise ConfigError(
             f"config {cfg.name!r} describes a series that headscreen trains itself; run "
@@ -168,4 +184,4 @@ def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cac
     assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
     revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
     return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
-                     trust_remote_code=cfg.source.trust_remote_code)
+                     trust_remote_code=trust_remote_code)

@@ -14,6 +14,7 @@ never read (its temporary is ignored and cleaned up on the next open).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,19 +47,40 @@ class ConfigChanged(StoreError):
     pass
 
 
+class RunWriteError(StoreError):
+    """A file of the run could not be written (disk full, read-only, permissions); nothing partial is left."""
+
+
+def write_fault(path: Path, e: OSError) -> RunWriteError:
+    """The one-line error for an OSError while writing `path`: what failed and what to do."""
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        fix = "free some space (or use another --out) and rerun the same command: finished checkpoints are kept"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the run directory is not writable: fix its permissions or choose another --out"
+    else:
+        fix = "check the run directory's file system, then rerun the same command"
+    err = RunWriteError(f"cannot write {path}: {e.strerror or e}; {fix}")
+    err.errno, err.filename = e.errno, str(path)
+    return err
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` then rename tmp → path (same directory, so the rename is atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, RunWriteError):
+            raise
+        raise write_fault(path, e) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # a read-only directory may refuse even this
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -97,7 +119,13 @@ class RunStore:
         clears the old records (finished tables are overwritten as they are recomputed).
         """
         store = cls(root)
-        store.root.mkdir(parents=True, exist_ok=True)
+        if store.root.exists() and not store.root.is_dir():
+            raise NotARun(f"--out {store.root} is an existing file, not a run directory; give a new or existing "
+                          "directory instead")
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_fault(store.root, e) from e
         store.acquire()
         try:
             store._clean_temporaries()
@@ -129,7 +157,10 @@ class RunStore:
         return store
 
     def acquire(self) -> None:
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_fault(self.root / LOCK, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -138,8 +169,13 @@ class RunStore:
             raise RunLocked(
                 f"run {self.root} is in use by process {holder}; wait for it to finish or use another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise write_fault(self.root / LOCK, e) from e
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -234,7 +270,10 @@ class RunStore:
         base = self.root / RECORDS if kind is None else self.root / RECORDS / kind
         if base.exists():
             for p in sorted(base.rglob("*"), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
+                try:
+                    p.unlink() if p.is_file() else p.rmdir()
+                except OSError as e:
+                    raise write_fault(p, e) from e
 
     # --- result tables -------------------------------------------------------------------
     def write_table(self, name: str, df: pd.DataFrame) -> Path:

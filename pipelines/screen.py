@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
-from headscreen.probes.screen import screen_checkpoint, summarise_series
+from headscreen.probes.screen import non_finite_outputs, screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
-from headscreen.series import LOADING_MODE, HeadWeights, Series
+from headscreen.series import LOADING_MODE, HeadWeights, NonFiniteOutputs, Series, SeriesError
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
 from headscreen.store import RunStore
-from pipelines.common import resolve_series
+from pipelines.common import positive_int, require_remote_code_flag, resolve_series
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
 
@@ -48,6 +48,10 @@ class ScreenSettings:
     probes: ProbeSuite = field(default_factory=ProbeSuite)
     onsets: OnsetSettings = field(default_factory=OnsetSettings)
     probe_every: int = 1  # run the probes on every k-th checkpoint (and always the last)
+
+    def __post_init__(self):
+        if not isinstance(self.probe_every, int) or isinstance(self.probe_every, bool) or self.probe_every < 1:
+            raise ValueError(f"probe_every (--probe-every) must be an integer >= 1, got {self.probe_every!r}")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig | None) -> ScreenSettings:
@@ -95,6 +99,7 @@ def screen(
     config: ModelConfig | None = None,
     settings: ScreenSettings | None = None,
     force: bool = False,
+    skip_bad: bool = False,
     progress: bool = True,
     device: str = "cpu",
 ) -> Path:
@@ -104,6 +109,11 @@ def screen(
     selectivity / head_scores / participation / copying / classes .parquet and circuits.json
     (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
     the previous checkpoint's head vectors (as stored) and the sketcher's buffers (see HeadSketcher).
+
+    Every checkpoint passes headscreen's checks before any loader touches it (see
+    headscreen.series.checks); a bad one raises its `SeriesError` naming it, after every earlier
+    record was kept. With `skip_bad`, it is listed in the manifest's `skipped` instead and the screen
+    goes on: the next checkpoint's update is taken from the last good one (it spans the gap).
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
@@ -121,18 +131,20 @@ def screen(
         **provenance(),
     }
     with RunStore.open(out, manifest, force=force) as store:
-        _record_checkpoints(series, store, settings, progress=progress, device=device)
+        _record_checkpoints(series, store, settings, skip_bad=skip_bad, progress=progress, device=device)
         _summarise(series, store, settings)
     return Path(out)
 
 
-def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, *, progress: bool,
-                        device: str) -> None:
+def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, *, skip_bad: bool,
+                        progress: bool, device: str) -> None:
     probe_steps = _probe_steps(series.steps, settings.probe_every)
     sketcher = HeadSketcher(settings.spectral, keep_history=False)
     batches = None
-    previous = None  # the last checkpoint seen, to prime the sketcher when resuming
-    primed = False  # whether the sketcher holds θ_{t-1}
+    previous = None  # the last good checkpoint seen: θ_{t-1} of the next update
+    held = None  # the step whose θ the sketcher holds
+    skipped: list[dict] = []
+    store.update_manifest(skipped=skipped)  # rebuilt by every screen: a fixed checkpoint is screened again
     bar = tqdm(series.checkpoints, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
     for ckpt in bar:
         done = store.has_record("sketch", ckpt.step) and (
@@ -140,25 +152,22 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
         if done:
             previous = ckpt
             continue
-        if previous is not None and not primed:  # resuming: the update needs θ_{t-1} and its sketch
+        bar.set_postfix_str(f"step {ckpt.step}")
+        try:
+            weights, tables, batches = _read_checkpoint(series, ckpt, settings, batches, probe=ckpt.step in probe_steps,
+                                                        device=device)
+        except SeriesError as e:
+            if not skip_bad:
+                raise
+            print(f"screen: skipping {ckpt.label()}: {e}", file=sys.stderr)
+            skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": str(e)})
+            store.update_manifest(skipped=skipped)
+            continue
+        if previous is not None and held != previous.step:  # resuming, or after a skip: θ_{t-1} and its sketch
             last = store.read_tensors("sketch", previous.step)[0]["sketch"]
             sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
-        bar.set_postfix_str(f"step {ckpt.step}")
-        if ckpt.step in probe_steps:
-            bridge = series.boot(ckpt, device=device)
-            weights = head_weights_from_bridge(bridge)
-            if batches is None:
-                tok = getattr(bridge, "tokenizer", None)
-                batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
-            with torch.no_grad():
-                tables = screen_checkpoint(bridge, batches, settings.thresholds,
-                                           micro_batch=settings.probes.micro_batch, step=ckpt.step,
-                                           tokens=ckpt.tokens)
-            del bridge
-        else:
-            weights, tables = series.head_weights(ckpt, dtype=None), None  # as stored: fp16 stays fp16
         rec = sketcher.update(weights, ckpt.step)
-        primed = True
+        held = ckpt.step
         del weights
         # the probe record first: a sketch record marks the checkpoint as done
         if tables is not None:
@@ -171,6 +180,26 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
     if batches is not None:
         store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
                                              "meta": b.meta} for name, b in batches.items()})
+
+
+def _read_checkpoint(series: Series, ckpt, settings: ScreenSettings, batches, *, probe: bool, device: str):
+    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it."""
+    if not probe:
+        return series.head_weights(ckpt, dtype=None), None, batches  # as stored: fp16 stays fp16
+    bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
+    weights = head_weights_from_bridge(bridge)
+    if batches is None:
+        tok = getattr(bridge, "tokenizer", None)
+        batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
+    with torch.no_grad():
+        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=settings.probes.micro_batch,
+                                   step=ckpt.step, tokens=ckpt.tokens)
+    bad = non_finite_outputs(tables)
+    if bad:
+        raise NonFiniteOutputs(f"checkpoint {ckpt.label()}: the probes' forward pass gave {bad}; a weight outside "
+                               "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
+                               "--skip-bad")
+    return weights, tables, batches
 
 
 def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> None:
@@ -216,18 +245,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (results/<config>/<run>)")
     p.add_argument("--config", help="model config for the settings when SERIES is a folder (e.g. synthetic-tiny)")
     p.add_argument("--force", action="store_true", help="recompute checkpoints already recorded in --out")
-    p.add_argument("--probe-every", type=int, default=1, help="run the probes on every k-th checkpoint")
+    p.add_argument("--probe-every", type=positive_int, default=1, help="run the probes on every k-th checkpoint")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="record a checkpoint that fails its checks as skipped (manifest `skipped`) and go on")
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt checkpoints (weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the checkpoints (a config cannot grant it)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
     from headscreen.config import load_config
 
-    series, cfg = resolve_series(args.series, allow_pickle=args.allow_pickle)
+    series, cfg = resolve_series(args.series, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     if args.config:
         cfg = load_config(args.config)
+        require_remote_code_flag(cfg, args.trust_remote_code)
     settings = dataclasses.replace(ScreenSettings.from_config(cfg), probe_every=args.probe_every)
-    out = screen(series, args.out, config=cfg, settings=settings, force=args.force, progress=not args.no_progress)
+    out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
+                 progress=not args.no_progress)
+    skipped = RunStore.existing(out).manifest().get("skipped") or []
+    if skipped:
+        print(f"screen: skipped {len(skipped)} bad checkpoint(s): steps {[s['step'] for s in skipped]} "
+              "(reasons in manifest.json `skipped`)", file=sys.stderr)
     print(f"screened {len(series)} checkpoints of {series.name} -> {out}")
     return 0

@@ -50,14 +50,18 @@ class ValidationSettings:
         return from_mapping(cls, section, "validation")
 
 
-def _series_of(manifest: dict):
+def _series_of(manifest: dict, *, trust_remote_code: bool = False):
+    """The run's series. Remote code is granted by `trust_remote_code` alone, never by the manifest."""
     desc = manifest.get("series") or {}
+    if desc.get("trust_remote_code") and not trust_remote_code:
+        raise ConfigError("this run was screened with trust_remote_code; the manifest cannot grant it again: pass "
+                          "--trust-remote-code (trust_remote_code=True) if you trust the checkpoints' code")
     if desc.get("source") == "local":
         return LocalSeries(desc["root"], allow_pickle=desc.get("allow_pickle", False),
-                           trust_remote_code=desc.get("trust_remote_code", False))
+                           trust_remote_code=trust_remote_code)
     model_cfg = (manifest.get("config") or {}).get("model_config")
     if model_cfg and model_cfg.get("name"):
-        return config_series(load_config(model_cfg["name"]))
+        return config_series(load_config(model_cfg["name"]), trust_remote_code=trust_remote_code)
     raise ConfigError("the run's manifest does not say where its checkpoints are; re-screen it with this version")
 
 
@@ -79,7 +83,7 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
-             seed: int | None = None, progress: bool = True) -> Path:
+             seed: int | None = None, progress: bool = True, trust_remote_code: bool = False) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
     `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the run's
@@ -115,7 +119,7 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
 
     settings = (manifest.get("config") or {}).get("probes") or {}
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-    series = _series_of(manifest)
+    series = _series_of(manifest, trust_remote_code=trust_remote_code)
     bridge = series.boot(series.checkpoint(step))
     batches = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)
     probes = {probe: batches[probe]}
@@ -154,6 +158,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated of zero,mean,resample (default: the config's validation section, else all)")
     p.add_argument("--n-null", type=int, default=None, help="matched-random head sets in the null (default 100)")
     p.add_argument("--seed", type=int, default=None, help="seed of the null draws (default 123)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
 
 
 def _parse_heads(text: str) -> list[list[int]]:
@@ -170,6 +176,6 @@ def _parse_heads(text: str) -> list[list[int]]:
 def main(args: argparse.Namespace) -> int:
     path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
                     ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
-                    n_null=args.n_null, seed=args.seed)
+                    n_null=args.n_null, seed=args.seed, trust_remote_code=args.trust_remote_code)
     print(f"validation written to {path}")
     return 0

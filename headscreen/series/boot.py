@@ -8,15 +8,13 @@ equal zeroing the o_proj input slice (value biases stay where the checkpoint has
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from headscreen.series.adapters import detect_architecture
-from headscreen.series.errors import CorruptCheckpoint, NoWeightsError
-from headscreen.series.tensors import TensorSource
+from headscreen.series.checks import check_checkpoint
+from headscreen.series.errors import CorruptCheckpoint
 
 LOADING_MODE = "raw"
 
@@ -64,26 +62,36 @@ def load_tokenizer(directory: str | Path):
 
 
 def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, device: str = "cpu",
-                dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, allow_pickle: bool = False):
+                dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, allow_pickle: bool = False,
+                checked: bool = False):
     """A fresh, eval-mode `TransformerBridge` of the checkpoint in `folder`.
 
     With `tokenizer_dir=None` the bridge has no tokenizer (`bridge.tokenizer is None`): feed token ids.
     `bridge.cfg` gains no compatibility processing; `LOADING_MODE` ("raw") is what to record.
+    The folder passes `check_checkpoint` first (skipped when the caller already ran it: `checked`);
+    anything transformers then raises while loading becomes a `CorruptCheckpoint` naming the folder.
     """
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint drowns the screen's own bar
     folder = Path(folder)
-    TensorSource(folder, allow_pickle=allow_pickle)  # refuses missing weights and unapproved pickles up front
-    cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise NoWeightsError(f"checkpoint {folder} has no config.json")
-    hf_cfg = json.loads(cfg_path.read_text())
-    detect_architecture(hf_cfg, where=str(cfg_path))
+    if not checked:
+        check_checkpoint(folder, allow_pickle=allow_pickle)
+    tok = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    try:
+        bridge = _boot(folder, tok, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers' own errors (size mismatch, unpickling, ...) name no checkpoint
+        raise CorruptCheckpoint(f"checkpoint {folder}: transformers could not load it ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); re-save this "
+                                "checkpoint or drop it from the series") from e
+    return bridge.eval()
+
+
+def _boot(folder: Path, tok, *, device: str, dtype: torch.dtype, trust_remote_code: bool):
+    from transformer_lens.model_bridge import TransformerBridge
+
     with hub_offline():
-        if tokenizer_dir is not None:
-            tok = load_tokenizer(tokenizer_dir)
+        if tok is not None:
             bridge = TransformerBridge.boot_transformers(
                 str(folder), device=device, dtype=dtype, tokenizer=tok, trust_remote_code=trust_remote_code
             )
@@ -97,4 +105,4 @@ def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, 
             ).eval()
             arch_class = (hf.config.architectures or [type(hf).__name__])[0]
             bridge = build_bridge_from_module(hf, arch_class, hf_config=hf.config, device=device, dtype=dtype)
-    return bridge.eval()
+    return bridge
