@@ -143,11 +143,12 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
     batches = None
     previous = None  # the last good checkpoint seen: θ_{t-1} of the next update
     held = None  # the step whose θ the sketcher holds
+    recomputed = False  # once a checkpoint is newly recorded, later records (taken across a gap) are redone
     skipped: list[dict] = []
     store.update_manifest(skipped=skipped)  # rebuilt by every screen: a fixed checkpoint is screened again
     bar = tqdm(series.checkpoints, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
     for ckpt in bar:
-        done = store.has_record("sketch", ckpt.step) and (
+        done = not recomputed and store.has_record("sketch", ckpt.step) and (
             ckpt.step not in probe_steps or store.has_record("probes", ckpt.step))
         if done:
             previous = ckpt
@@ -167,7 +168,7 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
             last = store.read_tensors("sketch", previous.step)[0]["sketch"]
             sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
         rec = sketcher.update(weights, ckpt.step)
-        held = ckpt.step
+        held, recomputed = ckpt.step, True
         del weights
         # the probe record first: a sketch record marks the checkpoint as done
         if tables is not None:
