@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +20,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headscreen.binding import describe_changes, plan_records
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
 from headscreen.probes.screen import screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
 from headscreen.series import LOADING_MODE, HeadWeights, Series
+from headscreen.series.identity import series_identity
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
-from headscreen.store import RunStore
+from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import resolve_series
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
+#: every result file a screen writes (the `tables` of the manifest); validation's are removed when they change
+SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
+SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json")
+#: settings that bound memory or time but change no result (left out of the config hash)
+NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,14 @@ class ScreenSettings:
                 "probes": self.probes.to_dict(), "onsets": dataclasses.asdict(self.onsets),
                 "probe_every": self.probe_every}
 
+    def results_dict(self) -> dict:
+        """The settings that change a screen's results (the run's config hash covers these only):
+        `to_dict` less memory and speed knobs (spectral.cache_bytes, probes.micro_batch)."""
+        d = self.to_dict()
+        d["spectral"] = {k: v for k, v in d["spectral"].items() if k not in NO_RESULT_FIELDS["spectral"]}
+        d["probes"] = {k: v for k, v in d["probes"].items() if k not in NO_RESULT_FIELDS["probes"]}
+        return d
+
 
 def head_weights_from_bridge(bridge) -> HeadWeights:
     """Per-head weights of a booted bridge (raw mode), in the shapes of `HeadWeights`."""
@@ -109,42 +125,76 @@ def screen(
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
     settings = settings or ScreenSettings.from_config(config)
+    identities = series_identity(series)
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
         "config": {"model_config": config.to_dict() if config else None, **settings.to_dict()},
+        "results_config": settings.results_dict(),
+        "config_path": str(config.path) if config and config.path else None,
         "series": series.describe(),
+        "checkpoints": identities,
+        "tables": {"status": "stale", "reason": "a screen of this run started and has not finished"},
         "seeds": {"probes": settings.probes.seed, "sketch": settings.spectral.seed,
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
         **provenance(),
     }
-    with RunStore.open(out, manifest, force=force) as store:
-        _record_checkpoints(series, store, settings, progress=progress, device=device)
+    with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
+        _drop_stale_records(store, identities, settings, series.steps)
+        _record_checkpoints(series, store, settings, identities, progress=progress, device=device)
         _summarise(series, store, settings)
     return Path(out)
 
 
-def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, *, progress: bool,
-                        device: str) -> None:
+def _drop_stale_records(store: RunStore, identities: list[dict], settings: ScreenSettings, steps: list[int]) -> None:
+    """Delete the records that no longer match the series (headscreen/binding.py) and, when any record
+    is to change, the validation outputs (they were computed on the tables the change invalidates)."""
+    sketch_meta = {s: store.read_meta("sketch", s) for s in store.recorded_steps("sketch")}
+    probe_meta = {s: store.read_meta("probes", s) for s in store.recorded_steps("probes")}
+    plan = plan_records(identities, sketch_meta, probe_meta)
+    old = (store.previous_manifest or {}).get("checkpoints")
+    changes = describe_changes(old, identities) if old else ""
+    if plan.changes_records:
+        print(f"screen: the series changed since {store.root} was recorded ({changes or 'records of other checkpoints'}): "
+              f"{len(plan.stale_sketches)} sketch and {len(plan.stale_probes)} probe records are recomputed or dropped",
+              file=sys.stderr)
+    probed = _probe_steps(steps, settings.probe_every)
+    missing_probes = probed - (set(probe_meta) - set(plan.stale_probes))
+    if plan.changes_records or plan.first_stale is not None or missing_probes:
+        gone = store.remove_outputs(VALIDATION_OUTPUTS)
+        if gone:
+            print(f"screen: removed {', '.join(gone)}: they validated the tables this screen replaces; "
+                  "rerun `headscreen validate` afterwards", file=sys.stderr)
+    for s in plan.stale_sketches:
+        store.remove_record("sketch", s)
+    for s in plan.stale_probes:
+        store.remove_record("probes", s)
+
+
+def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, identities: list[dict], *,
+                        progress: bool, device: str) -> None:
+    """Record every checkpoint that lacks a record. Sketch records form a prefix of the series (see
+    _drop_stale_records), so the sketches still to compute are a suffix, primed from the last record."""
     probe_steps = _probe_steps(series.steps, settings.probe_every)
+    have_sketch, have_probes = set(store.recorded_steps("sketch")), set(store.recorded_steps("probes"))
+    todo = [i for i, c in enumerate(series.checkpoints)
+            if c.step not in have_sketch or (c.step in probe_steps and c.step not in have_probes)]
     sketcher = HeadSketcher(settings.spectral, keep_history=False)
     batches = None
-    previous = None  # the last checkpoint seen, to prime the sketcher when resuming
     primed = False  # whether the sketcher holds θ_{t-1}
-    bar = tqdm(series.checkpoints, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
-    for ckpt in bar:
-        done = store.has_record("sketch", ckpt.step) and (
-            ckpt.step not in probe_steps or store.has_record("probes", ckpt.step))
-        if done:
-            previous = ckpt
-            continue
-        if previous is not None and not primed:  # resuming: the update needs θ_{t-1} and its sketch
+    bar = tqdm(todo, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
+    for i in bar:
+        ckpt = series.checkpoints[i]
+        need_sketch = ckpt.step not in have_sketch
+        if need_sketch and not primed and i > 0:  # resuming: the update needs θ_{t-1} and its sketch
+            previous = series.checkpoints[i - 1]
             last = store.read_tensors("sketch", previous.step)[0]["sketch"]
             sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
         bar.set_postfix_str(f"step {ckpt.step}")
-        if ckpt.step in probe_steps:
+        tables = None
+        if ckpt.step in probe_steps and ckpt.step not in have_probes:
             bridge = series.boot(ckpt, device=device)
             weights = head_weights_from_bridge(bridge)
             if batches is None:
@@ -155,17 +205,17 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
                                            micro_batch=settings.probes.micro_batch, step=ckpt.step,
                                            tokens=ckpt.tokens)
             del bridge
-        else:
-            weights, tables = series.head_weights(ckpt, dtype=None), None  # as stored: fp16 stays fp16
-        rec = sketcher.update(weights, ckpt.step)
-        primed = True
-        del weights
-        # the probe record first: a sketch record marks the checkpoint as done
-        if tables is not None:
-            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES})
-        store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
-                            meta={"tokens": ckpt.tokens})
-        previous = ckpt
+            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES},
+                               meta={"identity": identities[i]})
+        elif need_sketch:
+            weights = series.head_weights(ckpt, dtype=None)  # as stored: fp16 stays fp16
+        if need_sketch:
+            rec = sketcher.update(weights, ckpt.step)
+            primed = True
+            store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
+                                meta={"tokens": ckpt.tokens, "identity": identities[i],
+                                      "previous": identities[i - 1] if i else None})
+        weights = None
     if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
         store.update_manifest(sketch=sketcher.provenance())
     if batches is not None:
@@ -174,7 +224,9 @@ def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSetting
 
 
 def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> None:
-    steps = store.recorded_steps("sketch")
+    """The series-level tables from the records of exactly the current series' checkpoints; files that
+    this series does not produce are removed, and the manifest marks the tables current last."""
+    steps = series.steps
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
     sketches = torch.stack([t["sketch"] for t in tensors])  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
@@ -198,17 +250,22 @@ def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> Non
         msg = (f"fingerprints need at least W+1 = {need} checkpoints (window W = {settings.spectral.window}); "
                f"this series has {len(steps)}. Add checkpoints or lower spectral.window.")
         print(f"screen: {msg}", file=sys.stderr)
+        store.remove_outputs(("fingerprints.parquet", "onsets.parquet"))
         store.update_manifest(fingerprints={"status": "skipped", "reason": msg})
 
-    frames = store.read_frames("probes")
-    if not frames:
-        return
+    probed = sorted(_probe_steps(steps, settings.probe_every))
+    frames = store.read_frames("probes", probed)
     tables = {k: frames[k] for k in PROBE_TABLES if k in frames}
     for name, df in tables.items():
         store.write_table(name, df)
-    classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
-    store.write_table("classes", classes)
-    store.write_json("circuits", circuits)
+    if tables:
+        classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
+        store.write_table("classes", classes)
+        store.write_json("circuits", circuits)
+    else:
+        store.remove_outputs(tuple(f"{t}.parquet" for t in (*PROBE_TABLES, "classes")) + ("circuits.json",))
+    store.update_manifest(tables={"status": "current", "steps": steps, "probe_steps": probed,
+                                  "id": uuid.uuid4().hex[:16]})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
