@@ -29,6 +29,7 @@ from headscreen.provenance import provenance
 from headscreen.series import LOADING_MODE, HeadWeights, Series
 from headscreen.series.identity import series_identity
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
+from headscreen.spectral.config import OnsetSettings
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import resolve_series
 
@@ -38,15 +39,6 @@ SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
 SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json")
 #: settings that bound memory or time but change no result (left out of the config hash)
 NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
-
-
-@dataclass(frozen=True)
-class OnsetSettings:
-    """Spectral onset per head: first window where `metric` (a z-score) exceeds `margin`."""
-
-    metrics: tuple[str, ...] = ("update_norm_z", "ratio_12_z")
-    margin: float = 3.0
-    consecutive: int = 1
 
 
 @dataclass(frozen=True)
