@@ -119,6 +119,40 @@ TOP_LEVEL = ("name", "description", "source", "architecture")
 SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report")
 
 
+def _section_owners() -> dict[str, type | None]:
+    """Section -> the dataclass that owns it (imported here, lazily: the owners import this module).
+    `report` has no settings yet: any field in it is an error."""
+    from headscreen.causal.settings import ValidationSettings
+    from headscreen.probes.classify import ScreenThresholds
+    from headscreen.probes.suite import ProbeSuite
+    from headscreen.spectral.config import OnsetSettings, SpectralConfig
+    from headscreen.synthetic.config import TrainConfig
+
+    return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
+            "onsets": OnsetSettings, "validation": ValidationSettings, "report": None}
+
+
+def check_sections(sections: dict[str, dict], where: str) -> None:
+    """Validate every section with its owner's checks, so that a typo anywhere fails when the config
+    loads (naming the section and the field), not when the stage that reads it runs."""
+    from headscreen.synthetic.config import TrainConfig
+
+    for name, owner in _section_owners().items():
+        data = sections.get(name)
+        if data is None:
+            continue
+        if owner is None:
+            if data:
+                raise ConfigError(f"{where}: {name}: no settings exist in this section; remove {sorted(data)}")
+        elif owner is TrainConfig:
+            try:
+                TrainConfig.from_dict(data)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: train: {e}") from None
+        else:
+            from_mapping(owner, data, f"{where}: {name}")
+
+
 def load_config(path_or_name: str | Path) -> ModelConfig:
     """Load `model_configs/<name>.yaml`, or any YAML path, into a validated `ModelConfig`."""
     path = Path(path_or_name)
@@ -142,12 +176,14 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
     for s in SECTIONS:
         if s in data and not isinstance(data[s] or {}, dict):
             raise ConfigError(f"{path.name}: {s} must be a mapping")
+    sections = {s: data[s] or {} for s in SECTIONS if s in data}
+    check_sections(sections, path.name)
     return ModelConfig(
         name=str(data["name"]),
         source=source,
         description=str(data.get("description", "")),
         architecture=dict(data.get("architecture") or {}),
-        sections={s: data[s] or {} for s in SECTIONS if s in data},
+        sections=sections,
         path=path.resolve(),
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,26 +20,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headscreen.binding import describe_changes, plan_records
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
 from headscreen.series import LOADING_MODE, HeadWeights, NonFiniteOutputs, Series, SeriesError
+from headscreen.series.identity import series_identity
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
-from headscreen.store import RunStore
+from headscreen.spectral.config import OnsetSettings
+from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import positive_int, require_remote_code_flag, resolve_series
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
-
-
-@dataclass(frozen=True)
-class OnsetSettings:
-    """Spectral onset per head: first window where `metric` (a z-score) exceeds `margin`."""
-
-    metrics: tuple[str, ...] = ("update_norm_z", "ratio_12_z")
-    margin: float = 3.0
-    consecutive: int = 1
+#: every result file a screen writes (the `tables` of the manifest); validation's are removed when they change
+SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
+SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json")
+#: settings that bound memory or time but change no result (left out of the config hash)
+NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,14 @@ class ScreenSettings:
         return {"spectral": self.spectral.to_dict(), "thresholds": dataclasses.asdict(self.thresholds),
                 "probes": self.probes.to_dict(), "onsets": dataclasses.asdict(self.onsets),
                 "probe_every": self.probe_every}
+
+    def results_dict(self) -> dict:
+        """The settings that change a screen's results (the run's config hash covers these only):
+        `to_dict` less memory and speed knobs (spectral.cache_bytes, probes.micro_batch)."""
+        d = self.to_dict()
+        d["spectral"] = {k: v for k, v in d["spectral"].items() if k not in NO_RESULT_FIELDS["spectral"]}
+        d["probes"] = {k: v for k, v in d["probes"].items() if k not in NO_RESULT_FIELDS["probes"]}
+        return d
 
 
 def head_weights_from_bridge(bridge) -> HeadWeights:
@@ -112,75 +120,153 @@ def screen(
 
     Every checkpoint passes headscreen's checks before any loader touches it (see
     headscreen.series.checks); a bad one raises its `SeriesError` naming it, after every earlier
-    record was kept. With `skip_bad`, it is listed in the manifest's `skipped` instead and the screen
-    goes on: the next checkpoint's update is taken from the last good one (it spans the gap).
+    record was kept. With `skip_bad`, it is listed in the manifest's `skipped` (step, name, reason,
+    identity) instead and the screen goes on: the next checkpoint's update is taken from the last good
+    one (it spans the gap). A rerun skips it again without retrying while its identity is unchanged,
+    and screens it (recomputing the records after it) once it was repaired.
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
     settings = settings or ScreenSettings.from_config(config)
+    identities = series_identity(series)
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
         "config": {"model_config": config.to_dict() if config else None, **settings.to_dict()},
+        "results_config": settings.results_dict(),
+        "config_path": str(config.path) if config and config.path else None,
         "series": series.describe(),
+        "checkpoints": identities,
+        "tables": {"status": "stale", "reason": "a screen of this run started and has not finished"},
         "seeds": {"probes": settings.probes.seed, "sketch": settings.spectral.seed,
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
         **provenance(),
     }
-    with RunStore.open(out, manifest, force=force) as store:
-        _record_checkpoints(series, store, settings, skip_bad=skip_bad, progress=progress, device=device)
-        _summarise(series, store, settings)
+    with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
+        skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
+        bad = {s["step"] for s in skipped}
+        kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
+        probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
+        _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
+        good = _record_checkpoints(series, store, settings, kept, identities, probe_steps, skip_bad=skip_bad,
+                                   skipped=skipped, progress=progress, device=device)
+        if not good:
+            raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
+                              f"{store.root}/manifest.json `skipped`")
+        _summarise(store, settings, good, sorted(probe_steps & set(good)))
     return Path(out)
 
 
-def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, *, skip_bad: bool,
-                        progress: bool, device: str) -> None:
-    probe_steps = _probe_steps(series.steps, settings.probe_every)
+def _still_bad(store: RunStore, identities: list[dict], *, skip_bad: bool, force: bool) -> list[dict]:
+    """The `skipped` entries of the previous screen whose checkpoint is unchanged (same identity): the
+    checks are deterministic, so they would fail again. Without `skip_bad` the first one is an error
+    (before any record is touched); with it they are skipped again without a retry."""
+    if force:
+        return []
+    now = {c["step"]: c for c in identities}
+    before = (store.previous_manifest or {}).get("skipped") or []
+    same = [s for s in before if isinstance(s, dict) and s.get("identity") is not None
+            and now.get(s.get("step")) == s["identity"]]
+    if same and not skip_bad:
+        first = same[0]
+        raise SeriesError(f"checkpoint step {first['step']} ({first['name']}) failed its checks in the last screen "
+                          f"of {store.root} and is unchanged ({first['reason']}); repair or remove it, or pass "
+                          "--skip-bad to skip it again")
+    return same
+
+
+def _drop_stale_records(store: RunStore, identities: list[dict], probed: set[int]) -> None:
+    """Delete the records that no longer match the series (headscreen/binding.py) and, when any record
+    is to change, the validation outputs (they were computed on the tables the change invalidates)."""
+    sketch_meta = {s: store.read_meta("sketch", s) for s in store.recorded_steps("sketch")}
+    probe_meta = {s: store.read_meta("probes", s) for s in store.recorded_steps("probes")}
+    plan = plan_records(identities, sketch_meta, probe_meta)
+    old = (store.previous_manifest or {}).get("checkpoints")
+    changes = describe_changes(old, identities) if old else ""
+    if plan.changes_records:
+        print(f"screen: the series changed since {store.root} was recorded ({changes or 'records of other checkpoints'}): "
+              f"{len(plan.stale_sketches)} sketch and {len(plan.stale_probes)} probe records are recomputed or dropped",
+              file=sys.stderr)
+    missing_probes = probed - (set(probe_meta) - set(plan.stale_probes))
+    if plan.changes_records or plan.first_stale is not None or missing_probes:
+        gone = store.remove_outputs(VALIDATION_OUTPUTS)
+        if gone:
+            print(f"screen: removed {', '.join(gone)}: they validated the tables this screen replaces; "
+                  "rerun `headscreen validate` afterwards", file=sys.stderr)
+    for s in plan.stale_sketches:
+        store.remove_record("sketch", s)
+    for s in plan.stale_probes:
+        store.remove_record("probes", s)
+
+
+def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, kept: list[int],
+                        identities: list[dict], probe_steps: set[int], *, skip_bad: bool, skipped: list[dict],
+                        progress: bool, device: str) -> list[int]:
+    """Record every checkpoint (of `kept`: indices into the series) that lacks a record; returns the
+    steps recorded. Sketch records form a prefix of `kept` (see _drop_stale_records), so the sketches
+    still to compute are a suffix, primed from the last record. A checkpoint that fails its checks
+    raises, or with `skip_bad` joins `skipped` and the next update is taken from the last good one."""
+    have_sketch, have_probes = set(store.recorded_steps("sketch")), set(store.recorded_steps("probes"))
+    todo = [i for i in kept if series.checkpoints[i].step not in have_sketch
+            or (series.checkpoints[i].step in probe_steps and series.checkpoints[i].step not in have_probes)]
     sketcher = HeadSketcher(settings.spectral, keep_history=False)
     batches = None
-    previous = None  # the last good checkpoint seen: θ_{t-1} of the next update
-    held = None  # the step whose θ the sketcher holds
-    recomputed = False  # once a checkpoint is newly recorded, later records (taken across a gap) are redone
-    skipped: list[dict] = []
-    store.update_manifest(skipped=skipped)  # rebuilt by every screen: a fixed checkpoint is screened again
-    bar = tqdm(series.checkpoints, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
-    for ckpt in bar:
-        done = not recomputed and store.has_record("sketch", ckpt.step) and (
-            ckpt.step not in probe_steps or store.has_record("probes", ckpt.step))
-        if done:
-            previous = ckpt
+    store.update_manifest(skipped=skipped)  # rebuilt by every screen
+    good: list[int] = []
+    prev = None  # index of θ_{t-1}: the last good checkpoint before the one at hand
+    held = None  # index of the checkpoint whose θ the sketcher holds
+    bar = tqdm(total=len(todo), desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
+    for i in kept:
+        ckpt = series.checkpoints[i]
+        need_sketch = ckpt.step not in have_sketch
+        need_probes = ckpt.step in probe_steps and ckpt.step not in have_probes
+        if not (need_sketch or need_probes):
+            good.append(ckpt.step)
+            prev = i
             continue
         bar.set_postfix_str(f"step {ckpt.step}")
         try:
-            weights, tables, batches = _read_checkpoint(series, ckpt, settings, batches, probe=ckpt.step in probe_steps,
+            weights, tables, batches = _read_checkpoint(series, ckpt, settings, batches, probe=need_probes,
                                                         device=device)
         except SeriesError as e:
             if not skip_bad:
                 raise
-            print(f"screen: skipping {ckpt.label()}: {e}", file=sys.stderr)
-            skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": str(e)})
+            print(f"screen: skipping {ckpt.label()}: {' '.join(str(e).split())}", file=sys.stderr)
+            skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": " ".join(str(e).split()),
+                            "identity": identities[i]})
             store.update_manifest(skipped=skipped)
+            if not need_sketch:  # its sketch record was taken from a checkpoint now refused: recompute after it
+                store.remove_record("sketch", ckpt.step)
+                have_sketch = {s for s in have_sketch if s < ckpt.step}
+            bar.update(1)
             continue
-        if previous is not None and held != previous.step:  # resuming, or after a skip: θ_{t-1} and its sketch
-            last = store.read_tensors("sketch", previous.step)[0]["sketch"]
-            sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
-        rec = sketcher.update(weights, ckpt.step)
-        held, recomputed = ckpt.step, True
-        del weights
-        # the probe record first: a sketch record marks the checkpoint as done
-        if tables is not None:
-            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES})
-        store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
-                            meta={"tokens": ckpt.tokens})
-        previous = ckpt
+        if need_probes:
+            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES},
+                               meta={"identity": identities[i]})
+        if need_sketch:
+            if prev is not None and held != prev:  # resuming, or after a skip: θ_{t-1} and its sketch
+                last = store.read_tensors("sketch", series.checkpoints[prev].step)[0]["sketch"]
+                sketcher.prime(series.head_weights(series.checkpoints[prev], dtype=None),
+                               series.checkpoints[prev].step, sketch=last)
+            rec = sketcher.update(weights, ckpt.step)
+            held = i
+            store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
+                                meta={"tokens": ckpt.tokens, "identity": identities[i],
+                                      "previous": identities[prev] if prev is not None else None})
+        weights = None
+        good.append(ckpt.step)
+        prev = i
+        bar.update(1)
+    bar.close()
     if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
         store.update_manifest(sketch=sketcher.provenance())
     if batches is not None:
         store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
                                              "meta": b.meta} for name, b in batches.items()})
+    return good
 
 
 def _read_checkpoint(series: Series, ckpt, settings: ScreenSettings, batches, *, probe: bool, device: str):
@@ -203,8 +289,10 @@ def _read_checkpoint(series: Series, ckpt, settings: ScreenSettings, batches, *,
     return weights, tables, batches
 
 
-def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> None:
-    steps = store.recorded_steps("sketch")
+def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], probed: list[int]) -> None:
+    """The series-level tables from the records of exactly the current series' checkpoints (`steps`:
+    all but the skipped ones; `probed`: those of them with probes); files that this series does not
+    produce are removed, and the manifest marks the tables current last."""
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
     sketches = torch.stack([t["sketch"] for t in tensors])  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
@@ -228,17 +316,21 @@ def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> Non
         msg = (f"fingerprints need at least W+1 = {need} checkpoints (window W = {settings.spectral.window}); "
                f"this series has {len(steps)}. Add checkpoints or lower spectral.window.")
         print(f"screen: {msg}", file=sys.stderr)
+        store.remove_outputs(("fingerprints.parquet", "onsets.parquet"))
         store.update_manifest(fingerprints={"status": "skipped", "reason": msg})
 
-    frames = store.read_frames("probes")
-    if not frames:
-        return
+    frames = store.read_frames("probes", probed)
     tables = {k: frames[k] for k in PROBE_TABLES if k in frames}
     for name, df in tables.items():
         store.write_table(name, df)
-    classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
-    store.write_table("classes", classes)
-    store.write_json("circuits", circuits)
+    if tables:
+        classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
+        store.write_table("classes", classes)
+        store.write_json("circuits", circuits)
+    else:
+        store.remove_outputs(tuple(f"{t}.parquet" for t in (*PROBE_TABLES, "classes")) + ("circuits.json",))
+    store.update_manifest(tables={"status": "current", "steps": steps, "probe_steps": probed,
+                                  "id": uuid.uuid4().hex[:16]})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

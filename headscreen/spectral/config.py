@@ -160,3 +160,22 @@ class SpectralConfig:
         d["compute_dtype"] = str(self.compute_dtype).removeprefix("torch.")
         d["resolved_sketch_dim"] = self.dim
         return d
+
+
+@dataclass(frozen=True)
+class OnsetSettings:
+    """Spectral onset per head (model config section `onsets`): the first window where `metric` (a
+    z-score column of the fingerprints) exceeds `margin`, for `consecutive` windows in a row."""
+
+    metrics: tuple[str, ...] = ("update_norm_z", "ratio_12_z")
+    margin: float = 3.0
+    consecutive: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.metrics or not all(isinstance(m, str) for m in self.metrics):
+            raise _bad("metrics", self.metrics, "is not a non-empty list of metric names",
+                       "use e.g. [update_norm_z, ratio_12_z] (z-score columns of fingerprints.parquet)")
+        if not self.margin > 0:
+            raise _bad("margin", self.margin, "is not positive", "use a z-score margin such as 3.0")
+        if not isinstance(self.consecutive, int) or self.consecutive < 1:
+            raise _bad("consecutive", self.consecutive, "is not a positive integer", "use 1 (default) or more")
