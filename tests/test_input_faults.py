@@ -298,6 +298,33 @@ def test_skip_bad_records_the_skip_and_spans_the_gap(series, tmp_path, capsys, c
     torch.testing.assert_close(norms, (v3 - v2).norm(dim=-1), rtol=1e-6, atol=0)
 
 
+def test_unchanged_bad_checkpoint_is_skipped_again_or_named(series, tmp_path, capsys):
+    """A rerun with --skip-bad does not retry an unchanged bad checkpoint and recomputes nothing; without
+    --skip-bad it is an error naming it, before any record is touched."""
+    truncate(series, 1)
+    out = tmp_path / "run"
+    rc, _ = cli(capsys, *screen_args(series, out, "--skip-bad", "--probe-every", 9))
+    assert rc == 0
+    records = {p: p.stat().st_mtime_ns for p in (out / "records").rglob("step_*")}
+    rc, err = cli(capsys, *screen_args(series, out, "--skip-bad", "--probe-every", 9))
+    assert rc == 0 and "skipping" not in err  # not retried
+    assert {p: p.stat().st_mtime_ns for p in (out / "records").rglob("step_*")} == records
+    assert [s["step"] for s in json.loads((out / "manifest.json").read_text())["skipped"]] == [1]
+    rc, err = cli(capsys, *screen_args(series, out, "--probe-every", 9))
+    record("rerun without --skip-bad over a skipped checkpoint",
+           _clean_error(rc, err, "step 1", "--skip-bad", "truncated")
+           and {p: p.stat().st_mtime_ns for p in (out / "records").rglob("step_*")} == records)
+
+
+def test_every_checkpoint_bad_with_skip_bad(series, tmp_path, capsys):
+    for step in STEPS:
+        bad_config_json(series, step)
+    out = tmp_path / "run"
+    rc, err = cli(capsys, *screen_args(series, out, "--skip-bad"))
+    record("--skip-bad with every checkpoint bad", _clean_error(rc, err, "no checkpoint", "skipped")
+           and len(json.loads((out / "manifest.json").read_text())["skipped"]) == len(STEPS))
+
+
 # --- 5: the reader -----------------------------------------------------------------------------------------
 
 def test_reader_loops_over_short_reads(clean, monkeypatch):
