@@ -10,8 +10,8 @@ depends on every earlier checkpoint). So:
   predecessors are all unchanged: the first changed, inserted or deleted step invalidates every later
   sketch record;
 * records of steps no longer in the series are stale;
-* a different series altogether (another source, name or root, or no checkpoint in common with the
-  recorded one) is refused: the user chooses between another run directory and --force.
+* a different series altogether (another source, root folder or hub repository, or no checkpoint in
+  common with the recorded one) is refused: the user chooses between another run directory and --force.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-_SERIES_KEYS = ("source", "name", "root", "repo")
+_SERIES_KEYS = ("source", "root", "repo")  # where the series lives; its display name may differ between commands
 
 
 def describe_changes(old: list[dict], new: list[dict], limit: int = 6) -> str:

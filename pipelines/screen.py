@@ -185,11 +185,11 @@ def _drop_stale_records(store: RunStore, identities: list[dict], probed: set[int
     probe_meta = {s: store.read_meta("probes", s) for s in store.recorded_steps("probes")}
     plan = plan_records(identities, sketch_meta, probe_meta)
     old = (store.previous_manifest or {}).get("checkpoints")
-    changes = describe_changes(old, identities) if old else ""
     if plan.changes_records:
-        print(f"screen: the series changed since {store.root} was recorded ({changes or 'records of other checkpoints'}): "
-              f"{len(plan.stale_sketches)} sketch and {len(plan.stale_probes)} probe records are recomputed or dropped",
-              file=sys.stderr)
+        why = (f"the series changed since {store.root} was recorded ({describe_changes(old, identities) or 'records of other checkpoints'})" if old else
+               f"the records of {store.root} name no checkpoint identity (an older headscreen wrote them)")
+        print(f"screen: {why}: {len(plan.stale_sketches)} sketch and {len(plan.stale_probes)} probe records are "
+              "recomputed or dropped", file=sys.stderr)
     missing_probes = probed - (set(probe_meta) - set(plan.stale_probes))
     if plan.changes_records or plan.first_stale is not None or missing_probes:
         gone = store.remove_outputs(VALIDATION_OUTPUTS)
