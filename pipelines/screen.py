@@ -84,6 +84,22 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
                        W_O=bridge.W_O.detach(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
 
 
+def fit_probes(series: Series, settings: ScreenSettings) -> tuple[ScreenSettings, dict[str, str]]:
+    """`settings` with the "auto" probe fields fixed from the series' last checkpoint (its config.json and
+    tokenizer), and {field: how it was chosen}. Settings without "auto" fields come back unchanged."""
+    if not settings.probes.auto_fields():
+        return settings, {}
+    from headscreen.series import load_tokenizer
+
+    ckpt = series.checkpoints[-1]
+    g = series.geometry(ckpt)
+    tok_dir = series.tokenizer_dir()
+    probes, chosen = settings.probes.for_model(n_ctx=g.n_ctx, d_vocab=g.vocab_size,
+                                               tokenizer=load_tokenizer(tok_dir) if tok_dir else None,
+                                               hf_config=series.hf_config(ckpt))
+    return dataclasses.replace(settings, probes=probes), chosen
+
+
 def _probe_steps(steps: list[int], every: int) -> set[int]:
     return {s for i, s in enumerate(steps) if i % every == 0} | {steps[-1]}
 
@@ -102,13 +118,15 @@ def screen(
 
     Writes fingerprints.parquet (when the series has >= W+1 checkpoints), onsets.parquet,
     selectivity / head_scores / participation / copying / classes .parquet and circuits.json
-    (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
+    (docs/run-format.md). Probe settings left "auto" are fixed from the model first (`fit_probes`); the
+    manifest's config holds the values used and `probe_defaults` how each was chosen.
+    Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
     the previous checkpoint's head vectors (as stored) and the sketcher's buffers (see HeadSketcher).
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
-    settings = settings or ScreenSettings.from_config(config)
+    settings, chosen = fit_probes(series, settings or ScreenSettings.from_config(config))
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
@@ -118,6 +136,7 @@ def screen(
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
+        "probe_defaults": chosen,
         **provenance(),
     }
     with RunStore.open(out, manifest, force=force) as store:
