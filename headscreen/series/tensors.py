@@ -94,7 +94,8 @@ class TensorSource:
 
     # --- reading ---------------------------------------------------------------------------
     def _handle(self, f: Path):
-        """An open safetensors handle for shard `f` (memory-mapped; tensors are copied out on read)."""
+        """An open `safe_open` handle for shard `f`: it validates the header, and reads the rare tensors
+        whose dtype the positioned read does not handle (`_ST_DTYPES`)."""
         from safetensors import safe_open
 
         if f not in self._handles:
