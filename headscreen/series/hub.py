@@ -103,8 +103,10 @@ class HubSeries(Series):
     source_kind = "hub"
 
     def __init__(self, repo: str, revisions: list[Revision], *, cache_dir: str | Path | None = None,
-                 endpoint: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False):
+                 endpoint: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                 config_name: str | None = None):
         self.repo = repo
+        self.config_name = config_name  # the model config naming this series, for messages
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.endpoint = endpoint
         self._problem: str | None = None  # why the hub cannot be used (None: it answered)
@@ -141,13 +143,16 @@ class HubSeries(Series):
         from huggingface_hub import constants
 
         cache = self.cache_dir or constants.HF_HUB_CACHE
+        reach = ("unset HF_HUB_OFFLINE" if hub_offline() else
+                 f"check the network or HF_ENDPOINT (now {hub_endpoint(self.endpoint)})")
+        config = self.config_name or "<model config>"
         return (
             f"cannot download {self.repo} at revision {revision!r}: {self._problem or 'the hub did not answer'}, "
-            f"and the cache ({cache}) does not hold it. Either reach the hub (unset HF_HUB_OFFLINE; HF_ENDPOINT "
-            f"is {hub_endpoint(self.endpoint)}), or use a local copy: on a machine with network run "
-            f"`hf download {self.repo} --revision {revision} --local-dir DIR/{revision}` for each revision, "
-            "copy DIR here (tokenizer files at its root), then `headscreen screen DIR --config <this config>` "
-            "(or set source.local_path: DIR in the config)."
+            f"and the cache ({cache}) does not hold it. Either reach the hub ({reach}), or use a local copy: on "
+            f"a machine with network run `hf download {self.repo} --revision {revision} --local-dir "
+            f"DIR/{revision}` for each revision of the config's schedule, copy DIR here (tokenizer files at its "
+            f"root), then `headscreen screen DIR --config {config} --out ...` (or set source.local_path: DIR "
+            "in the config)."
         )
 
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:
