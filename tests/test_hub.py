@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -115,6 +116,10 @@ def test_unknown_revision_and_repo_are_named(served, online):
     s = HubSeries(REPO, revisions({"steps": [5]}, "step{step}"), endpoint=hub.url)
     with pytest.raises(CheckpointNotFound, match="no revision 'step5'.*list_repo_refs"):
         s.head_weights(s.checkpoints[0])
+    s = HubSeries(REPO, revisions({"steps": [0, 5]}, "step{step}"), endpoint=hub.url)
+    s.head_weights(s.checkpoint(0))  # the first revision answers; the missing one still says so
+    with pytest.raises(CheckpointNotFound, match="no revision 'step5'"):
+        s.head_weights(s.checkpoint(5))
     s = HubSeries("tiny-org/nope", revisions({"steps": [0]}, "step{step}"), endpoint=hub.url)
     with pytest.raises(CheckpointNotFound, match="no model repository 'tiny-org/nope'"):
         s.head_weights(s.checkpoints[0])
@@ -159,3 +164,21 @@ def test_cli_screens_a_hub_series_end_to_end(served, online, tmp_path, monkeypat
     assert _downloaded(hub, "step10") == {"config.json", "model.safetensors.index.json",
                                           *attention_shards(weight_map, "attention")}
     assert _downloaded(hub, "step20") >= set(weight_map.values())  # booted: every shard
+
+
+def test_hf_home_and_hf_endpoint_from_the_environment(served, tmp_path):
+    """A fresh process with only HF_HOME and HF_ENDPOINT set downloads into $HF_HOME/hub (the standard cache)."""
+    import subprocess
+    import sys
+
+    hub, _ = served
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "home"), HF_ENDPOINT=hub.url, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    code = ("from headscreen.series import HubSeries, revisions; "
+            f"s = HubSeries({REPO!r}, revisions({{'steps': [20]}}, 'step{{step}}')); "
+            "print(s.head_weights(s.checkpoints[0]).n_heads)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "4"
+    snap = tmp_path / "home" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / FakeHub.sha(REPO, "step20")
+    assert (snap / "config.json").exists() and any(snap.glob("model-*.safetensors"))

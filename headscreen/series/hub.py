@@ -61,21 +61,28 @@ def hub_problem(repo: str, revision: str, *, endpoint: str | None = None,
         return "HF_HUB_OFFLINE is set"
     try:
         HfApi(endpoint=url).model_info(repo, revision=revision, timeout=timeout)
-    except RevisionNotFoundError as e:
-        raise CheckpointNotFound(
-            f"{url} has no revision {revision!r} of {repo}; list the published ones with "
-            f"`huggingface_hub.list_repo_refs({repo!r})` and fix the config's revision_format/schedule"
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointNotFound(
-            f"{url} has no model repository {repo!r} (or it is private/gated: log in with `hf auth login`)"
-        ) from e
+    except (RevisionNotFoundError, RepositoryNotFoundError) as e:
+        raise not_found(e, repo, revision, url) from e
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         return f"{url} answered HTTP {status}"
     except Exception as e:  # connection refused, DNS failure, timeout: httpx errors, OSError
         return f"cannot connect to {url} ({type(e).__name__}: {e})"
     return None
+
+
+def not_found(e: Exception, repo: str, revision: str, url: str) -> CheckpointNotFound:
+    """The error for a hub answer that the repository or revision does not exist."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    if isinstance(e, RevisionNotFoundError):
+        return CheckpointNotFound(
+            f"{url} has no revision {revision!r} of {repo}; list the published ones with "
+            f"`huggingface_hub.list_repo_refs({repo!r})` and fix the config's revision_format/schedule"
+        )
+    return CheckpointNotFound(
+        f"{url} has no model repository {repo!r} (or it is private/gated: log in with `hf auth login`)"
+    )
 
 
 def _silent_tqdm():
@@ -126,7 +133,12 @@ class HubSeries(Series):
         """The cache snapshot of `revision` holding (at least) the files matching `patterns`.
         progress: huggingface_hub's download bars (for weights; metadata fetches stay quiet)."""
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         self._check(revision)
         try:
@@ -136,6 +148,11 @@ class HubSeries(Series):
                 **({} if progress else {"tqdm_class": _silent_tqdm()}),
             )
         except LocalEntryNotFoundError as e:
+            raise HubUnavailable(self._unavailable(revision)) from e
+        except (RevisionNotFoundError, RepositoryNotFoundError) as e:  # e.g. a later revision of the schedule
+            raise not_found(e, self.repo, revision, hub_endpoint(self.endpoint)) from e
+        except HfHubHTTPError as e:
+            self._problem = f"{hub_endpoint(self.endpoint)} answered {e}"
             raise HubUnavailable(self._unavailable(revision)) from e
         return Path(path)
 
@@ -171,6 +188,10 @@ class HubSeries(Series):
             path = self._fetch(ckpt.name, [CONFIG, SINGLE_FILE], progress=True)
             if not (path / SINGLE_FILE).exists() and self.allow_pickle:
                 path = self._fetch(ckpt.name, [CONFIG, PICKLE_FILE], progress=True)
+            if not any((path / f).exists() for f in (SINGLE_FILE, PICKLE_FILE)):
+                raise NoWeightsError(
+                    f"{self.repo} at revision {ckpt.name!r} has neither {SAFETENSORS_INDEX} nor {SINGLE_FILE}"
+                    + ("" if self.allow_pickle else f"; if it holds {PICKLE_FILE}, pass --allow-pickle"))
         self._folders[(ckpt.name, purpose)] = path
         return path
 
