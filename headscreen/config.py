@@ -220,4 +220,4 @@ def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cac
     assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
     revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
     return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, config_name=cfg.name)

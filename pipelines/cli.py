@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
-    from pipelines.common import offline_default, set_threads
+    from pipelines.common import set_threads
 
     args = build_parser().parse_args(argv)
-    offline_default()
     set_threads(args.threads)
     tune_allocator()
     try:

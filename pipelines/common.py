@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from headscreen.config import ConfigError, config_series, load_config, require_remote_code_flag
 
-__all__ = ["offline_default", "positive_int", "require_remote_code_flag", "resolve_series", "set_threads"]
+__all__ = ["positive_int", "require_remote_code_flag", "resolve_series", "set_threads"]
 
 
 def positive_int(text: str) -> int:
@@ -52,8 +51,3 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
             raise ConfigError(f"{spec!r} is neither a checkpoint folder nor a model config: {e}") from e
         return config_series(cfg, cache_dir=cache_dir, trust_remote_code=trust_remote_code), cfg
     raise ConfigError(f"{spec!r} is a file; give a folder of checkpoints or a model config name")
-
-
-def offline_default() -> None:
-    """Local work never needs the hub: make transformers fail instantly instead of retrying."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -96,6 +96,36 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
                        W_O=bridge.W_O.detach(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
 
 
+def _last_good(series: Series):
+    """The newest checkpoint that passes its checks, or None (the bad ones are named, or skipped, when
+    the screen reaches them)."""
+    for ckpt in reversed(series.checkpoints):
+        try:
+            series.check(ckpt)
+            return ckpt
+        except SeriesError:
+            continue
+    return None
+
+
+def fit_probes(series: Series, settings: ScreenSettings) -> tuple[ScreenSettings, dict[str, str]]:
+    """`settings` with the "auto" probe fields fixed from the newest checkpoint that passes its checks (its config.json and
+    tokenizer), and {field: how it was chosen}. Settings without "auto" fields come back unchanged."""
+    if not settings.probes.auto_fields():
+        return settings, {}
+    from headscreen.series import load_tokenizer
+
+    ckpt = _last_good(series)
+    if ckpt is None:  # nothing to fit to: the screen names (or skips) every checkpoint
+        return settings, {}
+    g = series.geometry(ckpt)
+    tok_dir = series.tokenizer_dir()
+    probes, chosen = settings.probes.for_model(n_ctx=g.n_ctx, d_vocab=g.vocab_size,
+                                               tokenizer=load_tokenizer(tok_dir) if tok_dir else None,
+                                               hf_config=series.hf_config(ckpt))
+    return dataclasses.replace(settings, probes=probes), chosen
+
+
 def _probe_steps(steps: list[int], every: int) -> set[int]:
     return {s for i, s in enumerate(steps) if i % every == 0} | {steps[-1]}
 
@@ -115,7 +145,9 @@ def screen(
 
     Writes fingerprints.parquet (when the series has >= W+1 checkpoints), onsets.parquet,
     selectivity / head_scores / participation / copying / classes .parquet and circuits.json
-    (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
+    (docs/run-format.md). Probe settings left "auto" are fixed from the model first (`fit_probes`); the
+    manifest's config holds the values used and `probe_defaults` how each was chosen.
+    Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
     the previous checkpoint's head vectors (as stored) and the sketcher's buffers (see HeadSketcher).
 
     Every checkpoint passes headscreen's checks before any loader touches it (see
@@ -128,8 +160,8 @@ def screen(
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
-    settings = settings or ScreenSettings.from_config(config)
     identities = series_identity(series)
+    settings, chosen = fit_probes(series, settings or ScreenSettings.from_config(config))
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
@@ -143,6 +175,7 @@ def screen(
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
+        "probe_defaults": chosen,
         **provenance(),
     }
     with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on

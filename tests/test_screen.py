@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import dataclasses
+import json
 
 import pandas as pd
 import pytest

@@ -37,7 +37,7 @@ def pr_probe(df: pd.DataFrame) -> str:
 
 def fingerprints_section(ctx: Context) -> Section:
     sec = Section(key="fingerprints", title="Spectral fingerprints: circuit heads against other heads",
-                  intro="Update-Gram statistics (METHODS §1, §6b) and the activation participation ratio (§6a) "
+                  intro="Update-Gram statistics (docs/methods.md#update-gram-and-spectral-edge, docs/methods.md#per-head-update-gram-fingerprint) and the activation participation ratio (docs/methods.md#participation-ratio) "
                         "per checkpoint. Coloured lines: circuit heads at the report step; grey: every other head.")
     fp, part = ctx.run.fingerprints, ctx.run.participation
     if fp is None and part is None:

@@ -26,7 +26,7 @@ def _ordered_classes(classes) -> list[str]:
 def selectivity_section(ctx: Context) -> Section:
     sec = Section(key="selectivity", title="Selectivity heatmaps",
                   intro="Attention to each class's target position divided by the baseline attention "
-                        "(METHODS §7), for every layer × head. Outlined cells pass the class threshold.")
+                        "(docs/methods.md#selectivity-screen), for every layer × head. Outlined cells pass the class threshold.")
     df = ctx.run.selectivity
     if df is None:
         sec.notices.append(missing_notice("selectivity.parquet", ctx, "The selectivity screen"))
@@ -77,7 +77,7 @@ def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) 
 def circuits_section(ctx: Context) -> Section:
     sec = Section(key="circuits", title="Classified heads and circuits",
                   intro="A head's class is its most selective class if it reaches the class threshold. "
-                        "Circuit membership is screened over all heads, whatever their best class (METHODS §7).")
+                        "Circuit membership is screened over all heads, whatever their best class (docs/methods.md#selectivity-screen).")
     thr = ctx.thresholds
     classes = ctx.of_probe(ctx.run.classes)
     sec.data["probe"] = ctx.probe
@@ -132,7 +132,7 @@ def circuits_section(ctx: Context) -> Section:
         top = ranking[: max(1, min(len(ranking), 10))]
         sec.tables.append(Table(columns=["Rank", "Head", "PR integral", "Picked"],
                                 rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"], r["picked"]] for r in top],
-                                caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (METHODS §6a)."))
+                                caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (docs/methods.md#participation-ratio)."))
     return sec
 
 
@@ -175,8 +175,9 @@ def _emergence_headline(records: list[dict]) -> str:
 
 def bos_layers01_section(ctx: Context) -> Section:
     sec = Section(key="bos_layers01", title="BOS heads in layers 0 and 1",
-                  intro="METHODS §7 expects no BOS heads in layers 0 and 1 of any model at any checkpoint; "
-                        "a non-zero count here departs from that finding.")
+                  intro="The published screens (docs/methods.md#selectivity-screen) found no BOS heads in "
+                        "layers 0 and 1 of any model at any checkpoint; a non-zero count here departs from "
+                        "that finding.")
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The BOS count in layers 0 and 1"))
         return sec

@@ -229,7 +229,7 @@ def read_head_weights(
             if layer == 0:
                 stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
             dst = stacked[name][layer]
-            dst.copy_(t)  # out of the memory-mapped file (parts are often strided views)
+            dst.copy_(t)  # into the stacked record (parts are often strided views of the read tensor)
             if not _all_finite(dst):  # checked on the contiguous copy: the fast path
                 bad = (~torch.isfinite(dst)).sum().item()
                 raise NonFiniteWeights(
@@ -237,5 +237,5 @@ def read_head_weights(
                     "this checkpoint is corrupt or diverged — drop it from the series"
                 )
         del parts
-        src.close()  # unmap the shards after each layer: at most one layer's file pages stay resident
+        src.close()  # drop the shard handles after each layer
     return HeadWeights(**stacked)

@@ -117,7 +117,7 @@ class Series:
         try:
             hw = read_head_weights(src, geometry, dtype=dtype)
         finally:
-            src.close()  # unmap the shards: nothing of this checkpoint stays resident
+            src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()
         if self._reference is None:
             self._reference = (ckpt, shapes)

@@ -1,14 +1,16 @@
-"""Boot one local checkpoint folder into a fresh `TransformerBridge`, offline, in raw mode.
+"""Boot one local checkpoint folder into a fresh `TransformerBridge`, in raw mode, without the hub.
 
 A fresh bridge per checkpoint (never `load_state_dict` into an old one: on GPT-NeoX that leaves the
 split q/k/v stale). Raw mode = `enable_compatibility_mode` is never called, so `hook_z` ablations
 equal zeroing the o_proj input slice (value biases stay where the checkpoint has them).
+
+The model and the tokenizer are loaded here from local folders with `local_files_only=True` and handed to
+TransformerLens, so neither library looks anything up on the hub (without a tokenizer, TransformerLens
+would ask the hub for one by the folder's name and retry for ~46 s). Offline mode is never forced.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -19,41 +21,16 @@ from headscreen.series.errors import CorruptCheckpoint
 LOADING_MODE = "raw"
 
 
-@contextlib.contextmanager
-def hub_offline():
-    """Make transformers / huggingface_hub treat the hub as unreachable (no retries, no lookups)."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    patched = []
-    try:
-        import huggingface_hub.constants as hc
-
-        patched.append((hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE))
-        hc.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        pass
-    try:
-        yield
-    finally:
-        for mod, attr, val in patched:
-            setattr(mod, attr, val)
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
 def load_tokenizer(directory: str | Path):
     """An HF tokenizer from a local directory; refuses the silently-empty tokenizer that a folder without
     tokenizer files yields for some architectures."""
     from transformers import AutoTokenizer
 
     directory = Path(directory)
-    with hub_offline():
-        try:
-            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        except Exception as e:
-            raise CorruptCheckpoint(f"cannot load a tokenizer from {directory} ({e})") from e
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as e:
+        raise CorruptCheckpoint(f"cannot load a tokenizer from {directory} ({e})") from e
     if len(tok) <= 1:
         raise CorruptCheckpoint(
             f"the tokenizer in {directory} is empty (len {len(tok)}); copy tokenizer.json into the series root"
@@ -89,20 +66,16 @@ def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, 
 
 def _boot(folder: Path, tok, *, device: str, dtype: torch.dtype, trust_remote_code: bool):
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
 
-    with hub_offline():
-        if tok is not None:
-            bridge = TransformerBridge.boot_transformers(
-                str(folder), device=device, dtype=dtype, tokenizer=tok, trust_remote_code=trust_remote_code
-            )
-        else:
-            from transformer_lens.model_bridge.sources import build_bridge_from_module
-            from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(folder), local_files_only=True, torch_dtype=dtype, attn_implementation="eager",
+        trust_remote_code=trust_remote_code,
+    ).to(device).eval()
+    if tok is not None:  # the pre-loaded model's config is reused: no lookup by name
+        return TransformerBridge.boot_transformers(str(folder), hf_model=hf, tokenizer=tok, device=device,
+                                                   dtype=dtype, trust_remote_code=trust_remote_code)
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-            hf = AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, torch_dtype=dtype, attn_implementation="eager",
-                trust_remote_code=trust_remote_code,
-            ).eval()
-            arch_class = (hf.config.architectures or [type(hf).__name__])[0]
-            bridge = build_bridge_from_module(hf, arch_class, hf_config=hf.config, device=device, dtype=dtype)
-    return bridge
+    arch_class = (hf.config.architectures or [type(hf).__name__])[0]
+    return build_bridge_from_module(hf, arch_class, hf_config=hf.config, device=device, dtype=dtype)

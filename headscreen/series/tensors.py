@@ -150,7 +150,9 @@ class TensorSource:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: unreadable {SAFETENSORS_INDEX} ({e}); "
                                         "re-download or re-save this checkpoint") from e
             mapping = {k: self.folder / f for k, f in weight_map.items()}
-            outside = sorted({f for f in weight_map.values() if (self.folder / f).resolve().parent != self.folder.resolve()})
+            # a shard is named by a plain file name of this folder (checked on the name, not on the
+            # resolved path: the hub cache links snapshot files to blobs elsewhere)
+            outside = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", ".", "..")})
             if outside:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: {SAFETENSORS_INDEX} points outside the folder "
                                         f"({outside[0]!r}); a shard must be a file of the checkpoint folder")
@@ -172,7 +174,8 @@ class TensorSource:
 
     # --- reading ---------------------------------------------------------------------------
     def _handle(self, f: Path):
-        """An open safetensors handle for shard `f` (memory-mapped; tensors are copied out on read)."""
+        """An open `safe_open` handle for shard `f`: it validates the header, and reads the rare tensors
+        whose dtype the positioned read does not handle (`_ST_DTYPES`)."""
         from safetensors import safe_open
 
         if f not in self._handles:
