@@ -21,7 +21,7 @@ from headscreen.causal.ablation import ABLATIONS, AblationConfig
 from headscreen.config import ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
-from headscreen.series import LocalSeries
+from headscreen.series import HubSeries, LocalSeries
 from headscreen.store import RunStore, write_json
 
 
@@ -55,6 +55,8 @@ def _series_of(manifest: dict):
     if desc.get("source") == "local":
         return LocalSeries(desc["root"], allow_pickle=desc.get("allow_pickle", False),
                            trust_remote_code=desc.get("trust_remote_code", False))
+    if desc.get("source") == "hub" and desc.get("repo") and desc.get("revisions"):
+        return HubSeries.from_description(desc)
     model_cfg = (manifest.get("config") or {}).get("model_config")
     if model_cfg and model_cfg.get("name"):
         return config_series(load_config(model_cfg["name"]))

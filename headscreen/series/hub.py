@@ -210,6 +210,14 @@ class HubSeries(Series):
             self._tokenizer = (path if has_tokenizer(path) else None,)
         return self._tokenizer[0]
 
+    @classmethod
+    def from_description(cls, desc: dict) -> HubSeries:
+        """The series a run manifest's `series` entry describes (repo, steps, revisions), read from the
+        hub and cache that huggingface_hub is configured for now (HF_ENDPOINT, HF_HOME)."""
+        revs = [Revision(int(s), str(r), None) for s, r in zip(desc["steps"], desc["revisions"], strict=True)]
+        return cls(desc["repo"], revs, allow_pickle=bool(desc.get("allow_pickle", False)),
+                   trust_remote_code=bool(desc.get("trust_remote_code", False)))
+
     def describe(self) -> dict:
         d = super().describe()
         d.update(repo=self.repo, revisions=[c.name for c in self.checkpoints], endpoint=hub_endpoint(self.endpoint))
