@@ -20,7 +20,7 @@ from headscreen.causal.settings import ValidationSettings
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
-from headscreen.series import LocalSeries
+from headscreen.series import HubSeries, LocalSeries
 from headscreen.store import VALIDATION_OUTPUTS, RunStore, write_json
 
 __all__ = ["ValidationSettings", "validate"]
@@ -53,6 +53,8 @@ def _series_of(manifest: dict, *, trust_remote_code: bool = False):
     if desc.get("source") == "local":
         return LocalSeries(desc["root"], allow_pickle=desc.get("allow_pickle", False),
                            trust_remote_code=trust_remote_code)
+    if desc.get("source") == "hub" and desc.get("repo") and desc.get("revisions"):
+        return HubSeries.from_description(desc, trust_remote_code=trust_remote_code)
     model_cfg = (manifest.get("config") or {}).get("model_config")
     if model_cfg and model_cfg.get("name"):
         return config_series(load_config(model_cfg["name"]), trust_remote_code=trust_remote_code)

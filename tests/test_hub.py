@@ -51,8 +51,11 @@ def _series(hub, **kw) -> HubSeries:
 
 
 def _downloaded(hub, rev: str) -> set[str]:
-    prefix = f"/{REPO}/resolve/{FakeHub.sha(REPO, rev)}/"
-    return {p.removeprefix(prefix) for m, p in hub.requests if m == "GET" and p.startswith(prefix)}
+    """Files of revision `rev` fetched so far (by commit or by branch name)."""
+    out = set()
+    for prefix in (f"/{REPO}/resolve/{FakeHub.sha(REPO, rev)}/", f"/{REPO}/resolve/{rev}/"):
+        out |= {p.removeprefix(prefix) for m, p in hub.requests if m == "GET" and p.startswith(prefix)}
+    return out
 
 
 def test_download_reads_only_attention_shards_into_the_standard_cache(served, online):
@@ -161,9 +164,23 @@ def test_cli_screens_a_hub_series_end_to_end(served, online, tmp_path, monkeypat
     assert set(sel["step"]) == {0, 20} and len(sel) > 0
     assert sorted(int(p.stem.split("_")[1]) for p in (out / "records" / "sketch").glob("step_*.safetensors")) == STEPS
     weight_map = json.loads((root / "step10" / "model.safetensors.index.json").read_text())["weight_map"]
-    assert _downloaded(hub, "step10") == {"config.json", "model.safetensors.index.json",
-                                          *attention_shards(weight_map, "attention")}
-    assert _downloaded(hub, "step20") >= set(weight_map.values())  # booted: every shard
+    attn = attention_shards(weight_map, "attention")
+    # identical files (config.json, the index) are fetched once per cache: compare the cache snapshots
+    snaps = online / f"models--{REPO.replace('/', '--')}" / "snapshots"
+    step10 = {p.name for p in (snaps / FakeHub.sha(REPO, "step10")).iterdir()}
+    assert step10 == {"config.json", "model.safetensors.index.json", *attn}
+    assert _downloaded(hub, "step10") >= set(attn) and not _downloaded(hub, "step10") - step10
+    step20 = {p.name for p in (snaps / FakeHub.sha(REPO, "step20")).iterdir()}
+    assert step20 >= set(weight_map.values()) | {"tokenizer.json"}  # booted: every shard
+    # validate finds the hub series from the manifest alone (the YAML is not in model_configs/)
+    cfg.unlink()
+    assert main(["--threads", "1", "validate", str(out), "--heads", "L1H0,L1H1", "--ablation", "zero",
+                 "--n-null", "2"]) == 0
+    v = json.loads((out / "validation.json").read_text())
+    zero = v["ablations"]["zero"]
+    assert v["step"] == 20 and v["circuit"] == [[1, 0], [1, 1]]
+    # 4 heads: the only matched set of 2 heads in layer 1 is {L1H2, L1H3}, fewer than the 2 requested
+    assert zero["n_matched_sets"] == zero["n_null"] == 1 and zero["null_kind"] == "exact: every matched set once"
 
 
 def test_hf_home_and_hf_endpoint_from_the_environment(served, tmp_path):

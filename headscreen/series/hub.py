@@ -210,6 +210,15 @@ class HubSeries(Series):
             self._tokenizer = (path if has_tokenizer(path) else None,)
         return self._tokenizer[0]
 
+    @classmethod
+    def from_description(cls, desc: dict, *, trust_remote_code: bool = False) -> HubSeries:
+        """The series a run manifest's `series` entry describes (repo, steps, revisions), read from the
+        hub and cache that huggingface_hub is configured for now (HF_ENDPOINT, HF_HOME). Remote code
+        comes from the caller's flag only, never from the description."""
+        revs = [Revision(int(s), str(r), None) for s, r in zip(desc["steps"], desc["revisions"], strict=True)]
+        return cls(desc["repo"], revs, allow_pickle=bool(desc.get("allow_pickle", False)),
+                   trust_remote_code=trust_remote_code)
+
     def describe(self) -> dict:
         d = super().describe()
         d.update(repo=self.repo, revisions=[c.name for c in self.checkpoints], endpoint=hub_endpoint(self.endpoint))
