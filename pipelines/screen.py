@@ -394,5 +394,5 @@ def main(args: argparse.Namespace) -> int:
     if skipped:
         print(f"screen: skipped {len(skipped)} bad checkpoint(s): steps {[s['step'] for s in skipped]} "
               "(reasons in manifest.json `skipped`)", file=sys.stderr)
-    print(f"screened {len(series)} checkpoints of {series.name} -> {out}")
+    print(f"screened {len(series) - len(skipped)} of {len(series)} checkpoints of {series.name} -> {out}")
     return 0

@@ -370,6 +370,66 @@ def test_claimed_shape_is_checked_before_allocating(series, monkeypatch):
         s.head_weights(s.checkpoint(1))
 
 
+def _write_safetensors(path: Path, header: dict, data: bytes) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+@pytest.mark.parametrize("header,needle", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "overlap"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "needs 12 bytes"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "invalid shape"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "invalid data_offsets"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, "unknown dtype"),
+    ({"a": {"dtype": "F32", "shape": [2]}}, "without dtype, shape and data_offsets"),
+    (["not", "an", "object"], "not a JSON object"),
+], ids=["overlap", "size-vs-shape", "negative-dim", "reversed-offsets", "unknown-dtype", "no-offsets", "not-object"])
+def test_crafted_headers_are_refused_before_any_read(tmp_path, header, needle):
+    from headscreen.series import CorruptCheckpoint
+    from headscreen.series.tensors import TensorSource
+
+    folder = tmp_path / "step1"
+    folder.mkdir()
+    _write_safetensors(folder / "model.safetensors", header, bytes(16))
+    src = TensorSource(folder)
+    try:
+        src.validate()
+        ok = False
+    except CorruptCheckpoint as e:
+        ok = "step1" in str(e) and needle in str(e)
+    record(f"crafted safetensors header: {needle}", ok and src.keys_read == [])
+
+
+def test_shard_index_stays_in_the_folder_and_symlinked_shards_load(tmp_path, capsys):
+    from headscreen.series import CorruptCheckpoint
+    from headscreen.testing import build_tiny_model
+
+    folder = tmp_path / "s" / "step5"
+    model = build_tiny_model("llama", n_layers=1, d_model=32, n_heads=4, vocab=128)
+    model.save_pretrained(folder, max_shard_size="20KB")
+    want = LocalSeries(tmp_path / "s").head_weights(LocalSeries(tmp_path / "s").checkpoints[0])
+    # shards as symlinks into a blob store (the layout of the Hugging Face cache) load as before
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for shard in folder.glob("*.safetensors"):
+        shard.rename(blobs / shard.name)
+        shard.symlink_to(blobs / shard.name)
+    s = LocalSeries(tmp_path / "s")
+    assert torch.equal(s.head_weights(s.checkpoints[0]).W_Q, want.W_Q)
+    # an index that names a file outside the folder is refused before anything is opened
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    key = next(iter(data["weight_map"]))
+    data["weight_map"][key] = "../../../etc/passwd"
+    index.write_text(json.dumps(data))
+    s = LocalSeries(tmp_path / "s")
+    with pytest.raises(CorruptCheckpoint, match=r"step5.*points outside the folder"):
+        s.head_weights(s.checkpoints[0])
+    rc, err = cli(capsys, "series", tmp_path / "s")
+    record("shard index naming a file outside the folder", rc == 2 and "outside the folder" in err)
+
+
 # --- 6: remote code ---------------------------------------------------------------------------------------
 
 def _remote_code_checkpoint(series: Path, step: int) -> Path:

@@ -150,8 +150,7 @@ class TensorSource:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: unreadable {SAFETENSORS_INDEX} ({e}); "
                                         "re-download or re-save this checkpoint") from e
             mapping = {k: self.folder / f for k, f in weight_map.items()}
-            # a shard is named by a plain file name of this folder (checked on the name, not on the
-            # resolved path: the hub cache links snapshot files to blobs elsewhere)
+            # a plain file name (shards may be symlinks, as in the hub cache: their targets are not checked)
             outside = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", ".", "..")})
             if outside:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: {SAFETENSORS_INDEX} points outside the folder "
@@ -174,8 +173,7 @@ class TensorSource:
 
     # --- reading ---------------------------------------------------------------------------
     def _handle(self, f: Path):
-        """An open `safe_open` handle for shard `f`: it validates the header, and reads the rare tensors
-        whose dtype the positioned read does not handle (`_ST_DTYPES`)."""
+        """An open safetensors handle for shard `f` (memory-mapped; tensors are copied out on read)."""
         from safetensors import safe_open
 
         if f not in self._handles:
