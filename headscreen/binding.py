@@ -84,3 +84,17 @@ def plan_records(current: list[dict], sketch_meta: dict[int, dict], probe_meta: 
     stale_probes = sorted(s for s, m in probe_meta.items() if by_step.get(s) is None or m.get("identity") != by_step[s])
     return RecordPlan(stale_sketches=sorted(set(sketch_meta) - valid_sketch), stale_probes=stale_probes,
                       first_stale=first_stale)
+
+
+def checkpoint_refusal(root: Path, manifest: dict, identity: dict) -> str | None:
+    """Why a checkpoint about to be loaded for a run (e.g. by validate) is not the one its tables were
+    computed on, with the fix; None when it is (or when the run recorded no identities)."""
+    recorded = {c["step"]: c for c in manifest.get("checkpoints") or []}
+    if not recorded or recorded.get(identity["step"]) == identity:
+        return None
+    was = recorded.get(identity["step"])
+    what = "is no longer in the series" if was is None else (
+        f"changed since the screen (folder {was.get('path')} -> {identity.get('path')}, "
+        f"fingerprint {was.get('fingerprint')} -> {identity.get('fingerprint')})")
+    return (f"run {root}: checkpoint step {identity['step']} {what}; rerun the screen "
+            f"(`headscreen screen <series> --out {root}`) so that its tables describe the current checkpoints")
