@@ -47,7 +47,7 @@ def series_refusal(root: Path, old_manifest: dict, new_manifest: dict) -> str | 
     fix = f"screen it into another --out, or pass --force to discard the records of {root} and recompute them"
     differs = [k for k in _SERIES_KEYS if old.get(k) != new.get(k)]
     if differs:
-        return f"run {root} was screened on series {_where(old)}, not {_where(new)} ({', '.join(differs)} differ); {fix}"
+        return f"run {root} was screened on series {_where(old)}, not {_where(new)} ({' and '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}); {fix}"
     old_ids, new_ids = old_manifest.get("checkpoints"), new_manifest.get("checkpoints")
     if old_ids and new_ids is not None and not any(c in old_ids for c in new_ids):
         return (f"run {root} was screened on other checkpoints than those of series {_where(new)} now "
