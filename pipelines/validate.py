@@ -135,10 +135,10 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     series = _series_of(manifest, trust_remote_code=trust_remote_code)
     ckpt = series.checkpoint(step)
+    bridge = series.boot(ckpt)  # its checks first: a corrupt checkpoint is named as such
     refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
     if refusal:
         raise SeriesChanged(refusal)
-    bridge = series.boot(ckpt)
     batches = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)
     probes = {probe: batches[probe]}
     rows = []
