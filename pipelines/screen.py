@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
+from headscreen.probes.preid import PreidSettings
 from headscreen.probes.screen import screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
@@ -28,6 +29,7 @@ from headscreen.series import LOADING_MODE, HeadWeights, Series
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
 from headscreen.store import RunStore
 from pipelines.common import resolve_series
+from pipelines.preid import preidentify_run
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
 
@@ -47,6 +49,7 @@ class ScreenSettings:
     thresholds: ScreenThresholds = field(default_factory=ScreenThresholds)
     probes: ProbeSuite = field(default_factory=ProbeSuite)
     onsets: OnsetSettings = field(default_factory=OnsetSettings)
+    preid: PreidSettings = field(default_factory=PreidSettings)  # summary only: not in the config hash (preid.json)
     probe_every: int = 1  # run the probes on every k-th checkpoint (and always the last)
 
     @classmethod
@@ -64,6 +67,7 @@ class ScreenSettings:
             thresholds=from_mapping(ScreenThresholds, cfg.section("thresholds"), f"{where}: thresholds"),
             probes=from_mapping(ProbeSuite, probes, f"{where}: probes"),
             onsets=from_mapping(OnsetSettings, cfg.section("onsets"), f"{where}: onsets"),
+            preid=from_mapping(PreidSettings, cfg.section("preid"), f"{where}: preid"),
         )
 
     def to_dict(self) -> dict:
@@ -209,6 +213,7 @@ def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> Non
     classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
     store.write_table("classes", classes)
     store.write_json("circuits", circuits)
+    preidentify_run(store.root, settings.preid)  # with the selectivity circuit; `validate` redoes it
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

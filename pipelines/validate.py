@@ -23,6 +23,7 @@ from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
 from headscreen.store import RunStore, write_json
+from pipelines.preid import preidentify_run
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,9 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     summary["status"] = "done"
     run.write_table("validation", pd.concat(rows, ignore_index=True))
     run.write_table("patching", pdf)
-    return write_json(run.root / "validation.json", summary)
+    path = write_json(run.root / "validation.json", summary)
+    preidentify_run(run.root)  # the pre-identification tables now use the validated circuit
+    return path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
