@@ -101,8 +101,11 @@ def _preid_sentence(doc: dict | None) -> str:
     lead = f"{best['lead_steps']:.0f} steps" + (f" ({human_count(best['lead_tokens'])} tokens)"
                                                  if best.get("lead_tokens") else "")
     scope = "raw" if best["scope"] == "raw" else "within-layer z"
+    rel = doc.get("earliest_layer_z")
+    within = ("no metric separates it within its layer" if rel is None else
+              f"within its layer, {rel['metric']} from step {rel['earliest_separating_step']}")
     return (f"{best['metric']} ({scope}) separates it from step {best['earliest_separating_step']}, {lead} before "
-            f"emergence; family-wise p = {best['p_family']:.2g} (same-layer relabellings separating as early)")
+            f"emergence; family-wise p = {best['p_family']:.2g} (same-layer relabellings separating as early); {within}")
 
 
 def summary_section(ctx: Context) -> Section:
