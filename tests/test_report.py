@@ -586,30 +586,37 @@ def test_findings_check_verdicts(report_ab):
 
 def test_long_per_checkpoint_tables_are_folded_under_a_timeline(report_a):
     html, md = report_a["html"].read_text(), report_a["md"].read_text()
-    for key in ("circuits", "bos_layers01"):
+    for key in ("circuits", "bos_layers01", "copying"):
         part = html.split(f'class="section-{key}"')[1].split("</section>")[0]
         assert "<details><summary>" in part and "<img " in part, key
     figs = _sections(_json(report_a))
     assert any("circuit_timeline" in f for f in figs["circuits"]["figures"])
     assert any("bos_timeline" in f for f in figs["bos_layers01"]["figures"])
-    assert md.count("<details><summary>") == 2 and md.count("</details>") == 2
+    assert md.count("<details><summary>") == 3 and md.count("</details>") == 3
 
 
 def test_preid_is_computed_from_the_tables_until_the_run_holds_it(runs, tmp_path):
+    from headscreen.report.findings_sections import preid_section
+    from headscreen.report.load import load_run
+    from headscreen.report.runinfo import Context, step_tokens, thresholds
     from pipelines.preid import preidentify_run
+
+    def section(path):
+        r = load_run(path)
+        return preid_section(Context(run=r, step=1000, slug="a", tokens=step_tokens(r), thresholds=thresholds(r),
+                                     probe="retrieval"))
 
     run = tmp_path / "a"
     shutil.copytree(runs["a"], run, ignore=shutil.ignore_patterns("report"))
-    before = _sections(_json(build_report([run], out_dir=tmp_path / "r1")))["preid"]
-    assert any("Computed now from the stored tables" in n for n in before["notices"])
+    before = section(run)
+    assert any("Computed now from the stored tables" in n for n in before.notices)
     written = preidentify_run(run)
     assert written["circuit_source"] == "validated" and written["circuit"] == [[1, 2], [2, 1]]
     assert (run / "preid.parquet").is_file()
-    after = _sections(_json(build_report([run], out_dir=tmp_path / "r2")))["preid"]
-    assert not any("Computed now" in n for n in after["notices"])
-    assert after["data"]["metrics"] == before["data"]["metrics"] and after["data"]["null"]["n_labelings"] == 16
+    after = section(run)
+    assert not any("Computed now" in n for n in after.notices)
+    assert after.data["metrics"] == before.data["metrics"] and after.data["null"]["n_labelings"] == 16
     # a preid.json from before validation (selectivity circuit) is stale once validation.json exists
     stale = json.loads((run / "preid.json").read_text()) | {"circuit_source": "selectivity"}
     (run / "preid.json").write_text(json.dumps(stale))
-    again = _sections(_json(build_report([run], out_dir=tmp_path / "r3")))["preid"]
-    assert any("predates validation.json" in n for n in again["notices"])
+    assert any("predates validation.json" in n for n in section(run).notices)

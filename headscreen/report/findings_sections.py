@@ -34,6 +34,8 @@ def preid_of(ctx: Context) -> tuple[dict | None, pd.DataFrame | None, str | None
         why = ("preid.json predates validation.json" if stale else "preid.json / preid.parquet are not in the run")
         notice = (f"Computed now from the stored tables ({why}); `headscreen validate` or `headscreen screen` "
                   "writes them into the run.")
+    while len(_CACHE) >= 8:  # a few runs per report: keep the cache small
+        _CACHE.pop(next(iter(_CACHE)))
     _CACHE[id(run)] = (run, doc, table, notice)
     return doc, table, notice
 
