@@ -26,7 +26,7 @@ def circuit_timeline(by_step: list[dict], *, title: str, classes: tuple[str, ...
             for h in r.get(cls) or []:
                 rows.setdefault((cls, (int(h[0]), int(h[1]))), []).append(r["step"])
     order = sorted(rows, key=lambda k: (classes.index(k[0]), min(rows[k]), k[1]))
-    fig = _new_figure(8.0, 1.6 + 0.28 * max(len(order), 2))
+    fig = _new_figure(10.0, 1.6 + 0.28 * max(len(order), 2))
     ax = fig.subplots()
     gap = np.median(np.diff(steps)) if len(steps) > 1 else 1.0
     for y, key in enumerate(order):
@@ -42,11 +42,11 @@ def circuit_timeline(by_step: list[dict], *, title: str, classes: tuple[str, ...
     ax.set_xlabel("training step (a mark = in the circuit at that checkpoint)")
     ax.set_ylabel("head")
     if order:
-        ax.legend(title="circuit", fontsize=8, loc="lower right")
+        ax.legend(title="circuit", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # hides no mark
     else:
         ax.text(0.5, 0.5, "no head is in a circuit at any checkpoint", transform=ax.transAxes, ha="center")
     ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(_wrap(title, 8.0), fontsize=11)
+    fig.suptitle(_wrap(title, 10.0), fontsize=11)
     return fig
 
 
@@ -75,7 +75,7 @@ def bos_timeline(records: list[dict], *, title: str, all_layers: dict[int, int] 
     ax.set_ylabel("BOS heads")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
     ax.grid(alpha=0.3)
-    fig.suptitle(_wrap(title, 8.0), fontsize=11)
+    fig.suptitle(_wrap(title, 10.0), fontsize=11)
     return fig
 
 
