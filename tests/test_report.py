@@ -620,3 +620,11 @@ def test_preid_is_computed_from_the_tables_until_the_run_holds_it(runs, tmp_path
     stale = json.loads((run / "preid.json").read_text()) | {"circuit_source": "selectivity"}
     (run / "preid.json").write_text(json.dumps(stale))
     assert any("predates validation.json" in n for n in section(run).notices)
+    # an unvalidated run's preid.json is for one probe: another report probe recomputes it
+    run_b = tmp_path / "b"
+    shutil.copytree(runs["b"], run_b, ignore=shutil.ignore_patterns("report"))
+    assert preidentify_run(run_b)["probe"] == "retrieval"
+    r = load_run(run_b)
+    other = preid_section(Context(run=r, step=1000, slug="b", tokens=step_tokens(r), thresholds=thresholds(r),
+                                  probe="repeated"))
+    assert any("is for the retrieval probe" in n for n in other.notices)

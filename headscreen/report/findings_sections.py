@@ -26,12 +26,15 @@ def preid_of(ctx: Context) -> tuple[dict | None, pd.DataFrame | None, str | None
     doc, table, notice = run.preid_doc, run.preid, None
     validated = isinstance(run.validation, dict) and run.validation.get("status") == "done"
     stale = doc is not None and validated and doc.get("circuit_source") != "validated"
-    if doc is None or table is None or stale:
+    other_probe = (doc is not None and not validated and ctx.probe is not None and doc.get("probe") != ctx.probe)
+    if doc is None or table is None or stale or other_probe:
+        why = ("preid.json predates validation.json" if stale else
+               f"preid.json is for the {doc.get('probe')} probe" if other_probe else
+               "preid.json / preid.parquet are not in the run")
         if run.classes is None:
             return None, None, None
         table, doc = analyse_run(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
                                  onsets=run.onsets, validation=run.validation, probe=ctx.probe, tokens=ctx.tokens)
-        why = ("preid.json predates validation.json" if stale else "preid.json / preid.parquet are not in the run")
         notice = (f"Computed now from the stored tables ({why}); `headscreen validate` or `headscreen screen` "
                   "writes them into the run.")
     while len(_CACHE) >= 8:  # a few runs per report: keep the cache small
@@ -96,10 +99,14 @@ def _preid_sentence(doc: dict | None) -> str:
     best, null = doc.get("earliest"), doc["null"]
     if best is None:
         alpha = doc["settings"]["alpha"]
+        top = max((r for r in doc["metrics"] if r["max_auc_before"] is not None), default=None,
+                  key=lambda r: r["max_auc_before"])
+        seen = ("" if top is None else f"; best AUC before emergence {top['max_auc_before']:.2g} ({top['metric']}, "
+                f"{'raw' if top['scope'] == 'raw' else 'within-layer z'}, step {top['step_of_max_auc']})")
         if null["p_floor"] >= alpha:
             return (f"not testable at p < {alpha:g}: the within-layer null has only {null['n_labelings']} relabellings "
-                    f"(p ≥ {null['p_floor']:.2g}); no metric separates it")
-        return "no metric separates it before emergence"
+                    f"(p ≥ {null['p_floor']:.2g}); no metric separates it{seen}")
+        return f"no metric separates it before emergence{seen}"
     lead = f"{best['lead_steps']:.0f} steps" + (f" ({human_count(best['lead_tokens'])} tokens)"
                                                  if best.get("lead_tokens") else "")
     scope = "raw" if best["scope"] == "raw" else "within-layer z"

@@ -30,6 +30,8 @@ figcaption { font-size: .85rem; color: #555; }
 details { margin: .4rem 0 1.2rem; } details summary { cursor: pointer; font-style: italic; color: #444; font-size: .9rem; }
 section.section-summary table, section.section-findings table { font-size: .92rem; }
 section.section-summary td:first-child { font-weight: 600; }
+td.verdict-held { background: #e3f4e1 !important; font-weight: 600; } td.verdict-not { background: #fbe3e1 !important; font-weight: 600; }
+td.verdict-weak { background: #fff4e5 !important; font-weight: 600; } td.verdict-na { background: #eeeeee !important; color: #555; }
 """
 
 
@@ -37,12 +39,22 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+VERDICT_CLASSES = {"held": "verdict-held", "not held": "verdict-not", "not significant": "verdict-weak",
+                   "cannot test": "verdict-na"}  # the findings check's verdict cells
+
+
+def _cell_html(v) -> str:
+    if _is_number(v):
+        return f'<td class="num">{escape(fmt(v))}</td>'
+    css = VERDICT_CLASSES.get(v) if isinstance(v, str) else None
+    return f'<td class="{css}">{escape(fmt(v))}</td>' if css else f"<td>{escape(fmt(v))}</td>"
+
+
 def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.rows:
-        cells = "".join(f'<td class="num">{escape(fmt(v))}</td>' if _is_number(v) else f"<td>{escape(fmt(v))}</td>"
-                        for v in row)
+        cells = "".join(_cell_html(v) for v in row)
         body.append(f"<tr>{cells}</tr>")
     grid = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     if table.folded:
