@@ -158,3 +158,13 @@ def test_settings_name_the_bad_field():
         PreidSettings(auc_bar=0.4)
     with pytest.raises(ValueError, match="n_perm"):
         PreidSettings(n_perm=3)
+
+
+def test_a_circuit_that_never_emerges_has_no_lead_and_the_report_says_so():
+    from headscreen.report.findings_sections import _preid_sentence
+
+    fp, cl = _tables(np.random.default_rng(4), emerge=100, plant_from=20, metrics=("gap_norm",))
+    _, doc = analyse_run(classes=cl, fingerprints=fp, validation=VALIDATED)
+    assert doc["emergence_step"] is None and doc["earliest"]["earliest_separating_step"] == 2000
+    assert doc["earliest"]["lead_steps"] is None and doc["earliest"]["lead_tokens"] is None
+    assert "no emergence to lead" in _preid_sentence(doc)

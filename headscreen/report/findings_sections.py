@@ -107,14 +107,17 @@ def _preid_sentence(doc: dict | None) -> str:
             return (f"not testable at p < {alpha:g}: the within-layer null has only {null['n_labelings']} relabellings "
                     f"(p ≥ {null['p_floor']:.2g}); no metric separates it{seen}")
         return f"no metric separates it before emergence{seen}"
-    lead = f"{best['lead_steps']:.0f} steps" + (f" ({human_count(best['lead_tokens'])} tokens)"
-                                                 if best.get("lead_tokens") else "")
+    if best["lead_steps"] is None:  # the circuit never reaches the threshold on the probe
+        lead = "with no emergence to lead (no circuit head reaches the induction threshold)"
+    else:
+        lead = f"{best['lead_steps']:.0f} steps" + (f" ({human_count(best['lead_tokens'])} tokens)"
+                                                     if best.get("lead_tokens") else "") + " before emergence"
     scope = "raw" if best["scope"] == "raw" else "within-layer z"
     rel = doc.get("earliest_layer_z")
     within = ("no metric separates it within its layer" if rel is None else
               f"within its layer, {rel['metric']} from step {rel['earliest_separating_step']}")
-    return (f"{best['metric']} ({scope}) separates it from step {best['earliest_separating_step']}, {lead} before "
-            f"emergence; family-wise p = {best['p_family']:.2g} (same-layer relabellings separating as early); {within}")
+    return (f"{best['metric']} ({scope}) separates it from step {best['earliest_separating_step']}, {lead}"
+            f"; family-wise p = {best['p_family']:.2g} (same-layer relabellings separating as early); {within}")
 
 
 def summary_section(ctx: Context) -> Section:
