@@ -124,12 +124,14 @@ def _section_owners() -> dict[str, type | None]:
     `report` has no settings yet: any field in it is an error."""
     from headscreen.causal.settings import ValidationSettings
     from headscreen.probes.classify import ScreenThresholds
+    from headscreen.probes.preid import PreidSettings
     from headscreen.probes.suite import ProbeSuite
     from headscreen.spectral.config import OnsetSettings, SpectralConfig
     from headscreen.synthetic.config import TrainConfig
 
     return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
-            "onsets": OnsetSettings, "validation": ValidationSettings, "report": None}
+            "onsets": OnsetSettings, "validation": ValidationSettings, "preid": PreidSettings,
+            "report": None}
 
 
 def check_sections(sections: dict[str, dict], where: str) -> None:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from headscreen.binding import describe_changes, plan_records
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
+from headscreen.probes.preid import PreidSettings
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
@@ -32,11 +33,10 @@ from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onset
 from headscreen.spectral.config import OnsetSettings
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import positive_int, require_remote_code_flag, resolve_series
+from pipelines.preid import preidentify_run
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
-#: every result file a screen writes (the `tables` of the manifest); validation's are removed when they change
-SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
-SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json")
+PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones the report recomputes
 #: settings that bound memory or time but change no result (left out of the config hash)
 NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
 
@@ -47,6 +47,7 @@ class ScreenSettings:
     thresholds: ScreenThresholds = field(default_factory=ScreenThresholds)
     probes: ProbeSuite = field(default_factory=ProbeSuite)
     onsets: OnsetSettings = field(default_factory=OnsetSettings)
+    preid: PreidSettings = field(default_factory=PreidSettings)  # summary only: not in the config hash (preid.json)
     probe_every: int = 1  # run the probes on every k-th checkpoint (and always the last)
 
     def __post_init__(self):
@@ -68,6 +69,7 @@ class ScreenSettings:
             thresholds=from_mapping(ScreenThresholds, cfg.section("thresholds"), f"{where}: thresholds"),
             probes=from_mapping(ProbeSuite, probes, f"{where}: probes"),
             onsets=from_mapping(OnsetSettings, cfg.section("onsets"), f"{where}: onsets"),
+            preid=from_mapping(PreidSettings, cfg.section("preid"), f"{where}: preid"),
         )
 
     def to_dict(self) -> dict:
@@ -362,8 +364,11 @@ def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], prob
         store.write_json("circuits", circuits)
     else:
         store.remove_outputs(tuple(f"{t}.parquet" for t in (*PROBE_TABLES, "classes")) + ("circuits.json",))
+    store.remove_outputs(PREID_OUTPUTS)  # they summarise the old tables; rewritten below once these are current
     store.update_manifest(tables={"status": "current", "steps": steps, "probe_steps": probed,
                                   "id": uuid.uuid4().hex[:16]})
+    if tables:  # read from the current tables (with the selectivity circuit; `validate` redoes it)
+        preidentify_run(store.root, settings.preid)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

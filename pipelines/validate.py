@@ -24,6 +24,7 @@ from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
 from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
+from pipelines.preid import preidentify_run
 
 __all__ = ["ValidationSettings", "validate"]
 
@@ -165,7 +166,9 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     summary["status"] = "done"
     run.write_table("validation", pd.concat(rows, ignore_index=True))
     run.write_table("patching", pdf)
-    return write_json(run.root / "validation.json", summary)
+    path = write_json(run.root / "validation.json", summary)
+    preidentify_run(run.root)  # the pre-identification tables now use the validated circuit
+    return path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -214,7 +214,8 @@ def copying_section(ctx: Context) -> Section:
     sec.tables.append(Table(columns=[labels[c] for c in cols], rows=[[r[c] for c in cols] for r in records],
                             caption=(f"{len(flagged)} checkpoint{' copies' if len(flagged) == 1 else 's copy'} "
                                      "without canonical induction heads"
-                                     + (": step " + ", ".join(map(str, flagged)) if flagged else "") + ".")))
+                                     + (": step " + ", ".join(map(str, flagged)) if flagged else "")),
+                            folded=True))  # per checkpoint: the figure above carries it
     if {"loss_first", "loss_second"} <= set(df.columns) and len(df) >= 2:
         first, second = df["loss_first"].to_numpy(float), df["loss_second"].to_numpy(float)
         flags = df["noncanonical_copying"].fillna(False).to_numpy(bool) if "noncanonical_copying" in df else np.zeros(len(df), bool)

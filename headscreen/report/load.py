@@ -30,8 +30,9 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "onsets.parquet": ("onsets", ("layer", "head", "metric", "onset_step")),
     "validation.parquet": ("validation_long", ("step", "condition", "metric", "value")),
     "patching.parquet": ("patching", ("step", "score")),
+    "preid.parquet": ("preid", ("metric", "scope", "step", "auc", "p_value", "separates")),
 }
-DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation"}
+DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation", "preid.json": "preid_doc"}
 
 
 class NotARunDirectoryError(FileNotFoundError):
@@ -83,8 +84,10 @@ class RunResults:
     onsets: pd.DataFrame | None = None
     validation_long: pd.DataFrame | None = None
     patching: pd.DataFrame | None = None
+    preid: pd.DataFrame | None = None
     circuits: dict | None = None
     validation: dict | list | None = None
+    preid_doc: dict | None = None
     missing: list[str] = field(default_factory=list)
 
     def has(self, name: str) -> bool:
