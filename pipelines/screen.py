@@ -37,6 +37,9 @@ from pipelines.preid import preidentify_run
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
 PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones the report recomputes
+#: every result file a screen writes
+SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
+SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json", *PREID_OUTPUTS)
 #: settings that bound memory or time but change no result (left out of the config hash)
 NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
 
