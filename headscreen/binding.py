@@ -47,7 +47,7 @@ def series_refusal(root: Path, old_manifest: dict, new_manifest: dict) -> str | 
     fix = f"screen it into another --out, or pass --force to discard the records of {root} and recompute them"
     differs = [k for k in _SERIES_KEYS if old.get(k) != new.get(k)]
     if differs:
-        return f"run {root} was screened on series {_where(old)}, not {_where(new)} ({', '.join(differs)} differ); {fix}"
+        return f"run {root} was screened on series {_where(old)}, not {_where(new)} ({' and '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}); {fix}"
     old_ids, new_ids = old_manifest.get("checkpoints"), new_manifest.get("checkpoints")
     if old_ids and new_ids is not None and not any(c in old_ids for c in new_ids):
         return (f"run {root} was screened on other checkpoints than those of series {_where(new)} now "
@@ -84,3 +84,17 @@ def plan_records(current: list[dict], sketch_meta: dict[int, dict], probe_meta: 
     stale_probes = sorted(s for s, m in probe_meta.items() if by_step.get(s) is None or m.get("identity") != by_step[s])
     return RecordPlan(stale_sketches=sorted(set(sketch_meta) - valid_sketch), stale_probes=stale_probes,
                       first_stale=first_stale)
+
+
+def checkpoint_refusal(root: Path, manifest: dict, identity: dict) -> str | None:
+    """Why a checkpoint about to be loaded for a run (e.g. by validate) is not the one its tables were
+    computed on, with the fix; None when it is (or when the run recorded no identities)."""
+    recorded = {c["step"]: c for c in manifest.get("checkpoints") or []}
+    if not recorded or recorded.get(identity["step"]) == identity:
+        return None
+    was = recorded.get(identity["step"])
+    what = "is no longer in the series" if was is None else (
+        f"changed since the screen (folder {was.get('path')} -> {identity.get('path')}, "
+        f"fingerprint {was.get('fingerprint')} -> {identity.get('fingerprint')})")
+    return (f"run {root}: checkpoint step {identity['step']} {what}; rerun the screen "
+            f"(`headscreen screen <series> --out {root}`) so that its tables describe the current checkpoints")

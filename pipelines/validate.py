@@ -15,13 +15,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from headscreen.binding import checkpoint_refusal
 from headscreen.causal import patch_checkpoint, validate_checkpoint
 from headscreen.causal.settings import ValidationSettings
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
-from headscreen.store import VALIDATION_OUTPUTS, RunStore, write_json
+from headscreen.series.identity import checkpoint_identity
+from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
 
 __all__ = ["ValidationSettings", "validate"]
 
@@ -130,7 +132,11 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     recorded = (manifest.get("config") or {}).get("probes") or {}  # the run's probes, as screened
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     series = _series_of(manifest, trust_remote_code=trust_remote_code)
-    bridge = series.boot(series.checkpoint(step))
+    ckpt = series.checkpoint(step)
+    refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
+    if refusal:
+        raise SeriesChanged(refusal)
+    bridge = series.boot(ckpt)
     batches = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)
     probes = {probe: batches[probe]}
     rows = []

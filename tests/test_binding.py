@@ -223,3 +223,48 @@ def test_byte_identical_tables_from_the_same_config_and_seeds(pool, tmp_path):
         screen(series, tmp_path / out, settings=SETTINGS, progress=False)
     a, b = outputs(tmp_path / "a"), outputs(tmp_path / "b")
     assert len(a) == len(SCREEN_OUTPUTS) and a == b
+
+
+def ident(step, fp="a"):
+    return {"step": step, "name": f"step{step}", "path": f"/s/step{step}", "fingerprint": fp}
+
+
+def sketch_metas(ids):
+    return {c["step"]: {"identity": c, "previous": ids[i - 1] if i else None} for i, c in enumerate(ids)}
+
+
+@pytest.mark.parametrize("case", ["same", "deleted", "inserted", "changed", "appended", "no identities"])
+def test_plan_records_keeps_exactly_the_unchanged_prefix(case):
+    from headscreen.binding import plan_records
+
+    old = [ident(s) for s in (0, 10, 20, 30, 40)]
+    new, meta = list(old), sketch_metas(old)
+    if case == "deleted":
+        new = [c for c in old if c["step"] != 20]
+    elif case == "inserted":
+        new = sorted(old + [ident(15)], key=lambda c: c["step"])
+    elif case == "changed":
+        new = [ident(s, "b" if s == 20 else "a") for s in (0, 10, 20, 30, 40)]
+    elif case == "appended":
+        new = old + [ident(50)]
+    elif case == "no identities":
+        meta = {s: {"tokens": None} for s in meta}
+    plan = plan_records(new, meta, {s: {"identity": m.get("identity")} for s, m in meta.items()})
+    first, stale_sketch, stale_probes = {
+        "same": (None, [], []), "deleted": (30, [20, 30, 40], [20]), "inserted": (15, [20, 30, 40], []),
+        "changed": (20, [20, 30, 40], [20]), "appended": (50, [], []),
+        "no identities": (0, [0, 10, 20, 30, 40], [0, 10, 20, 30, 40])}[case]
+    assert (plan.first_stale, plan.stale_sketches, plan.stale_probes) == (first, stale_sketch, stale_probes)
+
+
+def test_validate_refuses_a_checkpoint_changed_since_the_screen(pool, tmp_path):
+    from headscreen.testing import build_tiny_model
+    from pipelines.validate import validate
+
+    series = copy_series(pool, tmp_path / "s", STEPS[:6])
+    run = tmp_path / "run"
+    screen(series, run, settings=SETTINGS, progress=False)
+    build_tiny_model("gpt_neox", n_ctx=64, seed=5).save_pretrained(series / "step50")
+    with pytest.raises(SeriesChanged, match=r"step 50 changed since the screen.*rerun the screen"):
+        validate(run, circuit=[[1, 0]], n_null=3, ablations=("zero",), progress=False)
+    assert not (run / "validation.json").exists()

@@ -80,8 +80,11 @@ def killed(args, point: str) -> subprocess.CompletedProcess:
 
 
 def points(rng: random.Random, total: int, n: int) -> list[str]:
-    every = [f"{site}:{k}" for k in range(1, total + 1) for site in ("write", "renamed")]
-    return rng.sample(every, n)
+    """n seeded kill points, one in each n-th of the writes (so a screen is hit while it writes its
+    first manifest and records, its later records, and its summary)."""
+    bounds = [1 + total * i // n for i in range(n + 1)]
+    return [f"{rng.choice(('write', 'renamed'))}:{rng.randint(lo, max(lo, hi - 1))}"
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def assert_complete_and_equal(run: Path, ref: Path) -> None:
