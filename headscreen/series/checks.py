@@ -9,13 +9,14 @@ tensors happens as they are read (`read_head_weights`) and of every parameter af
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import torch
 
 from headscreen.series.adapters import AttentionGeometry, check_shapes, geometry_from_config
-from headscreen.series.errors import CheckpointNotFound, CorruptCheckpoint, NonFiniteWeights
+from headscreen.series.errors import CheckpointNotFound, CorruptCheckpoint, NonFiniteWeights, ShapeMismatch
 from headscreen.series.tensors import TensorSource
 
 
@@ -51,8 +52,42 @@ def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: s
         claimed = src.validate()
     finally:
         src.close()
-    check_shapes(claimed, geometry, where)
+    check_shapes(claimed, geometry, where)  # attention and embeddings, with the geometry in the message
+    implied = model_shapes(json.dumps(cfg, sort_keys=True), geometry.n_layers)
+    for name, shape in claimed.items():
+        want = implied.get(name)
+        if want is not None and tuple(shape) != want:
+            raise ShapeMismatch(f"checkpoint {where}: tensor {name!r} has shape {list(shape)} but the model its "
+                                f"config.json describes has {list(want)}; the weights were reshaped or belong to "
+                                "another config — re-save this checkpoint")
     return geometry
+
+
+@functools.lru_cache(maxsize=8)
+def model_shapes(config_text: str, n_layers: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter and buffer of the transformers model a config.json describes,
+    built on the meta device (no memory, no weights, never remote code; ~0.05 s after transformers'
+    first import). Names are given with and without the base model's prefix (GPT-2 checkpoints use
+    both). {} when transformers cannot build it: then only the attention and embedding shapes are
+    checked (`check_shapes`). Cached per config text: a series usually has one."""
+    if n_layers > 512:  # a crafted config could make building the module tree itself take minutes
+        return {}
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = json.loads(config_text)
+    cfg.pop("auto_map", None)  # the built-in class of model_type, never code from the folder
+    model_type = cfg.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception:  # an unusual config transformers cannot build: the explicit checks still apply
+        return {}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else None
+    if prefix:
+        shapes.update({k[len(prefix):]: v for k, v in list(shapes.items()) if k.startswith(prefix)})
+    return shapes
 
 
 def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
