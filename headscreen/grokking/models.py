@@ -30,8 +30,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from headscreen.config import ConfigError
+from headscreen.series.adapters import GROK
 
-MODEL_TYPE = "headscreen-grok"
+MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snapshots
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 N_CTX = 3  # [a, b, '=']
 

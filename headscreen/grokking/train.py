@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headscreen.grokking.config import GrokConfig
+from headscreen.grokking.defect import commutator_defect, defect_summary
 from headscreen.grokking.models import GrokTransformer, build_model
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
 from headscreen.grokking.tasks import ModularData, make_dataset
@@ -85,15 +86,6 @@ def evaluate(model: GrokTransformer, data: ModularData) -> list[dict]:
     return rows
 
 
-def _defect_function() -> Callable | None:
-    """grok-analysis's commutator_defect, or None while that module is absent."""
-    try:
-        from headscreen.grokking.defect import commutator_defect
-    except ImportError:
-        return None
-    return commutator_defect
-
-
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
@@ -110,11 +102,12 @@ def run_manifest(cfg: GrokConfig) -> dict:
 
 
 def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, force: bool = False,
-              stop_at: int | None = None) -> Path:
+              stop_at: int | None = None, on_snapshot: Callable[[int, GrokTransformer], None] | None = None) -> Path:
     """Train `cfg` into `run_dir` (layout: docs/run-format.md); resume a partial run of the same config.
 
     force: discard a run of another config (or this one) and start over. stop_at: leave after step
     `stop_at`'s evaluation and snapshot, as an interrupted run would (for tests and chunked runs).
+    on_snapshot(step, model): called after each snapshot is written (e.g. to keep an in-memory history).
     Memory: the model, AdamW state and the p² table; snapshots go straight to disk.
     """
     from tqdm.auto import tqdm
@@ -141,7 +134,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             traj.reset()
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
-        defect_fn = _defect_function() if cfg.defect_every else None
+        defect_fn = commutator_defect if cfg.defect_every else None
         train = data.train()
         timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
@@ -156,13 +149,12 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             t1 = time.perf_counter()
             if defect_fn is not None and step % cfg.defect_every == 0:
                 d = defect_fn(model, loss_fn, defect_pairs(cfg, train, step), eta=cfg.defect_eta, params=params)
-                d = d.double()
-                defects.append({"step": step, "defect_median": d.median().item(),
-                                "defect_q25": d.quantile(0.25).item(), "defect_q75": d.quantile(0.75).item(),
-                                "n_pairs": len(d)})
+                defects.append({"step": step, **defect_summary(d)})
             t2 = time.perf_counter()
             if step % cfg.snapshot_every == 0 or last:
                 traj.add(step, model, model.hf_config())
+                if on_snapshot is not None:
+                    on_snapshot(step, model)
                 store.write_table("curves", _frame(curves, CURVE_COLUMNS))
                 store.write_table("defect", _frame(defects, DEFECT_COLUMNS))
                 if not last:
