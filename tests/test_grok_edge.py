@@ -151,4 +151,5 @@ def test_smoothing_and_peak():
     assert list(df.columns) == ["step", "head", "x", "y", "square", "x_smooth", "y_smooth"]
     assert df["y_smooth"].tolist() == pytest.approx([0.5, 2.0, 7 / 3, 2.0, 0.5])
     assert commutator_peak(df) == 20
+    assert commutator_peak(df, after=30) == 30
     assert commutator_peak(pd.DataFrame({"step": [0], "head": [-1], "y_smooth": [np.nan]})) is None

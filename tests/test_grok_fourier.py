@@ -68,8 +68,8 @@ def test_gini_known_values():
 def test_bad_embedding():
     with pytest.raises(ValueError, match=r"\[p, d_model\]"):
         embedding_spectrum(torch.zeros(5))
-    with pytest.raises(ValueError, match="key_share"):
-        embedding_spectrum(torch.zeros(5, 3), key_share=1.5)
+    with pytest.raises(ValueError, match="key_factor"):
+        embedding_spectrum(torch.zeros(5, 3), key_factor=0.5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-KEY_SHARE = 0.05  # a key frequency holds at least this share of the non-constant Fourier energy
+KEY_FACTOR = 3.0  # a key frequency holds at least this many times the uniform share 1/n_freq of the Fourier energy
 
 
 def fourier_basis(p: int, dtype: torch.dtype = torch.float64) -> tuple[Float[Tensor, "p p"], Tensor]:
@@ -44,7 +44,7 @@ class FourierSpectrum:
     constant_norm: float  # norm of the constant component (the mean embedding·√p)
     share: Float[Tensor, " n_freq"]  # norm² / Σ norm² over the non-constant frequencies
     gini: float  # Gini coefficient of `norms`
-    key_frequencies: list[int]  # frequencies with share >= key_share, by decreasing norm
+    key_frequencies: list[int]  # frequencies with share >= key_factor / n_freq, by decreasing norm
 
 
 def gini(values: Tensor) -> float:
@@ -62,12 +62,16 @@ def gini(values: Tensor) -> float:
     return float((2 * (i * xs).sum() / (n * total)) - (n + 1) / n)
 
 
-def embedding_spectrum(w_e: Float[Tensor, "p d"], *, key_share: float = KEY_SHARE) -> FourierSpectrum:
-    """Fourier spectrum of the residue embeddings W_E[:p] (rows = residues 0..p−1)."""
+def embedding_spectrum(w_e: Float[Tensor, "p d"], *, key_factor: float = KEY_FACTOR) -> FourierSpectrum:
+    """Fourier spectrum of the residue embeddings W_E[:p] (rows = residues 0..p−1).
+
+    Key frequencies: those holding at least `key_factor` times the share of an even spread
+    (share >= key_factor / n_freq, n_freq = ⌊p/2⌋), listed by decreasing norm.
+    """
     if w_e.ndim != 2:
         raise ValueError(f"the embedding must be [p, d_model]; got shape {tuple(w_e.shape)}")
-    if not 0 < key_share < 1:
-        raise ValueError(f"key_share={key_share} must lie in (0, 1); default {KEY_SHARE}")
+    if not key_factor > 1:
+        raise ValueError(f"key_factor={key_factor} must be > 1 (times the even share); default {KEY_FACTOR}")
     if not torch.isfinite(w_e).all():
         raise ValueError("the embedding contains NaN/inf; the checkpoint is corrupt or diverged")
     p = w_e.shape[0]
@@ -81,6 +85,6 @@ def embedding_spectrum(w_e: Float[Tensor, "p d"], *, key_share: float = KEY_SHAR
     share = per[1:] / total if total > 0 else torch.full_like(norms, float("nan"))
     freqs = torch.arange(1, n_freq + 1)
     order = torch.argsort(norms, descending=True, stable=True)
-    keys = [int(freqs[i]) for i in order if share[i] >= key_share]
+    keys = [int(freqs[i]) for i in order if share[i] >= key_factor / n_freq]
     return FourierSpectrum(frequencies=freqs, norms=norms, constant_norm=float(per[0].sqrt()), share=share,
                            gini=gini(norms), key_frequencies=keys)

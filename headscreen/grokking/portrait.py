@@ -73,9 +73,13 @@ def portrait_frame(points: dict[int, list[dict]], *, window: int = SMOOTH) -> pd
     return df.sort_values(["step", "head"]).reset_index(drop=True)
 
 
-def commutator_peak(df: pd.DataFrame, head: int = -1) -> int | None:
-    """Step of the maximum of the smoothed commutator y (None if it is undefined throughout)."""
+def commutator_peak(df: pd.DataFrame, head: int = -1, *, after: int | None = None) -> int | None:
+    """Step of the maximum of the smoothed commutator y at steps >= `after` (the memorisation step in
+    analyse_run: at initialisation the random W_Q, W_K already have a large commutator); None if y is
+    undefined there."""
     sub = df[df["head"] == head]
+    if after is not None:
+        sub = sub[sub["step"] >= after]
     y = sub["y_smooth"].to_numpy()
     if sub.empty or not np.isfinite(y).any():
         return None
