@@ -262,3 +262,10 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     }
     store.write_json("grok", out)
     return out
+
+
+def summarise_sweep(sweep_dir: str | Path, **kwargs) -> pd.DataFrame:
+    """See headscreen.grokking.summary.summarise_sweep (re-exported here, as the contract names it)."""
+    from headscreen.grokking.summary import summarise_sweep as _summarise
+
+    return _summarise(sweep_dir, **kwargs)
