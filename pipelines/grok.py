@@ -118,14 +118,17 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
                 results[name] = fut.result()
             except Exception as e:  # one failed run must not lose the others
                 errors[name] = f"{type(e).__name__}: {e}"
-    rows = []
-    for name, cfg in grid:
-        row = {"run": name, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "seed": cfg.seed,
-               "error": errors.get(name)}
-        row.update({k: v for k, v in results.get(name, {}).items() if v is None or isinstance(v, int | float | str)})
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    atomic_write(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
+    if analyse and not errors and _analyse_run() is not None:
+        from headscreen.grokking.summary import write_sweep_summary
+
+        table = write_sweep_summary(out, analyse_missing=False, progress=False)  # + the lead-time power law
+    else:  # the grid and each run's final accuracies, or its error
+        rows = [{"run": name, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "seed": cfg.seed,
+                 "error": errors.get(name), **{k: v for k, v in results.get(name, {}).items()
+                                              if v is None or isinstance(v, int | float | str)}}
+                for name, cfg in grid]
+        table = pd.DataFrame(rows)
+        atomic_write(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept; rerun to "
                            f"resume): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
