@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from headscreen.config import ConfigError, ModelConfig, load_config
+
+if TYPE_CHECKING:
+    from headscreen.grokking.config import GrokConfig
 
 TASK_CONFIGS = {"modadd": "grok-modadd", "modsub": "grok-modsub", "modmul": "grok-modmul", "modsq": "grok-modsq",
                 "multitask": "grok-multitask", "nanda": "grok-nanda"}
@@ -85,15 +89,36 @@ def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool) -> dict:
     return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse)
 
 
+def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
+             analyse: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+    """Train (or resume) and analyse each config into root/<name>, `workers` runs at once, one process
+    (1 torch thread) each. Returns (results by name, errors by name); one failed run loses no other."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    results: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state in the workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_sweep_worker, cfg.to_dict(), str(root / name), analyse): name
+                   for name, cfg in configs.items()}
+        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="runs", unit="run"):
+            name = futures[fut]
+            try:
+                results[name] = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported per run, the others go on
+                errors[name] = f"{type(e).__name__}: {e}"
+    return results, errors
+
+
 def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None,
           workers: int | None = None, progress: bool = True, analyse: bool = True):
     """`headscreen grok sweep`: every grid point of the config's sweep: section, `workers` at a time in
     separate processes; finished runs are kept, unfinished ones resume. Writes sweep.parquet/sweep.json."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from headscreen.provenance import provenance
     from headscreen.store import atomic_write, write_json
@@ -106,18 +131,8 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     runs = out / "runs"
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
-    n_workers = workers or grid_cfg.workers
-    results: dict[str, dict] = {}
-    errors: dict[str, str] = {}
-    ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state in the workers
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_sweep_worker, cfg.to_dict(), str(runs / name), analyse): name for name, cfg in grid}
-        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="sweep", unit="run"):
-            name = futures[fut]
-            try:
-                results[name] = fut.result()
-            except Exception as e:  # one failed run must not lose the others
-                errors[name] = f"{type(e).__name__}: {e}"
+    results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
+                               progress=progress, analyse=analyse)
     if analyse and not errors and _analyse_run() is not None:
         from headscreen.grokking.summary import write_sweep_summary
 
