@@ -97,7 +97,8 @@ def main(argv=None) -> None:
               f"{base.defect_every} (target <= 20%); run directory {size:.1f} MB")
 
     if "control" in parts:
-        g = many({"control_wd0": base.replace(weight_decay=0.0)})["control_wd0"]
+        name = f"seeds_wd0_seed{base.seed}"  # the same run as the seeds part's wd-0 run of this seed
+        g = many({name: base.replace(weight_decay=0.0)})[name]
         print(f"\n[control] wd 0, {base.steps} steps: grok step {_fmt(g['grok_step'])}, "
               f"final test acc {g['final_test_acc']:.3f}, memorisation step {_fmt(g['memorisation_step'])}")
 
