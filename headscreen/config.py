@@ -115,7 +115,7 @@ class ModelConfig:
 
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
-SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report")
+SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis")
 
 
 def load_config(path_or_name: str | Path) -> ModelConfig:

@@ -180,3 +180,79 @@ def test_a_changed_config_is_refused_on_the_same_run(tmp_path):
     train_run(tiny_config(steps=5), tmp_path / "run", progress=False)
     with pytest.raises(ConfigChanged):
         train_run(tiny_config(steps=5, lr=5e-3), tmp_path / "run", progress=False)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+TINY_YAML = """
+name: grok-tiny
+source: {kind: synthetic}
+grok:
+  tasks: [add]
+  p: 11
+  train_frac: 0.5
+  model: {preset: curv, d_model: 32, n_heads: 2, d_head: 16, d_mlp: 64}
+  lr: 0.01
+  batch_size: 32
+  steps: 10
+  eval_every: 5
+  snapshot_every: 5
+  defect_every: 5
+  defect_pairs: 2
+  defect_batch_size: 16
+sweep:
+  weight_decay: [0.0, 1.0]
+  workers: 2
+"""
+
+
+def _cli(*argv: str) -> int:
+    from pipelines.cli import main
+
+    return main(list(argv))
+
+
+def test_grok_cli_help_and_bad_input_exit_codes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _cli("grok", "--help")
+    assert e.value.code == 0 and "modadd" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        _cli("grok", "modadd", "--bogus", "1", "--out", str(tmp_path / "x"))
+    assert e.value.code == 2
+    assert _cli("grok", "modmul", "--p", "15", "--out", str(tmp_path / "y")) == 2
+    assert "not prime" in capsys.readouterr().err
+    assert _cli("grok", "modadd", "--train-frac", "1.5", "--out", str(tmp_path / "z")) == 2
+    assert _cli("grok", "sweep", "grok-nonexistent", "--out", str(tmp_path / "s")) == 2
+
+
+def test_grok_cli_run_flags_override_the_yaml(tmp_path):
+    import json
+
+    cfg = tmp_path / "grok-tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "run"
+    assert _cli("grok", "modadd", "--config", str(cfg), "--steps", "6", "--wd", "0.5", "--batch-size", "0",
+                "--no-progress", "--out", str(out)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "grok"
+    c = manifest["config"]
+    assert (c["steps"], c["weight_decay"], c["batch_size"], c["p"], c["model"]["d_model"]) == (6, 0.5, None, 11, 32)
+    assert LocalSeries(out / "trajectory").steps == [0, 5, 6]
+
+
+@pytest.mark.slow  # two spawned worker processes import torch: ~20 s on a quiet host, a minute under load
+def test_grok_sweep_runs_the_grid_in_processes_and_resumes(tmp_path):
+    from pipelines.grok import sweep
+
+    cfg = tmp_path / "grok-tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    table = sweep(cfg, tmp_path / "sw", progress=False, analyse=False)
+    assert table.run.tolist() == ["wd0_lr0.01_seed0", "wd1_lr0.01_seed0"]
+    assert table.error.isna().all() and table.final_train_acc.between(0, 1).all()
+    saved = pd.read_parquet(tmp_path / "sw" / "sweep.parquet")
+    pd.testing.assert_frame_equal(saved, table)
+    for name in table.run:
+        assert Trajectory(tmp_path / "sw" / "runs" / name).complete
+    before = (tmp_path / "sw" / "runs" / table.run[0] / "curves.parquet").stat().st_mtime_ns
+    again = sweep(cfg, tmp_path / "sw", progress=False, analyse=False, workers=1)  # finished runs are kept
+    assert (tmp_path / "sw" / "runs" / table.run[0] / "curves.parquet").stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again, table)

@@ -21,7 +21,7 @@ class GrokConfig:
     # task
     tasks: tuple[str, ...] = ("add",)  # one task, or several sharing a trunk (one head each, losses summed)
     p: int = 59
-    train_frac: float = 0.5
+    train_frac: float = 0.3
     # model
     model: ModelSpec = field(default_factory=ModelSpec)  # YAML: a preset name or a mapping (`preset:` + overrides)
     # optimisation (AdamW; weight decay on every trained parameter)
@@ -31,11 +31,11 @@ class GrokConfig:
     batch_size: int | None = 512  # None (or >= the training set): full batch
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     warmup: int = 0  # linear learning-rate warm-up steps
-    steps: int = 3000
+    steps: int = 2000
     seed: int = 0  # model init, split and batches (batches depend only on (seed, step))
     # trajectory capture
     eval_every: int = 50  # rows of curves.parquet
-    snapshot_every: int = 100  # trajectory snapshots (and resume points)
+    snapshot_every: int = 50  # trajectory snapshots (and resume points)
     defect_every: int = 100  # commutator-defect measurements; 0 disables them
     defect_pairs: int = 9  # K batch pairs per measurement
     defect_batch_size: int = 128

@@ -15,7 +15,8 @@ Parameter names (the contract of docs/run-format.md; shapes follow TransformerLe
 Attention is causal. Only the last position ('=') feeds the loss, so the default forward runs the last
 block's queries, attention and MLP at that position alone; its keys and values still come from all
 positions, and every earlier block runs at every position (their outputs feed the last block's keys
-and values). The result equals the full forward's last position (tests/test_grok.py checks < 1e-5).
+and values). Position 0 sees only itself, so its stream is computed once per vocabulary id and
+gathered. The result equals the full forward's last position (tests/test_grok_train.py: < 1e-5).
 """
 
 from __future__ import annotations
@@ -87,18 +88,28 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(D))
         self.scale = 1.0 / math.sqrt(dh)
 
-    def forward(self, x: Float[Tensor, "B T D"], last_only: bool) -> Float[Tensor, "B Tq D"]:
-        k = torch.einsum("btd,hde->bhte", x, self.W_K) + self.b_K[:, None]  # [B, H, T, dh]
+    def kv(self, x: Float[Tensor, "B T D"]) -> tuple[Float[Tensor, "B H T dh"], Float[Tensor, "B H T dh"]]:
+        k = torch.einsum("btd,hde->bhte", x, self.W_K) + self.b_K[:, None]
         v = torch.einsum("btd,hde->bhte", x, self.W_V) + self.b_V[:, None]
-        xq = x[:, -1:] if last_only else x
+        return k, v
+
+    def out(self, z: Float[Tensor, "B H Tq dh"]) -> Float[Tensor, "B Tq D"]:
+        return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O
+
+    def attend(self, xq: Float[Tensor, "B Tq D"], k: Float[Tensor, "B H T dh"], v: Float[Tensor, "B H T dh"],
+               causal: bool) -> Float[Tensor, "B Tq D"]:
+        """Queries from xq, the last Tq of the T key positions (causal: query i sees keys <= T - Tq + i)."""
         q = torch.einsum("btd,hde->bhte", xq, self.W_Q) + self.b_Q[:, None]  # [B, H, Tq, dh]
         scores = q @ k.transpose(-1, -2) * self.scale  # [B, H, Tq, T]
-        if not last_only:  # the last query sees every position anyway
-            T = x.shape[1]
-            mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        Tq, T = q.shape[2], k.shape[2]
+        if causal and Tq > 1:
+            mask = torch.ones(Tq, T, dtype=torch.bool).triu(T - Tq + 1)
             scores = scores.masked_fill(mask, float("-inf"))
-        z = scores.softmax(-1) @ v  # [B, H, Tq, dh]
-        return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O
+        return self.out(scores.softmax(-1) @ v)
+
+    def forward(self, x: Float[Tensor, "B T D"], last_only: bool) -> Float[Tensor, "B Tq D"]:
+        k, v = self.kv(x)
+        return self.attend(x[:, -1:] if last_only else x, k, v, causal=not last_only)
 
 
 class MLP(nn.Module):
@@ -183,12 +194,38 @@ class GrokTransformer(nn.Module):
         return [self.unembed] if len(self.tasks) == 1 else [self.heads[t] for t in self.tasks]
 
     def forward(self, tokens: Int[Tensor, "B T"], *, fast: bool = True) -> Float[Tensor, "B tasks p"]:
-        x = self.embed.W_E[tokens] + self.pos.W_pos[: tokens.shape[1]]
+        if fast and tokens.shape[1] > 1:
+            x = self._fast_last_position(tokens)
+        else:
+            x = self.embed.W_E[tokens] + self.pos.W_pos[: tokens.shape[1]]
+            for block in self.blocks:
+                x = block(x, last_only=False)
+            x = x[:, -1]
+        x = self.ln_final(x)  # [B, D]
+        return torch.stack([x @ u.W_U for u in self.unembeddings()], dim=1)
+
+    def _fast_last_position(self, tokens: Int[Tensor, "B T"]) -> Float[Tensor, "B D"]:
+        """The residual stream at the last position, computing only what reaches it (module docstring).
+        Position 0 attends to itself alone, so its stream depends on the first token only: it is run once
+        per vocabulary id ([V, D]) and gathered, instead of once per example."""
+        first = tokens[:, 0]
+        x0 = self.embed.W_E + self.pos.W_pos[0]  # [V, D]: position 0 for every possible first token
+        x = self.embed.W_E[tokens[:, 1:]] + self.pos.W_pos[1 : tokens.shape[1]]  # [B, T-1, D]
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, last_only=fast and i == last)
-        x = self.ln_final(x[:, -1])  # [B, D]
-        return torch.stack([x @ u.W_U for u in self.unembeddings()], dim=1)
+            attn = block.attn
+            k0, v0 = attn.kv(block.ln1(x0)[:, None])  # [V, H, 1, dh]
+            h = block.ln1(x)
+            k, v = attn.kv(h)  # [B, H, T-1, dh]
+            k, v = torch.cat([k0[first], k], dim=2), torch.cat([v0[first], v], dim=2)
+            if i == last:
+                x = x[:, -1:] + attn.attend(h[:, -1:], k, v, causal=False)
+            else:
+                x = x + attn.attend(h, k, v, causal=True)
+                x0 = x0 + attn.out(v0)[:, 0]  # softmax over one key: the output is that key's value
+                x0 = x0 + block.mlp(block.ln2(x0))
+            x = x + block.mlp(block.ln2(x))
+        return x[:, -1]
 
     def hf_config(self) -> dict:
         """The config.json of a snapshot: what `headscreen.series` needs to read the attention weights."""
