@@ -102,7 +102,7 @@ def summary_section(run: GrokRun) -> Section:
     data = {k: run.grok.get(k) for k in SCALARS}
     data["defect_onsets"] = run.grok.get("defect_onsets")
     data["tasks"] = run.grok.get("tasks")
-    rows = [[k, data[k]] for k in SCALARS]
+    rows = [[k, "none" if data[k] == [] else data[k]] for k in SCALARS]
     tables = [Table(["Quantity", "Value"], rows, caption="grok.json (steps are training steps; – = never)")]
     tasks = run.grok.get("tasks") or {}
     if len(tasks) > 1:
