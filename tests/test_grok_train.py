@@ -237,6 +237,9 @@ def test_grok_cli_run_flags_override_the_yaml(tmp_path):
     c = manifest["config"]
     assert (c["steps"], c["weight_decay"], c["batch_size"], c["p"], c["model"]["d_model"]) == (6, 0.5, None, 11, 32)
     assert LocalSeries(out / "trajectory").steps == [0, 5, 6]
+    grok = json.loads((out / "grok.json").read_text())  # analysed after training
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert grok["final_test_acc"] == pytest.approx(curves.test_acc.iloc[-1])
 
 
 @pytest.mark.slow  # two spawned worker processes import torch: ~20 s on a quiet host, a minute under load
