@@ -99,3 +99,16 @@ def test_missing_curves_is_a_clear_error(tmp_path):
     (root / "curves.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="curves.parquet"):
         analyse_run(root, progress=False)
+
+
+def test_settings_validation_and_fixed_transient(run, tmp_path):
+    with pytest.raises(ValueError, match="onset_rule"):
+        AnalysisSettings(onset_rule="median")
+    with pytest.raises(ValueError, match="transient"):
+        AnalysisSettings(transient="early")
+    with pytest.raises(ValueError, match="grok_threshold"):
+        AnalysisSettings(grok_threshold=1.5)
+    root = make_run(tmp_path / "r2")
+    out = analyse_run(root, settings=replace(EXACT, transient=10, onset_rule="z", grok_threshold=0.5), progress=False)
+    assert out["edge"]["transient_windows"] == 10 and out["defect_onset_rule"] == "z"
+    assert out["settings"]["analysis"]["transient"] == 10 and out["settings"]["analysis"]["spectral"]["exact"]

@@ -57,6 +57,7 @@ class RunReport:
     step: int | None
     sections: list[Section]
     probe: str | None = None
+    meta: str | None = None  # replaces the "per-checkpoint sections show step" line (grok runs and sweeps)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Report:
     runs: list[RunReport]
     comparison: Section | None
     generated_by: dict
+    title: str = "headscreen circuit report"
 
 
 SECTION_ORDER = (
