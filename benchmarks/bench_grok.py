@@ -1,7 +1,7 @@
 """Benchmark: the grokking targets of issue 12, from real runs (printed, not asserted).
 
     python benchmarks/bench_grok.py [--out results/bench_grok] [--only default,control,seeds,lr,nanda,multitask]
-                                    [--threads 2] [--workers 2] [--seeds 0,1,2] [--lrs 0.001,0.002,0.003,0.005]
+                                    [--threads 2] [--workers 2] [--seeds 0,1,2] [--lrs 0.002,0.003,0.004,0.005]
 
 Parts (each reuses finished runs under --out, so parts can be run at different times):
 - default:   `headscreen grok modadd` with the YAML defaults, timed in this process (--threads);
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the timed default run")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (1 thread each) for the other parts")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--lrs", default="0.001,0.002,0.003,0.005")
+    ap.add_argument("--lrs", default="0.002,0.003,0.004,0.005", help="learning rates (each groks within the YAML's steps)")
     args = ap.parse_args(argv)
 
     import torch
@@ -124,7 +124,9 @@ def main(argv=None) -> None:
               f"(gap opened at all without: {counts[0.0][2]}/{n})")
 
     if "lr" in parts:
-        cfgs = {f"lr{lr:g}": base.replace(lr=lr, seed=seeds[0]) for lr in lrs}
+        # the run at the YAML's lr and seed is the seeds part's run (same config, same directory)
+        cfgs = {(f"seeds_wd1_seed{seeds[0]}" if lr == base.lr and base.weight_decay == 1.0 else f"lr{lr:g}_seed{seeds[0]}"):
+                base.replace(lr=lr, seed=seeds[0]) for lr in lrs}
         res = many(cfgs)
         print(f"\n[lr] wd {base.weight_decay:g}, seed {seeds[0]}, lr in {lrs}")
         t, lead = [], []

@@ -237,6 +237,9 @@ def test_grok_cli_run_flags_override_the_yaml(tmp_path):
     c = manifest["config"]
     assert (c["steps"], c["weight_decay"], c["batch_size"], c["p"], c["model"]["d_model"]) == (6, 0.5, None, 11, 32)
     assert LocalSeries(out / "trajectory").steps == [0, 5, 6]
+    grok = json.loads((out / "grok.json").read_text())  # analysed after training
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert grok["final_test_acc"] == pytest.approx(curves.test_acc.iloc[-1])
 
 
 @pytest.mark.slow  # two spawned worker processes import torch: ~20 s on a quiet host, a minute under load
@@ -256,3 +259,16 @@ def test_grok_sweep_runs_the_grid_in_processes_and_resumes(tmp_path):
     again = sweep(cfg, tmp_path / "sw", progress=False, analyse=False, workers=1)  # finished runs are kept
     assert (tmp_path / "sw" / "runs" / table.run[0] / "curves.parquet").stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again, table)
+
+
+@pytest.mark.parametrize("task", ["modadd", "modsub", "modmul", "modsq", "multitask", "nanda"])
+def test_every_grok_config_loads_and_keeps_its_run_under_50_mb(task):
+    from pipelines.grok import load_grok_config
+
+    _, cfg, sweep_cfg = load_grok_config(task)
+    assert sweep_cfg is not None and len(sweep_cfg.grid(cfg)) >= 2
+    model = build_model(cfg.model, cfg.p, cfg.tasks, seed=0)
+    snapshot_bytes = 4 * sum(t.numel() for t in model.state_dict().values())
+    n_snapshots = cfg.steps // cfg.snapshot_every + 1 + (cfg.steps % cfg.snapshot_every > 0)
+    assert n_snapshots >= 21  # the W = 10 spectral edge gets >= 11 windows
+    assert n_snapshots * snapshot_bytes < 50e6
