@@ -116,7 +116,7 @@ class ModelConfig:
 
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
-SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report")
+SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis")
 
 
 def _section_owners() -> dict[str, type | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import demo, report, screen, series_info, train, validate
+from pipelines import demo, grok, report, screen, series_info, train, validate
 from pipelines.common import positive_int
 
 # (name, module, one-line help). A workflow is listed only once it works end to end.
@@ -15,6 +15,7 @@ COMMANDS = [
     ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
     ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
     ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
+    ("grok", grok, "train a toy grokking task with its trajectory captured, and analyse it; or a sweep"),
     ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),
 ]
 

@@ -16,6 +16,7 @@ from headscreen.report.compare import comparison_section
 from headscreen.report.content import Report, RunReport
 from headscreen.report.dynamics_sections import copying_section, fingerprints_section, lead_times_section
 from headscreen.report.findings_sections import findings_section, preid_section, summary_section
+from headscreen.report.grok_sections import grok_kind, grok_report
 from headscreen.report.load import RunResults, check_run_dir, load_run
 from headscreen.report.provenance import provenance_section
 from headscreen.report.render_html import write_html
@@ -71,18 +72,23 @@ def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = 
     """Load the runs and build the renderer-neutral report (no file is written)."""
     if not run_dirs:
         raise ValueError("no run directory given; pass at least one, e.g. results/<config>/<run>/.")
+    if any(grok_kind(p) for p in run_dirs):  # grokking runs and sweeps have their own sections
+        return grok_report([Path(p) for p in run_dirs], _generated_by())
     dirs = [check_run_dir(Path(p)) for p in run_dirs]  # fail on a bad path before loading anything
     runs = [load_run(p) for p in dirs]
     names = _unique_names(runs)
     slugs = [slugify(n) if len(runs) == 1 else f"run{i + 1}-{slugify(n)}" for i, n in enumerate(names)]
     reports = [run_report(r, n, s, step, probe) for r, n, s in zip(runs, names, slugs, strict=True)]
-    generated_by = {
+    return Report(runs=reports, comparison=comparison_section(reports) if len(reports) > 1 else None,
+                  generated_by=_generated_by())
+
+
+def _generated_by() -> dict:
+    return {
         "headscreen_version": headscreen.__version__, "python": platform.python_version(),
         "matplotlib": matplotlib.__version__, "pandas": pd.__version__,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    return Report(runs=reports, comparison=comparison_section(reports) if len(reports) > 1 else None,
-                  generated_by=generated_by)
 
 
 def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | None = None, *,

@@ -58,6 +58,7 @@ class RunReport:
     step: int | None
     sections: list[Section]
     probe: str | None = None
+    meta: str | None = None  # replaces the "per-checkpoint sections show step" line (grok runs and sweeps)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Report:
     runs: list[RunReport]
     comparison: Section | None
     generated_by: dict
+    title: str = "headscreen circuit report"
 
 
 SECTION_ORDER = (

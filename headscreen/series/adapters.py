@@ -11,6 +11,9 @@ Layouts (verified against `TransformerBridge.W_*` in tests/test_series.py):
 - Llama / OLMo / OLMo2 / OLMoE: separate nn.Linear q/k/v/o_proj ([out, in]); GQA has fewer K/V heads.
   OLMo2/OLMoE also have q_norm/k_norm over the whole heads·d_head width (not per head), so W_Q/W_K
   per head do not fully determine QK there; they are still the head's parameters.
+- headscreen-grok (the toy models of headscreen.grokking): `blocks.{l}.attn.W_Q/W_K/W_V/W_O` and
+  `b_Q/b_K/b_V/b_O` are stored in TransformerLens shapes already; config.json names n_layers,
+  n_heads, d_model, d_head.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch
 from headscreen.series.errors import CorruptCheckpoint, NonFiniteWeights, UnsupportedArchitecture
 from headscreen.series.tensors import TensorSource
 from headscreen.series.weights import HeadWeights
+
+GROK = "headscreen-grok"  # model_type of headscreen.grokking's snapshots
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ def _geometry(arch: str, cfg: dict, where: str = "config.json") -> AttentionGeom
     def opt(key: str):
         return None if cfg.get(key) is None else _positive(key, cfg[key])
 
+    if arch == GROK:
+        h = need("n_heads")
+        return AttentionGeometry(arch, need("n_layers"), h, h, need("d_model"), need("d_head"), cfg.get("n_ctx"),
+                                 cfg.get("vocab_size"))
     if arch == "gpt2":
         d, h = need("n_embd"), need("n_head")
         if d % h:
@@ -123,6 +132,13 @@ def _read_llama_like(src: TensorSource, g: AttentionGeometry, layer: int) -> dic
     return out
 
 
+def _read_grok(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
+    p = f"blocks.{layer}.attn."
+    keys = set(src.keys())
+    return {n: src.read(p + n) for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+            if n.startswith("W_") or p + n in keys}
+
+
 _READERS: dict[str, Callable[[TensorSource, AttentionGeometry, int], dict[str, torch.Tensor]]] = {
     "gpt2": _read_gpt2,
     "gpt_neox": _read_neox,
@@ -130,6 +146,7 @@ _READERS: dict[str, Callable[[TensorSource, AttentionGeometry, int], dict[str, t
     "olmo": _read_llama_like,
     "olmo2": _read_llama_like,
     "olmoe": _read_llama_like,
+    GROK: _read_grok,
 }
 SUPPORTED = tuple(_READERS)
 

@@ -1,0 +1,273 @@
+"""`analyse_run`: a finished grokking run directory in, its analysis tables and grok.json out.
+
+Reads (docs/run-format.md): manifest.json, curves.parquet, defect.parquet, trajectory/ (a LocalSeries
+of safetensors snapshots). Writes edge.parquet, portrait.parquet, fourier.parquet, progress.parquet,
+pca.parquet and grok.json. Every number comes from one function of headscreen.grokking (detect, edge,
+portrait, fourier, progress) or headscreen.spectral (fingerprints, phases, onsets, backbone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headscreen.grokking.detect import (
+    GROK_THRESHOLD,
+    MEMORISATION_THRESHOLD,
+    curve_events,
+    defect_onsets,
+    lead_time,
+)
+from headscreen.grokking.edge import (
+    EdgeResult,
+    GapRule,
+    edge_frame,
+    edge_from_sketcher,
+    phase_summary,
+    transient_windows,
+    trunk_vector,
+)
+from headscreen.grokking.fourier import KEY_FACTOR, embedding_spectrum
+from headscreen.grokking.portrait import commutator_peak, portrait_frame, portrait_point
+from headscreen.grokking.progress import excluded_loss, restricted_loss, weight_norm_sq
+from headscreen.spectral import HeadSketcher, SpectralConfig, backbone, pc1_rotation
+from headscreen.store import RunStore
+
+ONSET_RULES = ("ratio", "z")
+PROGRESS_SIGN = {"add": 1, "sub": -1}  # tasks whose generalising circuit is a function of a ± b
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Every knob of `analyse_run` (defaults: docs/methods.md)."""
+
+    grok_threshold: float = GROK_THRESHOLD
+    memorisation_threshold: float = MEMORISATION_THRESHOLD
+    onset_rule: str = "ratio"  # which rule gives grok.json's defect_onset_step; both are reported
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    gap: GapRule = field(default_factory=GapRule)
+    transient: str | int = "memorisation"  # windows skipped: 'memorisation' or a fixed count
+    key_factor: float = KEY_FACTOR
+    pca_exact_max: int = 20_000_000  # exact trunk PCA up to T·P elements, the trunk sketches above
+    progress_measures: bool = True  # restricted/excluded loss (1-layer model, single add/sub task; forwards)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.grok_threshold <= 1 or not 0 < self.memorisation_threshold <= 1:
+            raise ValueError(f"grok_threshold={self.grok_threshold} and memorisation_threshold="
+                             f"{self.memorisation_threshold} must lie in (0, 1]; defaults 0.95 and 0.99")
+        if self.onset_rule not in ONSET_RULES:
+            raise ValueError(f"onset_rule={self.onset_rule!r} is unknown; use one of {ONSET_RULES}")
+        if not (self.transient == "memorisation" or (isinstance(self.transient, int) and self.transient >= 0)):
+            raise ValueError(f"transient={self.transient!r} must be 'memorisation' or a window count >= 0")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["spectral"] = self.spectral.to_dict()
+        return d
+
+
+def _read_run(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
+    store = RunStore.existing(root)
+    manifest = store.manifest()
+    curves = store.read_table("curves")
+    if curves is None:
+        raise FileNotFoundError(f"{root / 'curves.parquet'} is missing; is {root} a finished `headscreen grok` run?")
+    return manifest, curves, store.read_table("defect")
+
+
+def _combine_tasks(events: dict[str, dict]) -> dict:
+    """Top-level fields: a step is the latest over tasks (None if any task never reaches it); final
+    accuracies are the worst task's."""
+    def latest(key):
+        vals = [e[key] for e in events.values()]
+        return None if any(v is None for v in vals) else max(vals)
+
+    return {"grok_step": latest("grok_step"), "memorisation_step": latest("memorisation_step"),
+            "final_train_acc": min(e["final_train_acc"] for e in events.values()),
+            "final_test_acc": min(e["final_test_acc"] for e in events.values())}
+
+
+def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _p_of(config: dict, hf: dict) -> int:
+    p = hf.get("p", config.get("p"))
+    if p is None:
+        raise ValueError("neither the snapshot config.json nor the manifest config names the modulus p")
+    return int(p)
+
+
+def _full_logits(folder: Path, p: int) -> torch.Tensor:
+    """[p, p, p] logits (a, b, class) of a single-task snapshot over the whole table."""
+    from headscreen.grokking.models import load_model
+
+    model = load_model(folder).eval()
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    with torch.no_grad():
+        logits = model(torch.stack([a, b, torch.full_like(a, p)], dim=1))  # [p², 1, p]
+    return logits[:, 0].reshape(p, p, p)
+
+
+def _train_mask(config: dict, p: int) -> torch.Tensor:
+    from headscreen.grokking.tasks import make_dataset
+
+    data = make_dataset(config["tasks"], p, config["train_frac"], config["seed"])
+    mask = torch.zeros(p * p, dtype=torch.bool)
+    mask[data.train_idx] = True  # rows a·p + b, as make_dataset orders the table
+    return mask.view(p, p)
+
+
+def _pca(vectors: torch.Tensor, steps: np.ndarray, window: int) -> tuple[pd.DataFrame, dict]:
+    bb = backbone(vectors)
+    df = pd.DataFrame({"step": steps, "a": bb.a.numpy(), "r": bb.r.numpy(),
+                       "displacement_share": bb.displacement_share.numpy(), "rho": np.nan})
+    if vectors.shape[0] >= 2 * window + 1:
+        rot = pc1_rotation(vectors, window)
+        df.loc[rot.end_index.numpy(), "rho"] = rot.rho.numpy()
+    rho = df["rho"].dropna()
+    return df, {"pc1_share": float(bb.pc1_share), "explained_top5": bb.explained[:5].tolist(),
+                "rho_mean": float(rho.mean()) if len(rho) else None}
+
+
+def _nullable(x) -> int | None:
+    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else int(x)
+
+
+def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None, progress: bool = True) -> dict:
+    """Write the analysis tables and grok.json of a grok run; return grok.json's dict."""
+    from tqdm.auto import tqdm
+
+    from headscreen.series import LocalSeries
+
+    settings = settings or AnalysisSettings()
+    root = Path(run_dir)
+    manifest, curves, defect = _read_run(root)
+    config = manifest.get("config", {})
+    notes: list[str] = []
+
+    # --- curves and defect ------------------------------------------------------------------
+    events = curve_events(curves, grok_threshold=settings.grok_threshold,
+                          memorisation_threshold=settings.memorisation_threshold)
+    top = _combine_tasks(events)
+    onsets = defect_onsets(defect) if defect is not None and len(defect) else {r: None for r in ONSET_RULES}
+    if defect is None or not len(defect):
+        notes.append("no defect measurements (defect.parquet missing or empty)")
+    onset = onsets[settings.onset_rule]
+    for e in events.values():
+        e["lead_time"] = lead_time(e["grok_step"], onset)
+
+    # --- one pass over the snapshots ---------------------------------------------------------
+    series = LocalSeries(root / "trajectory")
+    ckpts = series.checkpoints
+    steps = np.asarray([c.step for c in ckpts], dtype=np.int64)
+    hf = series.hf_config(ckpts[-1])
+    p = _p_of(config, hf)
+    final_spec = embedding_spectrum(_load_tensors(ckpts[-1].path)["embed.W_E"][:p], key_factor=settings.key_factor)
+    keys = final_spec.key_frequencies
+    tasks = list(config.get("tasks") or hf.get("tasks") or events)
+    sign = PROGRESS_SIGN.get(tasks[0]) if len(tasks) == 1 else None
+    # Nanda's measures project the logits on the embedding's key frequencies: that is the circuit of a
+    # 1-layer model; deeper models write other (sum/difference) frequencies into the logits.
+    with_progress = settings.progress_measures and sign is not None and bool(keys) and hf.get("n_layers") == 1
+    mask = _train_mask(config, p) if with_progress else None
+
+    trunk_sk, head_sk = HeadSketcher(settings.spectral), HeadSketcher(settings.spectral)
+    exact: list[torch.Tensor] | None = []
+    points, fourier_rows, progress_rows = {}, [], []
+    for ckpt in tqdm(ckpts, desc=f"analyse {root.name}", disable=not progress, leave=False):
+        tensors = _load_tensors(ckpt.path)
+        vec = trunk_vector(tensors)
+        trunk_sk.update(vec.view(1, 1, -1), ckpt.step)
+        if exact is not None:
+            exact.append(vec)
+            if len(ckpts) * vec.numel() > settings.pca_exact_max:
+                exact = None
+        hw = series.head_weights(ckpt)
+        head_sk.update(hw, ckpt.step)
+        points[ckpt.step] = portrait_point(hw.W_Q[0], hw.W_K[0])
+        spec = embedding_spectrum(tensors["embed.W_E"][:p], key_factor=settings.key_factor)
+        fourier_rows += [{"step": ckpt.step, "frequency": int(f), "norm": float(n), "share": float(s)}
+                         for f, n, s in zip(spec.frequencies, spec.norms, spec.share, strict=True)]
+        row = {"step": ckpt.step, "gini": spec.gini, "weight_norm_sq": weight_norm_sq(tensors),
+               "restricted_loss": np.nan, "excluded_loss": np.nan}
+        if with_progress:
+            logits = _full_logits(ckpt.path, p)
+            row["restricted_loss"] = restricted_loss(logits, keys, sign=sign)
+            row["excluded_loss"] = excluded_loss(logits, keys, mask, sign=sign)
+        progress_rows.append(row)
+
+    store = RunStore(root)
+    # --- spectral edge ------------------------------------------------------------------------
+    w = settings.spectral.window
+    mem = top["memorisation_step"]
+    transient = transient_windows(steps, w, mem) if settings.transient == "memorisation" else settings.transient
+    edge_json: dict = {"window": w, "transient_windows": transient}
+    if len(ckpts) >= w + 1:
+        trunk: EdgeResult = edge_from_sketcher(trunk_sk, transient=transient, rule=settings.gap)
+        heads: EdgeResult = edge_from_sketcher(head_sk, transient=transient, rule=settings.gap)
+        store.write_table("edge", pd.concat([edge_frame(trunk, "trunk"), edge_frame(heads, "head")],
+                                            ignore_index=True))
+        ts = phase_summary(trunk).iloc[0]
+        edge_json.update(peak_step=int(ts["peak_step"]), collapse_step=_nullable(ts["collapse_step"]),
+                         heads=json.loads(phase_summary(heads).to_json(orient="records")))
+        gap_open = _nullable(trunk.gap_open[0, 0])
+        if trunk.note:
+            notes.append("gap-open: " + trunk.note)
+    else:
+        gap_open = None
+        notes.append(f"{len(ckpts)} snapshots: the spectral edge needs at least {w + 1}")
+
+    # --- portrait, Fourier, progress, PCA -----------------------------------------------------
+    pf = portrait_frame(points)
+    for task, df in curves.groupby("task"):
+        acc = df.sort_values("step")[["step", "test_acc"]].rename(columns={"test_acc": f"test_acc_{task}"})
+        pf = pd.merge_asof(pf.sort_values("step"), acc, on="step", direction="backward")
+    pf = pf.sort_values(["step", "head"]).reset_index(drop=True)
+    store.write_table("portrait", pf)
+    store.write_table("fourier", pd.DataFrame(fourier_rows))
+    store.write_table("progress", pd.DataFrame(progress_rows))
+    if len(ckpts) >= 3:
+        vectors = torch.stack(exact) if exact is not None else trunk_sk.sketches[:, 0, 0]
+        pca_df, pca_json = _pca(vectors, steps, w)
+        pca_json["basis"] = "exact" if exact is not None else f"sketch (d={vectors.shape[-1]})"
+        store.write_table("pca", pca_df)
+    else:
+        pca_json = {"pc1_share": None, "basis": None}
+        notes.append("fewer than 3 snapshots: no trajectory PCA")
+
+    out = {
+        **top,
+        "defect_onset_step": onset,
+        "defect_onset_rule": settings.onset_rule,
+        "defect_onsets": onsets,
+        "lead_time": lead_time(top["grok_step"], onset),
+        "gap_open_step": gap_open,
+        "key_frequencies": keys,
+        "fourier_gini": final_spec.gini,
+        "commutator_peak_step": commutator_peak(pf, after=top["memorisation_step"]),
+        "edge": edge_json,
+        "pca": pca_json,
+        "tasks": events,
+        "n_snapshots": len(ckpts),
+        "settings": {"training": config, "analysis": settings.to_dict()},
+        "notes": notes,
+    }
+    store.write_json("grok", out)
+    return out
+
+
+def summarise_sweep(sweep_dir: str | Path, **kwargs) -> pd.DataFrame:
+    """See headscreen.grokking.summary.summarise_sweep (re-exported here, as the contract names it)."""
+    from headscreen.grokking.summary import summarise_sweep as _summarise
+
+    return _summarise(sweep_dir, **kwargs)

@@ -1,0 +1,148 @@
+"""`GrokConfig` (one training run) and `SweepConfig` (a grid of runs): frozen, validated on construction.
+
+They come from the `grok:` and `sweep:` sections of `model_configs/grok-*.yaml`; every key is
+listed in docs/run-format.md ("grok configs"). Errors name the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from headscreen.config import ConfigError, from_mapping
+from headscreen.grokking.models import PRESETS, ModelSpec
+from headscreen.grokking.tasks import check_task
+
+
+@dataclass(frozen=True)
+class GrokConfig:
+    # task
+    tasks: tuple[str, ...] = ("add",)  # one task, or several sharing a trunk (one head each, losses summed)
+    p: int = 59
+    train_frac: float = 0.3
+    # model
+    model: ModelSpec = field(default_factory=ModelSpec)  # YAML: a preset name or a mapping (`preset:` + overrides)
+    # optimisation (AdamW; weight decay on every trained parameter)
+    lr: float = 3e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    batch_size: int | None = 512  # None (or >= the training set): full batch
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+    warmup: int = 0  # linear learning-rate warm-up steps
+    steps: int = 2000
+    seed: int = 0  # model init, split and batches (batches depend only on (seed, step))
+    # trajectory capture
+    eval_every: int = 50  # rows of curves.parquet
+    snapshot_every: int = 50  # trajectory snapshots (and resume points)
+    defect_every: int = 100  # commutator-defect measurements; 0 disables them
+    defect_pairs: int = 9  # K batch pairs per measurement
+    defect_batch_size: int = 128
+    defect_eta: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_task(self.tasks, self.p, self.train_frac)
+
+        def fail(name: str, fix: str) -> None:
+            raise ConfigError(f"grok config field {name!r} = {getattr(self, name)!r} is invalid: {fix}")
+
+        if not 0.0 < self.lr < 1.0:
+            fail("lr", "use a learning rate in (0, 1), e.g. 0.003")
+        if self.weight_decay < 0:
+            fail("weight_decay", "use a value >= 0 (0 for the no-grokking control)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            fail("betas", "use two Adam betas in [0, 1), e.g. [0.9, 0.98]")
+        if self.batch_size is not None and self.batch_size < 1:
+            fail("batch_size", "use a positive integer, or null for full batch")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            fail("grad_clip", "use a positive max norm, or null for no clipping")
+        for name in ("steps", "eval_every", "snapshot_every", "defect_pairs", "defect_batch_size"):
+            if getattr(self, name) < 1:
+                fail(name, "use a positive integer")
+        for name in ("warmup", "seed", "defect_every"):
+            if getattr(self, name) < 0:
+                fail(name, "use an integer >= 0")
+        if not self.defect_eta > 0:
+            fail("defect_eta", "use a positive step size such as 0.001")
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "grok") -> GrokConfig:
+        data = dict(data or {})
+        if "task" in data:  # a single task may be given as `task: add`
+            if "tasks" in data:
+                raise ConfigError(f"{where}: give either task or tasks, not both")
+            data["tasks"] = [data.pop("task")]
+        if "model" in data:
+            data["model"] = model_spec(data["model"], f"{where}.model")
+        return from_mapping(cls, data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"], d["betas"] = list(self.tasks), list(self.betas)
+        return d
+
+    def replace(self, **changes) -> GrokConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def task_name(self) -> str:
+        return self.tasks[0] if len(self.tasks) == 1 else "multitask"
+
+
+def model_spec(value: str | dict | ModelSpec, where: str = "model") -> ModelSpec:
+    """A preset name (`curv`, `nanda`), or a mapping with an optional `preset:` and field overrides."""
+    if isinstance(value, ModelSpec):
+        return value
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: give a preset name ({', '.join(PRESETS)}) or a mapping of model fields")
+    value = dict(value)
+    preset = value.pop("preset", "curv")
+    if preset not in PRESETS:
+        raise ConfigError(f"{where}.preset = {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    base = PRESETS[preset].to_dict()
+    unknown = sorted(set(value) - set(base))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: preset, {', '.join(sorted(base))}")
+    return from_mapping(ModelSpec, {**base, **value}, where)
+
+
+# ----------------------------------------------------------------------------------------------
+GRID_KEYS = ("weight_decay", "lr", "seed")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid over weight decay, learning rate and seed (each a list; a missing one keeps the base value)."""
+
+    weight_decay: tuple[float, ...] | None = None
+    lr: tuple[float, ...] | None = None
+    seed: tuple[int, ...] | None = None
+    workers: int = 2  # runs at once, one process each (1 torch thread per process)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"sweep field 'workers' = {self.workers!r} is invalid: use a positive integer")
+        for key in GRID_KEYS:
+            values = getattr(self, key)
+            if values is not None and len(values) == 0:
+                raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "sweep") -> SweepConfig:
+        return from_mapping(cls, data, where)
+
+    def grid(self, base: GrokConfig) -> list[tuple[str, GrokConfig]]:
+        """(run name, config) for every grid point, in a fixed order (weight decay, then lr, then seed)."""
+        axes = [getattr(self, k) or (getattr(base, k),) for k in GRID_KEYS]
+        out = []
+        for wd, lr, seed in itertools.product(*axes):
+            cfg = base.replace(weight_decay=float(wd), lr=float(lr), seed=int(seed))
+            out.append((f"wd{wd:g}_lr{lr:g}_seed{seed}", cfg))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,101 @@
+"""Modular-arithmetic tasks a ∘ b mod p: the full p × p table, split into train and test by a seed.
+
+Input format: every example is the token sequence [a, b, '='] with a, b in 0..p-1 and the '='
+token id p, so the input vocabulary has p + 1 ids and the output has p classes. A multi-task
+dataset shares the inputs and carries one label per task: labels are [N, n_tasks] (one column for a
+single task).
+
+Operations (definitions in docs/methods.md, "Grokking: toy tasks and models"):
+    add  (a + b) mod p        sub  (a − b) mod p        mul  (a · b) mod p        sq  (a² + b²) mod p
+`mul` needs a field (p prime), as any division would; the others only need p >= 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from headscreen.config import ConfigError
+
+OPERATIONS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+    "add": lambda a, b, p: (a + b) % p,
+    "sub": lambda a, b, p: (a - b) % p,
+    "mul": lambda a, b, p: (a * b) % p,
+    "sq": lambda a, b, p: (a * a + b * b) % p,
+}
+NEEDS_FIELD = frozenset({"mul"})  # tasks whose table is only a group/field table when p is prime
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def check_task(tasks: Sequence[str], p: int, train_frac: float) -> None:
+    """Raise ConfigError naming the bad value and the fix."""
+    if not tasks:
+        raise ConfigError("tasks: give at least one of " + ", ".join(OPERATIONS))
+    for t in tasks:
+        if t not in OPERATIONS:
+            raise ConfigError(f"task {t!r} is unknown; use one of {', '.join(OPERATIONS)}")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"tasks {list(tasks)} lists a task twice; give each task once")
+    if isinstance(p, bool) or not isinstance(p, int) or p < 3:
+        raise ConfigError(f"p = {p!r} is invalid: the modulus must be an integer >= 3 (e.g. 59, 97, 113)")
+    field_tasks = [t for t in tasks if t in NEEDS_FIELD]
+    if field_tasks and not is_prime(p):
+        raise ConfigError(f"p = {p} is not prime, but task(s) {field_tasks} need a field (Z/pZ with p prime); "
+                          "use a prime such as 59, 97 or 113")
+    if not 0.0 < float(train_frac) < 1.0:
+        raise ConfigError(f"train_frac = {train_frac!r} is invalid: use a fraction strictly between 0 and 1 (e.g. 0.3)")
+
+
+@dataclass(frozen=True)
+class ModularData:
+    """The full table of one or more tasks and its train/test split (index tensors into it)."""
+
+    tasks: tuple[str, ...]
+    p: int
+    inputs: Int[Tensor, "N 3"]  # [a, b, p]; N = p²
+    labels: Int[Tensor, "N tasks"]
+    train_idx: Int[Tensor, " n_train"]
+    test_idx: Int[Tensor, " n_test"]
+
+    @property
+    def eq_token(self) -> int:
+        return self.p
+
+    @property
+    def vocab_size(self) -> int:
+        return self.p + 1
+
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.inputs[self.train_idx], self.labels[self.train_idx]
+
+    def test(self) -> tuple[Tensor, Tensor]:
+        return self.inputs[self.test_idx], self.labels[self.test_idx]
+
+
+def make_dataset(tasks: str | Sequence[str], p: int, train_frac: float, seed: int) -> ModularData:
+    """The p² examples of `tasks`, split by a permutation drawn from `seed` (the same seed always
+    gives the same split); round(train_frac · p²) examples go to the training set (at least 1 each)."""
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    check_task(tasks, p, train_frac)
+    a = torch.arange(p).repeat_interleave(p)  # [p²]: a varies slowest
+    b = torch.arange(p).repeat(p)
+    inputs = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    labels = torch.stack([OPERATIONS[t](a, b, p) for t in tasks], dim=1)
+    n = p * p
+    n_train = min(max(round(train_frac * n), 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return ModularData(tasks, p, inputs, labels, perm[:n_train].sort().values, perm[n_train:].sort().values)

@@ -1,0 +1,192 @@
+"""Train a grokking model and capture its trajectory: snapshots, curves and the commutator defect.
+
+One step s, in order: evaluate the whole table every `eval_every` steps (curves.parquet rows at
+step s), measure the commutator defect every `defect_every` steps (defect.parquet), write snapshot s
+every `snapshot_every` steps (and at the last step), then apply update s+1 on batch s. Snapshot s
+holds the weights after s updates.
+
+Reproducibility. Training batches, defect batches and the model init are drawn from generators seeded
+by (seed, step, stream) alone, so nothing random is carried from step to step except the model and the
+AdamW state; the defect draws from its own stream and leaves parameters and gradients as it found
+them, so measuring it does not change the trajectory. A run resumes from its last snapshot (weights
+from the snapshot, AdamW state from resume.safetensors) and gives bit-identical snapshots and tables
+to an uninterrupted run at the same torch thread count (tests/test_grok.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headscreen.grokking.config import GrokConfig
+from headscreen.grokking.defect import commutator_defect, defect_summary
+from headscreen.grokking.models import GrokTransformer, build_model
+from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
+from headscreen.grokking.tasks import ModularData, make_dataset
+from headscreen.store import RunStore
+
+Batch = tuple[Tensor, Tensor]  # inputs [B, 3], labels [B, n_tasks]
+STREAM_TRAIN, STREAM_DEFECT = 0, 1
+CURVE_COLUMNS = ["step", "task", "train_loss", "test_loss", "train_acc", "test_acc"]
+DEFECT_COLUMNS = ["step", "defect_median", "defect_q25", "defect_q75", "n_pairs"]
+
+
+def loss_fn(model: torch.nn.Module, batch: Batch) -> Tensor:
+    """Cross-entropy at the '=' position, summed over tasks (mean over the batch)."""
+    x, y = batch
+    logits = model(x)  # [B, tasks, p]
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / x.shape[0]
+
+
+def generator(seed: int, step: int, stream: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_indices(cfg: GrokConfig, n_train: int, step: int) -> Tensor | None:
+    """Rows of the training set used by update step+1; None = the full batch."""
+    if cfg.batch_size is None or cfg.batch_size >= n_train:
+        return None
+    return torch.randperm(n_train, generator=generator(cfg.seed, step, STREAM_TRAIN))[: cfg.batch_size]
+
+
+def defect_pairs(cfg: GrokConfig, train: Batch, step: int) -> list[tuple[Batch, Batch]]:
+    """K pairs of training minibatches for the defect at `step` (their own seeded stream)."""
+    x, y = train
+    g, n = generator(cfg.seed, step, STREAM_DEFECT), len(x)
+    bs = min(cfg.defect_batch_size, n)
+    out = []
+    for _ in range(cfg.defect_pairs):
+        ia, ib = torch.randperm(n, generator=g)[:bs], torch.randperm(n, generator=g)[:bs]
+        out.append(((x[ia], y[ia]), (x[ib], y[ib])))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: GrokTransformer, data: ModularData) -> list[dict]:
+    """Loss and accuracy on the train and test split, one row per task."""
+    logits = model(data.inputs)  # [N, tasks, p]
+    losses = F.cross_entropy(logits.flatten(0, 1), data.labels.flatten(), reduction="none").view(data.labels.shape)
+    correct = (logits.argmax(-1) == data.labels).float()
+    rows = []
+    for t, task in enumerate(data.tasks):
+        rows.append({"task": task,
+                     "train_loss": losses[data.train_idx, t].mean().item(),
+                     "test_loss": losses[data.test_idx, t].mean().item(),
+                     "train_acc": correct[data.train_idx, t].mean().item(),
+                     "test_acc": correct[data.test_idx, t].mean().item()})
+    return rows
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _previous_rows(store: RunStore, name: str, before: int) -> list[dict]:
+    df = store.read_table(name)
+    return [] if df is None else df[df["step"] < before].to_dict("records")
+
+
+def run_manifest(cfg: GrokConfig) -> dict:
+    from headscreen.provenance import provenance
+
+    return {"kind": "grok", "config": cfg.to_dict(), "seeds": {"seed": cfg.seed}, "provenance": provenance()}
+
+
+def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, force: bool = False,
+              stop_at: int | None = None, on_snapshot: Callable[[int, GrokTransformer], None] | None = None) -> Path:
+    """Train `cfg` into `run_dir` (layout: docs/run-format.md); resume a partial run of the same config.
+
+    force: discard a run of another config (or this one) and start over. stop_at: leave after step
+    `stop_at`'s evaluation and snapshot, as an interrupted run would (for tests and chunked runs).
+    on_snapshot(step, model): called after each snapshot is written (e.g. to keep an in-memory history).
+    Memory: the model, AdamW state and the p² table; snapshots go straight to disk.
+    """
+    from tqdm.auto import tqdm
+
+    run = Path(run_dir)
+    with RunStore.open(run, run_manifest(cfg), force=force) as store:
+        traj = Trajectory(run)
+        if force:
+            traj.reset()
+            (run / RESUME).unlink(missing_ok=True)
+        if traj.complete:
+            return run
+        data = make_dataset(cfg.tasks, cfg.p, cfg.train_frac, cfg.seed)
+        model = build_model(cfg.model, cfg.p, cfg.tasks, cfg.seed).train()
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        start = resume_step(run / RESUME)
+        if start is not None and start in traj.steps:
+            model.load_state_dict(traj.load(start))
+            load_optimizer(run / RESUME, optimizer)
+            traj.truncate(start)
+        else:
+            start = 0
+            traj.reset()
+        curves = _previous_rows(store, "curves", start)
+        defects = _previous_rows(store, "defect", start)
+        defect_fn = commutator_defect if cfg.defect_every else None
+        train = data.train()
+        timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
+        bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
+        for step in range(start, cfg.steps + 1):
+            last = step == cfg.steps
+            t0 = time.perf_counter()
+            if step % cfg.eval_every == 0 or last:
+                rows = evaluate(model, data)
+                curves.extend({"step": step, **r} for r in rows)
+                bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
+                                             for r in rows))
+            t1 = time.perf_counter()
+            if defect_fn is not None and step % cfg.defect_every == 0:
+                d = defect_fn(model, loss_fn, defect_pairs(cfg, train, step), eta=cfg.defect_eta, params=params)
+                defects.append({"step": step, **defect_summary(d)})
+            t2 = time.perf_counter()
+            if step % cfg.snapshot_every == 0 or last:
+                traj.add(step, model, model.hf_config())
+                if on_snapshot is not None:
+                    on_snapshot(step, model)
+                store.write_table("curves", _frame(curves, CURVE_COLUMNS))
+                store.write_table("defect", _frame(defects, DEFECT_COLUMNS))
+                if not last:
+                    save_optimizer(run / RESUME, optimizer, step)
+            t3 = time.perf_counter()
+            timers["eval"] += t1 - t0
+            timers["defect"] += t2 - t1
+            timers["snapshot"] += t3 - t2
+            if last or (stop_at is not None and step >= stop_at):
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+            idx = batch_indices(cfg, len(train[0]), step)
+            batch = train if idx is None else (train[0][idx], train[1][idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            timers["update"] += time.perf_counter() - t3
+            bar.update(1)
+        bar.close()
+        session = {"from_step": start, "to_step": step, "threads": torch.get_num_threads(),
+                   "load_average": list(os.getloadavg()), "seconds": {k: round(v, 3) for k, v in timers.items()},
+                   "defect_measured": defect_fn is not None}
+        traj.meta.setdefault("training", {"sessions": []})["sessions"].append(session)
+        if step == cfg.steps:
+            traj.meta["complete"] = True
+            (run / RESUME).unlink(missing_ok=True)
+        traj.save()
+    return run
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    return Trajectory(run_dir).complete

@@ -1,0 +1,212 @@
+"""Train a toy grokking task with its trajectory captured, then analyse it; or run a grid of such runs.
+
+  headscreen grok modadd --out results/grok/modadd            (also modsub, modmul, modsq, multitask, nanda)
+  headscreen grok modadd --wd 0 --out results/grok/modadd-wd0  (the no-grokking control)
+  headscreen grok sweep grok-modadd --out results/grok/sweep   (the YAML's sweep: grid, runs in parallel)
+
+Settings come from model_configs/grok-<task>.yaml (`grok:` and `sweep:` sections); flags override them.
+A run directory resumes where it stopped; the run layout is in docs/run-format.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from headscreen.config import ConfigError, ModelConfig, load_config
+
+if TYPE_CHECKING:
+    from headscreen.grokking.config import GrokConfig
+
+TASK_CONFIGS = {"modadd": "grok-modadd", "modsub": "grok-modsub", "modmul": "grok-modmul", "modsq": "grok-modsq",
+                "multitask": "grok-multitask", "nanda": "grok-nanda"}
+# CLI flag -> GrokConfig field
+FLAGS = {"p": "p", "wd": "weight_decay", "lr": "lr", "seed": "seed", "steps": "steps", "train_frac": "train_frac",
+         "batch_size": "batch_size", "snapshot_every": "snapshot_every", "defect_every": "defect_every",
+         "eval_every": "eval_every"}
+
+
+def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = None):
+    """(ModelConfig, GrokConfig, SweepConfig or None) from a task name, config name or YAML path."""
+    from headscreen.grokking.config import GrokConfig, SweepConfig
+
+    mc = config if isinstance(config, ModelConfig) else load_config(TASK_CONFIGS.get(str(config), config))
+    if "grok" not in mc.sections:
+        raise ConfigError(f"config {mc.name!r} has no grok: section; use one of {', '.join(TASK_CONFIGS.values())}")
+    section = {**mc.section("grok"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if section.get("batch_size") == 0:  # --batch-size 0: full batch
+        section["batch_size"] = None
+    cfg = GrokConfig.from_dict(section, f"{mc.name}: grok")
+    sweep = SweepConfig.from_dict(mc.section("sweep"), f"{mc.name}: sweep") if "sweep" in mc.sections else None
+    return mc, cfg, sweep
+
+
+def _analyse_run():
+    """grok-analysis's analyse_run, or None where this checkout lacks it."""
+    try:
+        from headscreen.grokking.analyse import analyse_run
+    except ImportError:
+        return None
+    return analyse_run
+
+
+def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True) -> dict:
+    """Train (or resume) one run, then write grok.json; returns grok.json's dict (or the final curve row
+    where no analysis is available)."""
+    import json
+
+    from headscreen.grokking.train import train_run
+
+    out = Path(out)
+    train_run(cfg, out, progress=progress, force=force)
+    fn = _analyse_run() if analyse else None
+    if fn is not None:
+        if force or not (out / "grok.json").exists():
+            return fn(out, progress=progress)
+        return json.loads((out / "grok.json").read_text())
+    import pandas as pd
+
+    last = pd.read_parquet(out / "curves.parquet").groupby("task").last()
+    return {"final_train_acc": float(last.train_acc.min()), "final_test_acc": float(last.test_acc.min())}
+
+
+def grok(task: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None, progress: bool = True,
+         force: bool = False, analyse: bool = True) -> dict:
+    """`headscreen grok <task>`: one run from the task's config with `overrides` (GrokConfig fields)."""
+    _, cfg, _ = load_grok_config(task, overrides)
+    return run_and_analyse(cfg, out, progress=progress, force=force, analyse=analyse)
+
+
+def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool) -> dict:
+    """One grid point in a worker process (1 torch thread)."""
+    import torch
+
+    from headscreen.grokking.config import GrokConfig
+
+    torch.set_num_threads(1)
+    return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse)
+
+
+def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
+             analyse: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+    """Train (or resume) and analyse each config into root/<name>, `workers` runs at once, one process
+    (1 torch thread) each. Returns (results by name, errors by name); one failed run loses no other."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    results: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state in the workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_sweep_worker, cfg.to_dict(), str(root / name), analyse): name
+                   for name, cfg in configs.items()}
+        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="runs", unit="run"):
+            name = futures[fut]
+            try:
+                results[name] = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported per run, the others go on
+                errors[name] = f"{type(e).__name__}: {e}"
+    return results, errors
+
+
+def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None,
+          workers: int | None = None, progress: bool = True, analyse: bool = True):
+    """`headscreen grok sweep`: every grid point of the config's sweep: section, `workers` at a time in
+    separate processes; finished runs are kept, unfinished ones resume. Writes sweep.parquet/sweep.json."""
+    import pandas as pd
+
+    from headscreen.provenance import provenance
+    from headscreen.store import atomic_write, write_json
+
+    mc, base, grid_cfg = load_grok_config(config, overrides)
+    if grid_cfg is None:
+        raise ConfigError(f"config {mc.name!r} has no sweep: section; add one with weight_decay/lr/seed lists")
+    out = Path(out)
+    grid = grid_cfg.grid(base)
+    runs = out / "runs"
+    write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
+                                    "runs": [name for name, _ in grid], "provenance": provenance()})
+    results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
+                               progress=progress, analyse=analyse)
+    if analyse and not errors and _analyse_run() is not None:
+        from headscreen.grokking.summary import write_sweep_summary
+
+        table = write_sweep_summary(out, analyse_missing=False, progress=False)  # + the lead-time power law
+    else:  # the grid and each run's final accuracies, or its error
+        rows = [{"run": name, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "seed": cfg.seed,
+                 "error": errors.get(name), **{k: v for k, v in results.get(name, {}).items()
+                                              if v is None or isinstance(v, int | float | str)}}
+                for name, cfg in grid]
+        table = pd.DataFrame(rows)
+        atomic_write(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept; rerun to "
+                           f"resume): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    return table
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return v
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--p", type=int, help="modulus (prime for modmul / multitask)")
+    p.add_argument("--wd", type=float, help="AdamW weight decay (0: the no-grokking control)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, help="seed of init, split and batches")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--train-frac", type=float, help="share of the p x p table used for training, in (0, 1)")
+    p.add_argument("--batch-size", type=_positive_int, help="minibatch size; 0 = full batch")
+    p.add_argument("--snapshot-every", type=int, help="steps between trajectory snapshots")
+    p.add_argument("--defect-every", type=_positive_int, help="steps between commutator-defect measurements; 0 = off")
+    p.add_argument("--eval-every", type=int, help="steps between train/test evaluations")
+    p.add_argument("--config", help="a YAML path or config name to use instead of the task's own")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a run of the same config)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-analysis", action="store_true", help="train only; do not write grok.json")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage lines of the docstring
+    sub = p.add_subparsers(dest="grok_command", required=True, metavar="TASK")
+    for task, cfg_name in TASK_CONFIGS.items():
+        sp = sub.add_parser(task, help=f"train {task} (model_configs/{cfg_name}.yaml) and analyse it")
+        _run_flags(sp)
+        sp.add_argument("--force", action="store_true", help="discard what --out holds and start over")
+    sp = sub.add_parser("sweep", help="the weight-decay / lr / seed grid of a config's sweep: section")
+    sp.add_argument("sweep_config", metavar="CONFIG", help="a task (modadd), config name (grok-modadd) or YAML path")
+    _run_flags(sp)
+    sp.add_argument("--workers", type=int, help="runs at once (default: the sweep section's workers)")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {field: getattr(args, flag) for flag, field in FLAGS.items()}
+
+
+def main(args: argparse.Namespace) -> int:
+    progress, analyse = not args.no_progress, not args.no_analysis
+    if args.grok_command == "sweep":
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        table = sweep(args.config or args.sweep_config, args.out, overrides=_overrides(args), workers=args.workers,
+                      progress=progress, analyse=analyse)
+        print(table.to_string(index=False))
+        print(f"sweep written to {args.out} (sweep.parquet, sweep.json, runs/)")
+        return 0
+    result = grok(args.config or args.grok_command, args.out, overrides=_overrides(args), progress=progress,
+                  force=args.force, analyse=analyse)
+    for key in ("grok_step", "memorisation_step", "defect_onset_step", "gap_open_step", "final_train_acc",
+                "final_test_acc", "key_frequencies"):
+        if key in result:
+            print(f"{key}: {result[key]}")
+    print(f"run written to {args.out}", file=sys.stderr)
+    return 0
