@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from headscreen.jsonsafe import records
 from headscreen.probes import selectivity as sel
 from headscreen.probes.batch import ProbeBatch
 from headscreen.probes.classify import DEFAULT_THRESHOLDS, ScreenThresholds, circuits, classify
@@ -281,12 +282,6 @@ def non_finite_outputs(tables: Mapping[str, pd.DataFrame]) -> str | None:
     return None
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
-    """JSON-safe records (NaN -> None, numpy scalars -> Python)."""
-    recs = df.astype(object).where(df.notna(), None).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in recs]
-
-
 def summarise_series(
     tables: Mapping[str, pd.DataFrame], thresholds: ScreenThresholds = DEFAULT_THRESHOLDS
 ) -> tuple[pd.DataFrame, dict]:
@@ -312,15 +307,15 @@ def summarise_series(
     part = tables.get("participation")
     if part is not None and len(part):
         for probe, g in part.groupby("probe", sort=True):
-            ranking[probe] = _records(
+            ranking[probe] = records(
                 pr_integral(g, rule=thresholds.pr_rule, top_fraction=thresholds.pr_top_fraction)
             )
     summary = {
         "thresholds": thresholds.to_dict(),
         "steps": per_step,
-        "emergence": _records(emergence),
-        "lead_times": _records(leads),
-        "bos_layers01": _records(bos_layers01(classes)),
+        "emergence": records(emergence),
+        "lead_times": records(leads),
+        "bos_layers01": records(bos_layers01(classes)),
         "pr_integral": ranking,
     }
     return classes, summary

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from headscreen.heads import head_label
 from headscreen.report.content import human_count  # noqa: E402
 
 CLASS_COLOURS = {
@@ -148,7 +149,7 @@ def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], ti
                             color=CLASS_COLOURS.get(cls, "#333333"), edgecolor="black", linewidth=0.5)
         for i in range(len(heads)):
             axh.axhline(i, color="#dddddd", linewidth=0.8, zorder=1)
-        axh.set_yticks(range(len(heads)), [f"L{layer}H{head}" for layer, head in heads], fontsize=8)
+        axh.set_yticks(range(len(heads)), [head_label(h) for h in heads], fontsize=8)
         axh.set_ylim(len(heads) - 0.5, -0.5)
         axh.set_ylabel("head")
         if rows is not emerged:
