@@ -26,3 +26,20 @@ def parse_head_label(text: str) -> Head | None:
     """"L1H3" (also "l1h3", "L1.H3", "L1 H3") -> (1, 3); None when `text` is not a head label."""
     m = _LABEL.match(text) if isinstance(text, str) else None
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def kv_head(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """The K/V head that query head `head` reads under grouped-query attention (GQA; MHA: itself).
+
+    Query heads are grouped in order: with G = n_heads // n_kv_heads, heads [0, G) read K/V head 0, etc.
+    """
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}; check the model config")
+    return head // (n_heads // n_kv_heads)
+
+
+def kv_heads(n_heads: int, n_kv_heads: int):
+    """`kv_head` of every query head, as a LongTensor [n_heads] (an index into the K/V head axis)."""
+    import torch
+
+    return torch.tensor([kv_head(h, n_heads, n_kv_heads) for h in range(n_heads)], dtype=torch.long)

@@ -118,7 +118,7 @@ def validate_checkpoint(
         "null_skipped": null_skipped,
         "metrics": list(METRICS),
         "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
-        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null); p_value_distinct counts distinct head sets",
+        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null) over distinct head sets",
         "probes": {},
     }
     rows: list[tuple] = []
@@ -152,8 +152,7 @@ def validate_checkpoint(
             probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
             probe_info["tests"] = {
                 m: null_test(m, probe_info["circuit_drop"][m],
-                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy(),
-                             draw_sets=[c.heads for c in conditions[n_std:]]).to_json()
+                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
                 for m in METRICS
             }
         else:

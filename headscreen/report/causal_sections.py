@@ -114,7 +114,7 @@ def _tests_table(rec: dict) -> Table | None:
     if not tests:
         return None
     rows = [[m, t.get("observed_drop"), t.get("null_mean_drop"), t.get("null_std_drop"), t.get("effect_ratio"),
-             t.get("p_value"), t.get("n_null"), t.get("n_distinct"), t.get("p_value_distinct")]
+             t.get("p_value"), t.get("n_null")]
             for m, t in ((m, tests[m]) for m in _metric_order(tests))]
     null = ""
     if rec.get("null_kind"):
@@ -123,10 +123,9 @@ def _tests_table(rec: dict) -> Table | None:
             null += f" ({rec['n_matched_sets']} matched sets exist)"
         null += "; p cannot go below 1/(1 + draws)."
     return Table(columns=["Metric", "Circuit drop", "Mean random drop", "SD random drop", "Effect ratio", "p-value",
-                          "Draws", "Distinct sets", "p (distinct sets)"], rows=rows,
-                 caption=f"Circuit against the matched-random null, {_where(rec)}. 'Distinct sets' counts the different "
-                         "head sets among the draws: with few, only 'p (distinct sets)' (≥ 1/(1 + sets)) is "
-                         f"a fair significance.{null}")
+                          "Draws"], rows=rows,
+                 caption=f"Circuit against the matched-random null, {_where(rec)}; the draws are distinct head "
+                         f"sets.{null}")
 
 
 def _conditions_table(rec: dict) -> Table | None:

@@ -58,18 +58,30 @@ def metric_names(window: int) -> tuple[str, ...]:
     return tuple(f"sigma_{j}" for j in range(1, window + 1)) + SCALAR_METRICS
 
 
+def check_steps(steps, what: str | None = None) -> np.ndarray:
+    """Training steps as int64 [T]: 1-d, integer-valued, strictly increasing (a list, array or tensor).
+
+    `what` prefixes the error message (the series being checked).
+    """
+    pre = f"{what}: " if what else ""
+    s = np.asarray(steps.tolist() if isinstance(steps, Tensor) else steps)
+    if s.ndim != 1:
+        raise ValueError(f"{pre}steps must be a 1-d sequence; got shape {s.shape}")
+    if not np.issubdtype(s.dtype, np.integer):
+        if not np.all(np.isfinite(s.astype(float))) or np.any(s != np.round(s)):
+            raise ValueError(f"{pre}steps must be integers (training steps); got {s[:5].tolist()}...")
+    s = s.astype(np.int64)
+    if np.any(np.diff(s) <= 0):
+        i = int(np.argmax(np.diff(s) <= 0))
+        raise ValueError(f"{pre}steps must be strictly increasing; step[{i}]={s[i]} >= step[{i + 1}]={s[i + 1]}")
+    return s
+
+
 def _as_steps(steps, t: int) -> np.ndarray:
     s = np.asarray(steps.tolist() if isinstance(steps, Tensor) else steps)
     if s.ndim != 1 or s.shape[0] != t:
         raise ValueError(f"steps must be a 1-d sequence with one step per checkpoint (T={t}); got shape {s.shape}")
-    if not np.issubdtype(s.dtype, np.integer):
-        if not np.all(np.isfinite(s.astype(float))) or np.any(s != np.round(s)):
-            raise ValueError(f"steps must be integers (training steps); got {s[:5].tolist()}...")
-        s = s.astype(np.int64)
-    if np.any(np.diff(s) <= 0):
-        i = int(np.argmax(np.diff(s) <= 0))
-        raise ValueError(f"steps must be strictly increasing; step[{i}]={s[i]} >= step[{i + 1}]={s[i + 1]}")
-    return s.astype(np.int64)
+    return check_steps(s)
 
 
 def _robust_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
