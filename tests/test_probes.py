@@ -585,3 +585,14 @@ def test_summarise_series_json_ready():
     assert summary["pr_integral"]["p"][0]["head"] == 0 and summary["pr_integral"]["p"][0]["picked"]
     json.dumps(summary)  # serialisable as circuits.json
 
+
+def test_read_corpus_splits_paragraphs_and_drops_blank_ones(tmp_path):
+    from headscreen.probes.suite import read_corpus
+
+    text = "Once upon a time.\nThe end of line one\n\n\nSecond  story \n\n   \n\nthird\n" + "x" * 70000 + "\n\nlast"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    docs = read_corpus(path)
+    assert docs == [d for d in text.split("\n\n") if d.strip()]  # the independent split
+    assert len(docs) == 4 and docs[0] == "Once upon a time.\nThe end of line one" and docs[-1] == "last"
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 
 from headscreen.heads import kv_head, kv_heads
@@ -80,5 +81,4 @@ class HeadWeights:
             self.W_V[:, group],
             self.W_O,
         )
-        L, H = self.n_layers, self.n_heads
-        return torch.cat([p.reshape(L, H, -1).to(dtype) for p in parts], dim=-1)
+        return torch.cat([rearrange(p, "l h a b -> l h (a b)").to(dtype) for p in parts], dim=-1)
