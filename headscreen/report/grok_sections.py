@@ -115,11 +115,19 @@ def summary_section(run: GrokRun) -> Section:
     return Section(key="grok_summary", title="Grokking events", notices=notes, tables=tables, data=json_safe(data))
 
 
+def _table_or_notice(run: GrokRun, name: str, sec: Section) -> pd.DataFrame | None:
+    """The run's `name` table, or None with a notice on `sec` when it is missing or empty."""
+    df = run.table(name)
+    if df is None or df.empty:
+        sec.notices.append(f"{name}.parquet is missing or empty.")
+        return None
+    return df
+
+
 def curves_section(run: GrokRun) -> Section:
     sec = Section(key="grok_curves", title="Training curves")
-    curves = run.table("curves")
-    if curves is None or curves.empty:
-        sec.notices.append("curves.parquet is missing or empty.")
+    curves = _table_or_notice(run, "curves", sec)
+    if curves is None:
         return sec
     g = run.grok.get("grok_step")
     title = (f"Test accuracy reaches the bar at step {g}" if g is not None else "Test accuracy never reaches the bar")
@@ -157,9 +165,8 @@ def edge_section(run: GrokRun) -> Section:
 
 def portrait_section(run: GrokRun) -> Section:
     sec = Section(key="grok_portrait", title="Phase portrait of layer 0 (W_Q, W_K)")
-    pf = run.table("portrait")
-    if pf is None or pf.empty:
-        sec.notices.append("portrait.parquet is missing or empty.")
+    pf = _table_or_notice(run, "portrait", sec)
+    if pf is None:
         return sec
     peak = run.grok.get("commutator_peak_step")
     title = f"Smoothed commutator peaks at step {peak} (after memorisation)"
@@ -178,10 +185,9 @@ def portrait_section(run: GrokRun) -> Section:
 
 def fourier_section(run: GrokRun) -> Section:
     sec = Section(key="grok_fourier", title="Fourier modes of the embedding and progress measures")
-    fourier, prog = run.table("fourier"), run.table("progress")
+    fourier, prog = _table_or_notice(run, "fourier", sec), run.table("progress")
     keys = run.grok.get("key_frequencies") or []
-    if fourier is None or fourier.empty:
-        sec.notices.append("fourier.parquet is missing or empty.")
+    if fourier is None:
         return sec
     last = fourier[fourier["step"] == fourier["step"].max()].sort_values("frequency")
     sec.figures.append(figure_to_png(
