@@ -41,7 +41,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from headscreen.heads import Head, head_label, parse_head_label  # noqa: F401 (head_label: re-exported)
+from headscreen.heads import Head, parse_head_label
+from headscreen.jsonsafe import json_safe
 
 
 class SchemaError(ValueError):
@@ -101,13 +102,11 @@ def per_step(obj, where: str) -> list[tuple[int, dict | object]]:
 
 
 def _finite_or_none(value) -> float | None:
-    if value is None:
-        return None
+    """A number read from a JSON document: a float, or None for null, NaN/inf and non-numbers."""
     try:
-        f = float(value)
+        return json_safe(float(value))
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
 
 
 # ---------------------------------------------------------------- circuits.json
