@@ -167,7 +167,7 @@ def profile(series, ckpts) -> dict:
     import torch
 
     from headscreen.spectral import SpectralConfig, make_projector
-    from headscreen.spectral.fingerprint import SEGMENT, _Checkpoint, _sq_norms
+    from headscreen.spectral.sketcher import SEGMENT, _Checkpoint, _sq_norms
 
     stages = ("read", "finite", "assemble", "delta", "norm", "project_f32", "store_prev")
     acc = {k: [] for k in stages + ("project_f64", "project_layerwise_f32", "project_countsketch",

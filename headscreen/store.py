@@ -1,4 +1,4 @@
-"""Run directories: atomic writes, per-checkpoint records, resume, Parquet/JSON tables.
+"""Run directories: per-checkpoint records, resume, Parquet/JSON tables.
 
 Layout (docs/run-format.md):
     <run>/manifest.json                       provenance: config, versions, git commit, seeds, loading mode
@@ -6,8 +6,7 @@ Layout (docs/run-format.md):
     <run>/records/<kind>/step_<N:09d>.<ext>   one record per checkpoint and kind
     <run>/<table>.parquet, <name>.json        results
 
-Every file is written to a hidden temporary name in the same directory, fsynced, then renamed, so a
-file that exists under its final name is complete: a record half-written by a killed process is
+Every file is written atomically (headscreen/atomic.py): a record half-written by a killed process is
 never read (its temporary is ignored and cleaned up on the next open).
 
 Every process that writes into a run holds its lock (`open` for a screen, `locked` for a validate).
@@ -19,26 +18,28 @@ result tables are current; a writer marks them stale before it changes any recor
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import signal
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from headscreen.atomic import (  # noqa: F401 (re-exported: the run store's errors and writes)
+    RunWriteError,
+    StoreError,
+    _json_default,
+    atomic_write,
+    write_fault,
+    write_json,
+)
+
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 RECORDS = "records"
-
-
-class StoreError(Exception):
-    pass
 
 
 class NotARun(StoreError):
@@ -53,23 +54,6 @@ class ConfigChanged(StoreError):
     pass
 
 
-class RunWriteError(StoreError):
-    """A file of the run could not be written (disk full, read-only, permissions); nothing partial is left."""
-
-
-def write_fault(path: Path, e: OSError) -> RunWriteError:
-    """The one-line error for an OSError while writing `path`: what failed and what to do."""
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        fix = "free some space (or use another --out) and rerun the same command: finished checkpoints are kept"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "the run directory is not writable: fix its permissions or choose another --out"
-    else:
-        fix = "check the run directory's file system, then rerun the same command"
-    err = RunWriteError(f"cannot write {path}: {e.strerror or e}; {fix}")
-    err.errno, err.filename = e.errno, str(path)
-    return err
-
-
 class SeriesChanged(StoreError):
     """A run is reopened on another series (headscreen/binding.py)."""
 
@@ -80,58 +64,6 @@ class StaleTables(StoreError):
 
 #: outputs derived from the screen's tables; a re-screen that changes records removes them
 VALIDATION_OUTPUTS = ("validation.json", "validation.parquet", "patching.parquet")
-_KILL_COUNT = 0
-
-
-def _fault_point(where: str) -> None:
-    """Fault-injection hook of tests/test_faults.py: with HEADSCREEN_KILL_AT="<where>:<n>", the process
-    SIGKILLs itself at the n-th time it reaches `where` ("write": before a rename, "renamed": after)."""
-    global _KILL_COUNT
-    spec = os.environ.get("HEADSCREEN_KILL_AT")
-    if not spec or spec.split(":")[0] != where:
-        return
-    _KILL_COUNT += 1
-    if _KILL_COUNT == int(spec.split(":")[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` then rename tmp → path (same directory, so the rename is atomic)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _fault_point("write")
-        os.replace(tmp, path)
-        _fault_point("renamed")
-    except OSError as e:
-        if isinstance(e, RunWriteError):
-            raise
-        raise write_fault(path, e) from e
-    finally:
-        with contextlib.suppress(OSError):  # a read-only directory may refuse even this
-            tmp.unlink(missing_ok=True)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, obj) -> Path:
-    text = json.dumps(obj, indent=2, default=_json_default, sort_keys=False)
-    return atomic_write(path, lambda p: p.write_text(text))
-
-
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 

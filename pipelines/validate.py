@@ -19,6 +19,7 @@ from headscreen.binding import checkpoint_refusal
 from headscreen.causal import patch_checkpoint, validate_checkpoint
 from headscreen.causal.settings import ValidationSettings
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
+from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
@@ -188,11 +189,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _parse_heads(text: str) -> list[list[int]]:
     out = []
     for item in text.split(","):
-        item = item.strip().upper()
-        if not (item.startswith("L") and "H" in item):
-            raise ValueError(f"--heads item {item!r} is not like L1H3")
-        layer, head = item[1:].split("H")
-        out.append([int(layer), int(head)])
+        head = parse_head_label(item)
+        if head is None:
+            raise ValueError(f"--heads item {item.strip()!r} is not like L1H3")
+        out.append(list(head))
     return out
 
 

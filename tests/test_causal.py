@@ -381,7 +381,6 @@ def test_validate_checkpoint_on_the_known_circuit(hand, hand_probe):
         assert res["tests"]["top1"]["observed_drop"] == 1.0
         # one free head: the exact null has a single set, so p can be no smaller than 1/2 (not 1/21)
         assert res["tests"]["top1"]["p_value"] == 0.5 and res["tests"]["top1"]["n_null"] == 1
-        assert res["tests"]["top1"]["n_distinct"] == 1 and res["tests"]["top1"]["p_value_distinct"] == 0.5
         assert res["fired"]["blocks.0.attn.hook_z"]["min_condition_max_abs_delta"] > 0.1
     # a circuit that fills its layer has no matched-random control: the null is skipped, loudly
     summary, df = validate_checkpoint(hand, [(0, 0), (0, 1)], {"retrieval": clean}, n_null=20)
@@ -497,19 +496,17 @@ def test_patch_checkpoint_rows(hand, hand_probe, tiny):
     assert res.kv_heads == ((1, 1),) and res.affected_heads == ((1, 2), (1, 3))
 
 
-def test_distinct_p_value_exposes_a_degenerate_null():
+def test_null_test_p_value_and_effect_ratio():
     from headscreen.causal.stats import null_test
 
-    # 100 draws of only two distinct head sets: the Monte-Carlo p-value looks tiny, the exact one cannot
-    sets = [("a",), ("b",)] * 50
     drops = [0.1, 0.2] * 50
-    t = null_test("top1", 0.9, drops, draw_sets=sets)
-    assert t.p_value == 1 / 101
-    assert t.n_distinct == 2 and t.p_value_distinct == 1 / 3
-    t2 = null_test("top1", 0.15, drops, draw_sets=sets)
-    assert t2.p_value_distinct == 2 / 3 and t2.p_value == 51 / 101
-    with pytest.raises(ValueError, match="draw_sets"):
-        null_test("top1", 0.9, drops, draw_sets=sets[:3])
+    t = null_test("top1", 0.9, drops)
+    assert t.p_value == 1 / 101 and t.n_null == 100
+    assert t.effect_ratio == pytest.approx(0.9 / 0.15)
+    assert null_test("top1", 0.15, drops).p_value == 51 / 101  # ties count against the circuit
+    assert null_test("top1", 0.5, [0.0, -0.1]).effect_ratio is None  # a harmless null gives no scale
+    with pytest.raises(ValueError, match="non-empty"):
+        null_test("top1", 0.9, [])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -40,14 +40,14 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
     top1 = val["ablations"]["resample"]["probes"]["retrieval"]["tests"]["top1"]
     assert top1["observed_drop"] > 0.1
     assert top1["effect_ratio"] is None or top1["effect_ratio"] >= 5
-    assert top1["n_distinct"] > 1
-    assert top1["p_value_distinct"] == pytest.approx(1 / (1 + top1["n_distinct"]))
+    assert top1["n_null"] > 1
+    assert top1["p_value"] == pytest.approx(1 / (1 + top1["n_null"]))
 
     # the acceptance of issue 6: zero-ablating the circuit drops retrieval top-1 by >= 5x the mean
     # matched-random drop with p < 0.01, against >= 100 distinct matched-random sets
     zero = val["ablations"]["zero"]
     test = zero["probes"]["retrieval"]["tests"]["top1"]
-    assert zero["n_null"] >= 100 and test["n_distinct"] >= 100
+    assert zero["n_null"] >= 100 and zero["n_distinct_null_draws"] >= 100
     assert test["p_value"] < 0.01
     assert test["observed_drop"] > 0.1 and test["observed_drop"] >= 5 * test["null_mean_drop"]
     rows = pd.read_parquet(run / "validation.parquet")

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import headscreen.store as store_module
+import headscreen.atomic as atomic_module
 from headscreen.report.load import StaleRunError, load_run
 from headscreen.store import NotARun, RunStore
 from headscreen.testing import save_tiny_series
@@ -63,12 +63,12 @@ def screen_args(series, cfg, out, *extra):
 def counted(fn) -> int:
     """Run `fn` in this process and return how many atomic writes it made (the hook's counter)."""
     os.environ["HEADSCREEN_KILL_AT"] = "write:0"  # counts, never fires
-    store_module._KILL_COUNT = 0
+    atomic_module._KILL_COUNT = 0
     try:
         assert fn() == 0
     finally:
         del os.environ["HEADSCREEN_KILL_AT"]
-    return store_module._KILL_COUNT
+    return atomic_module._KILL_COUNT
 
 
 def killed(args, point: str) -> subprocess.CompletedProcess:

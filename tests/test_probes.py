@@ -361,7 +361,9 @@ def test_forced_attention_changes_output_and_is_classified(forced):
             out = screen_checkpoint(bridge, batches, micro_batch=16, step=100)
     assert float((plain - edited).abs().max()) > 1e-3, "the pattern edit must reach the output"
 
-    cls = out["classes"].set_index(["probe", "layer", "head"])
+    assert set(out) == {"selectivity", "head_scores", "participation", "copying"}
+    classes = classify(out["selectivity"])
+    cls = classes.set_index(["probe", "layer", "head"])
     r = cls.loc["retrieval"]
     assert r.loc[(1, 0), "best_class"] == "induction" and r.loc[(1, 0), "in_induction_circuit"]
     assert r.loc[(1, 1), "best_class"] == "previous" and r.loc[(1, 1), "in_previous_circuit"]
@@ -372,7 +374,7 @@ def test_forced_attention_changes_output_and_is_classified(forced):
     for h in range(4):  # layer 0 is the untouched random model
         assert r.loc[(0, h), "best_class"] == "unclassified"
         assert not (r.loc[(0, h), "in_induction_circuit"] or r.loc[(0, h), "is_bos"])
-    assert circuits(out["classes"][out["classes"]["probe"] == "retrieval"]) == {
+    assert circuits(classes[classes["probe"] == "retrieval"]) == {
         "induction": [[1, 0], [1, 3]],
         "previous": [[1, 1]],
         "bos": [[1, 2], [1, 3]],
@@ -582,3 +584,15 @@ def test_summarise_series_json_ready():
     assert summary["lead_times"][0]["lead_time"] == 10
     assert summary["pr_integral"]["p"][0]["head"] == 0 and summary["pr_integral"]["p"][0]["picked"]
     json.dumps(summary)  # serialisable as circuits.json
+
+
+def test_read_corpus_splits_paragraphs_and_drops_blank_ones(tmp_path):
+    from headscreen.probes.suite import read_corpus
+
+    text = "Once upon a time.\nThe end of line one\n\n\nSecond  story \n\n   \n\nthird\n" + "x" * 70000 + "\n\nlast"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    docs = read_corpus(path)
+    assert docs == [d for d in text.split("\n\n") if d.strip()]  # the independent split
+    assert len(docs) == 4 and docs[0] == "Once upon a time.\nThe end of line one" and docs[-1] == "last"
+

@@ -34,7 +34,7 @@ from headscreen.spectral import (
 from headscreen.spectral.planted import momentum_trajectory, planted_head_series
 
 torch.set_num_threads(1)
-fingerprint_module = importlib.import_module("headscreen.spectral.fingerprint")  # the package exports a function of that name
+sketcher_module = importlib.import_module("headscreen.spectral.sketcher")
 
 W = 10
 STEPS = lambda t: [40 * i for i in range(t)]  # noqa: E731
@@ -612,7 +612,7 @@ def _stored_dtype_and_layout(monkeypatch):
     assert hs._prev.dtype == torch.float16
     # segments that straddle the W_Q/W_K/W_V/W_O boundaries (SEGMENT = 37 columns): same records up
     # to rounding, and they equal Φθ_t and ‖δ_t‖ computed in float64 from the head vectors
-    monkeypatch.setattr(fingerprint_module, "SEGMENT", 37)
+    monkeypatch.setattr(sketcher_module, "SEGMENT", 37)
     hs = HeadSketcher(cfg)
     small = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
     phi = hs.projector.matrix().double()

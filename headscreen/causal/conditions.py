@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-Head = tuple[int, int]
+from headscreen.heads import Head
+from headscreen.heads import head_label as _label
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def normalize_circuit(circuit: Iterable[Sequence[int]], n_layers: int, n_heads: 
 
 
 def head_label(head: Head) -> str:
-    return f"head_L{head[0]}H{head[1]}"
+    return f"head_{_label(head)}"
 
 
 def upper_bound(circuit: Sequence[Head], n_heads: int) -> tuple[Head, ...]:

@@ -38,11 +38,17 @@ class InterventionDidNotFire(RuntimeError):
 
 
 def z_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+    """"blocks.<layer>.attn.hook_z" (TransformerLens's name for the per-head attention output)."""
+    from transformer_lens.utilities import get_act_name  # lazily: importing TransformerLens is slow
+
+    return get_act_name("z", layer)
 
 
 def k_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_k"
+    """"blocks.<layer>.attn.hook_k"."""
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name("k", layer)
 
 
 def default_rtol(dtype: torch.dtype) -> float:

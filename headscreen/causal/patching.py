@@ -39,6 +39,7 @@ from headscreen.causal.hooks import (
     run_with_interventions,
 )
 from headscreen.causal.metrics import logit_diff
+from headscreen.heads import head_label
 from headscreen.probes.batch import ProbeBatch
 
 
@@ -177,7 +178,7 @@ def head_patching(bridge, clean: ProbeBatch, corrupted: ProbeBatch, *, max_rows:
     for layer in layers:  # one layer per call, so that its forwards start at the layer's block
         sets = [[(layer, h)] for h in range(cfg.n_heads)]
         ld = ablate_head_sets(bridge, on_corrupted, sets, source, max_rows=max_rows, dedupe=False,
-                              names=[f"patch L{layer}H{h}" for h in range(cfg.n_heads)], allow_unchanged=True)
+                              names=[f"patch {head_label((layer, h))}" for h in range(cfg.n_heads)], allow_unchanged=True)
         ld_patch[layer] = ld["logit_diff"].mean(1)
     heads = [(layer, h) for layer in layers for h in range(cfg.n_heads)]
     unchanged = ld_patch.isnan().flatten()

@@ -52,6 +52,7 @@ from headscreen.causal.hooks import (
 )
 from headscreen.causal.metrics import logit_diff
 from headscreen.causal.patching import normalised_score, run_ld
+from headscreen.heads import kv_head
 
 DIRECTIONS = ("noising", "denoising")
 
@@ -77,10 +78,9 @@ class PathPatchResult:
         }
 
 
-def _kv_group(bridge) -> int:
+def _n_kv_heads(bridge) -> int:
     cfg = bridge.cfg
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    return cfg.n_heads // n_kv
+    return getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
 
 
 def _receiver_k_inputs(
@@ -153,18 +153,17 @@ def path_patch_k(
     if not senders or not receiver_sets or any(not r for r in receiver_sets):
         raise ValueError("path patching needs at least one sender and non-empty receiver sets")
     cfg = bridge.cfg
-    group = _kv_group(bridge)
+    n_kv = _n_kv_heads(bridge)
     base, source = (clean.tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean.tokens)
     r_layers = sorted({layer for rs in receiver_sets for layer, _ in rs})
     n, c = clean.n, len(receiver_sets)
     rows = rows_per_forward(max_rows, base.shape[1], cfg.n_heads)  # micro-batches: patterns under the mmap ceiling
     e_size = min(n, rows)
     c_size = max(1, rows // e_size)
-    n_kv = cfg.n_heads // group
     masks = torch.zeros(c, cfg.n_layers, n_kv, dtype=torch.bool)
     for j, rs in enumerate(receiver_sets):
         for layer, h in rs:
-            masks[j, layer, h // group] = True
+            masks[j, layer, kv_head(h, cfg.n_heads, n_kv)] = True
     names = [f"receivers {list(rs)} <- senders {list(senders)} ({direction})" for rs in receiver_sets]
     start = r_layers[0] if can_start_at_block(bridge) else 0  # blocks below the receivers: the base run
     ld = torch.empty(c, n)
@@ -200,7 +199,7 @@ def path_patch_k(
         denoise = float(normalised_score(float(ld_patch[j]), ld_clean, ld_corr))
         score = 1.0 - denoise if direction == "noising" else denoise
         kv = tuple((layer, int(k)) for layer in range(cfg.n_layers) for k in masks[j, layer].nonzero()[:, 0])
-        affected = tuple((layer, k * group + g) for layer, k in kv for g in range(group))
+        affected = tuple((layer, h) for layer, k in kv for h in range(cfg.n_heads) if kv_head(h, cfg.n_heads, n_kv) == k)
         results.append(PathPatchResult(
             senders=tuple(senders), receivers=tuple(rs), direction=direction, score=score,
             ld_patch=float(ld_patch[j]), ld_clean=ld_clean, ld_corr=ld_corr, kv_heads=kv, affected_heads=affected,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
-import torch
 
 from headscreen.causal.ablation import (
     AblationConfig,
@@ -35,6 +34,8 @@ from headscreen.causal.metrics import METRICS, metric_drop
 from headscreen.causal.patching import head_patching
 from headscreen.causal.path_patching import DIRECTIONS, path_patch_k
 from headscreen.causal.stats import null_test
+from headscreen.heads import heads_label
+from headscreen.jsonsafe import json_safe
 from headscreen.probes.batch import ProbeBatch
 
 VALIDATION_COLUMNS = ["step", "probe", "condition", "draw", "metric", "value"]
@@ -117,7 +118,7 @@ def validate_checkpoint(
         "null_skipped": null_skipped,
         "metrics": list(METRICS),
         "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
-        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null); p_value_distinct counts distinct head sets",
+        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null) over distinct head sets",
         "probes": {},
     }
     rows: list[tuple] = []
@@ -151,8 +152,7 @@ def validate_checkpoint(
             probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
             probe_info["tests"] = {
                 m: null_test(m, probe_info["circuit_drop"][m],
-                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy(),
-                             draw_sets=[c.heads for c in conditions[n_std:]]).to_json()
+                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
                 for m in METRICS
             }
         else:
@@ -163,11 +163,11 @@ def validate_checkpoint(
     df = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     df["draw"] = df["draw"].astype("int64")
-    return nan_to_none(summary), df
+    return json_safe(summary), df
 
 
 def _label(heads: Sequence[Head]) -> str:
-    return ",".join(f"L{layer}H{h}" for layer, h in heads)
+    return heads_label(heads, sep=",", empty="")
 
 
 def patch_checkpoint(
@@ -230,17 +230,6 @@ def patch_checkpoint(
         summary["path_patching"] = {"component": "k", "results": [r.to_json() for r in results]}
     df = pd.DataFrame(rows, columns=PATCHING_COLUMNS)
     df["step"] = df["step"].astype("Int64")
-    return nan_to_none(summary), df
+    return json_safe(summary), df
 
 
-def nan_to_none(x):
-    """Recursively replace float NaN/inf by None so that json.dumps(strict) accepts a summary."""
-    if isinstance(x, dict):
-        return {k: nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [nan_to_none(v) for v in x]
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(x, torch.Tensor):
-        return nan_to_none(x.tolist())
-    return x

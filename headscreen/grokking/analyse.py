@@ -36,6 +36,7 @@ from headscreen.grokking.edge import (
 from headscreen.grokking.fourier import KEY_FACTOR, embedding_spectrum
 from headscreen.grokking.portrait import commutator_peak, portrait_frame, portrait_point
 from headscreen.grokking.progress import excluded_loss, restricted_loss, weight_norm_sq
+from headscreen.jsonsafe import json_safe
 from headscreen.spectral import HeadSketcher, SpectralConfig, backbone, pc1_rotation
 from headscreen.store import RunStore
 
@@ -140,7 +141,9 @@ def _pca(vectors: torch.Tensor, steps: np.ndarray, window: int) -> tuple[pd.Data
 
 
 def _nullable(x) -> int | None:
-    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else int(x)
+    """A step for grok.json: an int, or None for None/NaN."""
+    x = json_safe(x)
+    return None if x is None else int(x)
 
 
 def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None, progress: bool = True) -> dict:

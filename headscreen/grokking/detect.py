@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from headscreen.spectral.fingerprint import check_steps
+
 GROK_THRESHOLD = 0.95  # test accuracy (THESIS scripts; CURV uses 0.90)
 MEMORISATION_THRESHOLD = 0.99  # train accuracy
 RATIO_FACTOR, RATIO_FLOOR, RATIO_BASELINE = 10.0, 20.0, 3
@@ -36,13 +38,7 @@ def _series(steps: Sequence[int], values: Sequence[float], what: str) -> tuple[n
         raise ValueError(f"{what}: steps and values must be 1-d and of equal length; got {s.shape} and {v.shape}")
     if s.size == 0:
         raise ValueError(f"{what}: the series is empty; give at least one measurement")
-    if not np.issubdtype(s.dtype, np.integer):
-        if not np.all(np.isfinite(s.astype(float))) or np.any(s != np.round(s)):
-            raise ValueError(f"{what}: steps must be integers; got {s[:5].tolist()}...")
-    s = s.astype(np.int64)
-    if np.any(np.diff(s) <= 0):
-        i = int(np.argmax(np.diff(s) <= 0))
-        raise ValueError(f"{what}: steps must be strictly increasing; step[{i}]={s[i]} >= step[{i + 1}]={s[i + 1]}")
+    s = check_steps(s, what)
     return s, v
 
 

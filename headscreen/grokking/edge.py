@@ -13,7 +13,7 @@ k*, gap_norm, g_23, ‖δ‖, their z-scores), phases come from `edge_phases`, a
   `rule.factor` × the median of the first `rule.baseline_windows` post-transient windows, for
   `rule.consecutive` windows in a row (default 1.5×, 3 baseline windows, 2 in a row). Since
   σ_2/σ_3 ≥ 1, a gap that opens is always above the collapse bar 1.20 of the phase definition.
-* phases: rise / plateau / collapse of σ_2/σ_3 (`edge_phases`, collapse bar 1.20), transient skipped.
+* phases: rise / plateau / collapse of σ_2/σ_3 (`edge_phases`, collapse bar `SpectralConfig.collapse_threshold`, 1.20), transient skipped.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from headscreen.spectral import (
 )
 
 TRUNK_PATTERN = re.compile(r"^blocks\.\d+\.(attn|mlp)\.W_[A-Za-z_]+$")
-COLLAPSE_BAR = 1.20
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def edge_from_sketcher(sketcher: HeadSketcher, *, transient: int, rule: GapRule 
     r23 = torch.from_numpy(fp.metric("ratio_23"))
     n_win, n_layers, n_heads = r23.shape
     skip = min(transient, n_win - 1)
-    phases = edge_phases(r23, COLLAPSE_BAR, skip=skip)
+    phases = edge_phases(r23, config.collapse_threshold, skip=skip)
     gap = np.full((n_layers, n_heads), np.nan)
     note = None
     need = transient + rule.baseline_windows + rule.consecutive

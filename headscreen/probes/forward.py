@@ -78,10 +78,12 @@ def run_probe(
     layers = tuple(range(n_layers)) if layers is None else tuple(sorted(set(int(x) for x in layers)))
     if not layers or layers[0] < 0 or layers[-1] >= n_layers:
         raise ValueError(f"layers={layers} must be a non-empty subset of 0..{n_layers - 1}")
+    from transformer_lens.utilities import get_act_name  # TransformerLens is loaded: a bridge was booted
+
     reducers = dict(reducers or {})
-    names = [f"blocks.{L}.attn.hook_pattern" for L in layers]
+    names = [get_act_name("pattern", L) for L in layers]
     if want_z:
-        names += [f"blocks.{L}.attn.hook_z" for L in layers]
+        names += [get_act_name("z", L) for L in layers]
     stop = None if want_losses or layers[-1] + 1 >= n_layers else layers[-1] + 1
     device = next(bridge.parameters()).device
 
@@ -99,10 +101,10 @@ def run_probe(
             rows_l, z_l = [], []
             red_l: dict[str, list[torch.Tensor]] = {k: [] for k in reducers}
             for L in layers:
-                pat = cache[f"blocks.{L}.attn.hook_pattern"].float()  # [b, head, q, k]
+                pat = cache[get_act_name("pattern", L)].float()  # [b, head, q, k]
                 rows_l.append(pat[ar, :, q, :].cpu())  # [b, head, key]
                 if want_z:
-                    z = cache[f"blocks.{L}.attn.hook_z"]  # [b, pos, head, d_head]
+                    z = cache[get_act_name("z", L)]  # [b, pos, head, d_head]
                     z_l.append(z[ar, q].float().cpu())  # [b, head, d_head]
                 for k, fn in reducers.items():
                     red_l[k].append(fn(pat, toks, q).float().cpu())

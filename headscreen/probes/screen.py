@@ -1,9 +1,9 @@
 """The all-head screen of one checkpoint, and the summary of a screened series.
 
 `screen_checkpoint` runs each probe batch once (forward.run_probe) and returns the per-checkpoint
-rows of `selectivity`, `head_scores`, `participation`, `copying` and `classes` with exactly the
-columns of docs/run-format.md. `summarise_series` turns the concatenated rows of all checkpoints
-into the `classes` table and the `circuits.json` content.
+rows of `selectivity`, `head_scores`, `participation` and `copying` with exactly the columns of
+docs/run-format.md. `summarise_series` turns the concatenated rows of all checkpoints into the
+`classes` table (classify) and the `circuits.json` content.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from headscreen.jsonsafe import records
 from headscreen.probes import selectivity as sel
 from headscreen.probes.batch import ProbeBatch
 from headscreen.probes.classify import DEFAULT_THRESHOLDS, ScreenThresholds, circuits, classify
@@ -176,7 +177,8 @@ def screen_checkpoint(
     the participation ratio of hook_z at the query. With a repeated probe (at most one), the copying
     row. `step` / `tokens` fill those columns (the caller may overwrite them).
 
-    Returns {"selectivity", "head_scores", "participation", "copying", "classes"} DataFrames.
+    Returns {"selectivity", "head_scores", "participation", "copying"} DataFrames (classify the
+    selectivity rows for a checkpoint's classes; `summarise_series` does it for a series).
     """
     named = _named(batches)
     if sum(_is_repeated(b) for b in named.values()) > 1:
@@ -234,13 +236,11 @@ def screen_checkpoint(
     )
     participation = pd.concat(pr_frames, ignore_index=True).assign(tokens=tokens)
     head_scores = pd.concat(score_frames, ignore_index=True)
-    classes = classify(selectivity, thresholds) if len(selectivity) else pd.DataFrame()
     out = {
         "selectivity": selectivity,
         "head_scores": head_scores,
         "participation": participation,
         "copying": copying,
-        "classes": classes,
     }
     cols = {
         "selectivity": SELECTIVITY_COLUMNS,
@@ -248,14 +248,7 @@ def screen_checkpoint(
         "participation": PARTICIPATION_COLUMNS,
         "copying": COPYING_COLUMNS,
     }
-    for name, df in out.items():
-        df = df.assign(step=step)
-        if name in cols:
-            df = df[cols[name]]
-        else:
-            df = df[["step"] + [c for c in df.columns if c != "step"]]
-        out[name] = df.reset_index(drop=True)
-    return out
+    return {name: df.assign(step=step)[cols[name]].reset_index(drop=True) for name, df in out.items()}
 
 
 # outputs that are finite for any finite forward pass (ratios such as selectivity may legitimately be
@@ -279,12 +272,6 @@ def non_finite_outputs(tables: Mapping[str, pd.DataFrame]) -> str | None:
             if bad:
                 return f"{bad} non-finite value(s) in {name}.{col if name != 'head_scores' else 'sink_alpha1'}"
     return None
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    """JSON-safe records (NaN -> None, numpy scalars -> Python)."""
-    recs = df.astype(object).where(df.notna(), None).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in recs]
 
 
 def summarise_series(
@@ -312,15 +299,15 @@ def summarise_series(
     part = tables.get("participation")
     if part is not None and len(part):
         for probe, g in part.groupby("probe", sort=True):
-            ranking[probe] = _records(
+            ranking[probe] = records(
                 pr_integral(g, rule=thresholds.pr_rule, top_fraction=thresholds.pr_top_fraction)
             )
     summary = {
         "thresholds": thresholds.to_dict(),
         "steps": per_step,
-        "emergence": _records(emergence),
-        "lead_times": _records(leads),
-        "bos_layers01": _records(bos_layers01(classes)),
+        "emergence": records(emergence),
+        "lead_times": records(leads),
+        "bos_layers01": records(bos_layers01(classes)),
         "pr_integral": ranking,
     }
     return classes, summary

@@ -114,7 +114,7 @@ class ProbeSuite:
             path = Path(self.text_file)
             if not path.exists():
                 raise ValueError(f"probes.text_file={self.text_file!r} does not exist; give a local text file")
-            docs = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+            docs = read_corpus(path)
             batches["text"] = text_probe(docs, tokenizer, self.seq_len, n=self.n_text, seed=self.seed,
                                          bos_id=self.bos_id)
         if n_ctx is not None:
@@ -158,3 +158,25 @@ def _default_bos(tokenizer, d_vocab: int | None) -> tuple[int | None, str]:
     if first == [bos]:
         return int(bos), f"the tokenizer's BOS id {bos} (it starts every encoded text)"
     return None, f"no BOS (the tokenizer has BOS id {bos} but does not put it before encoded text)"
+
+
+def read_corpus(path: Path) -> list[str]:
+    """The documents of a local text file: paragraphs separated by a blank line ("\n\n"), blank ones
+    dropped. Read with `datasets`' text loader (`sample_by="paragraph"`), in memory, offline, with its
+    cache in a temporary directory that is removed afterwards (nothing is left in ~/.cache)."""
+    import tempfile
+
+    from datasets import load_dataset
+    from datasets.utils import logging as ds_logging
+
+    bar = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # a one-file corpus loads in a blink; no bar for it
+    try:
+        with tempfile.TemporaryDirectory(prefix="headscreen-corpus-") as cache:
+            ds = load_dataset("text", data_files=str(path), sample_by="paragraph", split="train",
+                              keep_in_memory=True, cache_dir=cache)
+            return [d for d in ds["text"] if d.strip()]
+    finally:
+        if bar:
+            ds_logging.enable_progress_bar()
+

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from headscreen.heads import head_label
+from headscreen.jsonsafe import json_safe
 from headscreen.report import figures
-from headscreen.report.content import Section, Table, figure_to_png, head_list, to_python
+from headscreen.report.content import Section, Table, figure_to_png, head_list
 from headscreen.report.runinfo import Context
 from headscreen.report.schema import validation_records, validation_status
 
@@ -82,7 +84,7 @@ def ablation_section(ctx: Context) -> Section:
     if long is None and not nothing:
         sec.notices.append("validation.parquet is missing: the null distributions cannot be drawn. "
                            "Re-run `headscreen validate` on this run.")
-    sec.data = {"validated": not nothing, "status": validation_status(doc)[0], "records": to_python(records),
+    sec.data = {"validated": not nothing, "status": validation_status(doc)[0], "records": json_safe(records),
                 "null_distributions": []}
     if records:
         sec.tables.append(Table(
@@ -112,7 +114,7 @@ def _tests_table(rec: dict) -> Table | None:
     if not tests:
         return None
     rows = [[m, t.get("observed_drop"), t.get("null_mean_drop"), t.get("null_std_drop"), t.get("effect_ratio"),
-             t.get("p_value"), t.get("n_null"), t.get("n_distinct"), t.get("p_value_distinct")]
+             t.get("p_value"), t.get("n_null")]
             for m, t in ((m, tests[m]) for m in _metric_order(tests))]
     null = ""
     if rec.get("null_kind"):
@@ -121,10 +123,9 @@ def _tests_table(rec: dict) -> Table | None:
             null += f" ({rec['n_matched_sets']} matched sets exist)"
         null += "; p cannot go below 1/(1 + draws)."
     return Table(columns=["Metric", "Circuit drop", "Mean random drop", "SD random drop", "Effect ratio", "p-value",
-                          "Draws", "Distinct sets", "p (distinct sets)"], rows=rows,
-                 caption=f"Circuit against the matched-random null, {_where(rec)}. 'Distinct sets' counts the different "
-                         "head sets among the draws: with few, only 'p (distinct sets)' (≥ 1/(1 + sets)) is "
-                         f"a fair significance.{null}")
+                          "Draws"], rows=rows,
+                 caption=f"Circuit against the matched-random null, {_where(rec)}; the draws are distinct head "
+                         f"sets.{null}")
 
 
 def _conditions_table(rec: dict) -> Table | None:
@@ -132,7 +133,7 @@ def _conditions_table(rec: dict) -> Table | None:
     if not conds or not all(isinstance(v, dict) for v in conds.values()):
         return None
     metrics = _metric_order({m for v in conds.values() for m in v})
-    rows = [[name] + [to_python(v.get(m)) for m in metrics] for name, v in conds.items()]
+    rows = [[name] + [json_safe(v.get(m)) for m in metrics] for name, v in conds.items()]
     return Table(columns=["Condition"] + metrics, rows=rows, caption=f"Metric per condition, {_where(rec)}.")
 
 
@@ -152,7 +153,7 @@ def _null_figures(ctx: Context, sec: Section, long: pd.DataFrame, records: list[
         metrics = _metric_order(g["metric"].unique())
         draws = {m: g[(g["role"] == "random") & (g["metric"] == m)]["value"].to_numpy(float) for m in metrics}
         point = {role: {m: _mean(g, role, m) for m in metrics} for role in ("circuit", "clean", "upper")}
-        sec.data["null_distributions"].append(to_python({
+        sec.data["null_distributions"].append(json_safe({
             "step": step, "probe": probe, "ablation": kind, "random_draws": {m: v.tolist() for m, v in draws.items()},
             "circuit": point["circuit"], "clean": point["clean"], "upper_bound": point["upper"]}))
         if index < len(groups) - MAX_FIGURES or not any(v.size for v in draws.values()):
@@ -251,21 +252,21 @@ def patching_section(ctx: Context) -> Section:
         grid = np.full((n_layers, n_heads), np.nan)
         for (layer, head), v in sub.items():
             grid[int(layer), int(head)] = v
-        sec.data["steps"][str(step)] = to_python(grid.tolist())
+        sec.data["steps"][str(step)] = json_safe(grid.tolist())
         top = sub.dropna().sort_values(ascending=False)
         sec.tables.append(Table(columns=["Head", "Patching score"],
-                                rows=[[f"L{int(a)}H{int(b)}", float(v)] for (a, b), v in top.head(5).items()],
+                                rows=[[head_label((a, b)), float(v)] for (a, b), v in top.head(5).items()],
                                 caption=f"Top heads by patching score at step {step}."))
         if step not in steps[-MAX_FIGURES:] or top.empty:
             continue
         (tl, th), tv = top.index[0], float(top.iloc[0])
-        title = (f"Step {step}: patching L{int(tl)}H{int(th)} restores {tv:.0%} of the clean logit difference; "
+        title = (f"Step {step}: patching {head_label((tl, th))} restores {tv:.0%} of the clean logit difference; "
                  f"{int((top > 0.1).sum())} of {sub.size} heads restore > 10%")
         fig = figures.patching_heatmap(grid, title=title)
         sec.figures.append(figure_to_png(fig, ctx.figure_name(f"patching_step{step}"),
                                          f"Patching score per layer and head at step {step}"))
     if len(paths):
-        records = [to_python(r) for r in paths.to_dict(orient="records")]
+        records = [json_safe(r) for r in paths.to_dict(orient="records")]
         sec.data["path_patching"] = records
         cols = list(paths.columns)
         sec.tables.append(Table(columns=cols, rows=[[r[c] for c in cols] for r in records[:50]],

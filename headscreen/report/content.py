@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import matplotlib
 
+from headscreen.heads import heads_label
+
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -101,7 +103,7 @@ def figure_to_png(fig: Figure, name: str, alt: str, dpi: int = 100) -> RenderedF
 
 
 def head_list(heads) -> str:
-    return ", ".join(f"L{layer}H{head}" for layer, head in heads) if heads else "none"
+    return heads_label(heads)
 
 
 def fmt(value) -> str:
@@ -135,14 +137,3 @@ def human_count(value) -> str | None:
     return fmt(value)
 
 
-def to_python(value):
-    """numpy scalars and NaN -> plain Python (None for NaN), recursively for lists and dicts."""
-    if isinstance(value, dict):
-        return {str(k): to_python(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_python(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from headscreen.heads import head_label
+from headscreen.jsonsafe import json_safe
 from headscreen.report import figures
-from headscreen.report.content import Section, Table, figure_to_png, human_count, to_python
+from headscreen.report.content import Section, Table, figure_to_png, human_count
 from headscreen.report.runinfo import Context
 from headscreen.report.schema import emergence_records, for_probe, lead_time_records
 from headscreen.report.screen_sections import missing_notice
@@ -22,11 +24,11 @@ def _circuit_heads(ctx: Context) -> dict[tuple[int, int], str]:
     if rec is not None:
         for cls in ("previous", "induction"):
             for h in rec[cls]:
-                out[h] = f"L{h[0]}H{h[1]} ({cls})"
+                out[h] = f"{head_label(h)} ({cls})"
     elif ctx.run.classes is not None and "in_induction_circuit" in ctx.run.classes.columns:
         c = ctx.run.classes
         sel = c[(c["step"] == ctx.step) & c["in_induction_circuit"].fillna(False).astype(bool)]
-        out = {(int(a), int(b)): f"L{a}H{b} (induction)" for a, b in zip(sel["layer"], sel["head"], strict=True)}
+        out = {(int(a), int(b)): f"{head_label((a, b))} (induction)" for a, b in zip(sel["layer"], sel["head"], strict=True)}
     return out
 
 
@@ -96,9 +98,9 @@ def _metric_summary(df: pd.DataFrame, highlight) -> dict:
     heads = {}
     for h in sorted(highlight):
         sub = df[(df["layer"] == h[0]) & (df["head"] == h[1])].sort_values("x")
-        heads[f"L{h[0]}H{h[1]}"] = {"steps": to_python(sub["x"].tolist()), "values": to_python(sub["value"].tolist())}
+        heads[head_label(h)] = {"steps": json_safe(sub["x"].tolist()), "values": json_safe(sub["value"].tolist())}
     return {"circuit_heads": heads,
-            "other_heads_median": {"steps": to_python(others.index.tolist()), "values": to_python(others.tolist())}}
+            "other_heads_median": {"steps": json_safe(others.index.tolist()), "values": json_safe(others.tolist())}}
 
 
 def _fingerprint_headline(pr: pd.DataFrame | None, highlight: dict, n_heads: int, step) -> str:
@@ -149,7 +151,7 @@ def lead_times_section(ctx: Context) -> Section:
                 "n_heads_with_lead": len(leads)}
     sec.tables.append(Table(
         columns=["Head", "Class", "Metric", "Spectral onset (step)", "Emergence (step)", "Lead (steps)", "Lead (tokens)"],
-        rows=[[f"L{r['layer']}H{r['head']}", r.get("class"), r["metric"], r["onset_step"], r["emergence_step"],
+        rows=[[head_label((r["layer"], r["head"])), r.get("class"), r["metric"], r["onset_step"], r["emergence_step"],
                r["lead_steps"], human_count(r["lead_tokens"])] for r in records],
         caption=(f"Median lead over {len(leads)} induction heads: {sec.data['median_lead_steps_induction']:g} steps."
                  if leads else "No induction head has both a spectral onset and an emergence step.")))
@@ -202,7 +204,7 @@ def copying_section(ctx: Context) -> Section:
     df = df.sort_values("step")
     cols = [c for c in ("step", "loss_first", "loss_second", "loss_gap", "max_induction_selectivity",
                         "noncanonical_copying") if c in df.columns]
-    records = [to_python(dict(zip(cols, row, strict=True))) for row in df[cols].itertuples(index=False)]
+    records = [json_safe(dict(zip(cols, row, strict=True))) for row in df[cols].itertuples(index=False)]
     for r in records:
         if "noncanonical_copying" in r and r["noncanonical_copying"] is not None:
             r["noncanonical_copying"] = bool(r["noncanonical_copying"])

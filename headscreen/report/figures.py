@@ -19,6 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from headscreen.heads import head_label
 from headscreen.report.content import human_count  # noqa: E402
 
 CLASS_COLOURS = {
@@ -71,8 +72,7 @@ def _selectivity_label(v: float) -> str:
 def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, title: str) -> Figure:
     """One layer × head panel per class, log colour scale; cells at or above `threshold` are outlined."""
     classes = list(grids)
-    ncols = min(3, len(classes))
-    nrows = math.ceil(len(classes) / ncols)
+    nrows, ncols = _grid(len(classes))
     n_layers, n_heads = next(iter(grids.values())).shape
     panel_w = max(2.8, 0.32 * n_heads + 1.2)
     panel_h = max(2.2, 0.28 * n_layers + 1.0)
@@ -83,11 +83,7 @@ def selectivity_heatmaps(grids: dict[str, np.ndarray], *, threshold: float, titl
     vmin = max(0.1, min(1.0, float(finite[finite > 0].min()) if (finite > 0).any() else 1.0))
     norm = LogNorm(vmin=vmin, vmax=vmax, clip=True)
     image = None
-    for k, ax in enumerate(axes.ravel()):
-        if k >= len(classes):
-            ax.set_visible(False)
-            continue
-        cls = classes[k]
+    for ax, cls in _panels(axes, classes):
         g = grids[cls]
         image = ax.imshow(np.where(g > 0, g, vmin), norm=norm, cmap="magma", aspect="auto")
         _annotate_grid(ax, g, _selectivity_label, lambda v: norm(v) < 0.55)
@@ -148,7 +144,7 @@ def emergence_timeline(records: list[dict], *, step_tokens: dict[int, float], ti
                             color=CLASS_COLOURS.get(cls, "#333333"), edgecolor="black", linewidth=0.5)
         for i in range(len(heads)):
             axh.axhline(i, color="#dddddd", linewidth=0.8, zorder=1)
-        axh.set_yticks(range(len(heads)), [f"L{layer}H{head}" for layer, head in heads], fontsize=8)
+        axh.set_yticks(range(len(heads)), [head_label(h) for h in heads], fontsize=8)
         axh.set_ylim(len(heads) - 0.5, -0.5)
         axh.set_ylabel("head")
         if rows is not emerged:
@@ -190,17 +186,12 @@ def fingerprint_curves(panels: dict[str, pd.DataFrame | None], *, highlight: dic
     `panels` maps metric -> long frame (x, layer, head, value), or None when the metric is not stored.
     """
     metrics = list(panels)
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
+    nrows, ncols = _grid(len(metrics))
     fig = _new_figure(4.2 * ncols, 3.0 * nrows + 0.8)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colours = {h: HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)] for i, h in enumerate(sorted(highlight))}
     handles: dict[str, object] = {}
-    for k, ax in enumerate(axes.ravel()):
-        if k >= len(metrics):
-            ax.set_visible(False)
-            continue
-        metric = metrics[k]
+    for ax, metric in _panels(axes, metrics):
         df = panels[metric]
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel(x_label)
@@ -234,16 +225,11 @@ def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], cl
                   upper: dict[str, float], title: str) -> Figure:
     """Per metric: histogram of the matched-random ablations with the circuit, clean and upper-bound values."""
     metrics = list(draws)
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
+    nrows, ncols = _grid(len(metrics))
     fig = _new_figure(3.9 * ncols, 2.9 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     handles: dict[str, object] = {}
-    for k, ax in enumerate(axes.ravel()):
-        if k >= len(metrics):
-            ax.set_visible(False)
-            continue
-        metric = metrics[k]
+    for ax, metric in _panels(axes, metrics):
         values = np.asarray(draws[metric], dtype=float)
         values = values[np.isfinite(values)]
         if values.size:
@@ -261,6 +247,20 @@ def ablation_null(draws: dict[str, np.ndarray], *, circuit: dict[str, float], cl
     _legend(fig, axes, handles, "conditions")
     fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize=11)
     return fig
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a panel grid for n panels, at most `max_cols` wide."""
+    ncols = min(max_cols, n)
+    return math.ceil(n / ncols), ncols
+
+
+def _panels(axes: np.ndarray, items):
+    """(axis, item) pairs in row-major order; the axes left over are hidden (the legend may use one)."""
+    flat = list(axes.ravel())
+    for ax in flat[len(items):]:
+        ax.set_visible(False)
+    return zip(flat, items, strict=False)
 
 
 def _legend(fig: Figure, axes: np.ndarray, handles: dict, title: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from headscreen.heads import head_label
+from headscreen.jsonsafe import json_safe
 from headscreen.probes.preid import analyse_run
 from headscreen.report import timeline_figures
 from headscreen.report.causal_sections import primary_record
-from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count, to_python
+from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, validation_records
 
@@ -58,7 +60,7 @@ def _selectivities(ctx: Context, heads, column: str) -> str:
     parts = []
     for layer, head in heads:
         v = at[column].get((layer, head)) if column in at else None
-        parts.append(f"L{layer}H{head}" + (f" ({v:.0f}×)" if v is not None and pd.notna(v) else ""))
+        parts.append(head_label((layer, head)) + (f" ({v:.0f}×)" if v is not None and pd.notna(v) else ""))
     return ", ".join(parts) or "none"
 
 
@@ -70,7 +72,7 @@ def _emerged(ctx: Context, heads, cls: str) -> str:
     steps = sorted((em.get(tuple(h)), tuple(h)) for h in heads if em.get(tuple(h)) is not None)
     if not steps:
         return "no head stays in the class to the last checkpoint"
-    return "; ".join(f"L{h[0]}H{h[1]} at {_fmt_step(s, ctx.tokens)}" for s, h in steps)
+    return "; ".join(f"{head_label(h)} at {_fmt_step(s, ctx.tokens)}" for s, h in steps)
 
 
 def _ablation(ctx: Context) -> tuple[str, dict | None]:
@@ -143,7 +145,7 @@ def summary_section(ctx: Context) -> Section:
     sec.tables.append(Table(columns=["", "Finding"], rows=rows))
     sec.data = {"step": ctx.step, "probe": ctx.probe, "circuits": {k: [list(h) for h in at[k]] for k in
                                                                    ("induction", "previous", "bos")},
-                "ablation": to_python(rec) if rec else None,
+                "ablation": json_safe(rec) if rec else None,
                 "preid": {k: doc.get(k) for k in ("status", "earliest", "emergence_step", "circuit", "circuit_source")}
                 if doc else None}
     return sec
@@ -247,7 +249,7 @@ def preid_section(ctx: Context) -> Section:
         return sec
     st = doc["settings"]
     emergence = doc.get("emergence_step")
-    sec.data = to_python({k: doc.get(k) for k in ("probe", "circuit", "circuit_source", "circuit_note", "emergence_step",
+    sec.data = json_safe({k: doc.get(k) for k in ("probe", "circuit", "circuit_source", "circuit_note", "emergence_step",
                                                   "emergence_tokens", "settings", "null", "earliest", "earliest_raw",
                                                   "earliest_layer_z", "metrics")})
     sec.intro += (f" Circuit: {head_list(doc['circuit'])} ({doc['circuit_source']}: {doc['circuit_note']}); "

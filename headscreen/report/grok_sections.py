@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from headscreen.heads import head_label
+from headscreen.jsonsafe import json_safe
 from headscreen.report import grok_figures as gf
-from headscreen.report.content import Report, RunReport, Section, Table, figure_to_png, to_python
+from headscreen.report.content import Report, RunReport, Section, Table, figure_to_png
 from headscreen.report.runinfo import slugify
 
 TABLES = ("curves", "defect", "edge", "portrait", "fourier", "progress", "pca")
@@ -95,7 +97,7 @@ def settings_section(run: GrokRun) -> Section:
     notices = ["grok.json was missing; the run was analysed while building this report."] if run.analysed_now else []
     return Section(key="grok_settings", title="Run settings and provenance", notices=notices,
                    intro=f"Run directory {run.path}.", tables=[Table(["Setting", "Value"], rows)],
-                   data=to_python(data))
+                   data=json_safe(data))
 
 
 def summary_section(run: GrokRun) -> Section:
@@ -110,14 +112,22 @@ def summary_section(run: GrokRun) -> Section:
         tables.append(Table(["task", *cols], [[t, *[e.get(c) for c in cols]] for t, e in tasks.items()],
                             caption="per task"))
     notes = [f"analysis note: {n}" for n in run.grok.get("notes", [])]
-    return Section(key="grok_summary", title="Grokking events", notices=notes, tables=tables, data=to_python(data))
+    return Section(key="grok_summary", title="Grokking events", notices=notes, tables=tables, data=json_safe(data))
+
+
+def _table_or_notice(run: GrokRun, name: str, sec: Section) -> pd.DataFrame | None:
+    """The run's `name` table, or None with a notice on `sec` when it is missing or empty."""
+    df = run.table(name)
+    if df is None or df.empty:
+        sec.notices.append(f"{name}.parquet is missing or empty.")
+        return None
+    return df
 
 
 def curves_section(run: GrokRun) -> Section:
     sec = Section(key="grok_curves", title="Training curves")
-    curves = run.table("curves")
-    if curves is None or curves.empty:
-        sec.notices.append("curves.parquet is missing or empty.")
+    curves = _table_or_notice(run, "curves", sec)
+    if curves is None:
         return sec
     g = run.grok.get("grok_step")
     title = (f"Test accuracy reaches the bar at step {g}" if g is not None else "Test accuracy never reaches the bar")
@@ -145,19 +155,18 @@ def edge_section(run: GrokRun) -> Section:
     e = run.grok.get("edge", {})
     heads = e.get("heads") or []
     rows = [["trunk", e.get("peak_step"), e.get("collapse_step"), ev["gap_open_step"]]]
-    rows += [[f"L{h['layer']}H{h['head']}", h["peak_step"], h["collapse_step"], h["gap_open_step"]] for h in heads]
+    rows += [[head_label((h["layer"], h["head"])), h["peak_step"], h["collapse_step"], h["gap_open_step"]] for h in heads]
     sec.tables.append(Table(["scope", "σ₂/σ₃ peak step", "collapse step", "gap-open step"], rows,
                             caption=f"phases (transient: {e.get('transient_windows')} windows skipped)"))
-    sec.data = to_python({**ev, "lead_time": lead, "defect_onsets": run.grok.get("defect_onsets"),
+    sec.data = json_safe({**ev, "lead_time": lead, "defect_onsets": run.grok.get("defect_onsets"),
                           "edge": e})
     return sec
 
 
 def portrait_section(run: GrokRun) -> Section:
     sec = Section(key="grok_portrait", title="Phase portrait of layer 0 (W_Q, W_K)")
-    pf = run.table("portrait")
-    if pf is None or pf.empty:
-        sec.notices.append("portrait.parquet is missing or empty.")
+    pf = _table_or_notice(run, "portrait", sec)
+    if pf is None:
         return sec
     peak = run.grok.get("commutator_peak_step")
     title = f"Smoothed commutator peaks at step {peak} (after memorisation)"
@@ -176,10 +185,9 @@ def portrait_section(run: GrokRun) -> Section:
 
 def fourier_section(run: GrokRun) -> Section:
     sec = Section(key="grok_fourier", title="Fourier modes of the embedding and progress measures")
-    fourier, prog = run.table("fourier"), run.table("progress")
+    fourier, prog = _table_or_notice(run, "fourier", sec), run.table("progress")
     keys = run.grok.get("key_frequencies") or []
-    if fourier is None or fourier.empty:
-        sec.notices.append("fourier.parquet is missing or empty.")
+    if fourier is None:
         return sec
     last = fourier[fourier["step"] == fourier["step"].max()].sort_values("frequency")
     sec.figures.append(figure_to_png(
@@ -192,7 +200,7 @@ def fourier_section(run: GrokRun) -> Section:
                                          f"{run.slug}-progress", "Gini, weight norm and restricted/excluded loss"))
     sec.tables.append(Table(["frequency", "norm", "share"], last[["frequency", "norm", "share"]].values.tolist(),
                             caption="final snapshot"))
-    sec.data = to_python({"key_frequencies": keys, "fourier_gini": run.grok.get("fourier_gini"),
+    sec.data = json_safe({"key_frequencies": keys, "fourier_gini": run.grok.get("fourier_gini"),
                           "final_norms": dict(zip(last["frequency"].tolist(), last["norm"].tolist(), strict=True))})
     return sec
 
@@ -202,7 +210,7 @@ def pca_section(run: GrokRun) -> Section:
     rows = [["PC1 share", pca.get("pc1_share")], ["mean ρ (adjacent-window PC1 |cos|)", pca.get("rho_mean")],
             ["basis", pca.get("basis")]]
     return Section(key="grok_pca", title="Trajectory PCA (backbone)", tables=[Table(["Quantity", "Value"], rows)],
-                   data=to_python(pca))
+                   data=json_safe(pca))
 
 
 RUN_SECTIONS = (settings_section, summary_section, curves_section, edge_section, portrait_section,
@@ -244,7 +252,7 @@ def pair_section(runs: list[GrokRun], prefix: str = "grok") -> Section:
             rows.append([_label(r), *[r.grok.get(c) for c in cols]])
             data.append({"run": str(r.path), **{c: r.grok.get(c) for c in cols}})
     sec.tables.append(Table(["run", *cols], rows))
-    sec.data = to_python({"pairs": data})
+    sec.data = json_safe({"pairs": data})
     return sec
 
 
@@ -262,7 +270,7 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
             "final_test_acc", "key_frequencies"]
     rows = [[None if pd.isna(v) else v for v in r] for r in df[cols].astype(object).values.tolist()]
     table = Section(key="grok_sweep", title="Sweep runs", tables=[Table(cols, rows)],
-                    data={"runs": to_python(df[cols].astype(object).where(df[cols].notna(), None).to_dict("records"))})
+                    data={"runs": json_safe(df[cols].astype(object).where(df[cols].notna(), None).to_dict("records"))})
     wd = df["weight_decay"].astype(float)
     grokked = df["grok_step"].notna()
     gap_before = df["gap_open_step"].notna() & (~grokked | (df["gap_open_step"] < df["grok_step"]).fillna(False))
@@ -278,7 +286,7 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
         ["without", z["n"], z["grokked"], z["gap_opens"], None]]))
     table.data["counts"] = counts
     scaling = Section(key="grok_lead_scaling", title="Lead-time scaling ℓ ∝ t_grok^α",
-                      data={"fits": to_python(fits.to_dict("records"))})
+                      data={"fits": json_safe(fits.to_dict("records"))})
     scaling.tables.append(Table(["weight decay", "α", "prefactor", "R²", "n"], fits.values.tolist()))
     if np.isfinite(fits["alpha"]).any():
         best = fits.dropna(subset=["alpha"]).iloc[0]

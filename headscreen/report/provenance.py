@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from headscreen.report.content import Section, Table, to_python
+from headscreen.jsonsafe import json_safe
+from headscreen.report.content import Section, Table
 from headscreen.report.load import RunResults
 from headscreen.report.runinfo import model_name
 
@@ -50,11 +51,11 @@ def provenance_data(run: RunResults) -> dict:
     m = run.manifest
     out = {"model": model_name(run), "run_directory": str(run.path)}
     for name, paths in _FIELDS.items():
-        out[name] = to_python(_lookup(m, paths))
+        out[name] = json_safe(_lookup(m, paths))
     if out["revisions"] is None:
         out["revisions"] = _revisions_from_series(m)
     if out["thresholds"] is None and run.circuits and isinstance(run.circuits.get("thresholds"), dict):
-        out["thresholds"] = to_python(run.circuits["thresholds"])
+        out["thresholds"] = json_safe(run.circuits["thresholds"])
     out["files_missing"] = list(run.missing)
     skipped = m.get("skipped")
     out["skipped_checkpoints"] = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []

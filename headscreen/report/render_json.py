@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from headscreen.report.content import Report, Section, to_python
+from headscreen.jsonsafe import json_safe
+from headscreen.report.content import Report, Section
 
 FORMAT = "headscreen-report/1"
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def section_json(sec: Section) -> dict:
@@ -34,7 +24,7 @@ def report_document(report: Report) -> dict:
                   "sections": {s.key: section_json(s) for s in r.sections}} for r in report.runs],
         "comparison": section_json(report.comparison) if report.comparison else None,
     }
-    return _finite(to_python(doc))
+    return json_safe(doc)
 
 
 def write_json(report: Report, path: Path) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from headscreen.probes.classify import ScreenThresholds
 from headscreen.report.load import RunResults
 
 _STEP_TABLES = ("classes", "selectivity", "participation", "fingerprints", "head_scores")
@@ -88,8 +89,11 @@ def grid_shape(run: RunResults) -> tuple[int, int] | None:
     return (layers + 1, heads + 1) if layers >= 0 else None
 
 
-# the published defaults (docs/methods.md#selectivity-screen), used when neither circuits.json nor the manifest records a threshold
-DEFAULT_THRESHOLDS = {"class": 30.0, "bos": 30.0, "induction_circuit": 50.0, "previous_circuit": 100.0}
+def _default_thresholds() -> dict[str, float]:
+    """The screen's own defaults (ScreenThresholds), used when neither circuits.json nor the manifest records one."""
+    d = ScreenThresholds()
+    return {"class": d.class_min, "bos": d.class_min, "induction_circuit": d.induction_circuit,
+            "previous_circuit": d.previous_circuit}
 _THRESHOLD_KEYS = {
     "class": ("class_min", "class", "class_threshold"),
     "bos": ("bos", "bos_threshold", "class_min"),
@@ -107,7 +111,7 @@ def thresholds(run: RunResults) -> dict[str, float]:
     for holder in (run.manifest, config):
         if isinstance(holder.get("thresholds"), dict):
             sources.append(holder["thresholds"])
-    out = dict(DEFAULT_THRESHOLDS)
+    out = _default_thresholds()
     for name, keys in _THRESHOLD_KEYS.items():
         for source in reversed(sources):  # circuits.json wins: it is what the classification used
             for key in keys:

@@ -39,28 +39,22 @@ Each summary (after that nesting is flattened)::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 
-Head = tuple[int, int]
-
-_HEAD_LABEL = re.compile(r"^\s*L(\d+)\s*[.:_ ]?\s*H(\d+)\s*$", re.IGNORECASE)
+from headscreen.heads import Head, parse_head_label
+from headscreen.jsonsafe import json_safe
 
 
 class SchemaError(ValueError):
     """A JSON document of a run does not have a layout the report understands."""
 
 
-def head_label(head: Head) -> str:
-    return f"L{head[0]}H{head[1]}"
-
-
 def parse_head(value, where: str) -> Head:
     """One head from any accepted spelling; `where` names the file and key for the error."""
     if isinstance(value, str):
-        m = _HEAD_LABEL.match(value)
-        if m:
-            return int(m.group(1)), int(m.group(2))
+        head = parse_head_label(value)
+        if head is not None:
+            return head
     elif isinstance(value, dict) and "layer" in value and "head" in value:
         return int(value["layer"]), int(value["head"])
     elif isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
@@ -108,13 +102,11 @@ def per_step(obj, where: str) -> list[tuple[int, dict | object]]:
 
 
 def _finite_or_none(value) -> float | None:
-    if value is None:
-        return None
+    """A number read from a JSON document: a float, or None for null, NaN/inf and non-numbers."""
     try:
-        f = float(value)
+        return json_safe(float(value))
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
 
 
 # ---------------------------------------------------------------- circuits.json

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from headscreen.heads import head_label, heads_label
+from headscreen.jsonsafe import json_safe
 from headscreen.report import figures, timeline_figures
-from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count, to_python
+from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, pr_ranking_records
 
@@ -48,7 +50,7 @@ def selectivity_section(ctx: Context) -> Section:
             for (layer, head), v in rows.items():
                 g[int(layer), int(head)] = v
             grids[cls] = g
-        sec.data["probes"][str(probe)] = {cls: to_python(g.tolist()) for cls, g in grids.items()}
+        sec.data["probes"][str(probe)] = {cls: json_safe(g.tolist()) for cls, g in grids.items()}
         title = _selectivity_headline(grids, ctx.step, probe, thr)
         fig = figures.selectivity_heatmaps(grids, threshold=thr["class"], title=title)
         sec.figures.append(figure_to_png(fig, ctx.figure_name(f"selectivity_{probe}"),
@@ -70,7 +72,7 @@ def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) 
             if g[i, j] > best[0]:
                 best_cls, best = cls, (float(g[i, j]), int(i), int(j))
     if best_cls is not None:
-        parts.append(f"most selective: L{best[1]}H{best[2]} {CLASS_LABELS.get(best_cls, best_cls)} ({best[0]:.3g}×)")
+        parts.append(f"most selective: {head_label(best[1:3])} {CLASS_LABELS.get(best_cls, best_cls)} ({best[0]:.3g}×)")
     return "; ".join(parts)
 
 
@@ -92,12 +94,12 @@ def circuits_section(ctx: Context) -> Section:
         at = at[keep]
         cols = ["layer", "head"] + [c for c in ("probe", "best_class", "best_selectivity", "induction_selectivity")
                                     if c in at.columns] + flags
-        records = [to_python(dict(zip(cols, row, strict=True))) for row in at[cols].itertuples(index=False)]
+        records = [json_safe(dict(zip(cols, row, strict=True))) for row in at[cols].itertuples(index=False)]
         sec.data["classified"] = records
         labels = {"probe": "Probe", "best_class": "Best class", "best_selectivity": "Best selectivity (×)",
                   "induction_selectivity": "Induction selectivity (×)", "in_induction_circuit": "Induction circuit",
                   "in_previous_circuit": "Previous-token circuit", "is_bos": "BOS head"}
-        rows = [[f"L{r['layer']}H{r['head']}"] + [r[c] for c in cols[2:]] for r in records]
+        rows = [[head_label((r["layer"], r["head"]))] + [r[c] for c in cols[2:]] for r in records]
         on = f", {ctx.probe} probe" if ctx.probe else ""
         caption = (f"Heads classified (≥ {thr['class']:g}×) or in a circuit at step {ctx.step}{on}: "
                    f"{len({(r['layer'], r['head']) for r in records})} heads.")
@@ -135,7 +137,7 @@ def circuits_section(ctx: Context) -> Section:
         sec.data["pr_ranking"] = ranking
         top = ranking[: max(1, min(len(ranking), 10))]
         sec.tables.append(Table(columns=["Rank", "Head", "PR integral", "Picked"],
-                                rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"], r["picked"]] for r in top],
+                                rows=[[r["rank"], head_label((r["layer"], r["head"])), r["integral"], r["picked"]] for r in top],
                                 caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (docs/methods.md#participation-ratio)."))
     return sec
 
@@ -166,7 +168,7 @@ def emergence_section(ctx: Context) -> Section:
     sec.data = {"probe": ctx.probe, "records": records, "n_not_emerged": len(every) - len(records)}
     sec.tables.append(Table(
         columns=["Head", "Class", "Emergence step", "Tokens seen"],
-        rows=[[f"L{r['layer']}H{r['head']}", r["class"], r["step"], human_count(r["tokens"])] for r in records],
+        rows=[[head_label((r["layer"], r["head"])), r["class"], r["step"], human_count(r["tokens"])] for r in records],
         caption=("Heads that join a class and stay in it through the last checkpoint"
                  + (f" ({ctx.probe} probe)" if ctx.probe else "") + f"; {len(every) - len(records)} "
                  "(head, class) pairs never do.")))
@@ -251,7 +253,7 @@ def _sink_heads_table(ctx: Context) -> tuple[Table, dict] | None:
         here = sorted(int(h) for h in at.loc[at["layer"] == layer, "head"])
         steps = sorted(int(v) for v in flagged.loc[flagged["layer"] == layer, "step"].unique())
         data[str(layer)] = {"heads_at_step": here, "checkpoints_flagged": len(steps)}
-        rows.append([layer, ", ".join(f"L{layer}H{h}" for h in here) or "none", len(steps)])
+        rows.append([layer, heads_label((layer, h) for h in here), len(steps)])
     n_ckpt = rates["step"].nunique()
     table = Table(columns=["Layer", f"Gu sink heads at step {ctx.step}", f"Checkpoints with one (of {n_ckpt})"],
                   rows=rows,

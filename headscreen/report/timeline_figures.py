@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from headscreen.heads import head_label
 from headscreen.report.figures import CLASS_COLOURS, _new_figure, _wrap
 
 _METRIC_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
@@ -35,7 +36,7 @@ def circuit_timeline(by_step: list[dict], *, title: str, classes: tuple[str, ...
         xs = rows[key]
         ax.scatter(xs, [y] * len(xs), marker="s", s=22, color=CLASS_COLOURS.get(cls, "#333333"), zorder=3,
                    label=cls if key == next(k for k in order if k[0] == cls) else None)
-    ax.set_yticks(range(len(order)), [f"L{h[0]}H{h[1]}" for _, h in order], fontsize=8)
+    ax.set_yticks(range(len(order)), [head_label(h) for _, h in order], fontsize=8)
     ax.set_ylim(len(order) - 0.5, -0.5)
     if steps:
         ax.set_xlim(min(steps) - gap / 2, max(steps) + gap / 2)

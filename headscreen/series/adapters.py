@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 
 from headscreen.series.errors import CorruptCheckpoint, NonFiniteWeights, UnsupportedArchitecture
 from headscreen.series.tensors import TensorSource
@@ -85,15 +86,15 @@ def _first_present(src: TensorSource, candidates: list[str]) -> str:
 def _read_gpt2(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
     prefix = _first_present(src, [f"transformer.h.{layer}.attn.c_attn.weight", f"h.{layer}.attn.c_attn.weight"])
     p = prefix.removesuffix("c_attn.weight")
-    D, H, dh = g.d_model, g.n_heads, g.d_head
+    H, dh = g.n_heads, g.d_head
     w = src.read(p + "c_attn.weight")  # [D, 3·H·dh]
     q, k, v = w.split(H * dh, dim=1)
-    out = {n: t.reshape(D, H, dh).permute(1, 0, 2) for n, t in zip(("W_Q", "W_K", "W_V"), (q, k, v), strict=True)}
-    out["W_O"] = src.read(p + "c_proj.weight").reshape(H, dh, D)
+    out = {n: rearrange(t, "d (h k) -> h d k", h=H, k=dh) for n, t in zip(("W_Q", "W_K", "W_V"), (q, k, v), strict=True)}
+    out["W_O"] = rearrange(src.read(p + "c_proj.weight"), "(h k) d -> h k d", h=H, k=dh)
     keys = set(src.keys())
     if p + "c_attn.bias" in keys:
         bq, bk, bv = src.read(p + "c_attn.bias").split(H * dh)
-        out.update(b_Q=bq.reshape(H, dh), b_K=bk.reshape(H, dh), b_V=bv.reshape(H, dh))
+        out.update({n: rearrange(b, "(h k) -> h k", h=H, k=dh) for n, b in (("b_Q", bq), ("b_K", bk), ("b_V", bv))})
     if p + "c_proj.bias" in keys:
         out["b_O"] = src.read(p + "c_proj.bias")
     return out
@@ -101,14 +102,14 @@ def _read_gpt2(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str,
 
 def _read_neox(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
     p = f"gpt_neox.layers.{layer}.attention."
-    D, H, dh = g.d_model, g.n_heads, g.d_head
-    w = src.read(p + "query_key_value.weight").reshape(H, 3, dh, D)  # rows interleaved per head
-    out = {n: w[:, i].transpose(1, 2) for i, n in enumerate(("W_Q", "W_K", "W_V"))}
-    out["W_O"] = src.read(p + "dense.weight").reshape(D, H, dh).permute(1, 2, 0)
+    H, dh = g.n_heads, g.d_head
+    w = rearrange(src.read(p + "query_key_value.weight"), "(h j k) d -> j h d k", h=H, j=3, k=dh)  # rows interleaved per head
+    out = {n: w[i] for i, n in enumerate(("W_Q", "W_K", "W_V"))}
+    out["W_O"] = rearrange(src.read(p + "dense.weight"), "d (h k) -> h k d", h=H, k=dh)
     keys = set(src.keys())
     if p + "query_key_value.bias" in keys:
-        b = src.read(p + "query_key_value.bias").reshape(H, 3, dh)
-        out.update(b_Q=b[:, 0], b_K=b[:, 1], b_V=b[:, 2])
+        b = rearrange(src.read(p + "query_key_value.bias"), "(h j k) -> j h k", h=H, j=3, k=dh)
+        out.update(b_Q=b[0], b_K=b[1], b_V=b[2])
     if p + "dense.bias" in keys:
         out["b_O"] = src.read(p + "dense.bias")
     return out
@@ -116,17 +117,17 @@ def _read_neox(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str,
 
 def _read_llama_like(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
     p = f"model.layers.{layer}.self_attn."
-    D, H, KV, dh = g.d_model, g.n_heads, g.n_kv_heads, g.d_head
+    H, KV, dh = g.n_heads, g.n_kv_heads, g.d_head
     out = {
-        "W_Q": src.read(p + "q_proj.weight").reshape(H, dh, D).transpose(1, 2),
-        "W_K": src.read(p + "k_proj.weight").reshape(KV, dh, D).transpose(1, 2),
-        "W_V": src.read(p + "v_proj.weight").reshape(KV, dh, D).transpose(1, 2),
-        "W_O": src.read(p + "o_proj.weight").reshape(D, H, dh).permute(1, 2, 0),
+        "W_Q": rearrange(src.read(p + "q_proj.weight"), "(h k) d -> h d k", h=H, k=dh),
+        "W_K": rearrange(src.read(p + "k_proj.weight"), "(h k) d -> h d k", h=KV, k=dh),
+        "W_V": rearrange(src.read(p + "v_proj.weight"), "(h k) d -> h d k", h=KV, k=dh),
+        "W_O": rearrange(src.read(p + "o_proj.weight"), "d (h k) -> h k d", h=H, k=dh),
     }
     keys = set(src.keys())
     for name, proj, heads in (("b_Q", "q_proj", H), ("b_K", "k_proj", KV), ("b_V", "v_proj", KV)):
         if p + f"{proj}.bias" in keys:
-            out[name] = src.read(p + f"{proj}.bias").reshape(heads, dh)
+            out[name] = rearrange(src.read(p + f"{proj}.bias"), "(h k) -> h k", h=heads, k=dh)
     if p + "o_proj.bias" in keys:
         out["b_O"] = src.read(p + "o_proj.bias")
     return out
@@ -223,10 +224,17 @@ def check_shapes(claimed: dict[str, tuple[int, ...]], g: AttentionGeometry, wher
             )
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    # a sum is non-finite when an entry is (or when it overflows: then the elementwise check decides);
-    # ~15x cheaper than isfinite(t).all() on fp16
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+def require_finite(t: torch.Tensor, what: str, fix: str = "drop it from the series") -> None:
+    """Raise `NonFiniteWeights` ("checkpoint <what> has N NaN/Inf values ...; <fix>") unless every entry is finite.
+
+    A sum is non-finite when an entry is (or when it overflows: then the elementwise check decides);
+    ~15x cheaper than isfinite(t).all() on fp16.
+    """
+    t = t.detach()
+    if bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
+        return
+    bad = int((~torch.isfinite(t)).sum())
+    raise NonFiniteWeights(f"checkpoint {what} has {bad} NaN/Inf values; this checkpoint is corrupt or diverged — {fix}")
 
 
 def read_head_weights(
@@ -247,12 +255,7 @@ def read_head_weights(
                 stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
             dst = stacked[name][layer]
             dst.copy_(t)  # into the stacked record (parts are often strided views of the read tensor)
-            if not _all_finite(dst):  # checked on the contiguous copy: the fast path
-                bad = (~torch.isfinite(dst)).sum().item()
-                raise NonFiniteWeights(
-                    f"checkpoint {src.folder}: layer {layer} {name} has {bad} NaN/Inf values; "
-                    "this checkpoint is corrupt or diverged — drop it from the series"
-                )
+            require_finite(dst, f"{src.folder}: layer {layer} {name}")  # on the contiguous copy: the fast path
         del parts
         src.close()  # drop the shard handles after each layer
     return HeadWeights(**stacked)

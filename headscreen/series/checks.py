@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from headscreen.series.adapters import AttentionGeometry, check_shapes, geometry_from_config
-from headscreen.series.errors import CheckpointNotFound, CorruptCheckpoint, NonFiniteWeights, ShapeMismatch
+from headscreen.series.adapters import AttentionGeometry, check_shapes, geometry_from_config, require_finite
+from headscreen.series.errors import CheckpointNotFound, CorruptCheckpoint, ShapeMismatch
 from headscreen.series.tensors import TensorSource
 
 
@@ -96,7 +96,4 @@ def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
     for name, t in module.named_parameters():
         if not t.is_floating_point():
             continue
-        if not bool(torch.isfinite(t.detach().sum())) and not bool(torch.isfinite(t.detach()).all()):
-            bad = int((~torch.isfinite(t.detach())).sum())
-            raise NonFiniteWeights(f"checkpoint {where}: {name} has {bad} NaN/Inf values; this checkpoint is "
-                                   "corrupt or diverged — drop it from the series (or screen with --skip-bad)")
+        require_finite(t, f"{where}: {name}", fix="drop it from the series (or screen with --skip-bad)")

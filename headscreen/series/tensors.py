@@ -173,7 +173,8 @@ class TensorSource:
 
     # --- reading ---------------------------------------------------------------------------
     def _handle(self, f: Path):
-        """An open safetensors handle for shard `f` (memory-mapped; tensors are copied out on read)."""
+        """A safetensors handle for shard `f`: the fallback for tensors `_read_plain` cannot read with a
+        positioned read (safetensors memory-maps the file; tensors are copied out on read)."""
         from safetensors import safe_open
 
         if f not in self._handles:

@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
+
+from headscreen.heads import kv_head, kv_heads
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class HeadWeights:
 
     def kv_group(self, head: int) -> int:
         """The K/V head that query head `head` reads under GQA."""
-        return head // (self.n_heads // self.n_kv_heads)
+        return kv_head(head, self.n_heads, self.n_kv_heads)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {
@@ -71,12 +74,11 @@ class HeadWeights:
 
     def head_vectors(self, dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "layer head P"]:
         """Flattened concat(W_Q[h], W_K[g(h)], W_V[g(h)], W_O[h]) for every head; P = 4 * d_model * d_head."""
-        group = torch.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)  # [head]
-        L, H = self.n_layers, self.n_heads
+        group = kv_heads(self.n_heads, self.n_kv_heads)  # [head]
         parts = (
             self.W_Q,
             self.W_K[:, group],
             self.W_V[:, group],
             self.W_O,
         )
-        return torch.cat([p.reshape(L, H, -1).to(dtype) for p in parts], dim=-1)
+        return torch.cat([rearrange(p, "l h a b -> l h (a b)").to(dtype) for p in parts], dim=-1)

@@ -7,8 +7,6 @@ grokking trajectories.
 from .config import SpectralConfig
 from .fingerprint import (
     Fingerprint,
-    HeadSketcher,
-    SketchStep,
     compute_fingerprint,
     fingerprint,
     metric_names,
@@ -30,6 +28,7 @@ from .gram import (
     window_stats,
 )
 from .sketch import CountSketch, ExactProjector, GaussianSketch, Projector, make_projector
+from .sketcher import HeadSketcher, SketchStep
 from .trajectory import Backbone, PC1Rotation, backbone, pc1_rotation
 
 __all__ = [

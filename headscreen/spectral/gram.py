@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .config import SpectralConfig
+
 
 def _check_finite(x: Tensor, what: str) -> None:
     if not torch.isfinite(x).all():
@@ -276,7 +278,7 @@ class EdgePhases:
     labels: Int[Tensor, " n_win *batch"]  # 0 rise, 1 plateau, 2 collapse, -1 skipped
 
 
-def edge_phases(r23: Float[Tensor, " n_win *batch"], threshold: float = 1.20, *, skip: int = 0) -> EdgePhases:
+def edge_phases(r23: Float[Tensor, " n_win *batch"], threshold: float = SpectralConfig.collapse_threshold, *, skip: int = 0) -> EdgePhases:
     n = r23.shape[0]
     if not 0 <= skip < n:
         raise ValueError(f"skip={skip} leaves no window of the {n}; use 0 <= skip < {n}")

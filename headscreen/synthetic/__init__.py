@@ -2,11 +2,12 @@
 (GPT-NeoX or Llama, optionally attention-only) and a plain-PyTorch loop that writes a checkpoint series.
 """
 
+from headscreen.series.boot import load_tokenizer  # re-exported: the one loader, also for synthetic series
 from headscreen.synthetic.config import ARCHITECTURES, ConfigError, TrainConfig
 from headscreen.synthetic.corpus import RepeatBatch, SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics, phase_change_step
 from headscreen.synthetic.model import build_model, is_attn_only
-from headscreen.synthetic.tokenizer import Vocab, load_tokenizer, save_tokenizer
+from headscreen.synthetic.tokenizer import Vocab, save_tokenizer
 from headscreen.synthetic.train import SERIES_FORMAT, checkpoint_dirname, train_series
 
 __all__ = [

@@ -5,7 +5,7 @@ grammar's words, then abstract tokens `x0, x1, ...` that fill the vocabulary up 
 Random spans and filler draw from every non-special id (`Vocab.content_ids`).
 
 An in-memory `PreTrainedTokenizerFast` crashes `TransformerBridge.boot_transformers`; always
-`save_tokenizer` to a directory and `load_tokenizer` it back.
+`save_tokenizer` to a directory and `headscreen.series.load_tokenizer` it back.
 """
 
 from __future__ import annotations
@@ -77,10 +77,3 @@ def save_tokenizer(vocab: Vocab, directory: str | Path, *, model_max_length: int
     )
     fast.save_pretrained(directory)
     return directory
-
-
-def load_tokenizer(directory: str | Path):
-    """The saved tokenizer, loaded offline (the series loader's, which also refuses an empty tokenizer)."""
-    from headscreen.series.boot import load_tokenizer as load
-
-    return load(directory)

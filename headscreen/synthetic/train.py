@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from headscreen.store import atomic_write, write_json
 from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics
@@ -101,7 +102,7 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
                 "step": step, "tokens": step * cfg.tokens_per_step, "path": checkpoint_dirname(step),
                 "train_loss": round(loss_value, 6), "diagnostics": diag,
             })
-            _write_json(out / "series.json", series)
+            write_json(out / "series.json", series)
             _save_optimizer(optimizer, out / RESUME_FILE, step)
             bar.set_postfix(loss=f"{loss_value:.3f}", copy2=f"{diag['loss_second']:.2f}")
         if step == cfg.steps:
@@ -117,7 +118,7 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
     bar.close()
     series["complete"] = True
     series["train_seconds_last_session"] = round(time.perf_counter() - t0, 2)
-    _write_json(out / "series.json", series)
+    write_json(out / "series.json", series)
     (out / RESUME_FILE).unlink(missing_ok=True)
 
 
@@ -163,9 +164,7 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> 
 
     tensors = {f"{i}.{k}": v.detach().clone() for i, s in optimizer.state_dict()["state"].items()
                for k, v in s.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={"step": str(step)})
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -188,7 +187,7 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
     meta = out / "series.json"
     entries = [p for p in out.iterdir() if p.name != ".train.lock"]
     if not entries:
-        _write_json(meta, fresh)
+        write_json(meta, fresh)
         return fresh
     if not meta.is_file():
         raise FileExistsError(
@@ -208,7 +207,7 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
             resume_step = _resume_step(out / RESUME_FILE)
             old["checkpoints"] = [c for c in old["checkpoints"] if c["step"] <= resume_step]
         old["train_config"] = cfg.to_dict()
-        _write_json(meta, old)
+        write_json(meta, old)
         return old
     if not overwrite:
         diff = _diff(old.get("train_config", {}), cfg.to_dict())
@@ -218,7 +217,7 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
         )
     for p in entries:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    _write_json(meta, fresh)
+    write_json(meta, fresh)
     return fresh
 
 
@@ -244,12 +243,6 @@ def _diff(old: dict, new: dict) -> str:
     parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
              for k in keys if k not in _NOT_IDENTITY and old.get(k) != new.get(k)]
     return "; ".join(parts) or "format differs"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
