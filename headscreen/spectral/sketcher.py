@@ -233,9 +233,7 @@ class HeadSketcher:
         for lo, hi in ck.segments():
             cur = ck.columns(lo, hi, cur_buf)
             if prev_flat is not None:
-                delta = delta_buf[:, : hi - lo]
-                delta.copy_(prev_flat[:, lo:hi])
-                torch.sub(cur, delta, out=delta)
+                delta = torch.sub(cur, prev_flat[:, lo:hi], out=delta_buf[:, : hi - lo])  # converts θ_{t−1}
                 sq += _sq_norms(delta)
             if exact and want:
                 out[:, lo:hi] = cur
