@@ -56,8 +56,10 @@ def _direct_window_svdvals(v: torch.Tensor, window: int) -> torch.Tensor:
 
 def test_config_defaults_and_validation():
     cfg = SpectralConfig()
-    assert cfg.dim == 100 and cfg.transient == 10 and cfg.n_baseline == 10
-    assert SpectralConfig(window=6).dim == 60
+    # default: CountSketch at d = 50·W (meets the 5.7% gap-ratio target); the published Gaussian at d = 10·W
+    assert cfg.sketch_kind == "countsketch" and cfg.dim == 500 and cfg.transient == 10 and cfg.n_baseline == 10
+    assert SpectralConfig(window=6).dim == 300 and SpectralConfig(window=6, sketch_kind="gaussian").dim == 60
+    assert SpectralConfig(sketch_kind="gaussian", sketch_dim=70).dim == 70
     assert SpectralConfig(exact=True).dim is None
     with pytest.raises(ValueError, match=r"SpectralConfig\.window=2 .*window >= 3"):
         SpectralConfig(window=2)
@@ -256,7 +258,7 @@ def test_sketch_agrees_with_exact_at_d_10w():
     exact = rolling_window_stats(v, W).stats
     errs_r, errs_s = [], []
     for seed in range(3):
-        s = make_projector(SpectralConfig(seed=seed), 4096).project(v)
+        s = make_projector(SpectralConfig(seed=seed, sketch_kind="gaussian"), 4096).project(v)  # the published sketch
         assert s.shape == (40, 2, 2, 100)
         st = rolling_window_stats(s, W).stats
         k = exact.kstar
@@ -552,7 +554,8 @@ def test_float32_projection_of_updates_matches_float64_on_tiny_updates():
     # δ/θ ~ 1e-4: the case that made θ-sketching need float64. Reference: Φ (float64) applied to the
     # float64 values of the float32 weights, Grams in float64.
     v = _tiny_update_series()
-    cfg = SpectralConfig(window=W, seed=3, block_size=5000)
+    # the dense Gaussian Φ: the kind whose float32 θ-sketch cancels (a CountSketch adds fewer terms)
+    cfg = SpectralConfig(window=W, seed=3, block_size=5000, sketch_kind="gaussian")
     steps = STEPS(v.shape[0])
     runs = {}
     for dt in ("float32", "float64"):
