@@ -753,3 +753,27 @@ def test_pc1_rotation_stable_vs_random_directions():
     rot = pc1_rotation(torch.stack([steady, rnd], dim=1), window=10)
     assert rot.end_index.tolist() == [20, 30, 40]
     assert (rot.rho[:, 0] > 0.999).all() and (rot.rho[:, 1] < 0.5).all()
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "gaussian"])
+def test_fused_update_pass_matches_dense_reference(kind):
+    # several column segments (P = 8192 > SEGMENT) crossing blocks of S (block_size 3000), GQA, fp16
+    # weights kept fp16 between checkpoints: the records equal θ_t Sᵀ and the norms ‖θ_t − θ_(t−1)‖
+    # computed densely in float64 from the same fp16 values
+    g = torch.Generator().manual_seed(11)
+    base = _head_weights(g, d_model=64, d_head=32)
+    hws = []
+    for _ in range(4):
+        hws.append(HeadWeights(**{k: getattr(base, k).half() for k in ("W_Q", "W_K", "W_V", "W_O")}))
+        base = HeadWeights(**{k: getattr(base, k) + 1e-2 * torch.randn(getattr(base, k).shape, generator=g)
+                              for k in ("W_Q", "W_K", "W_V", "W_O")})
+    hs = HeadSketcher(SpectralConfig(window=3, sketch_kind=kind, block_size=3000))
+    recs = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
+    s = hs.projector.matrix().double()
+    vecs = [h.head_vectors(torch.float64) for h in hws]
+    assert vecs[0].shape[-1] == 8192
+    for t, rec in enumerate(recs):
+        ref = vecs[t] @ s.T
+        torch.testing.assert_close(rec.sketch, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+        if t:
+            torch.testing.assert_close(rec.update_norm, (vecs[t] - vecs[t - 1]).norm(dim=-1), rtol=1e-6, atol=0)
