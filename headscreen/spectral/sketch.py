@@ -1,4 +1,4 @@
-"""Seeded Gaussian Johnson–Lindenstrauss sketches of long parameter vectors.
+"""Seeded sketches of long parameter vectors: Gaussian Johnson–Lindenstrauss (published) and CountSketch (the default).
 
 Φ ∈ ℝ^{d×P} has i.i.d. entries N(0, 1/d), so E[ΦᵀΦ] = I and ⟨Φx, Φy⟩ ≈ ⟨x, y⟩: the update Gram
 of sketches approximates the exact one. Φ is linear, so the sketches of the parameters θ_t and of
@@ -186,8 +186,8 @@ class CountSketch(_SeededBlocks):
     E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
     of the Gaussian sketch ((‖x‖²‖y‖² + ⟨x,y⟩²)/d), but projecting costs P additions per vector
     instead of 2·d·P flops. Worse than Gaussian for sparse or spiky vectors (a few large coordinates
-    collide in one bucket with probability ~1/d each). An alternative `kind`; the published method
-    (docs/methods.md#sketches) uses the Gaussian sketch.
+    collide in one bucket with probability ~1/d each). The default `kind` (at d = 50·W); the published
+    method (docs/methods.md#sketches) uses the Gaussian sketch.
 
     Definition (stable like GaussianSketch's): columns are cut into blocks of `block_size`; block b
     draws from numpy's PCG64(SeedSequence([seed, b, 1])) `integers(0, dim, block_size)` (the rows h)
