@@ -254,15 +254,15 @@ class HeadSketcher:
         """
         step = int(step)
         ck = self._open(weights, step)
-        gaussian = not isinstance(self.projector, ExactProjector)
+        sketching = not isinstance(self.projector, ExactProjector)
         shape = (*ck.shape[:2], self.projector.dim)
-        if sketch is not None and gaussian and tuple(sketch.shape) != shape:
+        if sketch is not None and sketching and tuple(sketch.shape) != shape:
             raise ValueError(f"step {step}: the recorded sketch has shape {tuple(sketch.shape)} but this "
                              f"sketcher makes {shape}; resume with the settings the run was recorded with")
         self._prev, self._prev_step = None, None  # priming replaces any state
-        theta, _ = self._ingest(ck, record=False, project_theta=gaussian and sketch is None)
+        theta, _ = self._ingest(ck, record=False, project_theta=sketching and sketch is None)
         self._prev_step = step
-        if gaussian:
+        if sketching:
             self._sum = sketch.to(torch.float64).clone() if sketch is not None else theta
 
     def update(self, weights, step: int) -> SketchStep:
