@@ -48,7 +48,7 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["loading_mode"] == "raw" and manifest["series"]["n_checkpoints"] == 8
     assert manifest["seeds"]["probes"] == 42 and "packages" in manifest
-    assert manifest["sketch"]["projector"]["kind"] == "gaussian_jl" and "s_t = s_(t-1)" in manifest["sketch"]["record"]
+    assert manifest["sketch"]["projector"]["kind"] == "countsketch" and "s_t = s_(t-1)" in manifest["sketch"]["record"]  # the default kind
     assert manifest["config"]["spectral"]["gram_estimator"] == "norm_corrected"
     preid = json.loads((out / "preid.json").read_text())  # a random tiny model: most likely no circuit
     assert preid["circuit_source"] == "selectivity" and preid["status"] in ("done", "no circuit")

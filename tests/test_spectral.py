@@ -56,8 +56,10 @@ def _direct_window_svdvals(v: torch.Tensor, window: int) -> torch.Tensor:
 
 def test_config_defaults_and_validation():
     cfg = SpectralConfig()
-    assert cfg.dim == 100 and cfg.transient == 10 and cfg.n_baseline == 10
-    assert SpectralConfig(window=6).dim == 60
+    # default: CountSketch at d = 50·W (meets the 5.7% gap-ratio target); the published Gaussian at d = 10·W
+    assert cfg.sketch_kind == "countsketch" and cfg.dim == 500 and cfg.transient == 10 and cfg.n_baseline == 10
+    assert SpectralConfig(window=6).dim == 300 and SpectralConfig(window=6, sketch_kind="gaussian").dim == 60
+    assert SpectralConfig(sketch_kind="gaussian", sketch_dim=70).dim == 70
     assert SpectralConfig(exact=True).dim is None
     with pytest.raises(ValueError, match=r"SpectralConfig\.window=2 .*window >= 3"):
         SpectralConfig(window=2)
@@ -256,7 +258,7 @@ def test_sketch_agrees_with_exact_at_d_10w():
     exact = rolling_window_stats(v, W).stats
     errs_r, errs_s = [], []
     for seed in range(3):
-        s = make_projector(SpectralConfig(seed=seed), 4096).project(v)
+        s = make_projector(SpectralConfig(seed=seed, sketch_kind="gaussian"), 4096).project(v)  # the published sketch
         assert s.shape == (40, 2, 2, 100)
         st = rolling_window_stats(s, W).stats
         k = exact.kstar
@@ -552,7 +554,8 @@ def test_float32_projection_of_updates_matches_float64_on_tiny_updates():
     # δ/θ ~ 1e-4: the case that made θ-sketching need float64. Reference: Φ (float64) applied to the
     # float64 values of the float32 weights, Grams in float64.
     v = _tiny_update_series()
-    cfg = SpectralConfig(window=W, seed=3, block_size=5000)
+    # the dense Gaussian Φ: the kind whose float32 θ-sketch cancels (a CountSketch adds fewer terms)
+    cfg = SpectralConfig(window=W, seed=3, block_size=5000, sketch_kind="gaussian")
     steps = STEPS(v.shape[0])
     runs = {}
     for dt in ("float32", "float64"):
@@ -750,3 +753,27 @@ def test_pc1_rotation_stable_vs_random_directions():
     rot = pc1_rotation(torch.stack([steady, rnd], dim=1), window=10)
     assert rot.end_index.tolist() == [20, 30, 40]
     assert (rot.rho[:, 0] > 0.999).all() and (rot.rho[:, 1] < 0.5).all()
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "gaussian"])
+def test_fused_update_pass_matches_dense_reference(kind):
+    # several column segments (P = 8192 > SEGMENT) crossing blocks of S (block_size 3000), GQA, fp16
+    # weights kept fp16 between checkpoints: the records equal θ_t Sᵀ and the norms ‖θ_t − θ_(t−1)‖
+    # computed densely in float64 from the same fp16 values
+    g = torch.Generator().manual_seed(11)
+    base = _head_weights(g, d_model=64, d_head=32)
+    hws = []
+    for _ in range(4):
+        hws.append(HeadWeights(**{k: getattr(base, k).half() for k in ("W_Q", "W_K", "W_V", "W_O")}))
+        base = HeadWeights(**{k: getattr(base, k) + 1e-2 * torch.randn(getattr(base, k).shape, generator=g)
+                              for k in ("W_Q", "W_K", "W_V", "W_O")})
+    hs = HeadSketcher(SpectralConfig(window=3, sketch_kind=kind, block_size=3000))
+    recs = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
+    s = hs.projector.matrix().double()
+    vecs = [h.head_vectors(torch.float64) for h in hws]
+    assert vecs[0].shape[-1] == 8192
+    for t, rec in enumerate(recs):
+        ref = vecs[t] @ s.T
+        torch.testing.assert_close(rec.sketch, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+        if t:
+            torch.testing.assert_close(rec.update_norm, (vecs[t] - vecs[t - 1]).norm(dim=-1), rtol=1e-6, atol=0)

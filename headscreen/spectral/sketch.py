@@ -1,4 +1,4 @@
-"""Seeded Gaussian Johnson–Lindenstrauss sketches of long parameter vectors.
+"""Seeded sketches of long parameter vectors: Gaussian Johnson–Lindenstrauss (published) and CountSketch (the default).
 
 Φ ∈ ℝ^{d×P} has i.i.d. entries N(0, 1/d), so E[ΦᵀΦ] = I and ⟨Φx, Φy⟩ ≈ ⟨x, y⟩: the update Gram
 of sketches approximates the exact one. Φ is linear, so the sketches of the parameters θ_t and of
@@ -93,7 +93,7 @@ class _SeededBlocks:
         n = x.shape[-1]
         lead = x.shape[:-1]
         flat = x.reshape(-1, n)
-        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype)
+        out = torch.zeros(flat.shape[0], self._acc_width, dtype=dtype)
         lo, hi = col_offset, col_offset + n
         for b in range(lo // self.block_size, -(-hi // self.block_size)):
             b_lo = b * self.block_size
@@ -101,8 +101,13 @@ class _SeededBlocks:
             self._accumulate(out, flat[:, c_lo - lo : c_hi - lo].to(dtype), b, c_lo - b_lo, c_hi - b_lo)
         return self._finish(out).reshape(*lead, self.dim)
 
+    @property
+    def _acc_width(self) -> int:
+        """Columns of the accumulator that `_accumulate` adds into and `_finish` turns into [batch, d]."""
+        return self.dim
+
     def _accumulate(self, out: Tensor, xs: Tensor, b: int, c0: int, c1: int) -> None:
-        """out [batch, d] += xs [batch, c1 - c0] times columns [c0, c1) of block b, transposed."""
+        """out [batch, acc] += xs [batch, c1 - c0] times columns [c0, c1) of block b, transposed."""
         raise NotImplementedError
 
     def _finish(self, out: Tensor) -> Tensor:
@@ -181,21 +186,22 @@ class CountSketch(_SeededBlocks):
     E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
     of the Gaussian sketch ((‖x‖²‖y‖² + ⟨x,y⟩²)/d), but projecting costs P additions per vector
     instead of 2·d·P flops. Worse than Gaussian for sparse or spiky vectors (a few large coordinates
-    collide in one bucket with probability ~1/d each). An alternative `kind`; the published method
-    (docs/methods.md#sketches) uses the Gaussian sketch.
+    collide in one bucket with probability ~1/d each). The default `kind` (at d = 50·W); the published
+    method (docs/methods.md#sketches) uses the Gaussian sketch.
 
     Definition (stable like GaussianSketch's): columns are cut into blocks of `block_size`; block b
     draws from numpy's PCG64(SeedSequence([seed, b, 1])) `integers(0, dim, block_size)` (the rows h)
     and then `integers(0, 2, block_size)` (sign = 2·bit − 1), both cut to the block's columns.
-    Memory: 12 bytes per column of (h, sign) plus ~1.4× that for the gather tables of the column
-    ranges projected, cached within `cache_bytes`.
+    Projection: the columns of a block go to 2·d bins, bin 2·h(j) for sign +1 and 2·h(j)+1 for −1,
+    with one `index_add_` over the column range for the whole batch (no multiply, no padded gather
+    table, and a cost that does not grow with d); the result is the even bins minus the odd ones.
+    Memory: 20 bytes per column (h, sign, bin), cached within `cache_bytes`.
     """
 
     def __init__(self, in_dim: int, dim: int, seed: int = 0, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: torch.dtype = torch.float32) -> None:
         super().__init__(in_dim, dim, seed, block_size=block_size, cache_bytes=cache_bytes, dtype=dtype)
-        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
-        self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor, int]] = {}
+        self._cache: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self._cached_bytes = 0
 
     @classmethod
@@ -211,6 +217,10 @@ class CountSketch(_SeededBlocks):
         """(rows h [cols] int64, signs [cols] float32) of block b."""
         if not 0 <= b < self.n_blocks:
             raise IndexError(f"block {b} outside [0, {self.n_blocks})")
+        return self._block(b)[:2]
+
+    def _block(self, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(h, sign, bin) of block b; bin = 2·h + (sign < 0), the accumulator column of each column."""
         hit = self._cache.get(b)
         if hit is not None:
             return hit
@@ -220,10 +230,11 @@ class CountSketch(_SeededBlocks):
         # whole blocks are drawn, then cut: S for P' < P is the first P' columns of S for P
         h = torch.from_numpy(rng.integers(0, self.dim, self.block_size, dtype=np.int64)[:cols].copy())
         sign = torch.from_numpy(rng.integers(0, 2, self.block_size, dtype=np.int64)[:cols].astype(np.float32) * 2 - 1)
-        if self._cached_bytes + 12 * cols <= self.cache_bytes:
-            self._cache[b] = (h, sign)
-            self._cached_bytes += 12 * cols
-        return h, sign
+        entry = (h, sign, 2 * h + (sign < 0).long())
+        if self._cached_bytes + 20 * cols <= self.cache_bytes:
+            self._cache[b] = entry
+            self._cached_bytes += 20 * cols
+        return entry
 
     def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
         """S whole, dense: for tests and small P only (refuses above `max_bytes`)."""
@@ -237,41 +248,16 @@ class CountSketch(_SeededBlocks):
             out[h, cols] = sign.to(self.dtype)
         return out
 
-    def _table(self, b: int, c_lo: int, c_hi: int) -> tuple[Tensor, Tensor, int]:
-        """Gather table of columns [c_lo, c_hi) of block b (block-local): (index [d·m], sign [d·m], m).
-
-        Row k of the [d, m] table lists the columns hashed to row k, padded to the largest count m
-        with column 0 and sign 0, so that the projection is a gather, a multiply and a sum over m.
-        """
-        key = (b, c_lo, c_hi)
-        hit = self._tables.get(key)
-        if hit is not None:
-            return hit
-        h, sign = self.hashes(b)
-        h, sign = h[c_lo:c_hi], sign[c_lo:c_hi]
-        order = torch.argsort(h, stable=True)
-        counts = torch.bincount(h, minlength=self.dim)
-        m = max(int(counts.max()), 1)
-        start = torch.cumsum(counts, 0) - counts  # first position of each row in `order`
-        pos = torch.arange(order.numel()) - start[h[order]]  # rank of each column within its row
-        index = torch.zeros(self.dim, m, dtype=torch.int64)
-        signs = torch.zeros(self.dim, m, dtype=torch.float32)
-        index[h[order], pos] = order
-        signs[h[order], pos] = sign[order]
-        table = (index.reshape(-1), signs.reshape(-1), m)
-        nbytes = 12 * index.numel()
-        if self._cached_bytes + nbytes <= self.cache_bytes:
-            self._tables[key] = table
-            self._cached_bytes += nbytes
-        return table
+    @property
+    def _acc_width(self) -> int:
+        return 2 * self.dim  # [+1 bin, −1 bin] per row of S
 
     def _accumulate(self, out: Tensor, xs: Tensor, b: int, c0: int, c1: int) -> None:
-        # a gather of the columns grouped by their row of S, a multiply by the signs and a sum
-        # (no P×d matrix, no scatter)
-        index, signs, m = self._table(b, c0, c1)
-        g = xs.index_select(1, index)  # [batch, d·m]
-        g.mul_(signs.to(out.dtype))
-        out += g.view(-1, self.dim, m).sum(-1)
+        # a scatter-add of the columns into their signed bins, for the whole batch at once
+        out.index_add_(1, self._block(b)[2][c0:c1], xs)
+
+    def _finish(self, out: Tensor) -> Tensor:
+        return out[:, 0::2] - out[:, 1::2]
 
     def provenance(self) -> dict:
         return {"kind": "countsketch", "in_dim": self.in_dim, "dim": self.dim, "seed": self.seed,

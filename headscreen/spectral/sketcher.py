@@ -142,32 +142,26 @@ class HeadSketcher:
     The update norm ‖δ_t‖ is exact up to float32 rounding of 256-entry partial sums (relative error
     ~1e-7; the partial sums are added in float64).
 
-    Processing goes over segments of `SEGMENT` columns: the segment of every head's vector is
-    assembled (float32), differenced against the stored previous vectors, normed, projected with
-    the matching columns of Φ, and written over the stored previous vectors. Each Φ block is read
-    once per checkpoint (projecting layer by layer instead read all of Φ once per layer: 3× slower
-    at this model size, memory-bound). Memory bound (L layers, H heads, P = head-vector length,
-    d = sketch dim, b = bytes per element of the weights as given, T checkpoints so far), beyond
-    the caller's weights:
+    One fused pass per checkpoint over segments of `SEGMENT` columns (a [L·H, SEGMENT] float32 block,
+    1.5 MB at 96 heads, stays in cache): the segment of every head's vector is assembled from the
+    weights as stored (read and converted), differenced directly against the stored θ_{t−1} (one op
+    reading it, no converted copy), normed, projected (CountSketch: one scatter-add of the columns
+    into 2·d signed bins per block, cost independent of d; Gaussian: one matmul per Φ block, so each
+    block is read once per checkpoint), and written over θ_{t−1}. The non-finite check is a separate
+    read of the weights *before* the pass, so a corrupt checkpoint leaves the sketcher unchanged.
+    Memory bound (L layers, H heads, P = head-vector length, d = sketch dim, b = bytes per element
+    of the weights as given, T checkpoints so far), beyond the caller's weights:
       * the previous checkpoint's head vectors: L·H·P·b bytes (fp16 weights: 2 bytes);
-      * two float32 [L·H, SEGMENT] work buffers and one [L·H, d] accumulator;
-      * the running sum L·H·d·8 bytes; Φ cache ≤ config.cache_bytes (d·P·4 bytes when it fits;
-        blocks are regenerated otherwise, at ~12 ms per 16384×100 block here);
+      * two float32 [L·H, SEGMENT] work buffers and one [L·H, d] (CountSketch: 2·d) accumulator;
+      * the running sum L·H·d·8 bytes; CountSketch hashes 20 bytes per column, Gaussian Φ d·P·4
+        bytes, each cached within config.cache_bytes (regenerated per checkpoint beyond it: a
+        Gaussian block of 16384×100 costs ~12 ms to draw);
       * history (if keep_history): T·L·H·(d+1)·8 bytes; in exact mode d = P, so the history is the
         whole per-head trajectory: use exact mode only for toy models.
-    Pythia-1B-like (16 layers, 8 heads, d_model 2048, d_head 256 → P = 2.1M, fp16): 537 MB of
-    previous vectors, 2 × 2 MB of work buffers, Φ (840 MB) only partly cached at the default
-    256 MiB, history ≈ 100 kB per checkpoint.
-
-    Speed, measured with benchmarks/bench_extraction.py (GPT-NeoX 100M, 8 layers × 12 heads,
-    P = 196,608, 19M attention parameters per checkpoint, fp16; 1 thread, shared 2-core AMD EPYC at
-    load 1.7–3): per checkpoint, reading the attention tensors 16–54 ms, assembling head-vector
-    segments 7–15 ms, the difference 8–18 ms, the norm 5–10 ms, storing θ 3–6 ms, and the d = 100
-    projection 47–83 ms in float32 (2·d flops per parameter at ~75 GFLOP/s; float64: 2.1–2.4× that;
-    layer by layer instead of by column segment: 1.5–1.8×) or ~15–30 ms as a CountSketch (independent
-    of d). End to end 126–180 ms per checkpoint (Gaussian) and ~100 ms (CountSketch) against
-    1.2–2.2 s for booting a TransformerBridge per checkpoint: 9–13× and 19–20× in the same runs. A
-    Φ larger than `cache_bytes` (d = 500 here: 393 MB) is regenerated per checkpoint: ~2 s each.
+    Pythia-1B-like (16 layers, 8 heads, d_model 2048, d_head 256 → P = 2.1M, fp16), default
+    CountSketch d = 500: 537 MB of previous vectors, 2 × 2 MB of work buffers, 42 MB of hashes,
+    history ≈ 0.5 MB per checkpoint. Speed and the comparison with the floor (read θ_t once, one pass
+    over θ_{t−1}) and with booting a bridge per checkpoint: benchmarks/bench_extraction.py.
     """
 
     def __init__(self, config: SpectralConfig | None = None, *, keep_history: bool = True) -> None:
@@ -233,9 +227,7 @@ class HeadSketcher:
         for lo, hi in ck.segments():
             cur = ck.columns(lo, hi, cur_buf)
             if prev_flat is not None:
-                delta = delta_buf[:, : hi - lo]
-                delta.copy_(prev_flat[:, lo:hi])
-                torch.sub(cur, delta, out=delta)
+                delta = torch.sub(cur, prev_flat[:, lo:hi], out=delta_buf[:, : hi - lo])  # converts θ_{t−1}
                 sq += _sq_norms(delta)
             if exact and want:
                 out[:, lo:hi] = cur
@@ -262,15 +254,15 @@ class HeadSketcher:
         """
         step = int(step)
         ck = self._open(weights, step)
-        gaussian = not isinstance(self.projector, ExactProjector)
+        sketching = not isinstance(self.projector, ExactProjector)
         shape = (*ck.shape[:2], self.projector.dim)
-        if sketch is not None and gaussian and tuple(sketch.shape) != shape:
+        if sketch is not None and sketching and tuple(sketch.shape) != shape:
             raise ValueError(f"step {step}: the recorded sketch has shape {tuple(sketch.shape)} but this "
                              f"sketcher makes {shape}; resume with the settings the run was recorded with")
         self._prev, self._prev_step = None, None  # priming replaces any state
-        theta, _ = self._ingest(ck, record=False, project_theta=gaussian and sketch is None)
+        theta, _ = self._ingest(ck, record=False, project_theta=sketching and sketch is None)
         self._prev_step = step
-        if gaussian:
+        if sketching:
             self._sum = sketch.to(torch.float64).clone() if sketch is not None else theta
 
     def update(self, weights, step: int) -> SketchStep:
