@@ -7,7 +7,7 @@ from pathlib import Path
 
 from headscreen.config import ConfigError, config_series, load_config, require_remote_code_flag
 
-__all__ = ["add_executor_arguments", "executor_from_args", "positive_int", "require_remote_code_flag",
+__all__ = ["add_executor_arguments", "auto_threads", "executor_from_args", "positive_int", "require_remote_code_flag",
            "resolve_series", "set_threads"]
 
 
@@ -20,6 +20,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
+
+
+def auto_threads(args: argparse.Namespace) -> int | None:
+    """The CLI's automatic thread choice (headscreen/cpu.py) when --threads was not given, else None."""
+    cpu = getattr(args, "cpu", None)
+    return cpu.threads if cpu is not None and cpu.auto and getattr(args, "threads", None) is None else None
 
 
 def set_threads(n: int | None) -> None:
@@ -54,10 +60,12 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
     raise ConfigError(f"{spec!r} is a file; give a folder of checkpoints or a model config name")
 
 
-def add_executor_arguments(p: argparse.ArgumentParser, *, default_workers: str = "1 (local) or 2") -> None:
+def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local",
+                           default_workers: str = "1 (local) or 2") -> None:
     """--executor, --workers, --address (headscreen/executors.py)."""
-    p.add_argument("--executor", choices=("local", "process", "ray"), default="local",
-                   help="where the work runs: this process (default), a process pool, or a Ray cluster")
+    p.add_argument("--executor", choices=("local", "process", "ray"), default=default,
+                   help=f"where the work runs: this process (local), a process pool, or a Ray cluster "
+                        f"(default: {default})")
     p.add_argument("--workers", type=positive_int, default=None,
                    help=f"parallel workers, each with --threads torch threads (default 1) (default: {default_workers})")
     p.add_argument("--address", default=None,
