@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's headscreen, as the subprocesses (cwd ROOT) use
 
 
 def _recipe(config: str, steps: int, where: Path) -> Path:
