@@ -70,13 +70,18 @@ class Chunk:
     needs: dict[int, tuple[bool, bool]]
 
 
-def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_bad: bool, device: str) -> dict:
+def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_bad: bool, device: str,
+                 emit=None) -> dict:
     """The records of one chunk (a task: reads the checkpoints, writes nothing). Returns {"records":
     [{"index", "status": ok|skipped|error, ...}], "batches": probe batch metadata or None,
     "sketch": the sketcher's provenance or None}; a checkpoint that fails its checks without
-    `skip_bad` ends the chunk with an "error" record holding the exception."""
+    `skip_bad` ends the chunk with an "error" record holding the exception. With `emit` (in-process
+    only), each record is handed to emit(record) as soon as it is made instead of being collected,
+    so an interrupted in-process screen keeps every finished checkpoint."""
     sketcher = HeadSketcher(settings.spectral, keep_history=False)
     batches, records = None, []
+    if emit is not None:
+        records = _Emitting(emit)
     prev = _before(series, kept, chunk.lo, skip_bad)  # index of θ_{t-1} of the chunk's first checkpoint
     held = None
     for i in kept[chunk.lo:chunk.hi]:
@@ -96,8 +101,8 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
         rec = {"index": i, "status": "ok", "prev": prev,
                "tables": {k: tables[k] for k in PROBE_TABLES} if need_probes else None, "tensors": None}
         if need_sketch:
-            if prev is not None and held != prev:  # θ_{t-1} from its checkpoint (no running sum is carried)
-                sketcher.prime(series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
+            if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
+                _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
             step = sketcher.update(weights, ckpt.step)
             held = i
             key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
@@ -109,6 +114,27 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
                                                 "meta": b.meta} for name, b in batches.items()}
     return {"records": records, "batches": meta,
             "sketch": sketcher.provenance() if sketcher.projector is not None else None}
+
+
+def _prime(sketcher: HeadSketcher, weights: HeadWeights, step: int) -> None:
+    """Hold θ_{t-1} without projecting it: the records use only the increment Φδ_t, so the running sum
+    is started from zeros (priming without a sketch would project θ_{t-1} in float64 for nothing)."""
+    dim = sketcher.config.dim
+    if sketcher.config.exact or dim is None:
+        sketcher.prime(weights, step)
+    else:
+        sketcher.prime(weights, step, sketch=torch.zeros(weights.n_layers, weights.n_heads, dim, dtype=torch.float64))
+
+
+class _Emitting(list):
+    """A record list that hands each record on instead of keeping it."""
+
+    def __init__(self, emit):
+        super().__init__()
+        self._emit = emit
+
+    def append(self, rec) -> None:
+        self._emit(rec)
 
 
 def _before(series: Series, kept: list[int], lo: int, skip_bad: bool) -> int | None:
@@ -152,11 +178,18 @@ def record_checkpoints(series: Series, store: RunStore, settings, kept: list[int
     done: dict[int, object] = {}
     nxt = 0
     try:
-        for j, out in executor.run(screen_chunk, [(series, settings, kept, c, skip_bad, device) for c in parts]):
-            done[j] = out
-            while nxt in done:
-                state.write_chunk(parts[nxt], done.pop(nxt), bar)
-                nxt += 1
+        if executor.kind == "local":  # in this process: each record is written as soon as it is made
+            for c in parts:
+                state.begin(c)
+                out = screen_chunk(series, settings, kept, c, skip_bad, device,
+                                   emit=lambda rec, c=c: state.write_record(c, rec, bar))
+                state.finish(c, out)
+        else:
+            for j, out in executor.run(screen_chunk, [(series, settings, kept, c, skip_bad, device) for c in parts]):
+                done[j] = out
+                while nxt in done:
+                    state.write_chunk(parts[nxt], done.pop(nxt), bar)
+                    nxt += 1
     finally:
         bar.close()
     return state.good(), state.replan
@@ -173,11 +206,13 @@ class _Writer:
         self.failed: set[int] = set()
         self.replan = False
         self.manifest_done = False
+        self.cursor = 0
 
     def good(self) -> list[int]:
         return [self.series.checkpoints[i].step for i in self.kept if i not in self.failed]
 
     def write_chunk(self, chunk: Chunk, out, bar) -> None:
+        """A whole chunk's result (from a worker), or its failure."""
         ckpts = self.series.checkpoints
         if isinstance(out, TaskFailed):
             first, last = ckpts[self.kept[chunk.lo]], ckpts[self.kept[chunk.hi - 1]]
@@ -185,39 +220,23 @@ class _Writer:
                 raise out.error
             raise RuntimeError(f"screen: a worker died while screening steps {first.step}..{last.step} "
                                f"({out.describe()}); every earlier record is kept — rerun the same command to resume")
-        by_index = {r["index"]: r for r in out["records"]}
-        for i in self.kept[chunk.lo:chunk.hi]:
-            rec = by_index.get(i)
-            if rec is None:  # nothing to do here: recorded before (a good checkpoint)
-                if i not in chunk.needs:
-                    self.last_good = i
-                continue
-            ckpt = ckpts[i]
-            if rec["status"] == "error":
-                raise rec["error"]
-            if rec["status"] == "skipped":
-                print(f"screen: skipping {ckpt.label()}: {rec['reason']}", file=sys.stderr)
-                self.skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": rec["reason"],
-                                     "identity": self.identities[i]})
-                self.store.update_manifest(skipped=self.skipped)
-                self.failed.add(i)
-                if ckpt.step in self.have_sketch:  # a record after it was taken from it: recompute those
-                    self.store.remove_record("sketch", ckpt.step)
-                    self.replan = True
-                bar.update(1)
-                continue
-            if rec["tables"] is not None:
-                self.store.write_frames("probes", ckpt.step, rec["tables"], meta={"identity": self.identities[i]})
-            if rec["tensors"] is not None:
-                if rec["prev"] != self.last_good:  # its chunk did not see a skip before it: redo it next pass
-                    self.replan = True
-                else:
-                    prev = self.identities[rec["prev"]] if rec["prev"] is not None else None
-                    self.store.write_tensors("sketch", ckpt.step, rec["tensors"],
-                                             meta={"tokens": ckpt.tokens, "identity": self.identities[i], "previous": prev,
-                                                   "record": "increment"})
-            self.last_good = i
-            bar.update(1)
+        self.begin(chunk)
+        for rec in out["records"]:
+            self.write_record(chunk, rec, bar)
+        self.finish(chunk, out)
+
+    def begin(self, chunk: Chunk) -> None:
+        self.cursor = chunk.lo  # position in `kept` of the next checkpoint to account for
+
+    def _advance(self, chunk: Chunk, upto: int) -> None:
+        """Checkpoints before kept position `upto` that had nothing to do were recorded before: good."""
+        while self.cursor < upto:
+            if self.kept[self.cursor] not in chunk.needs:
+                self.last_good = self.kept[self.cursor]
+            self.cursor += 1
+
+    def finish(self, chunk: Chunk, out) -> None:
+        self._advance(chunk, chunk.hi)
         if not self.manifest_done and (out["sketch"] or out["batches"]):
             fields = {}
             if out["sketch"]:
@@ -227,6 +246,37 @@ class _Writer:
                 fields["probes"] = out["batches"]
             self.store.update_manifest(**fields)
             self.manifest_done = bool(out["sketch"] and out["batches"])
+
+    def write_record(self, chunk: Chunk, rec: dict, bar) -> None:
+        i = rec["index"]
+        self._advance(chunk, self.kept.index(i, self.cursor))
+        self.cursor += 1
+        ckpt = self.series.checkpoints[i]
+        if rec["status"] == "error":
+            raise rec["error"]
+        if rec["status"] == "skipped":
+            print(f"screen: skipping {ckpt.label()}: {rec['reason']}", file=sys.stderr)
+            self.skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": rec["reason"],
+                                 "identity": self.identities[i]})
+            self.store.update_manifest(skipped=self.skipped)
+            self.failed.add(i)
+            if ckpt.step in self.have_sketch:  # a record after it was taken from it: recompute those
+                self.store.remove_record("sketch", ckpt.step)
+                self.replan = True
+            bar.update(1)
+            return
+        if rec["tables"] is not None:
+            self.store.write_frames("probes", ckpt.step, rec["tables"], meta={"identity": self.identities[i]})
+        if rec["tensors"] is not None:
+            if rec["prev"] != self.last_good:  # its chunk did not see a skip before it: redo it next pass
+                self.replan = True
+            else:
+                prev = self.identities[rec["prev"]] if rec["prev"] is not None else None
+                self.store.write_tensors("sketch", ckpt.step, rec["tensors"],
+                                         meta={"tokens": ckpt.tokens, "identity": self.identities[i], "previous": prev,
+                                               "record": "increment"})
+        self.last_good = i
+        bar.update(1)
 
 
 def sketches_from_records(tensors: list[dict]) -> torch.Tensor:

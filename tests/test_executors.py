@@ -140,22 +140,48 @@ def test_ray_matches_in_process_and_survives_a_killed_worker(series_root, refere
     _same(_outputs(killed), _outputs(reference))
 
 
-def _validate_copy(reference, tmp_path, name, executor=None):
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """A screened 2-checkpoint series of a 16-head model: room for many distinct matched-random sets."""
+    root = tmp_path_factory.mktemp("wide")
+    series = save_tiny_series(root / "neox", "gpt_neox", [0, 1], n_ctx=64, n_heads=16)
+    out = root / "run"
+    screen(series, out, settings=ScreenSettings(spectral=SpectralConfig(window=4), probes=PROBES), progress=False)
+    return out
+
+
+def _validate_copy(run, tmp_path, name, executor=None):
     import shutil
 
     from pipelines.validate import validate
 
-    run = tmp_path / name
-    shutil.copytree(reference, run)
-    validate(run, circuit=[[1, 0], [1, 2]], ablations=("zero", "mean"), n_null=120, progress=False, executor=executor)
-    summary = json.loads((run / "validation.json").read_text())
-    return summary["ablations"], (run / "validation.parquet").read_bytes()
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    validate(copy, circuit=[[0, 3], [1, 0], [1, 2]], ablations=("zero", "mean"), n_null=120, progress=False,
+             executor=executor)
+    summary = json.loads((copy / "validation.json").read_text())
+    return summary["ablations"], (copy / "validation.parquet").read_bytes()
 
 
-def test_validation_null_split_across_workers_gives_the_same_numbers(reference, tmp_path):
+def test_validation_null_split_across_workers_gives_the_same_numbers(wide_run, tmp_path):
     """120 matched-random draws + the standard conditions: 3 blocks of head sets, on 2 process workers."""
-    local = _validate_copy(reference, tmp_path, "local")
+    local = _validate_copy(wide_run, tmp_path, "local")
     with make_executor("process", workers=2) as ex:
-        split = _validate_copy(reference, tmp_path, "split", ex)
-    assert local[0]["zero"]["n_null"] > 50  # more than one block, so the split is real
+        split = _validate_copy(wide_run, tmp_path, "split", ex)
+    assert local[0]["zero"]["n_null"] == 120  # more than one block of 50 sets, so the split is real
     assert split == local
+
+
+def test_cpu_plan_follows_the_idle_cores(monkeypatch):
+    import headscreen.cpu as cpu
+
+    monkeypatch.setattr(cpu, "usable_cores", lambda: 2)
+    quiet, busy, unknown = cpu.plan_cpu(idle=1.95), cpu.plan_cpu(idle=1.0), cpu.plan_cpu(idle=float("nan"))
+    assert (quiet.threads, quiet.wait_policy) == (2, None)  # a quiet machine keeps its 2 threads, spinning
+    assert (busy.threads, busy.wait_policy) == (1, None)  # one busy competitor: 1 thread on the idle core
+    assert unknown.threads == 1 and unknown.auto
+    forced = cpu.plan_cpu(2, idle=0.9)  # --threads 2 next to a busy process: threads sleep, not spin
+    assert (forced.threads, forced.wait_policy, forced.auto) == (2, "PASSIVE", False)
+    assert cpu.plan_cpu(idle=7.0).threads == 2  # never more than the usable cores
+    measured = cpu.idle_cores(0.05)
+    assert 0.0 <= measured <= cpu.usable_cores() + 1e-9
