@@ -6,9 +6,10 @@ its own checkpoint (and a sketch record that of θ_{t-1}'s checkpoint too, since
 depends on every earlier checkpoint). So:
 
 * a probe record holds while its checkpoint's identity is unchanged;
-* sketch records hold only along the longest prefix of the current series whose checkpoints and
-  predecessors are all unchanged: the first changed, inserted or deleted step invalidates every later
-  sketch record;
+* a sketch record of an update's increment Φδ_t (meta `record: increment`, pipelines/screen_chunks.py)
+  holds while its checkpoint and its predecessor are unchanged; a record of a running sum s_t (older
+  runs) holds only along the longest prefix of the current series whose checkpoints and predecessors
+  are all unchanged: the first changed, inserted or deleted step invalidates every later one;
 * records of steps no longer in the series are stale;
 * a different series altogether (another source, root folder or hub repository, or no checkpoint in
   common with the recorded one) is refused: the user chooses between another run directory and --force.
@@ -76,10 +77,12 @@ def plan_records(current: list[dict], sketch_meta: dict[int, dict], probe_meta: 
     for i, ident in enumerate(current):
         meta = sketch_meta.get(ident["step"])
         previous = current[i - 1] if i else None
-        if meta is None or meta.get("identity") != ident or meta.get("previous") != previous:
+        holds = meta is not None and meta.get("identity") == ident and meta.get("previous") == previous
+        # an increment record depends on θ_t and θ_{t-1} alone; a running-sum record on every earlier one
+        if holds and (first_stale is None or meta.get("record") == "increment"):
+            valid_sketch.add(ident["step"])
+        elif first_stale is None:
             first_stale = ident["step"]
-            break
-        valid_sketch.add(ident["step"])
     by_step = {c["step"]: c for c in current}
     stale_probes = sorted(s for s, m in probe_meta.items() if by_step.get(s) is None or m.get("identity") != by_step[s])
     return RecordPlan(stale_sketches=sorted(set(sketch_meta) - valid_sketch), stale_probes=stale_probes,

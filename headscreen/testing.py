@@ -131,3 +131,35 @@ def save_tiny_series(
                               **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     save_word_tokenizer(root, vocab=model.config.vocab_size)
     return root
+
+
+def _local_series_class():
+    from headscreen.series import LocalSeries
+
+    return LocalSeries
+
+
+class DyingSeries(_local_series_class()):
+    """A LocalSeries whose reader process kills itself (SIGKILL) when it reads checkpoint `die_at` while
+    the file `marker` exists (the file is removed first, so only one reader dies): a worker dying
+    mid-screen, for the executor tests."""
+
+    def __init__(self, root, *, die_at: int, marker: str | Path, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.die_at, self.marker = die_at, str(marker)
+
+    def _maybe_die(self, ckpt) -> None:
+        import os
+        import signal
+
+        if ckpt.step == self.die_at and os.path.exists(self.marker):
+            os.unlink(self.marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def boot(self, ckpt, *args, **kwargs):
+        self._maybe_die(ckpt)
+        return super().boot(ckpt, *args, **kwargs)
+
+    def head_weights(self, ckpt, *args, **kwargs):
+        self._maybe_die(ckpt)
+        return super().head_weights(ckpt, *args, **kwargs)

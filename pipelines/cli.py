@@ -5,19 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines import demo, grok, report, screen, series_info, train, validate
 from pipelines.common import positive_int
 
-# (name, module, one-line help). A workflow is listed only once it works end to end.
-COMMANDS = [
-    ("demo", demo, "the embedded default end to end: train, screen, validate, report"),
-    ("series", series_info, "list the checkpoints of a series and its attention geometry"),
-    ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
-    ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
-    ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
-    ("grok", grok, "train a toy grokking task with its trajectory captured, and analyse it; or a sweep"),
-    ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),
-]
+# The workflow modules import torch, so they are imported only after the CPU plan set OpenMP's wait
+# policy (headscreen/cpu.py): this module imports nothing heavy at the top.
+
+
+def _commands():
+    """(name, module, one-line help). A workflow is listed only once it works end to end."""
+    from pipelines import demo, grok, report, screen, series_info, train, validate
+
+    return [
+        ("demo", demo, "the embedded default end to end: train, screen, validate, report"),
+        ("series", series_info, "list the checkpoints of a series and its attention geometry"),
+        ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
+        ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
+        ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
+        ("grok", grok, "train a toy grokking task with its trajectory captured, and analyse it; or a sweep"),
+        ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),
+    ]
+
+
+def _threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: chosen from the idle cores at start, and OpenMP threads "
+                        "sleep instead of spinning when the machine is busy; see headscreen/cpu.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Screen every attention head of a checkpoint series: spectral fingerprints, "
         "selectivity screens, causal validation, circuit reports.",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    _threads_flag(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module, help_ in COMMANDS:
+    for name, module, help_ in _commands():
         sp = sub.add_parser(name, help=help_, description=(module.__doc__ or help_).strip())
         module.add_arguments(sp)
         sp.set_defaults(_module=module)
@@ -38,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input and environment faults end in one line on stderr and exit code 2,
     Ctrl-C in exit code 130 (every finished record is kept: rerun the command to resume)."""
+    cpu = _plan_cpu(argv)  # before anything imports torch
     from headscreen.config import ConfigError
     from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
-    from pipelines.common import set_threads
 
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
+    args.cpu = cpu
     tune_allocator()
     try:
         return int(args._module.main(args) or 0)
@@ -61,6 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headscreen {args.command}: error: {where}{e.strerror or e}; fix this and rerun the same command",
               file=sys.stderr)
         return 2
+
+
+def _plan_cpu(argv):
+    """Choose threads and OpenMP's wait policy (headscreen/cpu.py) from --threads and the idle cores.
+    In a process that already imported torch (a library caller, the tests) an automatic choice
+    changes nothing: the caller's thread setting stands, and the wait policy could not change anyway."""
+    import sys
+
+    from headscreen.cpu import CpuPlan, apply_cpu, plan_cpu
+
+    pre = argparse.ArgumentParser(add_help=False)
+    _threads_flag(pre)
+    known, _ = pre.parse_known_args(argv)
+    if known.threads is None and "torch" in sys.modules:
+        import torch
+
+        return CpuPlan(threads=torch.get_num_threads(), cores=0, idle=float("nan"), wait_policy=None, auto=False)
+    plan = plan_cpu(known.threads)
+    apply_cpu(plan)
+    return plan
 
 
 def _one_line(e: BaseException) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from headscreen.config import ConfigError, config_series, load_config, require_remote_code_flag
 
-__all__ = ["positive_int", "require_remote_code_flag", "resolve_series", "set_threads"]
+__all__ = ["add_executor_arguments", "auto_threads", "executor_from_args", "positive_int", "require_remote_code_flag",
+           "resolve_series", "set_threads"]
 
 
 def positive_int(text: str) -> int:
@@ -19,6 +20,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
+
+
+def auto_threads(args: argparse.Namespace) -> int | None:
+    """The CLI's automatic thread choice (headscreen/cpu.py) when --threads was not given, else None."""
+    cpu = getattr(args, "cpu", None)
+    return cpu.threads if cpu is not None and cpu.auto and getattr(args, "threads", None) is None else None
 
 
 def set_threads(n: int | None) -> None:
@@ -51,3 +58,23 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
             raise ConfigError(f"{spec!r} is neither a checkpoint folder nor a model config: {e}") from e
         return config_series(cfg, cache_dir=cache_dir, trust_remote_code=trust_remote_code), cfg
     raise ConfigError(f"{spec!r} is a file; give a folder of checkpoints or a model config name")
+
+
+def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local",
+                           default_workers: str = "1 (local) or 2") -> None:
+    """--executor, --workers, --address (headscreen/executors.py)."""
+    p.add_argument("--executor", choices=("local", "process", "ray"), default=default,
+                   help=f"where the work runs: this process (local), a process pool, or a Ray cluster "
+                        f"(default: {default})")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help=f"parallel workers, each with --threads torch threads (default 1) (default: {default_workers})")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto': the running one); default: start a local one")
+
+
+def executor_from_args(args: argparse.Namespace):
+    """The executor the flags ask for; each worker gets --threads torch threads (1 when not given)."""
+    from headscreen.executors import make_executor
+
+    return make_executor(args.executor, workers=args.workers, address=args.address,
+                         threads=getattr(args, "threads", None) or 1)

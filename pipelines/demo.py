@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from headscreen.config import load_config
+from pipelines.common import auto_threads
 
 
 def demo(out: str | Path = "results/demo", *, config: str = "synthetic-tiny", threads: int | None = None,
-         progress: bool = True) -> dict[str, Path]:
+         progress: bool = True, max_threads: int | None = None) -> dict[str, Path]:
     """Run the whole demo into `out` (series/, run/, run/report/); returns the report paths."""
     from pipelines.report import report
     from pipelines.screen import screen
@@ -35,7 +36,8 @@ def demo(out: str | Path = "results/demo", *, config: str = "synthetic-tiny", th
         print(f"[demo] {name} done in {timings[name]:.1f} s", flush=True)
         return result
 
-    series_dir = stage("train", lambda: train(cfg, out / "series", threads=threads, progress=progress))
+    series_dir = stage("train", lambda: train(cfg, out / "series", threads=threads, progress=progress,
+                                                     max_threads=max_threads))
     run_dir = stage("screen", lambda: screen(series_dir, out / "run", config=cfg, progress=progress))
     stage("validate", lambda: validate(run_dir, progress=progress))
     paths = stage("report", lambda: report([run_dir]))
@@ -51,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    paths = demo(args.out, config=args.config, threads=args.threads, progress=not args.no_progress)
+    paths = demo(args.out, config=args.config, threads=args.threads, progress=not args.no_progress,
+                 max_threads=auto_threads(args))
     print(f"report: {paths['html']}")
     return 0

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headscreen.config import ConfigError, ModelConfig, load_config
+from headscreen.executors import TaskFailed
+from pipelines.common import add_executor_arguments, executor_from_args
 
 if TYPE_CHECKING:
     from headscreen.grokking.config import GrokConfig
@@ -80,42 +82,44 @@ def grok(task: str | Path | ModelConfig, out: str | Path, *, overrides: dict | N
 
 
 def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool) -> dict:
-    """One grid point in a worker process (1 torch thread)."""
-    import torch
-
+    """One grid point (a task of any executor; its torch threads are set by the executor). It writes
+    only its own run directory, with the resume and lock of a single `headscreen grok` run."""
     from headscreen.grokking.config import GrokConfig
 
-    torch.set_num_threads(1)
     return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse)
 
 
 def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
-             analyse: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
-    """Train (or resume) and analyse each config into root/<name>, `workers` runs at once, one process
-    (1 torch thread) each. Returns (results by name, errors by name); one failed run loses no other."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
+             analyse: bool = True, executor=None) -> tuple[dict[str, dict], dict[str, str]]:
+    """Train (or resume) and analyse each config into root/<name>, one run per task on `executor`
+    (headscreen.executors; default: a process pool of `workers` processes, 1 torch thread each).
+    Returns (results by name, errors by name); one failed run loses no other."""
     from tqdm.auto import tqdm
+
+    from headscreen.executors import make_executor
 
     root = Path(root)
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
-    ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state in the workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_sweep_worker, cfg.to_dict(), str(root / name), analyse): name
-                   for name, cfg in configs.items()}
-        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="runs", unit="run"):
-            name = futures[fut]
-            try:
-                results[name] = fut.result()
-            except Exception as e:  # noqa: BLE001 - reported per run, the others go on
-                errors[name] = f"{type(e).__name__}: {e}"
+    names = list(configs)
+    own = executor is None
+    executor = executor or make_executor("process", workers=workers)
+    try:
+        tasks = [(configs[name].to_dict(), str(root / name), analyse) for name in names]
+        for i, out in tqdm(executor.run(_sweep_worker, tasks), total=len(tasks), disable=not progress,
+                           desc=f"runs ({executor.kind})", unit="run"):
+            if isinstance(out, TaskFailed):
+                errors[names[i]] = out.describe()
+            else:
+                results[names[i]] = out
+    finally:
+        if own:
+            executor.close()
     return results, errors
 
 
 def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None,
-          workers: int | None = None, progress: bool = True, analyse: bool = True):
+          workers: int | None = None, progress: bool = True, analyse: bool = True, executor=None):
     """`headscreen grok sweep`: every grid point of the config's sweep: section, `workers` at a time in
     separate processes; finished runs are kept, unfinished ones resume. Writes sweep.parquet/sweep.json."""
     import pandas as pd
@@ -132,7 +136,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
-                               progress=progress, analyse=analyse)
+                               progress=progress, analyse=analyse, executor=executor)
     if analyse and not errors and _analyse_run() is not None:
         from headscreen.grokking.summary import write_sweep_summary
 
@@ -185,7 +189,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sp = sub.add_parser("sweep", help="the weight-decay / lr / seed grid of a config's sweep: section")
     sp.add_argument("sweep_config", metavar="CONFIG", help="a task (modadd), config name (grok-modadd) or YAML path")
     _run_flags(sp)
-    sp.add_argument("--workers", type=int, help="runs at once (default: the sweep section's workers)")
+    add_executor_arguments(sp, default="process", default_workers="the sweep section's workers")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -195,10 +199,11 @@ def _overrides(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     progress, analyse = not args.no_progress, not args.no_analysis
     if args.grok_command == "sweep":
-        if args.workers is not None and args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        table = sweep(args.config or args.sweep_config, args.out, overrides=_overrides(args), workers=args.workers,
-                      progress=progress, analyse=analyse)
+        _, _, grid_cfg = load_grok_config(args.config or args.sweep_config, _overrides(args))
+        args.workers = args.workers or (grid_cfg.workers if grid_cfg else None)
+        with executor_from_args(args) as executor:
+            table = sweep(args.config or args.sweep_config, args.out, overrides=_overrides(args),
+                          workers=args.workers, progress=progress, analyse=analyse, executor=executor)
         print(table.to_string(index=False))
         print(f"sweep written to {args.out} (sweep.parquet, sweep.json, runs/)")
         return 0

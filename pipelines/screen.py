@@ -18,24 +18,37 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from headscreen.binding import describe_changes, plan_records
 from headscreen.config import ModelConfig, from_mapping
+from headscreen.executors import Executor, make_executor
 from headscreen.probes.classify import ScreenThresholds
 from headscreen.probes.preid import PreidSettings
-from headscreen.probes.screen import non_finite_outputs, screen_checkpoint, summarise_series
+from headscreen.probes.screen import summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
-from headscreen.series import LOADING_MODE, HeadWeights, NonFiniteOutputs, Series, SeriesError
+from headscreen.series import LOADING_MODE, Series, SeriesError
 from headscreen.series.identity import series_identity
-from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
+from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
-from pipelines.common import positive_int, require_remote_code_flag, resolve_series
+from pipelines.common import (
+    add_executor_arguments,
+    executor_from_args,
+    positive_int,
+    require_remote_code_flag,
+    resolve_series,
+)
 from pipelines.preid import preidentify_run
+from pipelines.screen_chunks import (
+    PROBE_TABLES,
+    head_weights_from_bridge,
+    record_checkpoints,
+    sketches_from_records,
+)
 
-PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
+__all__ = ["PROBE_TABLES", "SCREEN_OUTPUTS", "ScreenSettings", "head_weights_from_bridge", "screen"]
+
 PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones the report recomputes
 #: every result file a screen writes
 SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
@@ -89,18 +102,6 @@ class ScreenSettings:
         return d
 
 
-def head_weights_from_bridge(bridge) -> HeadWeights:
-    """Per-head weights of a booted bridge (raw mode), in the shapes of `HeadWeights`."""
-    def bias(name):
-        try:
-            return getattr(bridge, name).detach()
-        except AttributeError:  # bias-free architectures
-            return None
-
-    return HeadWeights(W_Q=bridge.W_Q.detach(), W_K=bridge.W_K.detach(), W_V=bridge.W_V.detach(),
-                       W_O=bridge.W_O.detach(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
-
-
 def _last_good(series: Series):
     """The newest checkpoint that passes its checks, or None (the bad ones are named, or skipped, when
     the screen reaches them)."""
@@ -145,6 +146,8 @@ def screen(
     skip_bad: bool = False,
     progress: bool = True,
     device: str = "cpu",
+    executor: Executor | None = None,
+    chunks: int | None = None,
 ) -> Path:
     """Screen every head of every checkpoint of `series` into the run directory `out`; returns `out`.
 
@@ -161,6 +164,10 @@ def screen(
     identity) instead and the screen goes on: the next checkpoint's update is taken from the last good
     one (it spans the gap). A rerun skips it again without retrying while its identity is unchanged,
     and screens it (recomputing the records after it) once it was repaired.
+
+    `executor` (headscreen.executors; default: in this process) runs the per-checkpoint work in
+    `chunks` contiguous chunks (default: one per worker); the results do not depend on either
+    (pipelines/screen_chunks.py). Only this process writes into `out`.
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
@@ -183,18 +190,28 @@ def screen(
         "probe_defaults": chosen,
         **provenance(),
     }
-    with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
-        skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
-        bad = {s["step"] for s in skipped}
-        kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
-        probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
-        _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
-        good = _record_checkpoints(series, store, settings, kept, identities, probe_steps, skip_bad=skip_bad,
-                                   skipped=skipped, progress=progress, device=device)
-        if not good:
-            raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
-                              f"{store.root}/manifest.json `skipped`")
-        _summarise(store, settings, good, sorted(probe_steps & set(good)))
+    own = executor is None
+    executor = executor or make_executor("local")
+    try:
+        with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
+            skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
+            for _ in range(len(series.checkpoints) + 1):  # again only when a new skip moved a θ_{t-1}
+                bad = {s["step"] for s in skipped}
+                kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
+                probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
+                _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
+                good, replan = record_checkpoints(series, store, settings, kept, identities, probe_steps,
+                                                  skip_bad=skip_bad, skipped=skipped, progress=progress,
+                                                  device=device, executor=executor, n_chunks=chunks)
+                if not replan:
+                    break
+            if not good:
+                raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
+                                  f"{store.root}/manifest.json `skipped`")
+            _summarise(store, settings, good, sorted(probe_steps & set(good)))
+    finally:
+        if own:
+            executor.close()
     return Path(out)
 
 
@@ -240,99 +257,12 @@ def _drop_stale_records(store: RunStore, identities: list[dict], probed: set[int
         store.remove_record("probes", s)
 
 
-def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, kept: list[int],
-                        identities: list[dict], probe_steps: set[int], *, skip_bad: bool, skipped: list[dict],
-                        progress: bool, device: str) -> list[int]:
-    """Record every checkpoint (of `kept`: indices into the series) that lacks a record; returns the
-    steps recorded. Sketch records form a prefix of `kept` (see _drop_stale_records), so the sketches
-    still to compute are a suffix, primed from the last record. A checkpoint that fails its checks
-    raises, or with `skip_bad` joins `skipped` and the next update is taken from the last good one."""
-    have_sketch, have_probes = set(store.recorded_steps("sketch")), set(store.recorded_steps("probes"))
-    todo = [i for i in kept if series.checkpoints[i].step not in have_sketch
-            or (series.checkpoints[i].step in probe_steps and series.checkpoints[i].step not in have_probes)]
-    sketcher = HeadSketcher(settings.spectral, keep_history=False)
-    batches = None
-    store.update_manifest(skipped=skipped)  # rebuilt by every screen
-    good: list[int] = []
-    prev = None  # index of θ_{t-1}: the last good checkpoint before the one at hand
-    held = None  # index of the checkpoint whose θ the sketcher holds
-    bar = tqdm(total=len(todo), desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
-    for i in kept:
-        ckpt = series.checkpoints[i]
-        need_sketch = ckpt.step not in have_sketch
-        need_probes = ckpt.step in probe_steps and ckpt.step not in have_probes
-        if not (need_sketch or need_probes):
-            good.append(ckpt.step)
-            prev = i
-            continue
-        bar.set_postfix_str(f"step {ckpt.step}")
-        try:
-            weights, tables, batches = _read_checkpoint(series, ckpt, settings, batches, probe=need_probes,
-                                                        device=device)
-        except SeriesError as e:
-            if not skip_bad:
-                raise
-            print(f"screen: skipping {ckpt.label()}: {' '.join(str(e).split())}", file=sys.stderr)
-            skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": " ".join(str(e).split()),
-                            "identity": identities[i]})
-            store.update_manifest(skipped=skipped)
-            if not need_sketch:  # its sketch record was taken from a checkpoint now refused: recompute after it
-                store.remove_record("sketch", ckpt.step)
-                have_sketch = {s for s in have_sketch if s < ckpt.step}
-            bar.update(1)
-            continue
-        if need_probes:
-            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES},
-                               meta={"identity": identities[i]})
-        if need_sketch:
-            if prev is not None and held != prev:  # resuming, or after a skip: θ_{t-1} and its sketch
-                last = store.read_tensors("sketch", series.checkpoints[prev].step)[0]["sketch"]
-                sketcher.prime(series.head_weights(series.checkpoints[prev], dtype=None),
-                               series.checkpoints[prev].step, sketch=last)
-            rec = sketcher.update(weights, ckpt.step)
-            held = i
-            store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
-                                meta={"tokens": ckpt.tokens, "identity": identities[i],
-                                      "previous": identities[prev] if prev is not None else None})
-        weights = None
-        good.append(ckpt.step)
-        prev = i
-        bar.update(1)
-    bar.close()
-    if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
-        store.update_manifest(sketch=sketcher.provenance())
-    if batches is not None:
-        store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
-                                             "meta": b.meta} for name, b in batches.items()})
-    return good
-
-
-def _read_checkpoint(series: Series, ckpt, settings: ScreenSettings, batches, *, probe: bool, device: str):
-    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it."""
-    if not probe:
-        return series.head_weights(ckpt, dtype=None), None, batches  # as stored: fp16 stays fp16
-    bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
-    weights = head_weights_from_bridge(bridge)
-    if batches is None:
-        tok = getattr(bridge, "tokenizer", None)
-        batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
-    with torch.no_grad():
-        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=settings.probes.micro_batch,
-                                   step=ckpt.step, tokens=ckpt.tokens)
-    bad = non_finite_outputs(tables)
-    if bad:
-        raise NonFiniteOutputs(f"checkpoint {ckpt.label()}: the probes' forward pass gave {bad}; a weight outside "
-                               "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
-                               "--skip-bad")
-    return weights, tables, batches
-
-
 def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], probed: list[int]) -> None:
     """The series-level tables from the records of exactly the current series' checkpoints (`steps`:
     all but the skipped ones; `probed`: those of them with probes); files that this series does not
     produce are removed, and the manifest marks the tables current last."""
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
-    sketches = torch.stack([t["sketch"] for t in tensors])  # [T, layer, head, d]
+    sketches = sketches_from_records(tensors)  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
     need = settings.spectral.window + 1
     onset_table = pd.DataFrame(columns=["layer", "head", "metric", "onset_step"])
@@ -386,6 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (a config cannot grant it)")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -396,8 +327,9 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         require_remote_code_flag(cfg, args.trust_remote_code)
     settings = dataclasses.replace(ScreenSettings.from_config(cfg), probe_every=args.probe_every)
-    out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
-                 progress=not args.no_progress)
+    with executor_from_args(args) as executor:
+        out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
+                     progress=not args.no_progress, executor=executor)
     skipped = RunStore.existing(out).manifest().get("skipped") or []
     if skipped:
         print(f"screen: skipped {len(skipped)} bad checkpoint(s): steps {[s['step'] for s in skipped]} "

@@ -6,11 +6,14 @@ import argparse
 from pathlib import Path
 
 from headscreen.config import ConfigError, ModelConfig, load_config
+from pipelines.common import auto_threads
 
 
 def train(config: str | Path | ModelConfig, out: str | Path, *, threads: int | None = None,
-          overwrite: bool = False, progress: bool = True) -> Path:
-    """Train the `train:` recipe of `config` into `out` (resumes a partial series of the same recipe)."""
+          overwrite: bool = False, progress: bool = True, max_threads: int | None = None) -> Path:
+    """Train the `train:` recipe of `config` into `out` (resumes a partial series of the same recipe).
+    `threads` replaces the recipe's thread count; `max_threads` only caps it (the CLI's automatic
+    choice on a busy machine, headscreen/cpu.py)."""
     import dataclasses
 
     from headscreen.synthetic import TrainConfig, train_series
@@ -21,6 +24,8 @@ def train(config: str | Path | ModelConfig, out: str | Path, *, threads: int | N
     tcfg = TrainConfig.from_dict(cfg.section("train"))
     if threads is not None:
         tcfg = dataclasses.replace(tcfg, threads=threads)
+    elif max_threads is not None and tcfg.threads > max_threads:
+        tcfg = dataclasses.replace(tcfg, threads=max_threads)
     return train_series(tcfg, out, progress=progress, overwrite=overwrite, name=cfg.name)
 
 
@@ -32,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    out = train(args.config, args.out, threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
+    out = train(args.config, args.out, threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress,
+                max_threads=auto_threads(args))
     print(f"series written to {out}")
     return 0

@@ -17,14 +17,18 @@ import torch
 
 from headscreen.binding import checkpoint_refusal
 from headscreen.causal import patch_checkpoint, validate_checkpoint
+from headscreen.causal.ablation import Scoring
 from headscreen.causal.settings import ValidationSettings
+from headscreen.causal.validate import ablate_blocks, probe_source
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
+from headscreen.executors import TaskFailed, chunks
 from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
 from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
+from pipelines.common import add_executor_arguments, executor_from_args
 from pipelines.preid import preidentify_run
 
 __all__ = ["ValidationSettings", "validate"]
@@ -84,7 +88,7 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
              seed: int | None = None, config: str | Path | None = None, progress: bool = True,
-             trust_remote_code: bool = False) -> Path:
+             trust_remote_code: bool = False, executor=None) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
     `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the
@@ -94,16 +98,18 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     validation outputs are removed first and validation.json is written last, so a validation.json
     always belongs with the parquet files beside it. Returns the path of validation.json. A run whose
     circuit is empty at that checkpoint gets a validation.json that says so (and nothing is ablated).
+    `executor` (headscreen.executors; default: this process) splits the ablated head sets (the
+    matched-random null) across its workers in whole blocks: the numbers do not change.
     """
     with RunStore.locked(run_dir, "validate") as run:
         run.check_tables_current("validate")
         return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
                                 n_null=n_null, seed=seed, config=config, progress=progress,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, executor=executor)
 
 
 def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
-                     progress, trust_remote_code: bool = False) -> Path:
+                     progress, trust_remote_code: bool = False, executor=None) -> Path:
     manifest = run.manifest()
     given, source = _settings_source(manifest, config)
     settings = ValidationSettings(ablations=given.ablations if ablations is None else tuple(ablations),
@@ -149,7 +155,11 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
             if progress:
                 print(f"validate: {kind} ablation of {len(heads)} heads against up to {n_null} matched-random sets",
                       file=sys.stderr)
-            s, df = validate_checkpoint(bridge, heads, probes, n_null=n_null, seed=seed, ablation=kind, step=step)
+            runner = None
+            if executor is not None and executor.kind != "local":
+                runner = _block_runner(executor, series, step, suite, kind, seed, sorted({h[0] for h in heads}))
+            s, df = validate_checkpoint(bridge, heads, probes, n_null=n_null, seed=seed, ablation=kind, step=step,
+                                        block_runner=runner)
             t = ((s["probes"].get(probe) or {}).get("tests") or {}).get("top1")
             if progress and t:
                 print(f"validate: {kind}: null of {s['n_null']} sets ({s['null_kind']}); top-1 drop "
@@ -172,6 +182,34 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     return path
 
 
+def _null_blocks_task(series, step: int, suite: ProbeSuite, probe: str, ablation: str, seed: int, layers: list[int],
+                      blocks: list, labels: list):
+    """A worker's share of a validation: boot the checkpoint, rebuild the probe and its ablation source
+    as the driver does, and ablate its blocks of head sets (headscreen.causal.validate.ablate_blocks)."""
+    bridge = series.boot(series.checkpoint(step))
+    batch = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)[probe]
+    with torch.no_grad():
+        source = probe_source(bridge, probe, batch, ablation, layers, seed=seed)
+        return ablate_blocks(bridge, Scoring.of(batch), source, blocks, labels, max_rows=None)
+
+
+def _block_runner(executor, series, step, suite, ablation, seed, layers):
+    """validate_checkpoint's block_runner: contiguous groups of blocks, one task per worker."""
+    def run(probe, blocks, labels):
+        groups = chunks(len(blocks), executor.workers)
+        tasks = [(series, step, suite, probe, ablation, seed, layers, blocks[g.start:g.stop], labels[g.start:g.stop])
+                 for g in groups]
+        done = dict(executor.run(_null_blocks_task, tasks))
+        for i in range(len(tasks)):
+            if isinstance(done[i], TaskFailed):
+                if not done[i].crashed:
+                    raise done[i].error
+                raise RuntimeError(f"validate: a worker died computing the null ({done[i].describe()}); nothing was "
+                                   "written — rerun the same command")
+        return [done[i] for i in range(len(tasks))]
+    return run
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory written by `headscreen screen`")
     p.add_argument("--checkpoint", type=int, help="step to validate (default: the last screened)")
@@ -184,6 +222,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model config whose validation: section to use (default: the one the run was screened with)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
+    add_executor_arguments(p)
 
 
 def _parse_heads(text: str) -> list[list[int]]:
@@ -197,8 +236,10 @@ def _parse_heads(text: str) -> list[list[int]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
-                    ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
-                    n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code)
+    with executor_from_args(args) as executor:
+        path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
+                        ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
+                        n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code,
+                        executor=executor)
     print(f"validation written to {path}")
     return 0

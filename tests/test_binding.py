@@ -102,15 +102,16 @@ def test_deleted_inserted_and_changed_checkpoints_resume_as_a_fresh_screen(pool,
     manifest = json.loads((run / "manifest.json").read_text())
     assert [c["step"] for c in manifest["checkpoints"]] == manifest["tables"]["steps"] == [s for s in STEPS if s != 50]
     assert manifest["tables"]["status"] == "current"
-    # records before the deleted step were kept; from the next step on, sketches were recomputed
+    # a sketch record holds the update's increment (θ_{t-1} -> θ_t): only the step after the deleted one
+    # (its update now spans 40 -> 60) was recomputed; every other record was kept
     sketch_after = mtimes(run, "sketch")
     assert "step_000000050.safetensors" not in sketch_after
     for s in STEPS:
         name = f"step_{s:09d}.safetensors"
-        if s < 50:
-            assert sketch_after[name] == sketch_before[name], s
-        elif s > 50:
+        if s == 60:
             assert sketch_after[name] != sketch_before[name], s
+        elif s != 50:
+            assert sketch_after[name] == sketch_before[name], s
     assert mtimes(run, "probes")["step_000000000.parquet"] == probes_before["step_000000000.parquet"]
 
     # 2. insert it again: the step after it must get its update from step 50 again (it had 60 - 40)

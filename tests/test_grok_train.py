@@ -259,6 +259,21 @@ def test_grok_sweep_runs_the_grid_in_processes_and_resumes(tmp_path):
     again = sweep(cfg, tmp_path / "sw", progress=False, analyse=False, workers=1)  # finished runs are kept
     assert (tmp_path / "sw" / "runs" / table.run[0] / "curves.parquet").stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again, table)
+    # the same grid in this process (headscreen.executors "local", 1 thread) trains the same runs bit for bit
+    import torch
+
+    from headscreen.executors import make_executor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = sweep(cfg, tmp_path / "local", progress=False, analyse=False, executor=make_executor("local"))
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(local, table)
+    for name in table.run:
+        assert ((tmp_path / "local" / "runs" / name / "curves.parquet").read_bytes()
+                == (tmp_path / "sw" / "runs" / name / "curves.parquet").read_bytes())
 
 
 @pytest.mark.parametrize("task", ["modadd", "modsub", "modmul", "modsq", "multitask", "nanda"])

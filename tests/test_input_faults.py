@@ -608,7 +608,7 @@ def test_read_only_run_directory(series, tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_exits_130_and_resumes(series, tmp_path, capsys, monkeypatch, reference):
-    import pipelines.screen as screen_mod
+    import pipelines.screen_chunks as screen_mod  # where a screen's per-checkpoint work runs
 
     out = tmp_path / "run"
     real = screen_mod.screen_checkpoint

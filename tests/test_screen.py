@@ -62,7 +62,7 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(out / "fingerprints.parquet"), fp)
 
     # an interrupted screen (last two records lost) resumes and reproduces the records bit for bit
-    # (the running sketch sum continues from the last record; θ_{t-1} is re-read)
+    # (a sketch record holds its update's increment Φδ_t; θ_{t-1} is re-read)
     before = {s: store_tensors(out, s) for s in (32, 48)}
     for step in (32, 48):
         for kind, ext in (("sketch", "safetensors"), ("probes", "parquet")):
@@ -70,7 +70,8 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     screen(tiny_series, out, settings=_settings(), progress=False)
     for s, tensors in before.items():
         after = store_tensors(out, s)
-        assert all(torch.equal(tensors[k], after[k]) for k in ("sketch", "update_norm")), s
+        assert set(after) == set(tensors) == {"increment", "update_norm"}
+        assert all(torch.equal(tensors[k], after[k]) for k in tensors), s
     pd.testing.assert_frame_equal(pd.read_parquet(out / "fingerprints.parquet"), fp, check_exact=True)
 
 

@@ -55,6 +55,31 @@ def _corrupted_for(name: str, batch: ProbeBatch, corrupted: Mapping[str, ProbeBa
     )
 
 
+#: head sets (conditions) per ablate_head_sets call. The conditions are always computed in these fixed
+#: blocks, in order, so that a null split across workers (whole blocks each) gives the same numbers.
+SET_BLOCK = 50
+
+
+def probe_source(bridge, name: str, batch: ProbeBatch, ablation: str, layers: Sequence[int], *, seed: int,
+                 reference: Mapping[str, ProbeBatch] | None = None, corrupted: Mapping[str, ProbeBatch] | None = None,
+                 max_rows: int | None = None):
+    """The ablation source (zero, mean, or resample) of probe `name` as validate_checkpoint builds it."""
+    reference, corrupted = dict(reference or {}), dict(corrupted or {})
+    corr = _corrupted_for(name, batch, corrupted, seed) if ablation == "resample" else None
+    return ablation_source(bridge, batch, layers, ablation, reference=reference.get(name), corrupted=corr,
+                           max_rows=max_rows)
+
+
+def ablate_blocks(bridge, scoring, source, blocks: list[list], labels: list[list[str]], *,
+                  max_rows: int | None) -> tuple[list[dict], tuple[dict, dict]]:
+    """ablate_head_sets on each block of head sets -> ([{metric: [set, n]} per block], (min, max) firing
+    deltas per hook); the unit of work of a validation null, wherever it runs."""
+    log = FiringLog()
+    out = [ablate_head_sets(bridge, scoring, block, source, max_rows=max_rows, names=names, log=log)
+           for block, names in zip(blocks, labels, strict=True)]
+    return out, (dict(log.min_delta), dict(log.max_delta))
+
+
 def _heads_json(heads: Sequence[Head]) -> list[list[int]]:
     return [[int(layer), int(h)] for layer, h in heads]
 
@@ -71,6 +96,7 @@ def validate_checkpoint(
     reference: Mapping[str, ProbeBatch] | None = None,
     max_rows: int | None = None,
     step: int | None = None,
+    block_runner=None,
 ) -> tuple[dict, pd.DataFrame]:
     """Ablation validation of `circuit` on every probe. -> (summary, rows step/probe/condition/draw/metric/value).
 
@@ -80,6 +106,11 @@ def validate_checkpoint(
     retrieval probes). The summary holds, per probe and metric, the circuit's drop, the null's
     distribution, the effect ratio and the p-value, plus the smallest per-condition max |delta| per
     hook (proof that every ablation fired). Same seed and inputs => same numbers.
+
+    The conditions are ablated in fixed blocks of `SET_BLOCK` head sets (`ablate_blocks`).
+    `block_runner(probe_name, blocks, labels)`, when given, computes them elsewhere (workers that
+    boot the same checkpoint and call `probe_source` and `ablate_blocks`) and returns a list of
+    `ablate_blocks` results covering the blocks in order: the numbers are the same.
 
     When a circuit layer leaves too few other heads for a matched-random control (e.g. 3 of 4
     heads), the other conditions still run, `summary["null_skipped"]` says why and `tests` is None.
@@ -127,19 +158,27 @@ def validate_checkpoint(
         log = FiringLog()
         probe_info: dict = {"n_examples": batch.n, "seq_len": batch.seq_len, "probe_seed": batch.seed,
                             "has_bos": batch.has_bos}
-        corr = None
         if ablation == "resample":
-            corr = _corrupted_for(name, batch, corrupted, seed)
-            probe_info["corrupted_seed"] = corr.seed if name in corrupted else seed
-        source = ablation_source(bridge, batch, layers, ablation, reference=reference.get(name), corrupted=corr,
-                                 max_rows=max_rows)
+            probe_info["corrupted_seed"] = corrupted[name].seed if name in corrupted else seed
+        source = probe_source(bridge, name, batch, ablation, layers, seed=seed, reference=reference,
+                              corrupted=corrupted, max_rows=max_rows)
         if ablation == "mean":
             probe_info["mean_reference"] = reference[name].name if name in reference else name
         clean = {m: float(v.mean()) for m, v in clean_metrics(bridge, scoring, max_rows=max_rows).items()}
-        per_ex = ablate_head_sets(
-            bridge, scoring, [c.heads for c in conditions], source, max_rows=max_rows,
-            names=[f"probe {name!r}, condition {c.name} draw {c.draw}" for c in conditions], log=log,
-        )
+        sets = [c.heads for c in conditions]
+        labels = [f"probe {name!r}, condition {c.name} draw {c.draw}" for c in conditions]
+        blocks = [range(lo, min(lo + SET_BLOCK, len(sets))) for lo in range(0, len(sets), SET_BLOCK)]
+        if block_runner is None:
+            done = [ablate_blocks(bridge, scoring, source, [[sets[i] for i in b] for b in blocks],
+                                  [[labels[i] for i in b] for b in blocks], max_rows=max_rows)]
+        else:  # e.g. workers of headscreen.executors, each computing whole blocks exactly as above
+            done = block_runner(name, [[sets[i] for i in b] for b in blocks], [[labels[i] for i in b] for b in blocks])
+        per_ex = {m: torch.cat([blk[m] for part in done for blk in part[0]]) for m in METRICS}
+        for _, (lo_d, hi_d) in done:
+            for hook, v in lo_d.items():
+                log.add(hook, torch.tensor([v], dtype=torch.float64))
+            for hook, v in hi_d.items():
+                log.add(hook, torch.tensor([v], dtype=torch.float64))
         means = {m: per_ex[m].mean(1) for m in METRICS}  # [condition]
         rows += [(step, name, "clean", 0, m, clean[m]) for m in METRICS]
         for i, c in enumerate(conditions):

@@ -27,6 +27,10 @@ class SketchStep:
     step: int
     sketch: Float[Tensor, "layer head d"]  # s_t ≈ Φθ_t per head (float64; exact mode: θ_t itself)
     update_norm: Float[Tensor, "layer head"]  # ‖θ_t − θ_{t−1}‖ (float64); NaN for the first
+    #: what was added to s_{t−1}: Φδ_t as projected, in float64 (the first checkpoint: Φθ_0 itself);
+    #: None in exact mode. s_t = s_{t−1} + increment exactly, so records of increments sum to the
+    #: same s_t however the series was split between workers.
+    increment: Float[Tensor, "layer head d"] | None = None
 
 
 _NORM_CHUNK = 256  # ‖δ‖² = Σ of float32 partial sums over 256 entries, added in float64
@@ -171,6 +175,7 @@ class HeadSketcher:
         self._prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
         self._prev_step: int | None = None
         self._sum: Tensor | None = None  # s_{t−1} [L, H, d] float64 (sketch mode)
+        self._increment: Tensor | None = None  # the last Φδ_t [L, H, d] float64
         self._buf: tuple[Tensor, Tensor] | None = None  # [L·H, SEGMENT] work buffers (θ_t, δ_t)
         self._steps: list[int] = []
         self._sketches: list[Tensor] = []
@@ -244,7 +249,8 @@ class HeadSketcher:
         out = out.view(n_layers, n_heads, -1)
         if exact or project_theta:
             return out, norm
-        return self._sum + out.to(torch.float64), norm
+        self._increment = out.to(torch.float64)
+        return self._sum + self._increment, norm
 
     def prime(self, weights, step: int, *, sketch: Tensor | None = None) -> None:
         """Set the previous checkpoint (for resuming) without recording it.
@@ -269,15 +275,18 @@ class HeadSketcher:
         step = int(step)
         ck = self._open(weights, step)
         exact = isinstance(self.projector, ExactProjector)
-        sketch, norm = self._ingest(ck, record=True, project_theta=not exact and self._prev is None)
+        first = self._prev is None
+        sketch, norm = self._ingest(ck, record=True, project_theta=not exact and first)
         self._prev_step = step
+        increment = None
         if not exact:
             self._sum = sketch
+            increment = sketch if first else self._increment
         if self.keep_history:
             self._steps.append(step)
             self._sketches.append(sketch)
             self._norms.append(norm)
-        return SketchStep(step=step, sketch=sketch, update_norm=norm)
+        return SketchStep(step=step, sketch=sketch, update_norm=norm, increment=increment)
 
     # -- history
     def _need_history(self) -> None:
