@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from headscreen.causal.ablation import (
     AblationConfig,
