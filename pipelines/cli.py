@@ -11,7 +11,7 @@ from pipelines.common import positive_int
 # policy (headscreen/cpu.py): this module imports nothing heavy at the top.
 
 
-def _commands():
+def commands():
     """(name, module, one-line help). A workflow is listed only once it works end to end."""
     from pipelines import demo, grok, report, screen, series_info, train, validate
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _threads_flag(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module, help_ in _commands():
+    for name, module, help_ in commands():
         sp = sub.add_parser(name, help=help_, description=(module.__doc__ or help_).strip())
         module.add_arguments(sp)
         sp.set_defaults(_module=module)
@@ -83,7 +83,7 @@ def _plan_cpu(argv):
 
     from headscreen.cpu import CpuPlan, apply_cpu, plan_cpu
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="headscreen", add_help=False)
     _threads_flag(pre)
     known, _ = pre.parse_known_args(argv)
     if known.threads is None and "torch" in sys.modules:

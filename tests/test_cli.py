@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import cli
-from pipelines.cli import COMMANDS, build_parser, main
+from pipelines import report as report_workflow
+from pipelines.cli import build_parser, commands, main
 from pipelines.grok import TASK_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _exit_code(argv: list[str]) -> int:
     return e.value.code
 
 
-HELP_PATHS = [[name] for name, _, _ in COMMANDS] + [["grok", task] for task in (*TASK_CONFIGS, "sweep")]
+HELP_PATHS = [[name] for name, _, _ in commands()] + [["grok", task] for task in (*TASK_CONFIGS, "sweep")]
 
 
 @pytest.mark.parametrize("path", HELP_PATHS, ids=[" ".join(p) for p in HELP_PATHS])
@@ -55,9 +55,9 @@ def test_every_command_has_help_listing_its_options(path, capsys):
 def test_top_level_help_lists_every_command(capsys):
     assert _exit_code(["--help"]) == 0
     out = capsys.readouterr().out
-    for name, _, help_ in COMMANDS:
+    for name, _, help_ in commands():
         assert name in out and help_.split()[0] in out
-    assert set(_subparsers(build_parser())) == {name for name, _, _ in COMMANDS}
+    assert set(_subparsers(build_parser())) == {name for name, _, _ in commands()}
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -109,7 +109,7 @@ def test_dispatch_maps_exceptions_to_exit_codes(exc, rc, needle, monkeypatch, ca
     def fail(args):
         raise exc
 
-    monkeypatch.setattr(cli.report, "main", fail)
+    monkeypatch.setattr(report_workflow, "main", fail)
     assert main(["report", "anything"]) == rc
     err = capsys.readouterr().err
     assert err.startswith("headscreen report: ") and needle in err and err.count("\n") == 1
@@ -122,7 +122,7 @@ def test_success_is_exit_0_and_the_module_entry_point_works(monkeypatch):
         seen["runs"] = args.runs
         return None  # a command that returns nothing succeeded
 
-    monkeypatch.setattr(cli.report, "main", ok)
+    monkeypatch.setattr(report_workflow, "main", ok)
     assert main(["--threads", "1", "report", "a", "b"]) == 0 and seen["runs"] == ["a", "b"]
     # the real process: `python -m pipelines.cli` exits with the codes main returns
     run = [sys.executable, "-m", "pipelines.cli"]
