@@ -115,7 +115,8 @@ class ModelConfig:
 
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
-SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis")
+SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis", "li2",
+            "li2_controls")
 
 
 def load_config(path_or_name: str | Path) -> ModelConfig:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headscreen.config import ConfigError, ModelConfig, load_config
+from pipelines import grok_li2
 
 if TYPE_CHECKING:
     from headscreen.grokking.config import GrokConfig
@@ -182,6 +183,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         sp = sub.add_parser(task, help=f"train {task} (model_configs/{cfg_name}.yaml) and analyse it")
         _run_flags(sp)
         sp.add_argument("--force", action="store_true", help="discard what --out holds and start over")
+    grok_li2.add_parser(sub)
     sp = sub.add_parser("sweep", help="the weight-decay / lr / seed grid of a config's sweep: section")
     sp.add_argument("sweep_config", metavar="CONFIG", help="a task (modadd), config name (grok-modadd) or YAML path")
     _run_flags(sp)
@@ -193,6 +195,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.grok_command == "li2":
+        return grok_li2.main(args)
     progress, analyse = not args.no_progress, not args.no_analysis
     if args.grok_command == "sweep":
         if args.workers is not None and args.workers < 1:

@@ -161,3 +161,41 @@ def test_coupling_on_a_hand_built_case():
     assert subspace_coupling(rows, c, k=2) == pytest.approx(0.25 * p)
     assert coupling(e[:1], e[0]) == pytest.approx(p)
     assert random_coupling(torch.randn(2000, dtype=torch.float64), k=2, n=50) == pytest.approx(1.0, abs=0.3)
+
+
+# --- wiring ----------------------------------------------------------------------------------------
+def test_analyse_run_writes_window_analyses(tmp_path):
+    from grok_fixtures import make_run
+
+    from headscreen.grokking.analyse import analyse_run
+
+    run = make_run(tmp_path / "run", p=11, n_snap=14, switch=6)
+    out = analyse_run(run, progress=False)
+    wa = out["window_analyses"]
+    assert wa["end_step"] - wa["start_step"] == 10 * 20 and wa["k"] == 2
+    add = wa["tasks"]["add"]
+    assert add["mode_kind"] == "fourier" and [d["direction"] for d in add["edge_modes"]] == [1, 2]
+    for d in add["edge_modes"]:
+        shares = [m["share"] for m in d["modes"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    c = add["coupling"]
+    assert c["gradient_svd"] >= 0 and c["update_svd"] >= 0 and 0.2 < c["random"] < 5
+    assert c["update_over_random"] == pytest.approx(c["update_svd"] / c["random"])
+
+
+def test_li2_run_directory_and_cli(tmp_path, capsys):
+    from pipelines.cli import main
+
+    rc = main(["grok", "li2", "--m", "11", "--hidden", "16", "--epochs", "25", "--tau", "3", "--snapshot-every",
+               "10", "--no-progress", "--out", str(tmp_path / "li2")])
+    assert rc == 0
+    import json
+
+    import pandas as pd
+
+    g = json.loads((tmp_path / "li2" / "grok.json").read_text())
+    assert g["family"] == "li2" and g["lockin"]["tau"] == 3 and g["n_snapshots"] == 4  # epochs 0, 10, 20 and the last, 25
+    table = pd.read_parquet(tmp_path / "li2" / "li2.parquet")
+    assert {"epoch", "r_23", "kstar", "sign_match"} <= set(table.columns)
+    assert main(["grok", "li2", "--m", "12", "--out", str(tmp_path / "bad")]) == 2
+    assert "prime" in capsys.readouterr().err

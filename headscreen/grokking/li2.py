@@ -59,6 +59,8 @@ class Li2Config:
     eval_every: int = 5
     sign_every: int = 5  # epochs between sign-match measurements; 0 disables them
     snapshot_every: int = 50  # trajectory snapshots written to the run directory; 0 writes none
+    tau: float | None = None  # lock-in threshold on r23 (calibrated on controls); None: no detection
+    detect_skip: int = 10  # windows skipped before the detector may fire (the first-epochs transient)
 
     def __post_init__(self) -> None:
         def fail(name: str, fix: str) -> None:
@@ -89,7 +91,9 @@ class Li2Config:
         for name in ("eval_every",):
             if getattr(self, name) < 1:
                 fail(name, "use a positive integer")
-        for name in ("seed", "sign_every", "snapshot_every"):
+        if self.tau is not None and not self.tau > 1.0:
+            fail("tau", "use a threshold > 1 on sigma_2/sigma_3 (calibrate it on controls), or null")
+        for name in ("seed", "sign_every", "snapshot_every", "detect_skip"):
             if getattr(self, name) < 0:
                 fail(name, "use an integer >= 0")
 
@@ -183,6 +187,8 @@ class Li2History:
     curves: pd.DataFrame  # epoch, train_loss, test_loss, train_acc, test_acc
     sign: pd.DataFrame  # epoch, sign_match
     net: Li2Net
+    grads: Float[Tensor, "n P"] | None = None  # loss gradients at the `record_grads` epochs
+    updates: Float[Tensor, "n P"] | None = None  # the Adam updates that followed them
 
     def edge(self) -> pd.DataFrame:
         """Per-window edge statistics (epoch = the window's last update): σ_1..σ_3, r_12, r_23, k*."""
@@ -202,9 +208,21 @@ def _evaluate(net: Li2Net, a, b, y, tr, te, loss: str) -> dict:
             "train_acc": float(ok[tr].mean()), "test_acc": float(ok[te].mean())}
 
 
-def train_li2(cfg: Li2Config, *, progress: bool = False, on_snapshot=None) -> Li2History:
+def centroid(net: Li2Net, a: Tensor, b: Tensor) -> Float[Tensor, " P"]:
+    """c = ∇_θ mean_x Σ_c ŷ_c(x) over the inputs (a, b), flattened like `Li2Net.flat` (float64)."""
+    net.zero_grad(set_to_none=True)
+    net(a, b).sum(-1).mean().backward()
+    out = torch.cat([q.grad.reshape(-1) for q in (net.W_a, net.W_b, net.V)]).double()
+    net.zero_grad(set_to_none=True)
+    return out
+
+
+def train_li2(cfg: Li2Config, *, progress: bool = False, on_snapshot=None,
+              record_grads: range | None = None) -> Li2History:
     """Train one Li₂ run in memory. on_snapshot(epoch, net) is called every `snapshot_every` epochs and
-    at the end. Memory: W·P floats of deltas + n_epochs·W² Gram entries (+ the model and Adam state)."""
+    at the end. Memory: W·P floats of deltas + n_epochs·W² Gram entries (+ the model and Adam state).
+    record_grads: epochs whose loss gradient (before weight decay; flattened like `flat`) and following
+    update are kept in `history.grads` / `history.updates` (for the coupling analysis)."""
     from tqdm.auto import tqdm
 
     a, b, y, tr, te = li2_split(cfg.m, cfg.train_frac, cfg.seed)
@@ -212,7 +230,7 @@ def train_li2(cfg: Li2Config, *, progress: bool = False, on_snapshot=None) -> Li
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     w = cfg.window
     ring = torch.zeros(w, 3 * cfg.m * cfg.hidden, dtype=torch.float64)
-    grams, curves, sign = [], [], []
+    grams, curves, sign, grads, updates = [], [], [], [], []
     prev = net.flat()
     for epoch in tqdm(range(cfg.epochs + 1), disable=not progress, desc="li2", unit="epoch", leave=False):
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
@@ -226,12 +244,18 @@ def train_li2(cfg: Li2Config, *, progress: bool = False, on_snapshot=None) -> Li
             break
         opt.zero_grad(set_to_none=True)
         li2_loss(net, a[tr], b[tr], y[tr], cfg.loss).backward()
+        keep = record_grads is not None and epoch in record_grads
+        if keep:
+            grads.append(torch.cat([q.grad.reshape(-1) for q in (net.W_a, net.W_b, net.V)]).double())
         opt.step()
         cur = net.flat()
+        if keep:
+            updates.append(cur - prev)
         ring = torch.roll(ring, -1, 0)
         ring[-1] = cur - prev
         prev = cur
         if epoch + 1 >= w:
             grams.append(update_gram(ring))
     return Li2History(config=cfg, grams=torch.stack(grams), window_epochs=np.arange(w, cfg.epochs + 1),
-                      curves=pd.DataFrame(curves), sign=pd.DataFrame(sign), net=net)
+                      curves=pd.DataFrame(curves), sign=pd.DataFrame(sign), net=net,
+                      grads=torch.stack(grads) if grads else None, updates=torch.stack(updates) if updates else None)

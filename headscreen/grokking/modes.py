@@ -79,7 +79,7 @@ def grid_modes(f: Float[Tensor, "p p *C"], kind: str = "fourier") -> pd.DataFram
     if f.ndim < 2 or f.shape[1] != p:
         raise ValueError(f"the grid function must be [p, p, ...]; got shape {tuple(f.shape)}")
     basis, label = mode_basis(kind, p)
-    x = f.double().reshape(p, p, -1)
+    x = f.detach().double().reshape(p, p, -1)
     coef = torch.einsum("ia,jb,abc->ijc", basis, basis, x)  # [p, p, C]
     energy = coef.pow(2).sum(-1)  # [p, p]
     labels = label.numpy()
