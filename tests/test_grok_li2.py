@@ -181,6 +181,10 @@ def test_analyse_run_writes_window_analyses(tmp_path):
     c = add["coupling"]
     assert c["gradient_svd"] >= 0 and c["update_svd"] >= 0 and 0.2 < c["random"] < 5
     assert c["update_over_random"] == pytest.approx(c["update_svd"] / c["random"])
+    from headscreen.report.grok_sections import grok_report
+
+    secs = {s.key: s for s in grok_report([run], {}).runs[0].sections}
+    assert secs["grok_window"].figures and "li2_lockin" not in secs
 
 
 def test_li2_run_directory_and_cli(tmp_path, capsys):
@@ -199,3 +203,15 @@ def test_li2_run_directory_and_cli(tmp_path, capsys):
     assert {"epoch", "r_23", "kstar", "sign_match"} <= set(table.columns)
     assert main(["grok", "li2", "--m", "12", "--out", str(tmp_path / "bad")]) == 2
     assert "prime" in capsys.readouterr().err
+
+
+def test_report_of_a_li2_run_has_the_lockin_figure(tmp_path):
+    from headscreen.grokking.li2 import Li2Config
+    from headscreen.grokking.li2_run import run_li2
+    from headscreen.report.grok_sections import grok_report
+
+    run_li2(Li2Config(m=11, hidden=16, epochs=25, tau=3.0, snapshot_every=10), tmp_path / "li2", progress=False)
+    report = grok_report([tmp_path / "li2"], {})
+    secs = {s.key: s for s in report.runs[0].sections}
+    assert secs["li2_lockin"].figures and secs["li2_lockin"].data["lockin"]["tau"] == 3.0
+    assert "grok_window" not in secs  # no window analyses for a Li2 run
