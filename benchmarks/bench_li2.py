@@ -27,7 +27,25 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=15)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--grok-run", action="append", default=[],
+                    help="also print the window analyses (edge modes, coupling) of this modular grok run directory")
+    ap.add_argument("--skip-li2", action="store_true", help="only the --grok-run part")
     args = ap.parse_args()
+    for run in args.grok_run:
+        from headscreen.grokking.analyse import analyse_run
+
+        g = analyse_run(run, progress=False)
+        wa = g["window_analyses"]
+        print(f"{run}: grok_step {g['grok_step']}, key frequencies {g['key_frequencies']}, window "
+              f"{wa['start_step']}-{wa['end_step']}")
+        for task, e in wa["tasks"].items():
+            c = e["coupling"]
+            print(f"  {task}: coupling gradient/random {c['gradient_over_random']:.1f}, update/random "
+                  f"{c['update_over_random']:.1f}, random {c['random']:.2f}; modes ({e.get('mode_kind')}): "
+                  + "; ".join(f"v{d['direction']} " + ", ".join(f"({m['k_a']},{m['k_b']}) {m['share']:.2f}"
+                                                          for m in d["modes"][:3]) for d in e.get("edge_modes", [])))
+    if args.skip_li2:
+        return
     torch.set_num_threads(1)
     mc = load_config("grok-li2")
     base = Li2Config.from_dict(mc.section("li2"), "grok-li2: li2")
