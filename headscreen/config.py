@@ -116,7 +116,8 @@ class ModelConfig:
 
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
-SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis")
+SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis", "li2",
+            "li2_controls")
 
 
 def _section_owners() -> dict[str, type | None]:

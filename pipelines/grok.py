@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from headscreen.config import ConfigError, ModelConfig, load_config
 from headscreen.executors import TaskFailed
+from pipelines import grok_li2
 from pipelines.common import add_executor_arguments, executor_from_args
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         sp = sub.add_parser(task, help=f"train {task} (model_configs/{cfg_name}.yaml) and analyse it")
         _run_flags(sp)
         sp.add_argument("--force", action="store_true", help="discard what --out holds and start over")
+    grok_li2.add_parser(sub)
     sp = sub.add_parser("sweep", help="the weight-decay / lr / seed grid of a config's sweep: section")
     sp.add_argument("sweep_config", metavar="CONFIG", help="a task (modadd), config name (grok-modadd) or YAML path")
     _run_flags(sp)
@@ -197,6 +199,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.grok_command == "li2":
+        return grok_li2.main(args)
     progress, analyse = not args.no_progress, not args.no_analysis
     if args.grok_command == "sweep":
         _, _, grid_cfg = load_grok_config(args.config or args.sweep_config, _overrides(args))

@@ -36,7 +36,7 @@ def test_single_run_report(pair, tmp_path):
     assert "headscreen grokking report" in html and html.count("data:image/png;base64") >= 6
     secs = doc["runs"][0]["sections"]
     assert set(secs) == {"grok_settings", "grok_summary", "grok_curves", "grok_edge", "grok_portrait",
-                         "grok_fourier", "grok_pca"}
+                         "grok_fourier", "grok_pca", "grok_window"}
     for key, n in (("grok_curves", 1), ("grok_edge", 1), ("grok_portrait", 2), ("grok_fourier", 2)):
         assert len(secs[key]["figures"]) == n
         for f in secs[key]["figures"]:

@@ -57,6 +57,7 @@ class AnalysisSettings:
     key_factor: float = KEY_FACTOR
     pca_exact_max: int = 20_000_000  # exact trunk PCA up to T·P elements, the trunk sketches above
     progress_measures: bool = True  # restricted/excluded loss (1-layer model, single add/sub task; forwards)
+    window_analyses: bool = True  # edge-direction modes and centroid coupling at the trunk r23 peak window
 
     def __post_init__(self) -> None:
         if not 0 < self.grok_threshold <= 1 or not 0 < self.memorisation_threshold <= 1:
@@ -248,6 +249,14 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         pca_json = {"pc1_share": None, "basis": None}
         notes.append("fewer than 3 snapshots: no trajectory PCA")
 
+    window = None
+    if settings.window_analyses and len(ckpts) >= w + 1:
+        from headscreen.grokking.edge_analyses import window_analyses, window_end_index
+
+        end = window_end_index(steps, edge_json.get("peak_step"), w)
+        window = {"end_step": int(steps[end]), "start_step": int(steps[end - w]),
+                  **window_analyses([c.path for c in ckpts[end - w : end + 1]], config)}
+
     out = {
         **top,
         "defect_onset_step": onset,
@@ -260,6 +269,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         "commutator_peak_step": commutator_peak(pf, after=top["memorisation_step"]),
         "edge": edge_json,
         "pca": pca_json,
+        "window_analyses": window,
         "tasks": events,
         "n_snapshots": len(ckpts),
         "settings": {"training": config, "analysis": settings.to_dict()},

@@ -213,8 +213,14 @@ def pca_section(run: GrokRun) -> Section:
                    data=json_safe(pca))
 
 
+def _li2_sections():
+    from headscreen.report.li2_sections import li2_section, window_section
+
+    return (li2_section, window_section)
+
+
 RUN_SECTIONS = (settings_section, summary_section, curves_section, edge_section, portrait_section,
-                fourier_section, pca_section)
+                fourier_section, pca_section, *_li2_sections())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +324,7 @@ def grok_report(paths: list[Path], generated_by: dict) -> Report:
             run = load_grok_run(p)
             run.slug = slug
             grok_runs.append(run)
-            sections = [build(run) for build in RUN_SECTIONS]
+            sections = [sec for build in RUN_SECTIONS if (sec := build(run)) is not None]
             step = run.grok.get("grok_step")
         meta = ("a grokking sweep: one row per run, the lead-time scaling and the grok/memorise pairs."
                 if kind == "sweep" else "a grokking run: every section covers the whole trajectory.")
