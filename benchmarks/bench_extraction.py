@@ -34,6 +34,10 @@ met there; Gaussian d = 100: 2.0x the bridge, 6.3x the floor. Peak RSS above imp
 (N = 4) and +144 MB (N = 8, 1.06x), bridge +1.7 GB. Gap-ratio error of the default (load-free):
 2.36% (worst seed 2.64%) on this series (layers 0 and 7, 12 checkpoints), 2.79% (worst 3.03%) on the
 first 31 checkpoints of the demo series (synthetic-tiny), against 6.1–6.5% for either kind at d = 100.
+Pythia-1B geometry row, same run (load ~10–15), 2 attention-only checkpoints of 512 MB fp16: 7.2 s
+per checkpoint (the first includes Φθ_0 in float64), update floor 1.6 s per checkpoint (4.4x), peak
+RSS +1.59 GB above imports (θ_{t−1} 512 MB + the checkpoint read 512 MB + the rest of the read path's
+copies), so a 154-revision sweep is ~18 min of sketching at that load, memory flat.
 
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench] \
         [--big 4] [--demo results/demo/series]
