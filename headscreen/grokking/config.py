@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headscreen.config import ConfigError, from_mapping
+from headscreen.grokking.interventions import Intervention
 from headscreen.grokking.models import PRESETS, ModelSpec
+from headscreen.grokking.task import is_registered, task_spec
 from headscreen.grokking.tasks import check_task
 
 
@@ -20,6 +22,7 @@ from headscreen.grokking.tasks import check_task
 class GrokConfig:
     # task
     tasks: tuple[str, ...] = ("add",)  # one task, or several sharing a trunk (one head each, losses summed)
+    task_options: dict = field(default_factory=dict)  # data settings of a sequence task (dyck, scan)
     p: int = 59
     train_frac: float = 0.3
     # model
@@ -40,9 +43,18 @@ class GrokConfig:
     defect_pairs: int = 9  # K batch pairs per measurement
     defect_batch_size: int = 128
     defect_eta: float = 1e-3
+    # causal intervention on the gradient (headscreen.grokking.interventions); kind "none" by default
+    intervention: Intervention = field(default_factory=Intervention)
 
     def __post_init__(self) -> None:
-        check_task(self.tasks, self.p, self.train_frac)
+        if self.tasks and is_registered(self.tasks[0]):
+            if len(self.tasks) != 1:
+                raise ConfigError(f"tasks {list(self.tasks)}: task {self.tasks[0]!r} runs alone; give one task")
+            task_spec(self)
+        else:
+            check_task(self.tasks, self.p, self.train_frac)
+            if self.task_options:
+                raise ConfigError(f"task_options {self.task_options!r}: the modular tasks take none; remove them")
 
         def fail(name: str, fix: str) -> None:
             raise ConfigError(f"grok config field {name!r} = {getattr(self, name)!r} is invalid: {fix}")
@@ -76,6 +88,8 @@ class GrokConfig:
             data["tasks"] = [data.pop("task")]
         if "model" in data:
             data["model"] = model_spec(data["model"], f"{where}.model")
+        if "intervention" in data:
+            data["intervention"] = Intervention.from_value(data["intervention"], f"{where}.intervention")
         return from_mapping(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
