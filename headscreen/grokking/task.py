@@ -94,7 +94,8 @@ def sequence_loss(model: nn.Module, batch: Batch, ignore_index: int = -100) -> T
 
 @torch.no_grad()
 def _sequence_metrics(model: nn.Module, batch: Batch, ignore: int | None, chunk: int = 1024) -> tuple[float, float]:
-    """(mean token loss, accuracy); accuracy per token (ignore None) or per sequence (exact match)."""
+    """(mean token loss over non-ignored tokens, exact-match accuracy: the share of sequences whose every
+    non-ignored position is predicted right)."""
     x, y = batch
     loss_sum, n_tok, correct = 0.0, 0, 0.0
     for i in range(0, len(x), chunk):
@@ -104,12 +105,14 @@ def _sequence_metrics(model: nn.Module, batch: Batch, ignore: int | None, chunk:
         loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")[keep.flatten()].sum().item()
         n_tok += int(keep.sum())
         hit = (logits.argmax(-1) == yb) | ~keep
-        correct += hit.all(-1).float().sum().item() if ignore is not None else hit.float().mean(-1).sum().item()
+        correct += hit.all(-1).float().sum().item()
     return loss_sum / max(n_tok, 1), correct / len(x)
 
 
 class SequenceTask:
-    """Shared by Dyck (token accuracy) and SCAN (exact-match accuracy, pad ignored)."""
+    """Shared by Dyck and SCAN (SCAN ignores the padding after EOS). Accuracy = exact match per sequence;
+    for SCAN, teacher-forced exact match equals greedy-decoding exact match (every position right under
+    teacher forcing means greedy decoding reproduces the target, and the first wrong position derails it)."""
 
     ignore: int | None = None
 
