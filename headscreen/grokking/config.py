@@ -130,17 +130,19 @@ GRID_KEYS = ("weight_decay", "lr", "seed")
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid over weight decay, learning rate and seed (each a list; a missing one keeps the base value)."""
+    """A grid over weight decay, learning rate, seed and intervention strength (each a list; a missing
+    one keeps the base value). The strength axis needs the base config's intervention kind."""
 
     weight_decay: tuple[float, ...] | None = None
     lr: tuple[float, ...] | None = None
     seed: tuple[int, ...] | None = None
+    intervention_strength: tuple[float, ...] | None = None
     workers: int = 2  # runs at once, one process each (1 torch thread per process)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"sweep field 'workers' = {self.workers!r} is invalid: use a positive integer")
-        for key in GRID_KEYS:
+        for key in (*GRID_KEYS, "intervention_strength"):
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
@@ -153,9 +155,17 @@ class SweepConfig:
         """(run name, config) for every grid point, in a fixed order (weight decay, then lr, then seed)."""
         axes = [getattr(self, k) or (getattr(base, k),) for k in GRID_KEYS]
         out = []
-        for wd, lr, seed in itertools.product(*axes):
+        strengths = self.intervention_strength
+        if strengths is not None and not base.intervention.active:
+            raise ConfigError("sweep field 'intervention_strength' needs the grok section's intervention.kind "
+                              "(suppress or amplify)")
+        for wd, lr, seed, s in itertools.product(*axes, strengths or (None,)):
             cfg = base.replace(weight_decay=float(wd), lr=float(lr), seed=int(seed))
-            out.append((f"wd{wd:g}_lr{lr:g}_seed{seed}", cfg))
+            name = f"wd{wd:g}_lr{lr:g}_seed{seed}"
+            if s is not None:
+                cfg = cfg.replace(intervention=dataclasses.replace(base.intervention, strength=float(s)))
+                name += f"_s{s:g}"
+            out.append((name, cfg))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -169,3 +169,28 @@ class GradientIntervention:
         ctrl = np.array([transverse_ratio(delta, b) for b in self.controls]) if self.controls else np.array([np.nan])
         self.rows.append({"step": step, "rho": rho, "rho_random_mean": float(ctrl.mean()),
                           "rho_random_std": float(ctrl.std()), "rho_ratio": rho / float(ctrl.mean())})
+
+
+def intervention_summary(run_dir: str | Path, grok_step: int | None = None) -> dict | None:
+    """grok.json's `intervention` entry: the settings from the manifest, and the invariance ratio ρ
+    (median over the steps before grokking, or all steps when it did not grok) against the random-basis
+    control. None for a run without an intervention."""
+    import json
+
+    import pandas as pd
+
+    root = Path(run_dir)
+    cfg = json.loads((root / "manifest.json").read_text()).get("config", {}).get("intervention") or {}
+    if cfg.get("kind", "none") == "none":
+        return None
+    out = {**cfg, "factor": Intervention(**cfg).factor, "rho_median": None, "rho_random_median": None,
+           "rho_ratio_median": None, "n_rho": 0}
+    path = root / "intervention.parquet"
+    if path.exists():
+        df = pd.read_parquet(path)
+        if grok_step is not None and (df.step < grok_step).any():
+            df = df[df.step < grok_step]
+        if len(df):
+            out.update(rho_median=float(df.rho.median()), rho_random_median=float(df.rho_random_mean.median()),
+                       rho_ratio_median=float(df.rho_ratio.median()), n_rho=int(len(df)))
+    return out
