@@ -144,8 +144,25 @@ def _dyck(cfg) -> Task:
                         lambda: DyckTransformer(cfg.model, spec.n_ctx, len(VOCAB), spec.n_classes))
 
 
+def trim_padding(batch: Batch, pad: int = 0) -> Batch:
+    """Drop the target columns that are padding in every row (teacher forcing is causal in the target,
+    so the kept columns' logits do not change)."""
+    x, y = batch
+    used = (y != pad).any(0).nonzero()
+    return x, y[:, : int(used.max()) + 1 if len(used) else 1]
+
+
 class _ScanTask(SequenceTask):
     ignore = 0  # PAD: the loss and the exact match skip padding after EOS
+
+    def loss_fn(self, model: nn.Module, batch: Batch) -> Tensor:
+        return sequence_loss(model, trim_padding(batch), self.ignore)
+
+    def evaluate(self, model: nn.Module) -> list[dict]:
+        tr_loss, tr_acc = _sequence_metrics(model, trim_padding(self.data.train()), self.ignore)
+        te_loss, te_acc = _sequence_metrics(model, trim_padding(self.data.test()), self.ignore)
+        return [{"task": self.name, "train_loss": tr_loss, "test_loss": te_loss, "train_acc": tr_acc,
+                 "test_acc": te_acc}]
 
 
 def _scan(cfg) -> Task:
