@@ -13,13 +13,10 @@ Without MODEL_DIR a tiny GPT-2 is built with headscreen.testing in a temporary d
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 

@@ -35,8 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 D_MODEL, N_LAYERS, N_HEADS, VOCAB = 768, 8, 12, 32000
 
 

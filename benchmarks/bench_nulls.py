@@ -67,7 +67,6 @@ def main(argv=None) -> None:
                     help="leave glibc's allocator as it is (to measure what headscreen.runtime.tune_allocator buys)")
     args = ap.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(args.threads)

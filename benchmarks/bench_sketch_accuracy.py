@@ -10,7 +10,7 @@ update norms, the default), and compared with the exact ones:
 with k* the *exact* edge position (so an edge that the sketch moves is counted as error, not as a
 different statistic). Also reported: the same restricted to windows with a clear edge (exact
 R ≥ 1.5), the errors of r_12 and r_23, and how often the sketched k* equals the exact one.
-METHODS §1 target: ≤ 5.7% at d = 100 (⚠ the source README says ≤ 7.4%).
+Published target (docs/methods.md#sketches): ≤ 5.7% at d = 100 (⚠ the source README says ≤ 7.4%).
 
 Expectation from first principles: for the W orthogonal directions v_j of a window, ‖Φv_j‖²/‖v_j‖²
 ~ χ²_d/d, nearly independent across j, so each σ̃_j/σ_j has relative std ≈ 1/sqrt(2d) and a
@@ -78,7 +78,7 @@ def sketch_accuracy(
     vectors: θ_t stacked as [T, ..., P] (any batch dims, e.g. [T, layer, head, P]).
     estimators: "raw" (Gram of the sketched updates) and/or "norm_corrected" (sketched cosines with
     the exact update norms, as `HeadSketcher` provides them; SpectralConfig.gram_estimator).
-    kinds: "gaussian" (METHODS) and/or "countsketch" (SpectralConfig.sketch_kind).
+    kinds: "gaussian" (published) and/or "countsketch" (SpectralConfig.sketch_kind).
     Returns columns kind, estimator, d, seed, gap_ratio_err, gap_ratio_err_edge (windows with exact
     R >= 1.5), r12_err, r23_err, kstar_agree, n_windows, n_edge_windows.
     """

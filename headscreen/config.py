@@ -47,9 +47,10 @@ def _type_ok(value, tp) -> bool:
 
 def from_mapping(cls, data: dict | None, where: str):
     """Build frozen dataclass `cls` from a mapping, naming any unknown key, missing field or wrong type."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r} ({type(data).__name__}); "
+                          f"write it as an indented block of `field: value` lines")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -118,6 +119,42 @@ TOP_LEVEL = ("name", "description", "source", "architecture")
 SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis")
 
 
+def _section_owners() -> dict[str, type | None]:
+    """Section -> the dataclass that owns it (imported here, lazily: the owners import this module).
+    `report` has no settings yet: any field in it is an error."""
+    from headscreen.causal.settings import ValidationSettings
+    from headscreen.probes.classify import ScreenThresholds
+    from headscreen.probes.preid import PreidSettings
+    from headscreen.probes.suite import ProbeSuite
+    from headscreen.spectral.config import OnsetSettings, SpectralConfig
+    from headscreen.synthetic.config import TrainConfig
+
+    return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
+            "onsets": OnsetSettings, "validation": ValidationSettings, "preid": PreidSettings,
+            "report": None}
+
+
+def check_sections(sections: dict[str, dict], where: str) -> None:
+    """Validate every section with its owner's checks, so that a typo anywhere fails when the config
+    loads (naming the section and the field), not when the stage that reads it runs."""
+    from headscreen.synthetic.config import TrainConfig
+
+    for name, owner in _section_owners().items():
+        data = sections.get(name)
+        if data is None:
+            continue
+        if owner is None:
+            if data:
+                raise ConfigError(f"{where}: {name}: no settings exist in this section; remove {sorted(data)}")
+        elif owner is TrainConfig:
+            try:
+                TrainConfig.from_dict(data)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: train: {e}") from None
+        else:
+            from_mapping(owner, data, f"{where}: {name}")
+
+
 def load_config(path_or_name: str | Path) -> ModelConfig:
     """Load `model_configs/<name>.yaml`, or any YAML path, into a validated `ModelConfig`."""
     path = Path(path_or_name)
@@ -141,25 +178,42 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
     for s in SECTIONS:
         if s in data and not isinstance(data[s] or {}, dict):
             raise ConfigError(f"{path.name}: {s} must be a mapping")
+    sections = {s: data[s] or {} for s in SECTIONS if s in data}
+    check_sections(sections, path.name)
     return ModelConfig(
         name=str(data["name"]),
         source=source,
         description=str(data.get("description", "")),
         architecture=dict(data.get("architecture") or {}),
-        sections={s: data[s] or {} for s in SECTIONS if s in data},
+        sections=sections,
         path=path.resolve(),
     )
 
 
-def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cache_dir: str | Path | None = None):
+def require_remote_code_flag(cfg: ModelConfig | None, granted: bool) -> None:
+    """A config may ask for `source.trust_remote_code` but never grant it: only the caller's explicit
+    `trust_remote_code=True` (the CLI's --trust-remote-code) does."""
+    if cfg is not None and cfg.source.trust_remote_code and not granted:
+        where = cfg.path or cfg.name
+        raise ConfigError(
+            f"{where}: source.trust_remote_code asks to run Python code shipped with the checkpoints; a config "
+            "cannot grant that. Pass --trust-remote-code (trust_remote_code=True) if you trust them, or remove "
+            "the setting"
+        )
+
+
+def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                  trust_remote_code: bool = False):
     """The checkpoint series a config names. A local path (argument or `source.local_path`) always wins:
-    then no hub call is made."""
+    then no hub call is made. Remote code runs only with `trust_remote_code=True` given here; a config
+    whose source asks for it without that is refused (`require_remote_code_flag`)."""
     from headscreen.series import HubSeries, LocalSeries, revisions
 
+    require_remote_code_flag(cfg, trust_remote_code)
     local = local_path or cfg.source.local_path
     if local:
         return LocalSeries(local, name=cfg.name, allow_pickle=cfg.source.allow_pickle,
-                           trust_remote_code=cfg.source.trust_remote_code)
+                           trust_remote_code=trust_remote_code)
     if cfg.source.kind == "synthetic":
         raise ConfigError(
             f"config {cfg.name!r} describes a series that headscreen trains itself; run "
@@ -168,4 +222,4 @@ def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cac
     assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
     revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
     return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
-                     trust_remote_code=cfg.source.trust_remote_code)
+                     trust_remote_code=trust_remote_code, config_name=cfg.name)

@@ -9,15 +9,22 @@ Layout (docs/run-format.md):
 Every file is written to a hidden temporary name in the same directory, fsynced, then renamed, so a
 file that exists under its final name is complete: a record half-written by a killed process is
 never read (its temporary is ignored and cleaned up on the next open).
+
+Every process that writes into a run holds its lock (`open` for a screen, `locked` for a validate).
+A run is bound to its series: `open` refuses a manifest whose series differs from the recorded one
+(headscreen/binding.py decides what "differs" means). The manifest's `tables` field says whether the
+result tables are current; a writer marks them stale before it changes any record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,19 +53,67 @@ class ConfigChanged(StoreError):
     pass
 
 
+class RunWriteError(StoreError):
+    """A file of the run could not be written (disk full, read-only, permissions); nothing partial is left."""
+
+
+def write_fault(path: Path, e: OSError) -> RunWriteError:
+    """The one-line error for an OSError while writing `path`: what failed and what to do."""
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        fix = "free some space (or use another --out) and rerun the same command: finished checkpoints are kept"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the run directory is not writable: fix its permissions or choose another --out"
+    else:
+        fix = "check the run directory's file system, then rerun the same command"
+    err = RunWriteError(f"cannot write {path}: {e.strerror or e}; {fix}")
+    err.errno, err.filename = e.errno, str(path)
+    return err
+
+
+class SeriesChanged(StoreError):
+    """A run is reopened on another series (headscreen/binding.py)."""
+
+
+class StaleTables(StoreError):
+    """The run's tables are older than its records (a screen changed records and did not finish)."""
+
+
+#: outputs derived from the screen's tables; a re-screen that changes records removes them
+VALIDATION_OUTPUTS = ("validation.json", "validation.parquet", "patching.parquet")
+_KILL_COUNT = 0
+
+
+def _fault_point(where: str) -> None:
+    """Fault-injection hook of tests/test_faults.py: with HEADSCREEN_KILL_AT="<where>:<n>", the process
+    SIGKILLs itself at the n-th time it reaches `where` ("write": before a rename, "renamed": after)."""
+    global _KILL_COUNT
+    spec = os.environ.get("HEADSCREEN_KILL_AT")
+    if not spec or spec.split(":")[0] != where:
+        return
+    _KILL_COUNT += 1
+    if _KILL_COUNT == int(spec.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` then rename tmp → path (same directory, so the rename is atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _fault_point("write")
         os.replace(tmp, path)
+        _fault_point("renamed")
+    except OSError as e:
+        if isinstance(e, RunWriteError):
+            raise
+        raise write_fault(path, e) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # a read-only directory may refuse even this
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -81,40 +136,91 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
+def _flatten(d, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(old: dict, new: dict, limit: int = 8) -> str:
+    """'field: old -> new' for each leaf that differs (JSON-normalised), at most `limit` of them."""
+    a, b = (_flatten(json.loads(json.dumps(x, default=_json_default))) for x in (old, new))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]]
+    more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
 class RunStore:
     """One run directory. Use `with RunStore.open(path, manifest) as store:` to hold its lock."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._lock_fd: int | None = None
+        self.previous_manifest: dict | None = None  # the manifest `open` replaced, if any
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path, manifest: dict, *, force: bool = False) -> RunStore:
         """Create or reopen a run for writing, and take its lock.
 
-        Reopening with a different `manifest["config"]` raises `ConfigChanged` unless `force`, which
-        clears the old records (finished tables are overwritten as they are recomputed).
+        The config hash covers `manifest["results_config"]` (the settings that change results; else
+        `manifest["config"]`). Reopening with a different one raises `ConfigChanged` naming the fields
+        that differ, and reopening with a different series (`manifest["series"]` and
+        `manifest["checkpoints"]`, see headscreen/binding.py) raises `SeriesChanged`, unless `force`,
+        which clears the old records. The new manifest's fields replace the old ones (fields it lacks
+        are kept unless `force`), in one atomic write before any record is touched: a manifest with
+        `tables: {"status": "stale"}` marks the tables stale before the records change.
         """
+        from headscreen.binding import series_refusal
+
         store = cls(root)
-        store.root.mkdir(parents=True, exist_ok=True)
-        store.acquire()
+        if store.root.exists() and not store.root.is_dir():
+            raise NotARun(f"--out {store.root} is an existing file, not a run directory; give a new or existing "
+                          "directory instead")
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_fault(store.root, e) from e
+        store.acquire(manifest.get("kind", "write"))
         try:
             store._clean_temporaries()
-            new_hash = config_hash(manifest.get("config", {}))
+            hashed = manifest.get("results_config", manifest.get("config", {}))
+            new_hash = config_hash(hashed)
             old = store.manifest() if (store.root / MANIFEST).exists() else None
-            if old is not None and old.get("config_hash") != new_hash:
-                if not force:
+            if old is not None and not force:
+                old_hashed = old.get("results_config")
+                if old_hashed is None:  # written before results_config existed: the whole config was hashed
+                    old_hashed, same = old.get("config", {}), old.get("config_hash") in (
+                        new_hash, config_hash(manifest.get("config", {})))
+                else:
+                    same = old.get("config_hash") == new_hash
+                if not same:
                     raise ConfigChanged(
-                        f"run {store.root} was computed with a different config (hash {old.get('config_hash')} vs "
-                        f"{new_hash}); use another --out, or pass --force to recompute it"
+                        f"run {store.root} was computed with different settings ({config_differences(old_hashed, hashed)}); "
+                        "use another --out, or pass --force to recompute it"
                     )
+                refusal = series_refusal(store.root, old, manifest)
+                if refusal:
+                    raise SeriesChanged(refusal)
             if force:
                 store.clear_records()
-            write_json(store.root / MANIFEST, {**manifest, "config_hash": new_hash})
+            store.previous_manifest = old
+            kept = {} if force or old is None else old  # e.g. `sketch`, `probes` of records kept for resume
+            write_json(store.root / MANIFEST, {**kept, **manifest, "config_hash": new_hash})
         except BaseException:
             store.release()
             raise
+        return store
+
+    @classmethod
+    def locked(cls, root: str | Path, purpose: str) -> RunStore:
+        """An existing run, with its lock held (for a writer that adds to a finished run, e.g. validate)."""
+        store = cls.existing(root)
+        store.acquire(purpose)
         return store
 
     @classmethod
@@ -128,18 +234,28 @@ class RunStore:
             )
         return store
 
-    def acquire(self) -> None:
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(self, purpose: str = "write") -> None:
+        """Take the run's lock (non-blocking); the lock file names the holder's pid and purpose."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_fault(self.root / LOCK, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            holder = os.read(fd, 64).decode(errors="replace").split()
+            who = f"process {holder[0]}" + (f" ({holder[1]})" if len(holder) > 1 else "") if holder else "another process"
             os.close(fd)
             raise RunLocked(
-                f"run {self.root} is in use by process {holder}; wait for it to finish or use another --out"
+                f"run {self.root} is in use by {who}; wait for it to finish (a screen can also use another --out)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {purpose}".encode())
+        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise write_fault(self.root / LOCK, e) from e
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -165,6 +281,34 @@ class RunStore:
 
     def update_manifest(self, **fields) -> None:
         write_json(self.root / MANIFEST, {**self.manifest(), **fields})
+
+    def tables_status(self) -> dict | None:
+        """The manifest's `tables` field: {"status": "current" | "stale", ...}; None for runs written
+        before it existed (their staleness is unknown)."""
+        return self.manifest().get("tables")
+
+    def check_tables_current(self, action: str) -> None:
+        """Raise `StaleTables` if a screen changed records and has not rewritten the tables since."""
+        status = self.tables_status()
+        if status is not None and status.get("status") != "current":
+            raise StaleTables(
+                f"run {self.root}: its tables are stale ({status.get('reason', 'a screen did not finish')}), so "
+                f"{action} would use results that no longer match its records; rerun the screen "
+                f"(`headscreen screen ... --out {self.root}`) to bring them up to date"
+            )
+
+    def remove_outputs(self, names: tuple[str, ...]) -> list[str]:
+        """Delete the named result files that exist; returns their names."""
+        gone = []
+        for name in names:
+            path = self.root / name
+            if path.exists():
+                try:
+                    path.unlink()
+                except OSError as e:
+                    raise write_fault(path, e) from e
+                gone.append(name)
+        return gone
 
     # --- per-checkpoint records ----------------------------------------------------------
     def record_path(self, kind: str, step: int, ext: str) -> Path:
@@ -196,10 +340,11 @@ class RunStore:
             meta = json.loads((f.metadata() or {}).get("json", "{}"))
         return tensors, meta
 
-    def write_frames(self, kind: str, step: int, frames: dict[str, pd.DataFrame]) -> Path:
+    def write_frames(self, kind: str, step: int, frames: dict[str, pd.DataFrame], meta: dict | None = None) -> Path:
         """Several named tables for one checkpoint, stored as one Parquet file (so the record is atomic)
         with a `table` column; each table's own columns and dtypes are kept in the file's schema
-        metadata (stacking tables turns an int column that another table lacks into float)."""
+        metadata (stacking tables turns an int column that another table lacks into float), and so is
+        `meta` (JSON)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -209,9 +354,31 @@ class RunStore:
         table = pa.Table.from_pandas(combined, preserve_index=False)
         dtypes = {name: {c: str(t) for c, t in df.dtypes.items()} for name, df in frames.items()}
         meta = {**(table.schema.metadata or {}), b"headscreen_columns": json.dumps(columns).encode(),
-                b"headscreen_dtypes": json.dumps(dtypes).encode()}
+                b"headscreen_dtypes": json.dumps(dtypes).encode(),
+                b"headscreen_meta": json.dumps(meta or {}, default=_json_default).encode()}
         table = table.replace_schema_metadata(meta)
         return atomic_write(self.record_path(kind, step, "parquet"), lambda p: pq.write_table(table, p))
+
+    def read_meta(self, kind: str, step: int) -> dict:
+        """The `meta` of one record, reading only its header (safetensors) or footer (Parquet)."""
+        st = self.record_path(kind, step, "safetensors")
+        if st.exists():
+            from safetensors import safe_open
+
+            with safe_open(str(st), framework="pt") as f:
+                return json.loads((f.metadata() or {}).get("json", "{}"))
+        import pyarrow.parquet as pq
+
+        schema_meta = pq.read_schema(self.record_path(kind, step, "parquet")).metadata or {}
+        return json.loads(schema_meta.get(b"headscreen_meta", b"{}"))
+
+    def remove_record(self, kind: str, step: int) -> None:
+        for ext in ("safetensors", "parquet"):
+            path = self.record_path(kind, step, ext)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                raise write_fault(path, e) from e
 
     def read_frames(self, kind: str, steps: list[int] | None = None) -> dict[str, pd.DataFrame]:
         """All records of a kind, concatenated per table name, each with exactly its own columns."""
@@ -234,7 +401,10 @@ class RunStore:
         base = self.root / RECORDS if kind is None else self.root / RECORDS / kind
         if base.exists():
             for p in sorted(base.rglob("*"), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
+                try:
+                    p.unlink() if p.is_file() else p.rmdir()
+                except OSError as e:
+                    raise write_fault(p, e) from e
 
     # --- result tables -------------------------------------------------------------------
     def write_table(self, name: str, df: pd.DataFrame) -> Path:

@@ -111,11 +111,13 @@ def save_tiny_model(directory: str | Path, arch: str, *, with_tokenizer: bool = 
 
 
 def save_tiny_series(
-    root: str | Path, arch: str, steps: list[int], *, drift: float = 0.01, folder: str = "step{step}", **kwargs
+    root: str | Path, arch: str, steps: list[int], *, drift: float = 0.01, folder: str = "step{step}",
+    max_shard_size: str | None = None, **kwargs
 ) -> Path:
     """A checkpoint series of `arch` under `root`: one folder per step, each the previous plus Gaussian drift.
 
-    The tokenizer is saved once at the series root.
+    The tokenizer is saved once at the series root. `max_shard_size` (e.g. "30KB") writes sharded
+    checkpoints with a safetensors index instead of one model.safetensors.
     """
     root = Path(root)
     model = build_tiny_model(arch, **kwargs)
@@ -125,6 +127,7 @@ def save_tiny_series(
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(drift * torch.randn(p.shape, generator=gen))
-        model.save_pretrained(root / folder.format(step=step), safe_serialization=True)
+        model.save_pretrained(root / folder.format(step=step), safe_serialization=True,
+                              **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     save_word_tokenizer(root, vocab=model.config.vocab_size)
     return root

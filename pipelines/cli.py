@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pipelines import demo, grok, report, screen, series_info, train, validate
+from pipelines.common import positive_int
 
 # (name, module, one-line help). A workflow is listed only once it works end to end.
 COMMANDS = [
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Screen every attention head of a checkpoint series: spectral fingerprints, "
         "selectivity screens, causal validation, circuit reports.",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_ in COMMANDS:
         sp = sub.add_parser(name, help=help_, description=(module.__doc__ or help_).strip())
@@ -35,21 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input and environment faults end in one line on stderr and exit code 2,
+    Ctrl-C in exit code 130 (every finished record is kept: rerun the command to resume)."""
     from headscreen.config import ConfigError
     from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
-    from pipelines.common import offline_default, set_threads
+    from pipelines.common import set_threads
 
     args = build_parser().parse_args(argv)
-    offline_default()
     set_threads(args.threads)
     tune_allocator()
     try:
         return int(args._module.main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"headscreen {args.command}: interrupted; finished records are kept — rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
     except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"headscreen {args.command}: error: {e}", file=sys.stderr)
+        print(f"headscreen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a fault of the environment (disk, permissions) outside the run store's own writes
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"headscreen {args.command}: error: {where}{e.strerror or e}; fix this and rerun the same command",
+              file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

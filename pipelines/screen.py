@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,26 +20,28 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headscreen.binding import describe_changes, plan_records
 from headscreen.config import ModelConfig, from_mapping
 from headscreen.probes.classify import ScreenThresholds
-from headscreen.probes.screen import screen_checkpoint, summarise_series
+from headscreen.probes.preid import PreidSettings
+from headscreen.probes.screen import non_finite_outputs, screen_checkpoint, summarise_series
 from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
-from headscreen.series import LOADING_MODE, HeadWeights, Series
+from headscreen.series import LOADING_MODE, HeadWeights, NonFiniteOutputs, Series, SeriesError
+from headscreen.series.identity import series_identity
 from headscreen.spectral import HeadSketcher, SpectralConfig, fingerprint, onsets
-from headscreen.store import RunStore
-from pipelines.common import resolve_series
+from headscreen.spectral.config import OnsetSettings
+from headscreen.store import VALIDATION_OUTPUTS, RunStore
+from pipelines.common import positive_int, require_remote_code_flag, resolve_series
+from pipelines.preid import preidentify_run
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
-
-
-@dataclass(frozen=True)
-class OnsetSettings:
-    """Spectral onset per head: first window where `metric` (a z-score) exceeds `margin`."""
-
-    metrics: tuple[str, ...] = ("update_norm_z", "ratio_12_z")
-    margin: float = 3.0
-    consecutive: int = 1
+PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones the report recomputes
+#: every result file a screen writes
+SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
+SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json", *PREID_OUTPUTS)
+#: settings that bound memory or time but change no result (left out of the config hash)
+NO_RESULT_FIELDS = {"spectral": ("cache_bytes",), "probes": ("micro_batch",)}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,12 @@ class ScreenSettings:
     thresholds: ScreenThresholds = field(default_factory=ScreenThresholds)
     probes: ProbeSuite = field(default_factory=ProbeSuite)
     onsets: OnsetSettings = field(default_factory=OnsetSettings)
+    preid: PreidSettings = field(default_factory=PreidSettings)  # summary only: not in the config hash (preid.json)
     probe_every: int = 1  # run the probes on every k-th checkpoint (and always the last)
+
+    def __post_init__(self):
+        if not isinstance(self.probe_every, int) or isinstance(self.probe_every, bool) or self.probe_every < 1:
+            raise ValueError(f"probe_every (--probe-every) must be an integer >= 1, got {self.probe_every!r}")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig | None) -> ScreenSettings:
@@ -64,12 +72,21 @@ class ScreenSettings:
             thresholds=from_mapping(ScreenThresholds, cfg.section("thresholds"), f"{where}: thresholds"),
             probes=from_mapping(ProbeSuite, probes, f"{where}: probes"),
             onsets=from_mapping(OnsetSettings, cfg.section("onsets"), f"{where}: onsets"),
+            preid=from_mapping(PreidSettings, cfg.section("preid"), f"{where}: preid"),
         )
 
     def to_dict(self) -> dict:
         return {"spectral": self.spectral.to_dict(), "thresholds": dataclasses.asdict(self.thresholds),
                 "probes": self.probes.to_dict(), "onsets": dataclasses.asdict(self.onsets),
                 "probe_every": self.probe_every}
+
+    def results_dict(self) -> dict:
+        """The settings that change a screen's results (the run's config hash covers these only):
+        `to_dict` less memory and speed knobs (spectral.cache_bytes, probes.micro_batch)."""
+        d = self.to_dict()
+        d["spectral"] = {k: v for k, v in d["spectral"].items() if k not in NO_RESULT_FIELDS["spectral"]}
+        d["probes"] = {k: v for k, v in d["probes"].items() if k not in NO_RESULT_FIELDS["probes"]}
+        return d
 
 
 def head_weights_from_bridge(bridge) -> HeadWeights:
@@ -84,6 +101,36 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
                        W_O=bridge.W_O.detach(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
 
 
+def _last_good(series: Series):
+    """The newest checkpoint that passes its checks, or None (the bad ones are named, or skipped, when
+    the screen reaches them)."""
+    for ckpt in reversed(series.checkpoints):
+        try:
+            series.check(ckpt)
+            return ckpt
+        except SeriesError:
+            continue
+    return None
+
+
+def fit_probes(series: Series, settings: ScreenSettings) -> tuple[ScreenSettings, dict[str, str]]:
+    """`settings` with the "auto" probe fields fixed from the newest checkpoint that passes its checks (its config.json and
+    tokenizer), and {field: how it was chosen}. Settings without "auto" fields come back unchanged."""
+    if not settings.probes.auto_fields():
+        return settings, {}
+    from headscreen.series import load_tokenizer
+
+    ckpt = _last_good(series)
+    if ckpt is None:  # nothing to fit to: the screen names (or skips) every checkpoint
+        return settings, {}
+    g = series.geometry(ckpt)
+    tok_dir = series.tokenizer_dir()
+    probes, chosen = settings.probes.for_model(n_ctx=g.n_ctx, d_vocab=g.vocab_size,
+                                               tokenizer=load_tokenizer(tok_dir) if tok_dir else None,
+                                               hf_config=series.hf_config(ckpt))
+    return dataclasses.replace(settings, probes=probes), chosen
+
+
 def _probe_steps(steps: list[int], every: int) -> set[int]:
     return {s for i, s in enumerate(steps) if i % every == 0} | {steps[-1]}
 
@@ -95,6 +142,7 @@ def screen(
     config: ModelConfig | None = None,
     settings: ScreenSettings | None = None,
     force: bool = False,
+    skip_bad: bool = False,
     progress: bool = True,
     device: str = "cpu",
 ) -> Path:
@@ -102,79 +150,187 @@ def screen(
 
     Writes fingerprints.parquet (when the series has >= W+1 checkpoints), onsets.parquet,
     selectivity / head_scores / participation / copying / classes .parquet and circuits.json
-    (docs/run-format.md). Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
+    (docs/run-format.md). Probe settings left "auto" are fixed from the model first (`fit_probes`); the
+    manifest's config holds the values used and `probe_defaults` how each was chosen.
+    Memory: one checkpoint (its bridge, or its attention tensors as stored) plus
     the previous checkpoint's head vectors (as stored) and the sketcher's buffers (see HeadSketcher).
+
+    Every checkpoint passes headscreen's checks before any loader touches it (see
+    headscreen.series.checks); a bad one raises its `SeriesError` naming it, after every earlier
+    record was kept. With `skip_bad`, it is listed in the manifest's `skipped` (step, name, reason,
+    identity) instead and the screen goes on: the next checkpoint's update is taken from the last good
+    one (it spans the gap). A rerun skips it again without retrying while its identity is unchanged,
+    and screens it (recomputing the records after it) once it was repaired.
     """
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
-    settings = settings or ScreenSettings.from_config(config)
+    identities = series_identity(series)
+    settings, chosen = fit_probes(series, settings or ScreenSettings.from_config(config))
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
         "config": {"model_config": config.to_dict() if config else None, **settings.to_dict()},
+        "results_config": settings.results_dict(),
+        "config_path": str(config.path) if config and config.path else None,
         "series": series.describe(),
+        "checkpoints": identities,
+        "tables": {"status": "stale", "reason": "a screen of this run started and has not finished"},
         "seeds": {"probes": settings.probes.seed, "sketch": settings.spectral.seed,
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
+        "probe_defaults": chosen,
         **provenance(),
     }
-    with RunStore.open(out, manifest, force=force) as store:
-        _record_checkpoints(series, store, settings, progress=progress, device=device)
-        _summarise(series, store, settings)
+    with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
+        skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
+        bad = {s["step"] for s in skipped}
+        kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
+        probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
+        _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
+        good = _record_checkpoints(series, store, settings, kept, identities, probe_steps, skip_bad=skip_bad,
+                                   skipped=skipped, progress=progress, device=device)
+        if not good:
+            raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
+                              f"{store.root}/manifest.json `skipped`")
+        _summarise(store, settings, good, sorted(probe_steps & set(good)))
     return Path(out)
 
 
-def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, *, progress: bool,
-                        device: str) -> None:
-    probe_steps = _probe_steps(series.steps, settings.probe_every)
+def _still_bad(store: RunStore, identities: list[dict], *, skip_bad: bool, force: bool) -> list[dict]:
+    """The `skipped` entries of the previous screen whose checkpoint is unchanged (same identity): the
+    checks are deterministic, so they would fail again. Without `skip_bad` the first one is an error
+    (before any record is touched); with it they are skipped again without a retry."""
+    if force:
+        return []
+    now = {c["step"]: c for c in identities}
+    before = (store.previous_manifest or {}).get("skipped") or []
+    same = [s for s in before if isinstance(s, dict) and s.get("identity") is not None
+            and now.get(s.get("step")) == s["identity"]]
+    if same and not skip_bad:
+        first = same[0]
+        raise SeriesError(f"checkpoint step {first['step']} ({first['name']}) failed its checks in the last screen "
+                          f"of {store.root} and is unchanged ({first['reason']}); repair or remove it, or pass "
+                          "--skip-bad to skip it again")
+    return same
+
+
+def _drop_stale_records(store: RunStore, identities: list[dict], probed: set[int]) -> None:
+    """Delete the records that no longer match the series (headscreen/binding.py) and, when any record
+    is to change, the validation outputs (they were computed on the tables the change invalidates)."""
+    sketch_meta = {s: store.read_meta("sketch", s) for s in store.recorded_steps("sketch")}
+    probe_meta = {s: store.read_meta("probes", s) for s in store.recorded_steps("probes")}
+    plan = plan_records(identities, sketch_meta, probe_meta)
+    old = (store.previous_manifest or {}).get("checkpoints")
+    if plan.changes_records:
+        why = (f"the series changed since {store.root} was recorded ({describe_changes(old, identities) or 'records of other checkpoints'})" if old else
+               f"the records of {store.root} name no checkpoint identity (an older headscreen wrote them)")
+        print(f"screen: {why}: {len(plan.stale_sketches)} sketch and {len(plan.stale_probes)} probe records are "
+              "recomputed or dropped", file=sys.stderr)
+    missing_probes = probed - (set(probe_meta) - set(plan.stale_probes))
+    if plan.changes_records or plan.first_stale is not None or missing_probes:
+        gone = store.remove_outputs(VALIDATION_OUTPUTS)
+        if gone:
+            print(f"screen: removed {', '.join(gone)}: they validated the tables this screen replaces; "
+                  "rerun `headscreen validate` afterwards", file=sys.stderr)
+    for s in plan.stale_sketches:
+        store.remove_record("sketch", s)
+    for s in plan.stale_probes:
+        store.remove_record("probes", s)
+
+
+def _record_checkpoints(series: Series, store: RunStore, settings: ScreenSettings, kept: list[int],
+                        identities: list[dict], probe_steps: set[int], *, skip_bad: bool, skipped: list[dict],
+                        progress: bool, device: str) -> list[int]:
+    """Record every checkpoint (of `kept`: indices into the series) that lacks a record; returns the
+    steps recorded. Sketch records form a prefix of `kept` (see _drop_stale_records), so the sketches
+    still to compute are a suffix, primed from the last record. A checkpoint that fails its checks
+    raises, or with `skip_bad` joins `skipped` and the next update is taken from the last good one."""
+    have_sketch, have_probes = set(store.recorded_steps("sketch")), set(store.recorded_steps("probes"))
+    todo = [i for i in kept if series.checkpoints[i].step not in have_sketch
+            or (series.checkpoints[i].step in probe_steps and series.checkpoints[i].step not in have_probes)]
     sketcher = HeadSketcher(settings.spectral, keep_history=False)
     batches = None
-    previous = None  # the last checkpoint seen, to prime the sketcher when resuming
-    primed = False  # whether the sketcher holds θ_{t-1}
-    bar = tqdm(series.checkpoints, desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
-    for ckpt in bar:
-        done = store.has_record("sketch", ckpt.step) and (
-            ckpt.step not in probe_steps or store.has_record("probes", ckpt.step))
-        if done:
-            previous = ckpt
+    store.update_manifest(skipped=skipped)  # rebuilt by every screen
+    good: list[int] = []
+    prev = None  # index of θ_{t-1}: the last good checkpoint before the one at hand
+    held = None  # index of the checkpoint whose θ the sketcher holds
+    bar = tqdm(total=len(todo), desc="screen", unit="ckpt", disable=not progress, file=sys.stderr)
+    for i in kept:
+        ckpt = series.checkpoints[i]
+        need_sketch = ckpt.step not in have_sketch
+        need_probes = ckpt.step in probe_steps and ckpt.step not in have_probes
+        if not (need_sketch or need_probes):
+            good.append(ckpt.step)
+            prev = i
             continue
-        if previous is not None and not primed:  # resuming: the update needs θ_{t-1} and its sketch
-            last = store.read_tensors("sketch", previous.step)[0]["sketch"]
-            sketcher.prime(series.head_weights(previous, dtype=None), previous.step, sketch=last)
         bar.set_postfix_str(f"step {ckpt.step}")
-        if ckpt.step in probe_steps:
-            bridge = series.boot(ckpt, device=device)
-            weights = head_weights_from_bridge(bridge)
-            if batches is None:
-                tok = getattr(bridge, "tokenizer", None)
-                batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
-            with torch.no_grad():
-                tables = screen_checkpoint(bridge, batches, settings.thresholds,
-                                           micro_batch=settings.probes.micro_batch, step=ckpt.step,
-                                           tokens=ckpt.tokens)
-            del bridge
-        else:
-            weights, tables = series.head_weights(ckpt, dtype=None), None  # as stored: fp16 stays fp16
-        rec = sketcher.update(weights, ckpt.step)
-        primed = True
-        del weights
-        # the probe record first: a sketch record marks the checkpoint as done
-        if tables is not None:
-            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES})
-        store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
-                            meta={"tokens": ckpt.tokens})
-        previous = ckpt
+        try:
+            weights, tables, batches = _read_checkpoint(series, ckpt, settings, batches, probe=need_probes,
+                                                        device=device)
+        except SeriesError as e:
+            if not skip_bad:
+                raise
+            print(f"screen: skipping {ckpt.label()}: {' '.join(str(e).split())}", file=sys.stderr)
+            skipped.append({"step": ckpt.step, "name": ckpt.name, "reason": " ".join(str(e).split()),
+                            "identity": identities[i]})
+            store.update_manifest(skipped=skipped)
+            if not need_sketch:  # its sketch record was taken from a checkpoint now refused: recompute after it
+                store.remove_record("sketch", ckpt.step)
+                have_sketch = {s for s in have_sketch if s < ckpt.step}
+            bar.update(1)
+            continue
+        if need_probes:
+            store.write_frames("probes", ckpt.step, {k: tables[k] for k in PROBE_TABLES},
+                               meta={"identity": identities[i]})
+        if need_sketch:
+            if prev is not None and held != prev:  # resuming, or after a skip: θ_{t-1} and its sketch
+                last = store.read_tensors("sketch", series.checkpoints[prev].step)[0]["sketch"]
+                sketcher.prime(series.head_weights(series.checkpoints[prev], dtype=None),
+                               series.checkpoints[prev].step, sketch=last)
+            rec = sketcher.update(weights, ckpt.step)
+            held = i
+            store.write_tensors("sketch", ckpt.step, {"sketch": rec.sketch, "update_norm": rec.update_norm},
+                                meta={"tokens": ckpt.tokens, "identity": identities[i],
+                                      "previous": identities[prev] if prev is not None else None})
+        weights = None
+        good.append(ckpt.step)
+        prev = i
+        bar.update(1)
+    bar.close()
     if sketcher.projector is not None:  # what the sketch records hold (kind, dtype, running sum)
         store.update_manifest(sketch=sketcher.provenance())
     if batches is not None:
         store.update_manifest(probes={name: {"n": b.n, "seq_len": b.seq_len, "has_bos": b.has_bos, "seed": b.seed,
                                              "meta": b.meta} for name, b in batches.items()})
+    return good
 
 
-def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> None:
-    steps = store.recorded_steps("sketch")
+def _read_checkpoint(series: Series, ckpt, settings: ScreenSettings, batches, *, probe: bool, device: str):
+    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it."""
+    if not probe:
+        return series.head_weights(ckpt, dtype=None), None, batches  # as stored: fp16 stays fp16
+    bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
+    weights = head_weights_from_bridge(bridge)
+    if batches is None:
+        tok = getattr(bridge, "tokenizer", None)
+        batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
+    with torch.no_grad():
+        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=settings.probes.micro_batch,
+                                   step=ckpt.step, tokens=ckpt.tokens)
+    bad = non_finite_outputs(tables)
+    if bad:
+        raise NonFiniteOutputs(f"checkpoint {ckpt.label()}: the probes' forward pass gave {bad}; a weight outside "
+                               "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
+                               "--skip-bad")
+    return weights, tables, batches
+
+
+def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], probed: list[int]) -> None:
+    """The series-level tables from the records of exactly the current series' checkpoints (`steps`:
+    all but the skipped ones; `probed`: those of them with probes); files that this series does not
+    produce are removed, and the manifest marks the tables current last."""
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
     sketches = torch.stack([t["sketch"] for t in tensors])  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
@@ -198,17 +354,24 @@ def _summarise(series: Series, store: RunStore, settings: ScreenSettings) -> Non
         msg = (f"fingerprints need at least W+1 = {need} checkpoints (window W = {settings.spectral.window}); "
                f"this series has {len(steps)}. Add checkpoints or lower spectral.window.")
         print(f"screen: {msg}", file=sys.stderr)
+        store.remove_outputs(("fingerprints.parquet", "onsets.parquet"))
         store.update_manifest(fingerprints={"status": "skipped", "reason": msg})
 
-    frames = store.read_frames("probes")
-    if not frames:
-        return
+    frames = store.read_frames("probes", probed)
     tables = {k: frames[k] for k in PROBE_TABLES if k in frames}
     for name, df in tables.items():
         store.write_table(name, df)
-    classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
-    store.write_table("classes", classes)
-    store.write_json("circuits", circuits)
+    if tables:
+        classes, circuits = summarise_series({**tables, "onsets": onset_table}, settings.thresholds)
+        store.write_table("classes", classes)
+        store.write_json("circuits", circuits)
+    else:
+        store.remove_outputs(tuple(f"{t}.parquet" for t in (*PROBE_TABLES, "classes")) + ("circuits.json",))
+    store.remove_outputs(PREID_OUTPUTS)  # they summarise the old tables; rewritten below once these are current
+    store.update_manifest(tables={"status": "current", "steps": steps, "probe_steps": probed,
+                                  "id": uuid.uuid4().hex[:16]})
+    if tables:  # read from the current tables (with the selectivity circuit; `validate` redoes it)
+        preidentify_run(store.root, settings.preid)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -216,18 +379,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (results/<config>/<run>)")
     p.add_argument("--config", help="model config for the settings when SERIES is a folder (e.g. synthetic-tiny)")
     p.add_argument("--force", action="store_true", help="recompute checkpoints already recorded in --out")
-    p.add_argument("--probe-every", type=int, default=1, help="run the probes on every k-th checkpoint")
+    p.add_argument("--probe-every", type=positive_int, default=1, help="run the probes on every k-th checkpoint")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="record a checkpoint that fails its checks as skipped (manifest `skipped`) and go on")
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt checkpoints (weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the checkpoints (a config cannot grant it)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
     from headscreen.config import load_config
 
-    series, cfg = resolve_series(args.series, allow_pickle=args.allow_pickle)
+    series, cfg = resolve_series(args.series, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     if args.config:
         cfg = load_config(args.config)
+        require_remote_code_flag(cfg, args.trust_remote_code)
     settings = dataclasses.replace(ScreenSettings.from_config(cfg), probe_every=args.probe_every)
-    out = screen(series, args.out, config=cfg, settings=settings, force=args.force, progress=not args.no_progress)
-    print(f"screened {len(series)} checkpoints of {series.name} -> {out}")
+    out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
+                 progress=not args.no_progress)
+    skipped = RunStore.existing(out).manifest().get("skipped") or []
+    if skipped:
+        print(f"screen: skipped {len(skipped)} bad checkpoint(s): steps {[s['step'] for s in skipped]} "
+              "(reasons in manifest.json `skipped`)", file=sys.stderr)
+    print(f"screened {len(series) - len(skipped)} of {len(series)} checkpoints of {series.name} -> {out}")
     return 0

@@ -3,61 +3,64 @@
 Reads the run's circuits.json, boots the checkpoint, ablates the induction circuit (zero, mean and
 resample) against matched-random nulls on the run's own probes, patches every head (denoising) and
 path-patches previous-token -> induction K composition. Every intervention checks that it fired.
-Writes validation.json, validation.parquet and patching.parquet into the run directory.
+Writes validation.json, validation.parquet and patching.parquet into the run directory, under its lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from headscreen.binding import checkpoint_refusal
 from headscreen.causal import patch_checkpoint, validate_checkpoint
-from headscreen.causal.ablation import ABLATIONS, AblationConfig
-from headscreen.config import ConfigError, config_series, from_mapping, load_config
+from headscreen.causal.settings import ValidationSettings
+from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
-from headscreen.series import LocalSeries
-from headscreen.store import RunStore, write_json
+from headscreen.series import HubSeries, LocalSeries
+from headscreen.series.identity import checkpoint_identity
+from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
+from pipelines.preid import preidentify_run
+
+__all__ = ["ValidationSettings", "validate"]
 
 
-@dataclass(frozen=True)
-class ValidationSettings:
-    """The `validation:` section of a model config (the CLI flags override it).
-
-    ablations: kinds to run, in order; the first is the primary one the report plots.
-    n_null:    matched-random head sets in each null (distinct; all of them when fewer exist).
-    seed:      seed of the matched-random draws and of the retrieval corruption.
-    """
-
-    ablations: tuple[str, ...] = ABLATIONS
-    n_null: int = 100
-    seed: int = 123
-
-    def __post_init__(self):
-        if not self.ablations:
-            raise ValueError(f"ablations is empty: list one or more of {list(ABLATIONS)}")
-        for kind in self.ablations:  # the causal layer's own check of each kind, n_null and seed
-            AblationConfig(kind=kind, n_null=self.n_null, seed=self.seed)
-
-    @classmethod
-    def of_manifest(cls, manifest: dict) -> ValidationSettings:
-        section = ((manifest.get("config") or {}).get("model_config") or {}).get("validation")
-        return from_mapping(cls, section, "validation")
+def _settings_source(manifest: dict, config: str | Path | None) -> tuple[ValidationSettings, str]:
+    """The `validation:` section read fresh from the model config (it changes no screen result, so the
+    run's config hash leaves it out): `config` if given, else the file the run was screened with, else
+    the config of that name in model_configs/, else the copy in the manifest, else the defaults."""
+    model_cfg = (manifest.get("config") or {}).get("model_config") or {}
+    recorded, name = manifest.get("config_path"), model_cfg.get("name")
+    if config is None and recorded and Path(recorded).is_file():
+        config = recorded
+    elif config is None and name and (CONFIG_DIR / f"{name}.yaml").is_file():
+        config = name
+    if config is not None:
+        cfg = load_config(config)
+        return from_mapping(ValidationSettings, cfg.section("validation"), f"{cfg.path}: validation"), str(cfg.path)
+    if model_cfg.get("validation") is not None:
+        return ValidationSettings.of_manifest(manifest), "the run manifest's copy (its model config file was not found)"
+    return ValidationSettings(), "defaults (the run has no model config)"
 
 
-def _series_of(manifest: dict):
+def _series_of(manifest: dict, *, trust_remote_code: bool = False):
+    """The run's series. Remote code is granted by `trust_remote_code` alone, never by the manifest."""
     desc = manifest.get("series") or {}
+    if desc.get("trust_remote_code") and not trust_remote_code:
+        raise ConfigError("this run was screened with trust_remote_code; the manifest cannot grant it again: pass "
+                          "--trust-remote-code (trust_remote_code=True) if you trust the checkpoints' code")
     if desc.get("source") == "local":
         return LocalSeries(desc["root"], allow_pickle=desc.get("allow_pickle", False),
-                           trust_remote_code=desc.get("trust_remote_code", False))
+                           trust_remote_code=trust_remote_code)
+    if desc.get("source") == "hub" and desc.get("repo") and desc.get("revisions"):
+        return HubSeries.from_description(desc, trust_remote_code=trust_remote_code)
     model_cfg = (manifest.get("config") or {}).get("model_config")
     if model_cfg and model_cfg.get("name"):
-        return config_series(load_config(model_cfg["name"]))
+        return config_series(load_config(model_cfg["name"]), trust_remote_code=trust_remote_code)
     raise ConfigError("the run's manifest does not say where its checkpoints are; re-screen it with this version")
 
 
@@ -79,17 +82,29 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
-             seed: int | None = None, progress: bool = True) -> Path:
+             seed: int | None = None, config: str | Path | None = None, progress: bool = True,
+             trust_remote_code: bool = False) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
-    `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the run's
-    model config (`validation:` section, else ValidationSettings()). Returns the path of
-    validation.json. A run whose circuit is empty at that checkpoint gets a validation.json that
-    says so (and nothing is ablated).
+    `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the
+    `validation:` section of the model config, read fresh (`config`, else the run's config file; see
+    _settings_source), else ValidationSettings(). Holds the run's lock throughout (a second validate,
+    or a screen, is refused meanwhile) and refuses a run whose tables are stale. The previous
+    validation outputs are removed first and validation.json is written last, so a validation.json
+    always belongs with the parquet files beside it. Returns the path of validation.json. A run whose
+    circuit is empty at that checkpoint gets a validation.json that says so (and nothing is ablated).
     """
-    run = RunStore.existing(run_dir)
+    with RunStore.locked(run_dir, "validate") as run:
+        run.check_tables_current("validate")
+        return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
+                                n_null=n_null, seed=seed, config=config, progress=progress,
+                                trust_remote_code=trust_remote_code)
+
+
+def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
+                     progress, trust_remote_code: bool = False) -> Path:
     manifest = run.manifest()
-    given = ValidationSettings.of_manifest(manifest)
+    given, source = _settings_source(manifest, config)
     settings = ValidationSettings(ablations=given.ablations if ablations is None else tuple(ablations),
                                   n_null=given.n_null if n_null is None else n_null,
                                   seed=given.seed if seed is None else seed)
@@ -101,11 +116,15 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     step = steps[-1] if checkpoint is None else int(checkpoint)
     if step not in steps:
         raise ConfigError(f"checkpoint {step} was not screened in {run.root}; screened: {steps}")
+    run.remove_outputs(VALIDATION_OUTPUTS)  # validation.json first: it is what marks a validation as done
     found = _circuit_at(circuits, step, probe)
     heads = [list(map(int, h)) for h in (circuit if circuit is not None else found["induction"])]
     summary: dict = {"format": "headscreen-validation-run/1", "step": step, "probe": probe,
                      "circuit": heads, "circuit_source": "given" if circuit is not None else "screened induction circuit",
-                     "n_null": n_null, "seed": seed, "ablations": {}}
+                     "n_null": n_null, "seed": seed, "ablations": {},
+                     "settings": {"ablations": list(ablations), "n_null": n_null, "seed": seed,
+                                  "validation_section": source},
+                     "tables_id": (manifest.get("tables") or {}).get("id")}
     if not heads:
         summary["status"] = "no circuit"
         summary["reason"] = (f"no head reaches the induction-circuit threshold at step {step} on the {probe} probe; "
@@ -113,10 +132,14 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
         print(f"validate: {summary['reason']}", file=sys.stderr)
         return write_json(run.root / "validation.json", summary)
 
-    settings = (manifest.get("config") or {}).get("probes") or {}
-    suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-    series = _series_of(manifest)
-    bridge = series.boot(series.checkpoint(step))
+    recorded = (manifest.get("config") or {}).get("probes") or {}  # the run's probes, as screened
+    suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+    series = _series_of(manifest, trust_remote_code=trust_remote_code)
+    ckpt = series.checkpoint(step)
+    bridge = series.boot(ckpt)  # its checks first: a corrupt checkpoint is named as such
+    refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
+    if refusal:
+        raise SeriesChanged(refusal)
     batches = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)
     probes = {probe: batches[probe]}
     rows = []
@@ -143,7 +166,9 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     summary["status"] = "done"
     run.write_table("validation", pd.concat(rows, ignore_index=True))
     run.write_table("patching", pdf)
-    return write_json(run.root / "validation.json", summary)
+    path = write_json(run.root / "validation.json", summary)
+    preidentify_run(run.root)  # the pre-identification tables now use the validated circuit
+    return path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -154,6 +179,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated of zero,mean,resample (default: the config's validation section, else all)")
     p.add_argument("--n-null", type=int, default=None, help="matched-random head sets in the null (default 100)")
     p.add_argument("--seed", type=int, default=None, help="seed of the null draws (default 123)")
+    p.add_argument("--config", default=None,
+                   help="model config whose validation: section to use (default: the one the run was screened with)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
 
 
 def _parse_heads(text: str) -> list[list[int]]:
@@ -170,6 +199,6 @@ def _parse_heads(text: str) -> list[list[int]]:
 def main(args: argparse.Namespace) -> int:
     path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
                     ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
-                    n_null=args.n_null, seed=args.seed)
+                    n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code)
     print(f"validation written to {path}")
     return 0

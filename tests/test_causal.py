@@ -9,9 +9,6 @@ head (with a BOS sink) and L1H1 is dead (hook_z == 0).
 from __future__ import annotations
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest

@@ -202,6 +202,22 @@ def test_bad_inputs():
     assert torch.isnan(d[0])
 
 
+def test_unresolvable_step_falls_back_to_float64():
+    # float32 θ ≈ 1 with a gradient ~1e-9: θ − ηg rounds back to θ, so an in-place float32 evaluation
+    # would see no change and report D = 0. D is scale-free, so the hand value of the non-commuting
+    # quadratic test still applies.
+    a, b = _sym(1, 4) * 1e-9, _sym(2, 4) * 1e-9
+    theta = torch.tensor([1.0, -0.5, 0.25, 2.0], dtype=torch.float64)
+    zero = torch.zeros(4, dtype=torch.float64)
+    expected = ((b @ a - a @ b) @ theta).norm() / ((a @ theta).norm() * (b @ theta).norm())
+    model = Vec(theta.float())
+    pair = [((a.float(), zero.float()), (b.float(), zero.float()))]
+    d = commutator_defect(model, quad_loss, pair)
+    torch.testing.assert_close(d[0], expected, rtol=1e-4, atol=0)
+    assert model.theta.dtype == torch.float32 and torch.equal(model.theta.detach(), theta.float())
+    assert torch.isnan(commutator_defect(model, quad_loss, pair, fallback_float64=False)[0])
+
+
 def test_defect_summary():
     s = defect_summary(torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan")]))
     assert s == {"defect_median": 2.5, "defect_q25": 1.75, "defect_q75": 3.25, "n_pairs": 4}

@@ -546,3 +546,85 @@ def test_bos_section_counts_gu_sink_heads_per_layer(tmp_path):
     assert data["0"] == {"heads_at_step": [], "checkpoints_flagged": 0}  # the fixture's 0.1 rates stay below 0.5
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"Gu sink heads at step {last}" in md and "L1H2" in md
+
+
+# ---------------------------------------------------------------- findings first, provenance last
+
+
+def test_report_opens_with_findings_and_ends_with_provenance(report_a):
+    doc = _json(report_a)
+    keys = list(_sections(doc))
+    assert keys[:2] == ["summary", "findings"] and keys[-1] == "provenance" and "preid" in keys
+    html = report_a["html"].read_text()
+    order = [html.index(f">{title}</h3>") for _, title in SECTION_ORDER]
+    assert order == sorted(order)  # the page follows SECTION_ORDER
+    summary = {row[0]: row[1] for row in _table_rows(html, "summary")}
+    assert summary["Induction circuit (step 1000, retrieval probe)"] == "L1H2 (200×), L2H1 (80×)"
+    assert "L1H2 at step 500" in summary["Induction heads emerged"]
+    assert "p = " in summary["Ablation of the circuit"] and "zero ablation" in summary["Ablation of the circuit"]
+
+
+def _table_rows(html: str, key: str) -> list[list[str]]:
+    part = html.split(f'class="section-{key}"')[1].split("</section>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", part, flags=re.S)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.S) for r in rows if "<td" in r]
+
+
+def test_findings_check_verdicts(report_ab):
+    doc = _json(report_ab)
+    a = {c["finding"]: c for c in _sections(doc, 0)["findings"]["data"]["checks"]}
+    b = {c["finding"]: c for c in _sections(doc, 1)["findings"]["data"]["checks"]}
+    circuit = "3–4-head induction circuit at ≥ 50×"
+    assert a[circuit]["verdict"] == b[circuit]["verdict"] == "not held"  # 2 heads and 1 head
+    bos = "no BOS heads in layers 0 and 1"
+    assert a[bos]["verdict"] == "held"  # model a's BOS heads are in layer 2
+    assert b[bos]["verdict"] == "not held" and "step 750, 1000" in b[bos]["evidence"]
+    pre = "the spectral signal pre-identifies the circuit"
+    # circuit L1H2, L2H1: 4 x 4 within-layer relabellings, so p >= 1/16 > 0.05
+    assert a[pre]["verdict"] == "cannot test" and "16 relabellings" in a[pre]["evidence"]
+
+
+def test_long_per_checkpoint_tables_are_folded_under_a_timeline(report_a):
+    html, md = report_a["html"].read_text(), report_a["md"].read_text()
+    for key in ("circuits", "bos_layers01", "copying"):
+        part = html.split(f'class="section-{key}"')[1].split("</section>")[0]
+        assert "<details><summary>" in part and "<img " in part, key
+    figs = _sections(_json(report_a))
+    assert any("circuit_timeline" in f for f in figs["circuits"]["figures"])
+    assert any("bos_timeline" in f for f in figs["bos_layers01"]["figures"])
+    assert md.count("<details><summary>") == 3 and md.count("</details>") == 3
+
+
+def test_preid_is_computed_from_the_tables_until_the_run_holds_it(runs, tmp_path):
+    from headscreen.report.findings_sections import preid_section
+    from headscreen.report.load import load_run
+    from headscreen.report.runinfo import Context, step_tokens, thresholds
+    from pipelines.preid import preidentify_run
+
+    def section(path):
+        r = load_run(path)
+        return preid_section(Context(run=r, step=1000, slug="a", tokens=step_tokens(r), thresholds=thresholds(r),
+                                     probe="retrieval"))
+
+    run = tmp_path / "a"
+    shutil.copytree(runs["a"], run, ignore=shutil.ignore_patterns("report"))
+    before = section(run)
+    assert any("Computed now from the stored tables" in n for n in before.notices)
+    written = preidentify_run(run)
+    assert written["circuit_source"] == "validated" and written["circuit"] == [[1, 2], [2, 1]]
+    assert (run / "preid.parquet").is_file()
+    after = section(run)
+    assert not any("Computed now" in n for n in after.notices)
+    assert after.data["metrics"] == before.data["metrics"] and after.data["null"]["n_labelings"] == 16
+    # a preid.json from before validation (selectivity circuit) is stale once validation.json exists
+    stale = json.loads((run / "preid.json").read_text()) | {"circuit_source": "selectivity"}
+    (run / "preid.json").write_text(json.dumps(stale))
+    assert any("predates validation.json" in n for n in section(run).notices)
+    # an unvalidated run's preid.json is for one probe: another report probe recomputes it
+    run_b = tmp_path / "b"
+    shutil.copytree(runs["b"], run_b, ignore=shutil.ignore_patterns("report"))
+    assert preidentify_run(run_b)["probe"] == "retrieval"
+    r = load_run(run_b)
+    other = preid_section(Context(run=r, step=1000, slug="b", tokens=step_tokens(r), thresholds=thresholds(r),
+                                  probe="repeated"))
+    assert any("is for the retrieval probe" in n for n in other.notices)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -54,6 +50,9 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     assert manifest["seeds"]["probes"] == 42 and "packages" in manifest
     assert manifest["sketch"]["projector"]["kind"] == "gaussian_jl" and "s_t = s_(t-1)" in manifest["sketch"]["record"]
     assert manifest["config"]["spectral"]["gram_estimator"] == "norm_corrected"
+    preid = json.loads((out / "preid.json").read_text())  # a random tiny model: most likely no circuit
+    assert preid["circuit_source"] == "selectivity" and preid["status"] in ("done", "no circuit")
+    assert (out / "preid.parquet").exists()
 
     # rerun: nothing recomputed (records untouched), tables identical
     rec = out / "records" / "sketch" / "step_000000048.safetensors"

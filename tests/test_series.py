@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -177,10 +174,10 @@ def test_no_hub_call_for_local_path(series_root, monkeypatch):
     assert bridge(torch.tensor([[0, 5, 6]])).shape[-1] == 512
 
 
-def test_hub_series_fails_fast_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    s = HubSeries("EleutherAI/pythia-160m", revisions({"steps": [0, 1000]}, "step{step}"))
-    with pytest.raises(HubUnavailable, match="local"):
+def test_hub_series_fails_fast_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after import: still honored
+    s = HubSeries("EleutherAI/pythia-160m", revisions({"steps": [0, 1000]}, "step{step}"), cache_dir=tmp_path)
+    with pytest.raises(HubUnavailable, match="EleutherAI/pythia-160m at revision 'step0'.*local"):
         s.head_weights(s.checkpoints[0])
 
 

@@ -1,4 +1,4 @@
-"""Head ablations through `blocks.{L}.attn.hook_z`, many conditions per forward (METHODS §8).
+"""Head ablations through `blocks.{L}.attn.hook_z`, many conditions per forward (docs/methods.md#causal-validation).
 
 An ablation replaces hook_z[:, :, h] ([batch, pos, head, d_head]) of the chosen heads by
 
@@ -145,7 +145,7 @@ def check_eval_raw(bridge) -> None:
     if getattr(bridge, "compatibility_mode", False):
         raise ValueError(
             "the bridge is in compatibility mode: with folded value biases a hook_z ablation is not the o_proj "
-            "slice ablation (METHODS §10); boot a fresh bridge and keep the raw mode"
+            "slice ablation (docs/methods.md#checkpoints-and-loading); boot a fresh bridge and keep the raw mode"
         )
 
 

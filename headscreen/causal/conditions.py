@@ -1,4 +1,4 @@
-"""Ablation conditions of a circuit (METHODS §8): which heads each condition ablates.
+"""Ablation conditions of a circuit (docs/methods.md#causal-validation): which heads each condition ablates.
 
 A circuit is a list of (layer, head). The conditions are
 

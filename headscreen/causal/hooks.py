@@ -1,4 +1,4 @@
-"""Interventions on hook activations that prove they fired (DESIGN: "every intervention proves it fired").
+"""Interventions on hook activations that prove they fired (docs/methods.md#interventions-prove-they-fired).
 
 An `Intervention` names a hook and an edit (activation -> replacement). `run_with_interventions`
 wraps every edit so that it records, per batch row, how often it ran and the largest |new - old|.

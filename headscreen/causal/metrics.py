@@ -1,4 +1,4 @@
-"""Next-token metrics at the query position (METHODS §8), per example.
+"""Next-token metrics at the query position (docs/methods.md#causal-validation), per example.
 
 All functions take the logits at the query position only, [batch, vocab], and the target token
 (B of the retrieval probe) per example:

@@ -1,4 +1,4 @@
-"""Denoising activation patching (METHODS §8): clean activations into a corrupted run.
+"""Denoising activation patching (docs/methods.md#causal-validation): clean activations into a corrupted run.
 
 The corrupted prompts resample A and B (`probes.prompts.corrupt_retrieval`); every run is scored by
 the logit difference of the *clean* target, LD = logit(B) - mean logit, at the query position:

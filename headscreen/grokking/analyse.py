@@ -56,7 +56,7 @@ class AnalysisSettings:
     transient: str | int = "memorisation"  # windows skipped: 'memorisation' or a fixed count
     key_factor: float = KEY_FACTOR
     pca_exact_max: int = 20_000_000  # exact trunk PCA up to T·P elements, the trunk sketches above
-    progress_measures: bool = True  # restricted/excluded loss (single add/sub task; needs forwards)
+    progress_measures: bool = True  # restricted/excluded loss (1-layer model, single add/sub task; forwards)
 
     def __post_init__(self) -> None:
         if not 0 < self.grok_threshold <= 1 or not 0 < self.memorisation_threshold <= 1:
@@ -179,7 +179,9 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     keys = final_spec.key_frequencies if final_spec is not None else []
     tasks = list(config.get("tasks") or hf.get("tasks") or events)
     sign = PROGRESS_SIGN.get(tasks[0]) if len(tasks) == 1 else None
-    with_progress = settings.progress_measures and sign is not None and bool(keys)
+    # Nanda's measures project the logits on the embedding's key frequencies: that is the circuit of a
+    # 1-layer model; deeper models write other (sum/difference) frequencies into the logits.
+    with_progress = settings.progress_measures and sign is not None and bool(keys) and hf.get("n_layers") == 1
     mask = _train_mask(config, p) if with_progress else None
 
     trunk_sk, head_sk = HeadSketcher(settings.spectral), HeadSketcher(settings.spectral)

@@ -52,12 +52,21 @@ def _norm(ts: Sequence[Tensor]) -> Tensor:
     return torch.sqrt(sum(t.double().pow(2).sum() for t in ts))
 
 
+RESOLUTION_TOL = 1e-2  # a realised step off by more than this (relative) is unresolved in the model's dtype
+
+
 @torch.no_grad()
-def _shift(params: Sequence[nn.Parameter], saved: Sequence[Tensor], step: Sequence[Tensor], eta: float) -> None:
-    """params ← saved − η·step (in place)."""
+def _shift(params: Sequence[nn.Parameter], saved: Sequence[Tensor], step: Sequence[Tensor], eta: float) -> bool:
+    """params ← saved − η·step (in place); False when the dtype cannot resolve the step (the realised
+    displacement differs from −η·step by more than RESOLUTION_TOL relative, e.g. a vanishing gradient
+    on float32 weights: θ − ηg rounds back to θ)."""
+    err2 = torch.zeros((), dtype=torch.float64)
     for p, s, g in zip(params, saved, step, strict=True):
         p.copy_(s)
         p.sub_(g, alpha=eta)
+        err2 += ((p.double() - s.double()) + eta * g.double()).pow(2).sum()
+    want = eta * _norm(step)
+    return bool(want > 0 and err2.sqrt() <= RESOLUTION_TOL * want)
 
 
 @torch.no_grad()
@@ -69,12 +78,13 @@ def _restore(params: Sequence[nn.Parameter], saved: Sequence[Tensor]) -> None:
 def _pair_defect(
     model: nn.Module, loss_fn: LossFn, a: Batch, b: Batch, params: Sequence[nn.Parameter],
     saved: Sequence[Tensor], eta: float,
-) -> Tensor:
+) -> tuple[Tensor, bool]:
+    """(D, resolved): resolved is False when a perturbed point could not be represented."""
     g_a = _grads(loss_fn, model, a, params)
     g_b = _grads(loss_fn, model, b, params)
-    _shift(params, saved, g_b, eta)
+    ok_b = _shift(params, saved, g_b, eta)
     g_a_after_b = _grads(loss_fn, model, a, params)  # g_A(θ₀ − η g_B)
-    _shift(params, saved, g_a, eta)
+    ok_a = _shift(params, saved, g_a, eta)
     g_b_after_a = _grads(loss_fn, model, b, params)  # g_B(θ₀ − η g_A)
     _restore(params, saved)
     diff = [
@@ -83,8 +93,8 @@ def _pair_defect(
     ]
     denom = (eta * _norm(g_a)) * (eta * _norm(g_b))
     if denom == 0:
-        return torch.tensor(float("nan"), dtype=torch.float64)
-    return _norm(diff) / denom
+        return torch.tensor(float("nan"), dtype=torch.float64), True
+    return _norm(diff) / denom, ok_a and ok_b
 
 
 def _cast_batch(batch: Batch, dtype: torch.dtype) -> Batch:
@@ -120,13 +130,19 @@ def commutator_defect(
     eta: float = 1e-3,
     params: Sequence[nn.Parameter] | None = None,
     dtype: torch.dtype | None = None,
+    fallback_float64: bool = True,
 ) -> Tensor:  # [K] float64, one D per pair
     """D = ‖θ_AB − θ_BA‖ / (‖η g_A‖ · ‖η g_B‖) for each (A, B) in `pairs` (docs/methods.md).
 
     Leaves the model's parameters and grads exactly as it found them. `params`: which parameters move
     (default: all with requires_grad). `dtype`: evaluate on a copy of the model cast to this dtype
-    (e.g. torch.float64 for a reference value; floating tensors in the batches are cast too); None works on the model itself. A pair whose gradient
-    vanishes on A or B gives NaN.
+    (e.g. torch.float64 for a reference value; floating tensors in the batches are cast too); None
+    works on the model itself. A pair whose gradient vanishes on A or B gives NaN.
+
+    When the model's dtype cannot represent a perturbed point θ₀ − η g (the gradient is so small that
+    the step rounds away, as after perfect memorisation without weight decay), that pair is
+    recomputed on a float64 copy (`fallback_float64`, default) or returned as NaN; it would otherwise
+    come out as a spurious 0.
     """
     if not eta > 0:
         raise ValueError(f"eta must be > 0; got {eta}")
@@ -142,11 +158,21 @@ def commutator_defect(
         pairs = [(_cast_batch(a, dtype), _cast_batch(b, dtype)) for a, b in pairs]
     saved = [p.detach().clone() for p in moving]
     out = torch.empty(len(pairs), dtype=torch.float64)
+    unresolved = []
     try:
         for k, (a, b) in enumerate(pairs):
-            out[k] = _pair_defect(model, loss_fn, a, b, moving, saved, eta)
+            out[k], ok = _pair_defect(model, loss_fn, a, b, moving, saved, eta)
+            if not ok:
+                unresolved.append(k)
     finally:
         _restore(moving, saved)
+    if unresolved:
+        if fallback_float64 and any(p.dtype != torch.float64 for p in moving):
+            sub = [pairs[k] for k in unresolved]
+            out[unresolved] = commutator_defect(model, loss_fn, sub, eta=eta, params=moving, dtype=torch.float64,
+                                                fallback_float64=False)
+        else:
+            out[unresolved] = float("nan")
     return out
 
 

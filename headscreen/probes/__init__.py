@@ -6,10 +6,12 @@ Public entry points (see each module for details):
 - forward: `run_probe` (one batched, filtered forward per probe batch)
 - screen: `screen_checkpoint` (per-checkpoint rows) and `summarise_series` (classes + circuits.json)
 - classify: `ScreenThresholds`, `classify`, `circuits`
+- preid: `PreidSettings`, `analyse_run` (does a spectral metric separate the circuit before it emerges?)
 """
 
 from headscreen.probes.batch import ProbeBatch
 from headscreen.probes.classify import ScreenThresholds, circuits, classify
+from headscreen.probes.preid import PreidSettings, analyse_run
 from headscreen.probes.prompts import (
     check_fits,
     corrupt_retrieval,
@@ -20,8 +22,10 @@ from headscreen.probes.prompts import (
 from headscreen.probes.screen import screen_checkpoint, summarise_series
 
 __all__ = [
+    "PreidSettings",
     "ProbeBatch",
     "ScreenThresholds",
+    "analyse_run",
     "check_fits",
     "circuits",
     "classify",

@@ -1,7 +1,7 @@
 """`ProbeBatch`: a batch of token-id prompts with the positions that the probes and ablations score.
 
 Everything is token ids: no implicit BOS is ever added, and `has_bos` says whether position 0 is a
-BOS token (METHODS §10).
+BOS token (docs/methods.md#checkpoints-and-loading).
 """
 
 from __future__ import annotations

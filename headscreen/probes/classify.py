@@ -1,4 +1,4 @@
-"""Head classes and circuits from selectivity, every threshold in one frozen config (METHODS §7).
+"""Head classes and circuits from selectivity, every threshold in one frozen config (docs/methods.md#selectivity-screen).
 
 - best class: the argmax class if its selectivity is >= class_min (30x), else "unclassified";
 - induction circuit: EVERY head with induction selectivity >= induction_circuit (50x), whatever
@@ -32,7 +32,7 @@ CLASS_COLUMNS = [
 
 @dataclass(frozen=True)
 class ScreenThresholds:
-    """Every threshold and fixed draw of the selectivity screen (METHODS §6a, §7)."""
+    """Every threshold and fixed draw of the selectivity screen (docs/methods.md#participation-ratio, docs/methods.md#selectivity-screen)."""
 
     class_min: float = 30.0  # best class must reach this selectivity
     induction_circuit: float = 50.0  # induction circuit membership, over all heads
@@ -64,7 +64,7 @@ class ScreenThresholds:
             )
         if self.n_null_draws < 2:
             raise ValueError(
-                f"ScreenThresholds.n_null_draws={self.n_null_draws} must be >= 2 for a null sd; METHODS uses 20"
+                f"ScreenThresholds.n_null_draws={self.n_null_draws} must be >= 2 for a null sd; the published screen uses 20"
             )
         if not 0 < self.pr_top_fraction <= 1:
             raise ValueError(

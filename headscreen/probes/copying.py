@@ -1,7 +1,7 @@
 """In-context copying on the repeated-tokens probe, with or without canonical induction heads.
 
-The feasibility runs (notes/induction-feasibility.md) found the second-copy loss falling while no
-head had an offset-based induction score: the screen must report the loss gap and flag copying
+In feasibility runs on small synthetic models the second-copy loss fell while no head had an
+offset-based induction score: the screen must report the loss gap and flag copying
 that no head over the induction threshold explains.
 """
 

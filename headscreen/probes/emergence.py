@@ -76,7 +76,8 @@ def lead_times(onsets: pd.DataFrame, emergence: pd.DataFrame) -> pd.DataFrame:
 def bos_layers01(classes: pd.DataFrame) -> pd.DataFrame:
     """Per (step, probe): the number of BOS heads in layer 0, in layer 1, and both together.
 
-    METHODS §7 reports 0 in every model at every checkpoint; a non-zero count is worth a look.
+    The published screens (docs/methods.md#selectivity-screen) found 0 in every model at every
+    checkpoint; a non-zero count is worth a look.
     """
     df = classes.assign(
         _l0=(classes["layer"] == 0) & classes["is_bos"].astype(bool),

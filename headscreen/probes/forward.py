@@ -5,7 +5,7 @@
 micro-batch it keeps, per layer:
 
 - the query rows of the pattern, A(query_pos_i, :)        [batch, layer, head, key]
-- hook_z at the query position (PR, METHODS §6a)            [batch, layer, head, d_head]
+- hook_z at the query position (PR, docs/methods.md#participation-ratio)            [batch, layer, head, d_head]
 - the outputs of any `reducers` applied to the full pattern  [batch, layer, ...]
 - per-position losses when asked (then the logits are computed; otherwise `stop_at_layer` skips
   the blocks after the last layer needed)                    [batch, pos-1]
@@ -16,7 +16,7 @@ d_head = 128, N = 2000, micro_batch = 16: the cache holds 16·16·16·256·256·
 at a time (lower micro_batch to shrink it); the kept query rows take 2000·16·16·256·4 B ≈ 0.5 GB and
 hook_z 0.26 GB. When every layer is needed the unembedding still runs (stop_at_layer = n_layers
 returns logits in TL 4.3), about 10% of a 1B model's forward. The bridge is used as given: keep it in raw
-(non-compatibility) mode so that `hook_z` is the o_proj input slice (METHODS §10).
+(non-compatibility) mode so that `hook_z` is the o_proj input slice (docs/methods.md#checkpoints-and-loading).
 """
 
 from __future__ import annotations

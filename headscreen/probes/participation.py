@@ -1,4 +1,4 @@
-"""Activation participation ratio per head and its integral over training (METHODS §6a).
+"""Activation participation ratio per head and its integral over training (docs/methods.md#participation-ratio).
 
 PR = exp(-Σ p_i log p_i), p_i = σ_i² / Σσ², from the **uncentered** SVD of M = hook_z[:, q, H]
 over the N probe examples (the entropy effective rank, not (Σλ)²/Σλ²). PR is 1 for a rank-1 M and

@@ -1,4 +1,4 @@
-"""Seeded, deterministic probe-prompt generators returning `ProbeBatch` (METHODS §6a, §7, §8).
+"""Seeded, deterministic probe-prompt generators returning `ProbeBatch` (docs/methods.md#probe-prompts).
 
 Every generator works on token ids only and never adds an implicit BOS: pass `bos_id` to put a BOS
 token at position 0 (then `has_bos=True` and the whole layout shifts right by one).
@@ -83,7 +83,7 @@ def retrieval_probe(
     bos_id: int | None = None,
     pair_range: tuple[int, int] = (20, 128),
 ) -> ProbeBatch:
-    """The key-retrieval probe of METHODS §6a.
+    """The key-retrieval probe (docs/methods.md#probe-prompts).
 
     Row layout (T = seq_len, off = 1 with BOS else 0): [BOS?] filler, A at a_pos, B at a_pos+1,
     filler, A at T-1. a_pos is uniform in [pair_range[0]+off, pair_range[1]+off), clipped so that
@@ -268,7 +268,7 @@ def text_probe(
     sep_id: int | None = None,
     require_repeat: bool = True,
 ) -> ProbeBatch:
-    """Non-overlapping windows of a natural-text corpus (METHODS §8, natural text).
+    """Non-overlapping windows of a natural-text corpus (docs/methods.md#probe-prompts).
 
     `source` is a list of strings (needs `tokenizer`) or of token-id sequences (tokenizer may be
     None). Documents are concatenated (with `sep_id` between them when given). With

@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -255,6 +256,29 @@ def screen_checkpoint(
             df = df[["step"] + [c for c in df.columns if c != "step"]]
         out[name] = df.reset_index(drop=True)
     return out
+
+
+# outputs that are finite for any finite forward pass (ratios such as selectivity may legitimately be
+# inf or NaN when an attention baseline underflows to 0, so they are not listed)
+_MUST_BE_FINITE = {"copying": ("loss_first", "loss_second"), "head_scores": ("sink_alpha1",)}
+
+
+def non_finite_outputs(tables: Mapping[str, pd.DataFrame]) -> str | None:
+    """A description of the first non-finite forward output (token losses, attention mass) in
+    `screen_checkpoint` tables, or None when every one is finite."""
+    for name, columns in _MUST_BE_FINITE.items():
+        df = tables.get(name)
+        if df is None or not len(df):
+            continue
+        if name == "head_scores":
+            df = df[df["metric"].isin(columns)]
+            columns = ("value",)
+        for col in columns:
+            values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+            bad = int((~np.isfinite(values)).sum())
+            if bad:
+                return f"{bad} non-finite value(s) in {name}.{col if name != 'head_scores' else 'sink_alpha1'}"
+    return None
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Attention selectivity and head scores: pure functions on attention-pattern tensors (METHODS §7).
+"""Attention selectivity and head scores: pure functions on attention-pattern tensors (docs/methods.md#selectivity-screen).
 
 Shapes: `rows` are query rows A(q_i, :) of shape [batch, *heads, key] (e.g. [b, layer, head, T]);
 full patterns are [batch, *heads, query, key]. Outputs drop the batch dimension: [*heads].
@@ -47,7 +47,7 @@ def _check_layout(rows: torch.Tensor, query_pos: torch.Tensor, a_pos: torch.Tens
     T = rows.shape[-1]
     if not bool((query_pos == T - 1).all()):
         raise ValueError(
-            f"selectivity needs the query at T-1 = {T - 1} for every example (METHODS §7); "
+            f"selectivity needs the query at T-1 = {T - 1} for every example (docs/methods.md#selectivity-screen); "
             f"got query positions {sorted(set(query_pos.tolist()))[:5]}: build probes with query_pos = T-1"
         )
     if a_pos is not None and not bool(((a_pos >= 0) & (a_pos + 1 <= T - 7)).all()):
@@ -99,7 +99,7 @@ def selectivity(
     n_null_positions: int = 50,
     null_seed: int = 0,
 ) -> dict[str, Float[torch.Tensor, "*heads"]]:
-    """sel_c = E_i[A(q, target_c)] / base for every class in CLASSES (METHODS §7, FP definition)."""
+    """sel_c = E_i[A(q, target_c)] / base for every class in CLASSES (docs/methods.md#selectivity-screen, FP's definition)."""
     T = _check_layout(rows, query_pos, a_pos)
     base = baseline(rows, null_positions(T, n_null_positions, null_seed))
     att = class_attention(rows, query_pos, a_pos)

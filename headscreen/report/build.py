@@ -15,6 +15,7 @@ from headscreen.report.causal_sections import ablation_section, patching_section
 from headscreen.report.compare import comparison_section
 from headscreen.report.content import Report, RunReport
 from headscreen.report.dynamics_sections import copying_section, fingerprints_section, lead_times_section
+from headscreen.report.findings_sections import findings_section, preid_section, summary_section
 from headscreen.report.grok_sections import grok_kind, grok_report
 from headscreen.report.load import RunResults, check_run_dir, load_run
 from headscreen.report.provenance import provenance_section
@@ -38,8 +39,10 @@ from headscreen.report.screen_sections import (
     selectivity_section,
 )
 
+LEAD_BUILDERS = (summary_section, findings_section)  # what was found, first
 SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fingerprints_section,
-                    lead_times_section, bos_layers01_section, ablation_section, patching_section, copying_section)
+                    lead_times_section, preid_section, bos_layers01_section, ablation_section, patching_section,
+                    copying_section)
 
 
 def default_out_dir(run_dirs: list[Path]) -> Path:
@@ -60,7 +63,8 @@ def run_report(run: RunResults, name: str, slug: str, step: int | None, probe: s
     circuits = for_probe(circuits_by_step(run.circuits), probe) if run.circuits else []
     ctx = Context(run=run, step=chosen, slug=slug, tokens=step_tokens(run), thresholds=thresholds(run),
                   probe=probe, circuits=circuits)
-    sections = [provenance_section(run)] + [build(ctx) for build in SECTION_BUILDERS]
+    sections = ([build(ctx) for build in LEAD_BUILDERS] + [build(ctx) for build in SECTION_BUILDERS]
+                + [provenance_section(run)])  # provenance last
     return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe)
 
 

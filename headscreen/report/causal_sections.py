@@ -1,4 +1,4 @@
-"""Sections built from causal validation (METHODS §8): ablation with its null distribution, and patching."""
+"""Sections built from causal validation (docs/methods.md#causal-validation): ablation with its null distribution, and patching."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def _patching_notices(ctx: Context) -> list[str]:
 
 def patching_section(ctx: Context) -> Section:
     sec = Section(key="patching", title="Activation patching",
-                  intro="Denoising patching (METHODS §8): the clean hook_z of one head is patched into a corrupted "
+                  intro="Denoising patching (docs/methods.md#causal-validation): the clean hook_z of one head is patched into a corrupted "
                         "run. Score = (LD_patch − LD_corr)/(LD_clean − LD_corr); 1 restores the clean logit difference.")
     df = ctx.run.patching
     if df is None:

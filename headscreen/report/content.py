@@ -21,6 +21,7 @@ class Table:
     columns: list[str]
     rows: list[list]  # raw cell values; formatted by `fmt` when rendered
     caption: str = ""
+    folded: bool = False  # a long reference table: collapsed under its caption (HTML and Markdown <details>)
 
 
 @dataclass
@@ -69,16 +70,19 @@ class Report:
 
 
 SECTION_ORDER = (
-    ("provenance", "Provenance"),
+    ("summary", "Findings summary"),
+    ("findings", "Findings check"),
     ("selectivity", "Selectivity heatmaps"),
     ("circuits", "Classified heads and circuits"),
     ("emergence", "Emergence timeline"),
     ("fingerprints", "Spectral fingerprints: circuit heads against other heads"),
     ("lead_times", "Lead time: spectral onset against behavioural emergence"),
+    ("preid", "Pre-identification: does a spectral metric single out the circuit early?"),
     ("bos_layers01", "BOS heads in layers 0 and 1"),
     ("ablation", "Ablation and null distributions"),
     ("patching", "Activation patching"),
     ("copying", "In-context copying"),
+    ("provenance", "Provenance"),
 )
 SECTION_TITLES = dict(SECTION_ORDER)
 

@@ -37,7 +37,7 @@ def pr_probe(df: pd.DataFrame) -> str:
 
 def fingerprints_section(ctx: Context) -> Section:
     sec = Section(key="fingerprints", title="Spectral fingerprints: circuit heads against other heads",
-                  intro="Update-Gram statistics (METHODS §1, §6b) and the activation participation ratio (§6a) "
+                  intro="Update-Gram statistics (docs/methods.md#update-gram-and-spectral-edge, docs/methods.md#per-head-update-gram-fingerprint) and the activation participation ratio (docs/methods.md#participation-ratio) "
                         "per checkpoint. Coloured lines: circuit heads at the report step; grey: every other head.")
     fp, part = ctx.run.fingerprints, ctx.run.participation
     if fp is None and part is None:
@@ -214,7 +214,8 @@ def copying_section(ctx: Context) -> Section:
     sec.tables.append(Table(columns=[labels[c] for c in cols], rows=[[r[c] for c in cols] for r in records],
                             caption=(f"{len(flagged)} checkpoint{' copies' if len(flagged) == 1 else 's copy'} "
                                      "without canonical induction heads"
-                                     + (": step " + ", ".join(map(str, flagged)) if flagged else "") + ".")))
+                                     + (": step " + ", ".join(map(str, flagged)) if flagged else "")),
+                            folded=True))  # per checkpoint: the figure above carries it
     if {"loss_first", "loss_second"} <= set(df.columns) and len(df) >= 2:
         first, second = df["loss_first"].to_numpy(float), df["loss_second"].to_numpy(float)
         flags = df["noncanonical_copying"].fillna(False).to_numpy(bool) if "noncanonical_copying" in df else np.zeros(len(df), bool)

@@ -30,8 +30,9 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "onsets.parquet": ("onsets", ("layer", "head", "metric", "onset_step")),
     "validation.parquet": ("validation_long", ("step", "condition", "metric", "value")),
     "patching.parquet": ("patching", ("step", "score")),
+    "preid.parquet": ("preid", ("metric", "scope", "step", "auc", "p_value", "separates")),
 }
-DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation"}
+DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation", "preid.json": "preid_doc"}
 
 
 class NotARunDirectoryError(FileNotFoundError):
@@ -40,6 +41,32 @@ class NotARunDirectoryError(FileNotFoundError):
 
 class RunFileError(ValueError):
     """A file of the run exists but cannot be used."""
+
+
+class StaleRunError(RunFileError):
+    """The run's tables are older than its records, or its validation is older than its tables."""
+
+
+def check_current(path: Path, manifest: dict) -> None:
+    """Refuse a run whose manifest marks its tables stale (a screen changed its records and did not
+    finish). Runs written before the `tables` field existed pass (their staleness is unknown)."""
+    tables = manifest.get("tables")
+    if isinstance(tables, dict) and tables.get("status") != "current":
+        raise StaleRunError(
+            f"{path}: its tables are stale ({tables.get('reason', 'a screen did not finish')}): they may not match "
+            f"its records. Rerun the screen (`headscreen screen <series> --out {path}`), then the report."
+        )
+
+
+def check_validation_current(path: Path, manifest: dict, validation) -> None:
+    """Refuse a validation.json written against other tables than the current ones."""
+    tables = manifest.get("tables")
+    made_on = validation.get("tables_id") if isinstance(validation, dict) else None
+    if isinstance(tables, dict) and made_on is not None and made_on != tables.get("id"):
+        raise StaleRunError(
+            f"{path / 'validation.json'} validated tables that a later screen replaced; rerun "
+            f"`headscreen validate {path}` (or delete validation.json, validation.parquet and patching.parquet)."
+        )
 
 
 @dataclass
@@ -57,8 +84,10 @@ class RunResults:
     onsets: pd.DataFrame | None = None
     validation_long: pd.DataFrame | None = None
     patching: pd.DataFrame | None = None
+    preid: pd.DataFrame | None = None
     circuits: dict | None = None
     validation: dict | list | None = None
+    preid_doc: dict | None = None
     missing: list[str] = field(default_factory=list)
 
     def has(self, name: str) -> bool:
@@ -131,6 +160,7 @@ def load_run(path: Path | str) -> RunResults:
     manifest = _read_json(path / MANIFEST)
     if not isinstance(manifest, dict):
         raise RunFileError(f"{path / MANIFEST} holds a {type(manifest).__name__}, expected a JSON object.")
+    check_current(path, manifest)
     run = RunResults(path=path, manifest=manifest)
     for name, (attr, required) in TABLES.items():
         file = path / name
@@ -144,4 +174,10 @@ def load_run(path: Path | str) -> RunResults:
             setattr(run, attr, _read_json(file))
         else:
             run.missing.append(name)
+    if run.validation is None:  # an interrupted validate: its tables belong to no validation.json
+        for name, attr in (("validation.parquet", "validation_long"), ("patching.parquet", "patching")):
+            if getattr(run, attr) is not None:
+                setattr(run, attr, None)
+                run.missing.append(name)
+    check_validation_current(path, manifest, run.validation)
     return run

@@ -56,6 +56,8 @@ def provenance_data(run: RunResults) -> dict:
     if out["thresholds"] is None and run.circuits and isinstance(run.circuits.get("thresholds"), dict):
         out["thresholds"] = to_python(run.circuits["thresholds"])
     out["files_missing"] = list(run.missing)
+    skipped = m.get("skipped")
+    out["skipped_checkpoints"] = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []
     return out
 
 
@@ -81,7 +83,14 @@ _LABELS = {
     "probe_settings": "Probe settings", "thresholds": "Thresholds", "seeds": "Seeds",
     "loading_mode": "Loading mode", "package_versions": "Package versions", "git_commit": "Git commit",
     "python": "Python", "platform": "Platform", "created": "Created", "files_missing": "Files not in the run",
+    "skipped_checkpoints": "Skipped checkpoints",
 }
+
+
+def _skipped_cell(skipped: list[dict]) -> str:
+    if not skipped:
+        return "none"
+    return "; ".join(f"step {s.get('step')} ({s.get('name')}): {s.get('reason')}" for s in skipped)
 
 
 def provenance_section(run: RunResults) -> Section:
@@ -91,10 +100,19 @@ def provenance_section(run: RunResults) -> Section:
         value = data.get(key)
         if key == "files_missing":
             rows.append([label, ", ".join(value) if value else "none: every file of docs/run-format.md is present"])
+        elif key == "skipped_checkpoints":
+            rows.append([label, _skipped_cell(value)])
         else:
             rows.append([label, _cell(value)])
     absent = [_LABELS[k] for k in _FIELDS if data.get(k) is None and k not in _OPTIONAL]
     notices = []
+    if data["skipped_checkpoints"]:
+        steps = [s.get("step") for s in data["skipped_checkpoints"]]
+        notices.append(
+            f"The screen skipped {len(steps)} checkpoint(s) that failed their checks (--skip-bad): steps "
+            f"{', '.join(map(str, steps))}. They are absent from every table; the update of the next screened "
+            "checkpoint spans the gap (reasons under Skipped checkpoints below)."
+        )
     if absent:
         notices.append(
             "The manifest does not record: " + ", ".join(absent) + ". Re-screen with the current version "

@@ -27,6 +27,11 @@ figure { margin: .8rem 0 1.4rem; } figure img { max-width: 100%; height: auto; b
 figcaption { font-size: .85rem; color: #555; }
 .notice { background: #fff4e5; border-left: 4px solid #f0a030; padding: .5rem .8rem; margin: .5rem 0 1rem; }
 .intro { color: #444; } .meta { color: #555; font-size: .9rem; }
+details { margin: .4rem 0 1.2rem; } details summary { cursor: pointer; font-style: italic; color: #444; font-size: .9rem; }
+section.section-summary table, section.section-findings table { font-size: .92rem; }
+section.section-summary td:first-child { font-weight: 600; }
+td.verdict-held { background: #e3f4e1 !important; font-weight: 600; } td.verdict-not { background: #fbe3e1 !important; font-weight: 600; }
+td.verdict-weak { background: #fff4e5 !important; font-weight: 600; } td.verdict-na { background: #eeeeee !important; color: #555; }
 """
 
 
@@ -34,15 +39,29 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+VERDICT_CLASSES = {"held": "verdict-held", "not held": "verdict-not", "not significant": "verdict-weak",
+                   "cannot test": "verdict-na"}  # the findings check's verdict cells
+
+
+def _cell_html(v) -> str:
+    if _is_number(v):
+        return f'<td class="num">{escape(fmt(v))}</td>'
+    css = VERDICT_CLASSES.get(v) if isinstance(v, str) else None
+    return f'<td class="{css}">{escape(fmt(v))}</td>' if css else f"<td>{escape(fmt(v))}</td>"
+
+
 def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.rows:
-        cells = "".join(f'<td class="num">{escape(fmt(v))}</td>' if _is_number(v) else f"<td>{escape(fmt(v))}</td>"
-                        for v in row)
+        cells = "".join(_cell_html(v) for v in row)
         body.append(f"<tr>{cells}</tr>")
+    grid = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    if table.folded:
+        label = escape(table.caption or "Full table")
+        return f'<details><summary>{label} ({len(table.rows)} rows)</summary>{grid}</details>'
     caption = f'<p class="caption">{escape(table.caption)}</p>' if table.caption else ""
-    return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"{caption}{grid}"
 
 
 def figure_html(fig: RenderedFigure) -> str:

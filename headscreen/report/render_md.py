@@ -13,11 +13,15 @@ def _cell(value) -> str:
 
 def table_md(table: Table) -> str:
     lines = []
-    if table.caption:
+    if table.folded:
+        lines += [f"<details><summary>{table.caption or 'Full table'} ({len(table.rows)} rows)</summary>", ""]
+    elif table.caption:
         lines += [f"*{table.caption}*", ""]
     lines.append("| " + " | ".join(_cell(c) for c in table.columns) + " |")
     lines.append("|" + "---|" * len(table.columns))
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.rows]
+    if table.folded:
+        lines += ["", "</details>"]
     return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ def grid_shape(run: RunResults) -> tuple[int, int] | None:
     return (layers + 1, heads + 1) if layers >= 0 else None
 
 
-# METHODS §7 defaults, used when neither circuits.json nor the manifest records a threshold
+# the published defaults (docs/methods.md#selectivity-screen), used when neither circuits.json nor the manifest records a threshold
 DEFAULT_THRESHOLDS = {"class": 30.0, "bos": 30.0, "induction_circuit": 50.0, "previous_circuit": 100.0}
 _THRESHOLD_KEYS = {
     "class": ("class_min", "class", "class_threshold"),
@@ -99,7 +99,7 @@ _THRESHOLD_KEYS = {
 
 
 def thresholds(run: RunResults) -> dict[str, float]:
-    """Selectivity thresholds (×): circuits.json's, else the manifest's, else METHODS §7 defaults."""
+    """Selectivity thresholds (×): circuits.json's, else the manifest's, else the published defaults (docs/methods.md#selectivity-screen)."""
     sources = []
     if run.circuits and isinstance(run.circuits.get("thresholds"), dict):
         sources.append(run.circuits["thresholds"])
@@ -164,7 +164,7 @@ def available_probes(run: RunResults) -> list[str]:
 
 
 def choose_probe(run: RunResults, requested: str | None) -> str | None:
-    """`requested` if the run has it; else 'retrieval' (METHODS §7's probe), 'repeated', 'text', the first."""
+    """`requested` if the run has it; else 'retrieval' (the published probe, docs/methods.md#probe-prompts), 'repeated', 'text', the first."""
     probes = available_probes(run)
     if requested is not None:
         if requested not in probes:

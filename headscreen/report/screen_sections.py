@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headscreen.report import figures
+from headscreen.report import figures, timeline_figures
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count, to_python
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, pr_ranking_records
@@ -26,7 +26,7 @@ def _ordered_classes(classes) -> list[str]:
 def selectivity_section(ctx: Context) -> Section:
     sec = Section(key="selectivity", title="Selectivity heatmaps",
                   intro="Attention to each class's target position divided by the baseline attention "
-                        "(METHODS §7), for every layer × head. Outlined cells pass the class threshold.")
+                        "(docs/methods.md#selectivity-screen), for every layer × head. Outlined cells pass the class threshold.")
     df = ctx.run.selectivity
     if df is None:
         sec.notices.append(missing_notice("selectivity.parquet", ctx, "The selectivity screen"))
@@ -77,7 +77,7 @@ def _selectivity_headline(grids: dict[str, np.ndarray], step, probe, thr: dict) 
 def circuits_section(ctx: Context) -> Section:
     sec = Section(key="circuits", title="Classified heads and circuits",
                   intro="A head's class is its most selective class if it reaches the class threshold. "
-                        "Circuit membership is screened over all heads, whatever their best class (METHODS §7).")
+                        "Circuit membership is screened over all heads, whatever their best class (docs/methods.md#selectivity-screen).")
     thr = ctx.thresholds
     classes = ctx.of_probe(ctx.run.classes)
     sec.data["probe"] = ctx.probe
@@ -121,19 +121,32 @@ def circuits_section(ctx: Context) -> Section:
             caption=f"Circuits at step {ctx.step}" + (f", {ctx.probe} probe." if ctx.probe else ".")))
     sec.data["by_step"] = [{"step": r["step"], "induction": [list(h) for h in r["induction"]],
                             "previous": [list(h) for h in r["previous"]], "n_bos": len(r["bos"])} for r in ctx.circuits]
+    if ctx.circuits:
+        fig = timeline_figures.circuit_timeline(ctx.circuits, title=_circuit_timeline_headline(ctx.circuits, thr))
+        sec.figures.append(figure_to_png(fig, ctx.figure_name("circuit_timeline"),
+                                         "Circuit membership of each head at every screened checkpoint"))
     sec.tables.append(Table(
         columns=["Step", "Induction circuit", "Size", "Previous-token circuit", "BOS heads"],
         rows=[[r["step"], head_list(r["induction"]), len(r["induction"]), head_list(r["previous"]), len(r["bos"])]
               for r in ctx.circuits],
-        caption="Circuits at every screened checkpoint" + (f", {ctx.probe} probe." if ctx.probe else ".")))
+        caption="Circuits at every screened checkpoint" + (f", {ctx.probe} probe" if ctx.probe else ""), folded=True))
     ranking = for_probe(pr_ranking_records(ctx.run.circuits), ctx.probe)
     if ranking:
         sec.data["pr_ranking"] = ranking
         top = ranking[: max(1, min(len(ranking), 10))]
         sec.tables.append(Table(columns=["Rank", "Head", "PR integral", "Picked"],
                                 rows=[[r["rank"], f"L{r['layer']}H{r['head']}", r["integral"], r["picked"]] for r in top],
-                                caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (METHODS §6a)."))
+                                caption=f"Top {len(top)} of {len(ranking)} heads by PR integral (docs/methods.md#participation-ratio)."))
     return sec
+
+
+def _circuit_timeline_headline(by_step: list[dict], thr: dict) -> str:
+    sizes = [len(r["induction"]) for r in by_step]
+    first = next((r["step"] for r in by_step if r["induction"]), None)
+    if first is None:
+        return f"No head reaches {thr['induction_circuit']:g}× induction selectivity at any of {len(by_step)} checkpoints"
+    return (f"The induction circuit first appears at step {first} and holds {sizes[-1]} head"
+            f"{'s' if sizes[-1] != 1 else ''} at the last checkpoint (at most {max(sizes)})")
 
 
 def emergence_section(ctx: Context) -> Section:
@@ -175,8 +188,9 @@ def _emergence_headline(records: list[dict]) -> str:
 
 def bos_layers01_section(ctx: Context) -> Section:
     sec = Section(key="bos_layers01", title="BOS heads in layers 0 and 1",
-                  intro="METHODS §7 expects no BOS heads in layers 0 and 1 of any model at any checkpoint; "
-                        "a non-zero count here departs from that finding.")
+                  intro="The published screens (docs/methods.md#selectivity-screen) found no BOS heads in "
+                        "layers 0 and 1 of any model at any checkpoint; a non-zero count here departs from "
+                        "that finding.")
     if ctx.run.circuits is None:
         sec.notices.append(missing_notice("circuits.json", ctx, "The BOS count in layers 0 and 1"))
         return sec
@@ -190,6 +204,9 @@ def bos_layers01_section(ctx: Context) -> Section:
     sec.data = {"probe": ctx.probe, "records": every, "at_step": at, "max_total": max(r["total"] for r in records),
                 "checkpoints_with_bos_in_l01": nonzero}
     with_probe = any(r["probe"] is not None for r in every)
+    all_layers = {r["step"]: len(r["bos"]) for r in ctx.circuits}
+    fig = timeline_figures.bos_timeline(every, all_layers=all_layers, title=_bos_headline(every))
+    sec.figures.append(figure_to_png(fig, ctx.figure_name("bos_timeline"), "BOS heads in layers 0 and 1 per checkpoint"))
     sec.tables.append(Table(
         columns=["Step"] + (["Probe"] if with_probe else []) + ["BOS heads in L0", "BOS heads in L1", "Total"],
         rows=[[r["step"]] + ([r["probe"]] if with_probe else []) + [r["layer0"], r["layer1"], r["total"]]
@@ -197,12 +214,20 @@ def bos_layers01_section(ctx: Context) -> Section:
         caption=("No checkpoint has a BOS head in layers 0 or 1" if not nonzero else
                  f"{len(nonzero)} of {len(records)} checkpoints have BOS heads in layers 0/1: step "
                  + ", ".join(map(str, nonzero[:20])) + ("…" if len(nonzero) > 20 else ""))
-                + (f" ({ctx.probe} probe)." if ctx.probe else ".")))
+                + (f" ({ctx.probe} probe)" if ctx.probe else ""), folded=True))
     sinks = _sink_heads_table(ctx)
     if sinks is not None:
         table, sec.data["sink_heads"] = sinks
         sec.tables.append(table)
     return sec
+
+
+def _bos_headline(records: list[dict]) -> str:
+    broken = sorted({r["step"] for r in records if r["total"]})
+    n = len({r["step"] for r in records})
+    if not broken:
+        return f"No BOS head in layers 0 or 1 at any of {n} checkpoints, on any probe"
+    return f"BOS heads in layers 0 or 1 at {len(broken)} of {n} checkpoints (first at step {broken[0]})"
 
 
 SINK_HEAD_RATE = 0.5  # a Gu sink head: alpha_1 > eps in at least half of the probe's rows

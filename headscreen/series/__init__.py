@@ -3,10 +3,12 @@
 from headscreen.series.adapters import SUPPORTED, AttentionGeometry, detect_architecture, read_head_weights
 from headscreen.series.base import Checkpoint, Series
 from headscreen.series.boot import LOADING_MODE, boot_bridge, load_tokenizer
+from headscreen.series.checks import check_checkpoint, read_hf_config
 from headscreen.series.errors import (
     CheckpointNotFound,
     CorruptCheckpoint,
     HubUnavailable,
+    NonFiniteOutputs,
     NonFiniteWeights,
     NoWeightsError,
     PickleRefused,
@@ -23,8 +25,8 @@ from headscreen.series.weights import HeadWeights
 
 __all__ = [
     "SUPPORTED", "LOADING_MODE", "AttentionGeometry", "Checkpoint", "CheckpointNotFound", "CorruptCheckpoint",
-    "HeadWeights", "HubSeries", "HubUnavailable", "LocalSeries", "NoWeightsError", "NonFiniteWeights",
-    "PickleRefused", "Revision", "Series", "SeriesError", "ShapeMismatch", "TensorSource",
-    "UnsupportedArchitecture", "boot_bridge", "detect_architecture", "load_tokenizer", "parse_step",
-    "parse_tokens", "read_head_weights", "revisions", "schedule_steps",
+    "HeadWeights", "HubSeries", "HubUnavailable", "LocalSeries", "NoWeightsError", "NonFiniteOutputs",
+    "NonFiniteWeights", "PickleRefused", "Revision", "Series", "SeriesError", "ShapeMismatch", "TensorSource",
+    "UnsupportedArchitecture", "boot_bridge", "check_checkpoint", "detect_architecture", "load_tokenizer",
+    "parse_step", "parse_tokens", "read_head_weights", "read_hf_config", "revisions", "schedule_steps",
 ]

@@ -42,11 +42,19 @@ class AttentionGeometry:
     vocab_size: int | None = None
 
 
-def _geometry(arch: str, cfg: dict) -> AttentionGeometry:
+def _geometry(arch: str, cfg: dict, where: str = "config.json") -> AttentionGeometry:
     def need(key: str):
         if key not in cfg:
-            raise UnsupportedArchitecture(f"config.json for a {arch} model lacks {key!r}")
-        return cfg[key]
+            raise UnsupportedArchitecture(f"{where}: a {arch} config lacks {key!r}")
+        return _positive(key, cfg[key])
+
+    def _positive(key: str, value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CorruptCheckpoint(f"{where}: {key} must be a positive integer, got {value!r}")
+        return value
+
+    def opt(key: str):
+        return None if cfg.get(key) is None else _positive(key, cfg[key])
 
     if arch == GROK:
         h = need("n_heads")
@@ -54,15 +62,16 @@ def _geometry(arch: str, cfg: dict) -> AttentionGeometry:
                                  cfg.get("vocab_size"))
     if arch == "gpt2":
         d, h = need("n_embd"), need("n_head")
-        return AttentionGeometry(arch, need("n_layer"), h, h, d, d // h, cfg.get("n_positions"), cfg.get("vocab_size"))
+        if d % h:
+            raise CorruptCheckpoint(f"{where}: n_embd {d} is not a multiple of n_head {h}")
+        return AttentionGeometry(arch, need("n_layer"), h, h, d, d // h, opt("n_positions"), opt("vocab_size"))
     d, h = need("hidden_size"), need("num_attention_heads")
-    kv = cfg.get("num_key_value_heads") or h
-    dh = cfg.get("head_dim") or d // h
-    if arch == "gpt_neox":
-        kv = h
-    return AttentionGeometry(
-        arch, need("num_hidden_layers"), h, kv, d, dh, cfg.get("max_position_embeddings"), cfg.get("vocab_size")
-    )
+    kv = h if arch == "gpt_neox" else (opt("num_key_value_heads") or h)
+    dh = opt("head_dim") or d // h
+    if h % kv or (not cfg.get("head_dim") and d % h):
+        raise CorruptCheckpoint(f"{where}: {h} heads do not split into {kv} K/V heads of width {dh} over d_model {d}")
+    return AttentionGeometry(arch, need("num_hidden_layers"), h, kv, d, dh, opt("max_position_embeddings"),
+                             opt("vocab_size"))
 
 
 def _first_present(src: TensorSource, candidates: list[str]) -> str:
@@ -167,7 +176,51 @@ def detect_architecture(cfg: dict, where: str = "config.json") -> str:
 
 
 def geometry_from_config(cfg: dict, where: str = "config.json") -> AttentionGeometry:
-    return _geometry(detect_architecture(cfg, where), cfg)
+    return _geometry(detect_architecture(cfg, where), cfg, where)
+
+
+def expected_shapes(g: AttentionGeometry) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> the shape config.json implies, for every attention tensor and the embeddings.
+
+    GPT-2 names are given with and without the `transformer.` prefix (both occur in the wild).
+    """
+    D, H, KV, dh, V = g.d_model, g.n_heads, g.n_kv_heads, g.d_head, g.vocab_size
+    out: dict[str, tuple[int, ...]] = {}
+    for layer in range(g.n_layers):
+        if g.architecture == "gpt2":
+            for pre in ("transformer.", ""):
+                p = f"{pre}h.{layer}.attn."
+                out.update({p + "c_attn.weight": (D, 3 * H * dh), p + "c_attn.bias": (3 * H * dh,),
+                            p + "c_proj.weight": (H * dh, D), p + "c_proj.bias": (D,)})
+        elif g.architecture == "gpt_neox":
+            p = f"gpt_neox.layers.{layer}.attention."
+            out.update({p + "query_key_value.weight": (3 * H * dh, D), p + "query_key_value.bias": (3 * H * dh,),
+                        p + "dense.weight": (D, H * dh), p + "dense.bias": (D,)})
+        else:
+            p = f"model.layers.{layer}.self_attn."
+            for proj, heads in (("q_proj", H), ("k_proj", KV), ("v_proj", KV)):
+                out.update({p + f"{proj}.weight": (heads * dh, D), p + f"{proj}.bias": (heads * dh,)})
+            out.update({p + "o_proj.weight": (D, H * dh), p + "o_proj.bias": (D,)})
+    if V is not None:
+        embeddings = {"gpt2": ("transformer.wte.weight", "wte.weight"),
+                      "gpt_neox": ("gpt_neox.embed_in.weight", "embed_out.weight")}
+        for name in embeddings.get(g.architecture, ("model.embed_tokens.weight", "lm_head.weight")):
+            out[name] = (V, D)
+    return out
+
+
+def check_shapes(claimed: dict[str, tuple[int, ...]], g: AttentionGeometry, where: str) -> None:
+    """Compare the shapes a checkpoint claims (from its headers, before any read) with config.json's."""
+    from headscreen.series.errors import ShapeMismatch
+
+    want = expected_shapes(g)
+    for name, shape in claimed.items():
+        if name in want and tuple(shape) != want[name]:
+            raise ShapeMismatch(
+                f"checkpoint {where}: tensor {name!r} has shape {list(shape)} but its config.json "
+                f"({g.n_layers} layers, {g.n_heads} heads of width {g.d_head}, d_model {g.d_model}) implies "
+                f"{list(want[name])}; the weights were reshaped or belong to another config — re-save this checkpoint"
+            )
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -193,7 +246,7 @@ def read_head_weights(
             if layer == 0:
                 stacked[name] = torch.empty((geometry.n_layers, *t.shape), dtype=dtype or t.dtype)
             dst = stacked[name][layer]
-            dst.copy_(t)  # out of the memory-mapped file (parts are often strided views)
+            dst.copy_(t)  # into the stacked record (parts are often strided views of the read tensor)
             if not _all_finite(dst):  # checked on the contiguous copy: the fast path
                 bad = (~torch.isfinite(dst)).sum().item()
                 raise NonFiniteWeights(
@@ -201,5 +254,5 @@ def read_head_weights(
                     "this checkpoint is corrupt or diverged — drop it from the series"
                 )
         del parts
-        src.close()  # unmap the shards after each layer: at most one layer's file pages stay resident
+        src.close()  # drop the shard handles after each layer
     return HeadWeights(**stacked)

@@ -7,7 +7,7 @@ repositories, our own trained series) differ only in how a checkpoint becomes a 
 
 from __future__ import annotations
 
-import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from headscreen.series.adapters import AttentionGeometry, geometry_from_config, read_head_weights
+from headscreen.series.checks import check_checkpoint, check_finite_parameters, read_hf_config
 from headscreen.series.errors import CheckpointNotFound, ShapeMismatch
 from headscreen.series.tensors import TensorSource
 from headscreen.series.weights import HeadWeights
@@ -51,7 +52,12 @@ class Series:
         self.checkpoints = sorted(checkpoints, key=lambda c: c.step)
         self.allow_pickle = allow_pickle
         self.trust_remote_code = trust_remote_code
+        if trust_remote_code:
+            print(f"warning: trust_remote_code is on for series {name!r}: booting its checkpoints runs the Python "
+                  "code shipped in their folders; use it only for checkpoints you trust", file=sys.stderr)
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
+        self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
+        self._read_ok: set[int] = set()  # steps whose attention tensors were read and found finite
 
     # --- to be provided by sources ---------------------------------------------------------
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
@@ -82,10 +88,16 @@ class Series:
         raise CheckpointNotFound(f"series {self.name!r} has no step {step}; available: {self.steps[:5]}…{self.steps[-3:]}")
 
     def hf_config(self, ckpt: Checkpoint) -> dict:
-        path = self.folder(ckpt) / "config.json"
-        if not path.exists():
-            raise CheckpointNotFound(f"checkpoint {ckpt.label()}: no config.json in {path.parent}")
-        return json.loads(path.read_text())
+        return read_hf_config(self.folder(ckpt), ckpt.label())
+
+    def check(self, ckpt: Checkpoint, purpose: str = "attention") -> AttentionGeometry:
+        """Run the checkpoint checks (headscreen.series.checks) once per folder; returns the geometry."""
+        folder = self.folder(ckpt, purpose)
+        key = (ckpt.step, folder)
+        if key not in self._checked:
+            self._checked[key] = check_checkpoint(folder, allow_pickle=self.allow_pickle,
+                                                  label=f"{ckpt.label()} at {folder}")
+        return self._checked[key]
 
     def geometry(self, ckpt: Checkpoint | None = None) -> AttentionGeometry:
         ckpt = ckpt or self.checkpoints[-1]
@@ -100,11 +112,12 @@ class Series:
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
+        geometry = self.check(ckpt)  # headers and claimed shapes, before anything is allocated
         src = self.tensor_source(ckpt)
         try:
-            hw = read_head_weights(src, self.geometry(ckpt), dtype=dtype)
+            hw = read_head_weights(src, geometry, dtype=dtype)
         finally:
-            src.close()  # unmap the shards: nothing of this checkpoint stays resident
+            src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()
         if self._reference is None:
             self._reference = (ckpt, shapes)
@@ -116,6 +129,7 @@ class Series:
                         f"checkpoint {ckpt.label()}: {name} has shape {shapes.get(name)} but {ref_ckpt.label()} "
                         f"had {ref.get(name)}; a series must keep one architecture — split it into two series"
                     )
+        self._read_ok.add(ckpt.step)
         return hw
 
     def iter_head_weights(self, checkpoints: list[Checkpoint] | None = None) -> Iterator[tuple[Checkpoint, HeadWeights]]:
@@ -124,11 +138,23 @@ class Series:
             yield ckpt, self.head_weights(ckpt)
 
     def boot(self, ckpt: Checkpoint, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        """A fresh `TransformerBridge` for this checkpoint, offline, in raw (non-compatibility) mode."""
+        """A fresh `TransformerBridge` for this checkpoint, offline, in raw (non-compatibility) mode.
+
+        The checkpoint passes the same checks as the lazy read first (its attention tensors are read
+        and checked for NaN/Inf unless `head_weights` already did), and every parameter of the booted
+        model is checked for NaN/Inf; each failure is a `SeriesError` naming the checkpoint.
+        """
         from headscreen.series.boot import boot_bridge
 
-        return boot_bridge(self.folder(ckpt, purpose="full"), self.tokenizer_dir(), device=device, dtype=dtype,
-                           trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+        if ckpt.step not in self._read_ok:
+            self.head_weights(ckpt, dtype=None)
+        folder = self.folder(ckpt, purpose="full")
+        self.check(ckpt, purpose="full")
+        bridge = boot_bridge(folder, self.tokenizer_dir(), device=device, dtype=dtype,
+                             trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
+                             checked=True)
+        check_finite_parameters(bridge, f"{ckpt.label()} at {folder}")
+        return bridge
 
 
 def has_tokenizer(folder: Path) -> bool:

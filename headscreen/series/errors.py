@@ -27,6 +27,10 @@ class NonFiniteWeights(SeriesError):
     pass
 
 
+class NonFiniteOutputs(SeriesError):
+    """The forward pass of a checkpoint gave NaN/Inf losses or attention (weights outside attention)."""
+
+
 class CorruptCheckpoint(SeriesError):
     pass
 

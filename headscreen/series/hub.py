@@ -1,93 +1,225 @@
 """A series on the Hugging Face hub: a repository plus a revision schedule kept as data.
 
-Only the files a purpose needs are downloaded: config.json, the shard index, and the shards that
-hold attention tensors (purpose "attention") or all shards (purpose "full", for booting).
-Without network it fails fast, before any download, with the way to use a local copy instead.
+Every file goes through `huggingface_hub` (`snapshot_download` with `revision=` and `allow_patterns`),
+into the standard cache (`HF_HOME` / `HF_HUB_CACHE`, or `cache_dir`), from `HF_ENDPOINT` (or `endpoint`).
+Only what a purpose needs is downloaded: `config.json` and the safetensors index first; then the
+shards that hold attention tensors (purpose "attention", the weight pass) or every shard (purpose
+"full", to boot a model for the probes); the tokenizer files once, from the last revision.
+
+Before the first download one API call (`model_info`, short timeout) checks that the hub answers and
+that the repository and revision exist; no raw socket is opened. When the hub cannot be reached
+(`HF_HUB_OFFLINE` set, no network, a dead `HF_ENDPOINT`) the cache is used when it already holds the
+files; otherwise `HubUnavailable` names the repository, the revision and how to use a local copy.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 from headscreen.series.base import TOKENIZER_FILES, Checkpoint, Series
-from headscreen.series.errors import HubUnavailable
+from headscreen.series.errors import CheckpointNotFound, HubUnavailable, NoWeightsError
 from headscreen.series.schedules import Revision
 from headscreen.series.tensors import SAFETENSORS_INDEX
 
-HUB_HOST = "huggingface.co"
-_ATTENTION_MARKERS = ("attn", "attention")
+CONFIG = "config.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_FILE = "pytorch_model.bin"
+TOKENIZER_PATTERNS = (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "added_tokens.json")
+#: a tensor name holding one of these belongs to an attention block (a superset: norms next to attention too)
+ATTENTION_MARKERS = ("attn", "attention")
+REACH_TIMEOUT_S = 5.0
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
+def hub_offline() -> bool:
+    """Whether the user put huggingface_hub in offline mode (`HF_HUB_OFFLINE`, read now and at import)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """`endpoint`, else HF_ENDPOINT (read now, so a change after import counts), else huggingface_hub's."""
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_problem(repo: str, revision: str, *, endpoint: str | None = None,
+                timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """None when the hub answers for `repo` at `revision`, else why it cannot be used.
+
+    One `model_info` call through huggingface_hub (it honors HF_ENDPOINT, proxies and tokens).
+    Raises `CheckpointNotFound` when the hub answers that the repository or revision does not exist.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    url = hub_endpoint(endpoint)
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        HfApi(endpoint=url).model_info(repo, revision=revision, timeout=timeout)
+    except (RevisionNotFoundError, RepositoryNotFoundError) as e:
+        raise not_found(e, repo, revision, url) from e
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        return f"{url} answered HTTP {status}"
+    except Exception as e:  # connection refused, DNS failure, timeout: httpx errors, OSError
+        return f"cannot connect to {url} ({type(e).__name__}: {e})"
+    return None
+
+
+def not_found(e: Exception, repo: str, revision: str, url: str) -> CheckpointNotFound:
+    """The error for a hub answer that the repository or revision does not exist."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    if isinstance(e, RevisionNotFoundError):
+        return CheckpointNotFound(
+            f"{url} has no revision {revision!r} of {repo}; list the published ones with "
+            f"`huggingface_hub.list_repo_refs({repo!r})` and fix the config's revision_format/schedule"
+        )
+    return CheckpointNotFound(
+        f"{url} has no model repository {repo!r} (or it is private/gated: log in with `hf auth login`)"
+    )
+
+
+def _silent_tqdm():
+    """A tqdm class that shows nothing, for huggingface_hub's bars on small metadata fetches."""
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+def attention_shards(weight_map: dict[str, str], purpose: str) -> list[str]:
+    """The shard files of a safetensors index that a purpose needs: those holding attention tensors, or all."""
+    if purpose == "full":
+        return sorted(set(weight_map.values()))
+    if purpose != "attention":
+        raise ValueError(f"purpose must be 'attention' or 'full', got {purpose!r}")
+    return sorted({f for k, f in weight_map.items() if any(m in k for m in ATTENTION_MARKERS)})
 
 
 class HubSeries(Series):
     source_kind = "hub"
 
     def __init__(self, repo: str, revisions: list[Revision], *, cache_dir: str | Path | None = None,
-                 allow_pickle: bool = False, trust_remote_code: bool = False):
+                 endpoint: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                 config_name: str | None = None):
         self.repo = repo
+        self.config_name = config_name  # the model config naming this series, for messages
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._checked = False
+        self.endpoint = endpoint
+        self._problem: str | None = None  # why the hub cannot be used (None: it answered)
+        self._hub_asked = False
+        self._folders: dict[tuple[str, str], Path] = {}
+        self._tokenizer: tuple[Path | None] | None = None
         ckpts = [Checkpoint(r.step, r.tokens, r.revision) for r in revisions]
         super().__init__(repo, ckpts, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
-    def _ensure_reachable(self) -> None:
-        if self._checked:
-            return
-        if not hub_reachable():
-            raise HubUnavailable(
-                f"the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is set), so {self.repo} cannot be "
-                f"downloaded. On a machine with network run e.g. `huggingface-cli download {self.repo} --revision "
-                f"{self.checkpoints[-1].name} --local-dir DIR/{self.checkpoints[-1].name}` for each revision, copy "
-                "DIR here (tokenizer files at its root), then screen the local copy: `headscreen screen DIR`."
+    # --- downloads -------------------------------------------------------------------------
+    def _check(self, revision: str) -> None:
+        if not self._hub_asked:
+            self._problem = hub_problem(self.repo, revision, endpoint=self.endpoint)
+            self._hub_asked = True
+
+    def _fetch(self, revision: str, patterns: list[str], *, progress: bool = False) -> Path:
+        """The cache snapshot of `revision` holding (at least) the files matching `patterns`.
+        progress: huggingface_hub's download bars (for weights; metadata fetches stay quiet)."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        self._check(revision)
+        try:
+            path = snapshot_download(
+                self.repo, revision=revision, allow_patterns=patterns, cache_dir=self.cache_dir,
+                endpoint=hub_endpoint(self.endpoint), local_files_only=self._problem is not None,
+                **({} if progress else {"tqdm_class": _silent_tqdm()}),
             )
-        self._checked = True
+        except LocalEntryNotFoundError as e:
+            raise HubUnavailable(self._unavailable(revision)) from e
+        except (RevisionNotFoundError, RepositoryNotFoundError) as e:  # e.g. a later revision of the schedule
+            raise not_found(e, self.repo, revision, hub_endpoint(self.endpoint)) from e
+        except HfHubHTTPError as e:
+            self._problem = f"{hub_endpoint(self.endpoint)} answered {e}"
+            raise HubUnavailable(self._unavailable(revision)) from e
+        return Path(path)
 
-    def _download(self, filename: str, revision: str) -> Path:
-        from huggingface_hub import hf_hub_download
+    def _unavailable(self, revision: str) -> str:
+        from huggingface_hub import constants
 
-        return Path(hf_hub_download(self.repo, filename, revision=revision, cache_dir=self.cache_dir))
+        cache = self.cache_dir or constants.HF_HUB_CACHE
+        reach = ("unset HF_HUB_OFFLINE" if hub_offline() else
+                 f"check the network or HF_ENDPOINT (now {hub_endpoint(self.endpoint)})")
+        config = self.config_name or "<model config>"
+        return (
+            f"cannot download {self.repo} at revision {revision!r}: {self._problem or 'the hub did not answer'}, "
+            f"and the cache ({cache}) does not hold it. Either reach the hub ({reach}), or use a local copy: on "
+            f"a machine with network run `hf download {self.repo} --revision {revision} --local-dir "
+            f"DIR/{revision}` for each revision of the config's schedule, copy DIR here (tokenizer files at its "
+            f"root), then `headscreen screen DIR --config {config} --out ...` (or set source.local_path: DIR "
+            "in the config)."
+        )
 
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:
-        self._ensure_reachable()
-        from huggingface_hub import list_repo_files
+        """A cache snapshot of `ckpt` with config.json and the weights `purpose` needs."""
+        for p in ("full", purpose):  # a full download serves the attention purpose too
+            if (ckpt.name, p) in self._folders:
+                return self._folders[(ckpt.name, p)]
+        meta = self._fetch(ckpt.name, [CONFIG, SAFETENSORS_INDEX])
+        if not (meta / CONFIG).exists():
+            raise NoWeightsError(f"{self.repo} at revision {ckpt.name!r} has no {CONFIG}")
+        if (meta / SAFETENSORS_INDEX).exists():
+            weight_map = json.loads((meta / SAFETENSORS_INDEX).read_text())["weight_map"]
+            shards = attention_shards(weight_map, purpose)
+            path = self._fetch(ckpt.name, [CONFIG, SAFETENSORS_INDEX, *shards], progress=True)
+        else:
+            path = self._fetch(ckpt.name, [CONFIG, SINGLE_FILE], progress=True)
+            if not (path / SINGLE_FILE).exists() and self.allow_pickle:
+                path = self._fetch(ckpt.name, [CONFIG, PICKLE_FILE], progress=True)
+            if not any((path / f).exists() for f in (SINGLE_FILE, PICKLE_FILE)):
+                raise NoWeightsError(
+                    f"{self.repo} at revision {ckpt.name!r} has neither {SAFETENSORS_INDEX} nor {SINGLE_FILE}"
+                    + ("" if self.allow_pickle else f"; if it holds {PICKLE_FILE}, pass --allow-pickle"))
+        self._folders[(ckpt.name, purpose)] = path
+        return path
 
-        files = set(list_repo_files(self.repo, revision=ckpt.name))
-        cfg = self._download("config.json", ckpt.name)
-        if SAFETENSORS_INDEX in files:
-            index = json.loads(self._download(SAFETENSORS_INDEX, ckpt.name).read_text())["weight_map"]
-            shards = set(index.values())
-            if purpose == "attention":
-                shards = {f for k, f in index.items() if any(m in k for m in _ATTENTION_MARKERS)}
-            for shard in sorted(shards):
-                self._download(shard, ckpt.name)
-        elif "model.safetensors" in files:
-            self._download("model.safetensors", ckpt.name)
-        elif self.allow_pickle and "pytorch_model.bin" in files:
-            self._download("pytorch_model.bin", ckpt.name)
-        return cfg.parent
+    def hf_config(self, ckpt: Checkpoint) -> dict:
+        have = [f for (name, _), f in self._folders.items() if name == ckpt.name]
+        cfg = (have[0] if have else self._fetch(ckpt.name, [CONFIG])) / CONFIG
+        if not cfg.exists():
+            raise NoWeightsError(f"{self.repo} at revision {ckpt.name!r} has no {CONFIG}")
+        return json.loads(cfg.read_text())
 
     def tokenizer_dir(self) -> Path | None:
-        self._ensure_reachable()
-        from huggingface_hub import list_repo_files
+        from headscreen.series.base import has_tokenizer
 
-        rev = self.checkpoints[-1].name
-        files = set(list_repo_files(self.repo, revision=rev))
-        got = [self._download(f, rev) for f in (*TOKENIZER_FILES, "special_tokens_map.json") if f in files]
-        return got[0].parent if got else None
+        if self._tokenizer is None:
+            path = self._fetch(self.checkpoints[-1].name, list(TOKENIZER_PATTERNS))
+            self._tokenizer = (path if has_tokenizer(path) else None,)
+        return self._tokenizer[0]
+
+    @classmethod
+    def from_description(cls, desc: dict, *, trust_remote_code: bool = False) -> HubSeries:
+        """The series a run manifest's `series` entry describes (repo, steps, revisions), read from the
+        hub and cache that huggingface_hub is configured for now (HF_ENDPOINT, HF_HOME). Remote code
+        comes from the caller's flag only, never from the description."""
+        revs = [Revision(int(s), str(r), None) for s, r in zip(desc["steps"], desc["revisions"], strict=True)]
+        return cls(desc["repo"], revs, allow_pickle=bool(desc.get("allow_pickle", False)),
+                   trust_remote_code=trust_remote_code)
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(repo=self.repo, revisions=[c.name for c in self.checkpoints])
+        d.update(repo=self.repo, revisions=[c.name for c in self.checkpoints], endpoint=hub_endpoint(self.endpoint))
         return d

@@ -21,15 +21,26 @@ def _from_manifest(root: Path) -> list[Checkpoint]:
     try:
         data = json.loads((root / MANIFEST).read_text())
         entries = data["checkpoints"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(entries, list):
+            raise TypeError("'checkpoints' is not a list")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointNotFound(
             f"{root / MANIFEST} is not a valid series manifest ({e}); expected "
             '{"checkpoints": [{"step": 0, "tokens": 0, "path": "step000000"}, ...]}'
         ) from e
     out = []
     for i, e in enumerate(entries):
-        if "step" not in e or "path" not in e:
-            raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint entry {i} needs 'step' and 'path', got {e}")
+        if not isinstance(e, dict) or "step" not in e or "path" not in e:
+            raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint entry {i} needs 'step' and 'path', got {e!r}")
+        for key, kinds in (("step", int), ("tokens", int | float | None)):
+            value = e.get(key)
+            if not isinstance(value, kinds) or isinstance(value, bool) or (value is not None and value < 0):
+                raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint entry {i} has {key} {value!r}; a {key} must "
+                                         f"be a non-negative {'integer' if key == 'step' else 'number or null'} "
+                                         '(e.g. "step": 100)')
+        if not isinstance(e["path"], str):
+            raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint entry {i} has path {e['path']!r}; give the "
+                                     "folder name as a string")
         path = (root / e["path"]).resolve()
         if not path.is_dir():
             raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint step {e['step']} points to {path}, which does not exist")
@@ -92,6 +103,6 @@ class LocalSeries(Series):
         d["root"] = str(self.root)
         manifest = self.root / MANIFEST
         if manifest.exists():
-            data = json.loads(manifest.read_text())
+            data = json.loads(manifest.read_text())  # already parsed once by _from_manifest
             d["manifest"] = {k: v for k, v in data.items() if k != "checkpoints"}
         return d

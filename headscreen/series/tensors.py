@@ -1,9 +1,13 @@
 """Lazy tensor access to one HF checkpoint folder: safetensors (single or sharded) or, on opt-in, pickle.
 
-`TensorSource` opens nothing until a tensor is asked for, validates each shard's header with
-`safe_open`, reads tensors one at a time with a plain positioned read of their bytes (no memory map:
-nothing of the file stays resident, and no page faults per 4 kB page), and records which keys it
-read (so tests and users can check that only attention tensors were touched).
+`TensorSource` opens nothing until a tensor is asked for, validates each shard's header itself
+(`validate`: every tensor's byte range lies inside the file, matches its claimed shape and dtype,
+and overlaps no other), reads tensors one at a time with plain positioned reads of their bytes (no
+memory map: nothing of the file stays resident, and no page faults per 4 kB page), and records which
+keys it read (so tests and users can check that only attention tensors were touched).
+
+A read is issued in a loop: Linux returns at most 0x7ffff000 bytes per read(), so a tensor over
+2 GiB arrives in several pieces.
 """
 
 from __future__ import annotations
@@ -21,7 +25,82 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 _ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
+_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+_open = open  # the file opener of the reader (tests replace it to simulate short reads)
+
+
+def read_exact(fh, view: memoryview) -> int:
+    """Fill `view` from `fh` with as many read calls as it takes; returns the bytes read (less only at EOF)."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _shard_header(path: Path, where: str) -> tuple[dict, int]:
+    """The parsed and checked header of one safetensors file, and where its data starts.
+
+    Checks, before any tensor is allocated: the header length fits the file, the header is a JSON
+    object, every tensor's dtype is known, its shape is a list of non-negative ints, its byte range
+    [begin, end) equals shape x itemsize, lies inside the file, and overlaps no other tensor's.
+    """
+    def bad(what: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"checkpoint {where}: {path.name} {what}; re-download or re-save this checkpoint")
+
+    size = path.stat().st_size
+    with _open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise bad(f"is {size} bytes long, too short for a safetensors header (truncated)")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise bad(f"claims a {n}-byte header but the file holds {size - 8} bytes after the length (truncated "
+                      "or not a safetensors file)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"has a header that is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise bad("has a header that is not a JSON object")
+    data = size - 8 - n
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise bad(f"describes tensor {key!r} without dtype, shape and data_offsets")
+        shape, offsets, dtype = info["shape"], info["data_offsets"], info["dtype"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                for d in shape)):
+            raise bad(f"gives tensor {key!r} the invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"gives tensor {key!r} the invalid data_offsets {offsets!r}")
+        if dtype not in _ITEMSIZE:
+            raise bad(f"gives tensor {key!r} the unknown dtype {dtype!r}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        begin, end = offsets
+        if end - begin != numel * _ITEMSIZE[dtype]:
+            raise bad(f"claims shape {shape} ({dtype}) for tensor {key!r}, which needs {numel * _ITEMSIZE[dtype]} "
+                      f"bytes, but gives it {end - begin}")
+        if end > data:
+            raise bad(f"is cut short: tensor {key!r} ends at byte {end} of the data but the file holds {data} "
+                      "(truncated)")
+        spans.append((begin, end, key))
+    spans.sort()
+    for (_, e1, k1), (b2, _, k2) in zip(spans, spans[1:], strict=False):
+        if b2 < e1:
+            raise bad(f"lets tensors {k1!r} and {k2!r} overlap (a crafted or damaged header)")
+    return header, 8 + n
 
 
 class TensorSource:
@@ -65,22 +144,22 @@ class TensorSource:
         if index_path.exists():
             try:
                 weight_map = json.loads(index_path.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CorruptCheckpoint(f"checkpoint {self.folder}: unreadable {SAFETENSORS_INDEX} ({e})") from e
+                if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+                    raise TypeError("weight_map is not a mapping of tensor names to file names")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise CorruptCheckpoint(f"checkpoint {self.folder}: unreadable {SAFETENSORS_INDEX} ({e}); "
+                                        "re-download or re-save this checkpoint") from e
             mapping = {k: self.folder / f for k, f in weight_map.items()}
+            # a plain file name (shards may be symlinks, as in the hub cache: their targets are not checked)
+            outside = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", ".", "..")})
+            if outside:
+                raise CorruptCheckpoint(f"checkpoint {self.folder}: {SAFETENSORS_INDEX} points outside the folder "
+                                        f"({outside[0]!r}); a shard must be a file of the checkpoint folder")
         else:
-            from safetensors import safe_open
-
             mapping = {}
             for f in sorted(self.folder.glob("*.safetensors")):
-                try:
-                    with safe_open(str(f), framework="pt") as h:
-                        mapping.update({k: f for k in h.keys()})
-                except Exception as e:  # safetensors raises its own SafetensorError on bad headers
-                    raise CorruptCheckpoint(
-                        f"checkpoint {self.folder}: {f.name} is not a readable safetensors file ({e}); "
-                        "it may be truncated — re-download or re-save this checkpoint"
-                    ) from e
+                header, _ = self._header(f)  # our own checks, before safetensors parses anything
+                mapping.update({k: f for k in header if k != "__metadata__"})
         self._key_to_file = mapping
         return mapping
 
@@ -106,11 +185,29 @@ class TensorSource:
 
     def _header(self, f: Path) -> tuple[dict, int]:
         if f not in self._headers:
-            self._handle(f)  # safe_open validates the header (and the file length) first
-            with open(f, "rb") as fh:
-                n = struct.unpack("<Q", fh.read(8))[0]
-                self._headers[f] = (json.loads(fh.read(n)), 8 + n)
+            self._headers[f] = _shard_header(f, str(self.folder))
         return self._headers[f]
+
+    def shards(self) -> list[Path]:
+        """The safetensors files of this checkpoint that exist here (hub folders may hold a subset)."""
+        return sorted({f for f in self._index().values() if f.exists()})
+
+    def validate(self) -> dict[str, tuple[int, ...]]:
+        """Check every shard's header (or load the pickle with weights_only); key -> claimed shape.
+
+        Reads no tensor data of safetensors files: shapes come from the checked headers.
+        """
+        if self.format == "pickle":
+            return {k: tuple(v.shape) for k, v in self._load_pickle().items() if isinstance(v, torch.Tensor)}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for f in self.shards():
+            header, _ = self._header(f)
+            shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+        listed = [k for k, f in self._index().items() if f.exists() and k not in shapes]
+        if listed:
+            raise CorruptCheckpoint(f"checkpoint {self.folder}: {SAFETENSORS_INDEX} lists {listed[0]!r} in "
+                                    f"{self._index()[listed[0]].name}, which does not hold it")
+        return shapes
 
     def _read_plain(self, f: Path, key: str) -> torch.Tensor | None:
         """The tensor's bytes read into fresh memory; None for dtypes left to safe_open."""
@@ -119,11 +216,11 @@ class TensorSource:
         dtype = _ST_DTYPES.get(info["dtype"])
         if dtype is None:
             return None
-        a, b = info["data_offsets"]
+        a, b = info["data_offsets"]  # checked against the shape and the file size by _shard_header
         buf = torch.empty(b - a, dtype=torch.uint8)
-        with open(f, "rb", buffering=0) as fh:
+        with _open(f, "rb", buffering=0) as fh:
             fh.seek(start + a)
-            got = fh.readinto(buf.numpy()) if b > a else 0
+            got = read_exact(fh, memoryview(buf.numpy())) if b > a else 0
         if got != b - a:
             raise CorruptCheckpoint(f"checkpoint {self.folder}: tensor {key!r} in {f.name} is cut short ({got} of "
                                     f"{b - a} bytes); the file is truncated — re-download or re-save this checkpoint")

@@ -1,6 +1,6 @@
 """`SpectralConfig`: every knob of the spectral layer in one frozen, validated dataclass.
 
-The defaults follow METHODS §1 / §6b: window W = 10 updates, a Johnson–Lindenstrauss sketch of
+The defaults follow docs/methods.md#update-gram-and-spectral-edge and docs/methods.md#per-head-update-gram-fingerprint: window W = 10 updates, a Johnson–Lindenstrauss sketch of
 d = 10·W = 100 dimensions, the weighted edge restricted to σ_j ≥ 0.05·σ_1, collapse at r23 < 1.20.
 """
 
@@ -36,7 +36,7 @@ class SpectralConfig:
     sketch_dim:        d of the JL sketch; None → 10·W. Ignored when `exact`.
     seed:              seed of the projection Φ (blocks are seeded from (seed, block index)).
     exact:             identity "sketch" (d = P): for toy models / small heads.
-    sketch_kind:       "gaussian" (METHODS §1: dense N(0, 1/d) Φ, 2·d flops per parameter) or
+    sketch_kind:       "gaussian" (docs/methods.md#sketches: dense N(0, 1/d) Φ, 2·d flops per parameter) or
                        "countsketch" (one ±1 per column, P additions per vector; same variance for
                        dense vectors, worse for spiky ones). Ignored when `exact`.
     min_sigma_frac:    weighted k* only considers j with σ_j ≥ min_sigma_frac·σ_1 (§6b); 0 disables.
@@ -88,7 +88,7 @@ class SpectralConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.window, int) or self.window < 3:
             raise _bad("window", self.window, "is too small: σ_2/σ_3 needs at least 3 updates per window",
-                       "use an integer window >= 3 (METHODS default 10)")
+                       "use an integer window >= 3 (published default 10)")
         if self.sketch_dim is not None and (not isinstance(self.sketch_dim, int) or self.sketch_dim < self.window):
             raise _bad("sketch_dim", self.sketch_dim, f"is below the window ({self.window}): the sketched Gram "
                        "would be rank-deficient", "use sketch_dim >= window (default None -> 10*window)")
@@ -96,7 +96,7 @@ class SpectralConfig:
             raise _bad("seed", self.seed, "is not a non-negative integer", "pass e.g. seed=0")
         if not 0.0 <= self.min_sigma_frac < 1.0:
             raise _bad("min_sigma_frac", self.min_sigma_frac, "is outside [0, 1)",
-                       "use 0.05 (METHODS §6b) or 0 to disable the restriction")
+                       "use 0.05 (the published value) or 0 to disable the restriction")
         if self.zero_tol is not None and not 0.0 <= self.zero_tol < 1.0:
             raise _bad("zero_tol", self.zero_tol, "is outside [0, 1)", "use None (automatic) or e.g. 1e-6")
         if not isinstance(self.block_size, int) or self.block_size < 1:
@@ -110,7 +110,7 @@ class SpectralConfig:
                        "use torch.float64 (default) or torch.float32")
         if self.sketch_kind not in ("gaussian", "countsketch"):
             raise _bad("sketch_kind", self.sketch_kind, "is unknown",
-                       "use 'gaussian' (METHODS default) or 'countsketch' (sparse, faster)")
+                       "use 'gaussian' (published) or 'countsketch' (sparse, faster)")
         if self.projection_dtype not in PROJECTION_DTYPES:
             raise _bad("projection_dtype", self.projection_dtype, "is unknown",
                        "use 'float32' (default: Φδ_t is accurate in float32) or 'float64'")
@@ -133,7 +133,7 @@ class SpectralConfig:
             raise _bad("rel_scope", self.rel_scope, "is unknown", "use 'network' or 'layer'")
         if not self.collapse_threshold > 1.0:
             raise _bad("collapse_threshold", self.collapse_threshold, "is not above 1 (σ_2/σ_3 >= 1 always)",
-                       "use 1.20 (METHODS §1)")
+                       "use 1.20 (the published value)")
 
     @property
     def dim(self) -> int | None:
@@ -160,3 +160,22 @@ class SpectralConfig:
         d["compute_dtype"] = str(self.compute_dtype).removeprefix("torch.")
         d["resolved_sketch_dim"] = self.dim
         return d
+
+
+@dataclass(frozen=True)
+class OnsetSettings:
+    """Spectral onset per head (model config section `onsets`): the first window where `metric` (a
+    z-score column of the fingerprints) exceeds `margin`, for `consecutive` windows in a row."""
+
+    metrics: tuple[str, ...] = ("update_norm_z", "ratio_12_z")
+    margin: float = 3.0
+    consecutive: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.metrics or not all(isinstance(m, str) for m in self.metrics):
+            raise _bad("metrics", self.metrics, "is not a non-empty list of metric names",
+                       "use e.g. [update_norm_z, ratio_12_z] (z-score columns of fingerprints.parquet)")
+        if not self.margin > 0:
+            raise _bad("margin", self.margin, "is not positive", "use a z-score margin such as 3.0")
+        if not isinstance(self.consecutive, int) or self.consecutive < 1:
+            raise _bad("consecutive", self.consecutive, "is not a positive integer", "use 1 (default) or more")

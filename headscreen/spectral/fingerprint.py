@@ -1,4 +1,4 @@
-"""Per-head update-Gram fingerprints (METHODS §6b), their onsets, and a streaming head sketcher.
+"""Per-head update-Gram fingerprints (docs/methods.md#per-head-update-gram-fingerprint), their onsets, and a streaming head sketcher.
 
 Input: per-checkpoint per-head vectors or sketches stacked as [T, layer, head, d], the training steps
 [T], and optionally the exact update norms [T, layer, head] from `HeadSketcher`.

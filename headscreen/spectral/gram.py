@@ -1,4 +1,4 @@
-"""Window statistics of the uncentered update Gram (METHODS §1, §6b).
+"""Window statistics of the uncentered update Gram (docs/methods.md#update-gram-and-spectral-edge, docs/methods.md#per-head-update-gram-fingerprint).
 
 For a window of W updates X = [δ_1 … δ_W] ∈ ℝ^{W×P} the Gram G = X Xᵀ is W×W, so every statistic
 costs O(W³) per head however large P is. Everything is batched over leading dims: a Gram of shape
@@ -175,7 +175,7 @@ def required_checkpoints(window: int) -> int:
 def check_series_length(n_checkpoints: int, window: int) -> None:
     """Raise a ValueError naming the counts when a series is too short for one window."""
     if window < 2:
-        raise ValueError(f"window={window} is too small; use window >= 3 (METHODS default 10)")
+        raise ValueError(f"window={window} is too small; use window >= 3 (published default 10)")
     need = required_checkpoints(window)
     if n_checkpoints < need:
         raise ValueError(

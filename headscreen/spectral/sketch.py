@@ -181,8 +181,8 @@ class CountSketch(_SeededBlocks):
     E[SᵀS] = I, so ⟨Sx, Sy⟩ is an unbiased estimate of ⟨x, y⟩ with, for dense vectors, the variance
     of the Gaussian sketch ((‖x‖²‖y‖² + ⟨x,y⟩²)/d), but projecting costs P additions per vector
     instead of 2·d·P flops. Worse than Gaussian for sparse or spiky vectors (a few large coordinates
-    collide in one bucket with probability ~1/d each). An alternative `kind`; METHODS specifies the
-    Gaussian sketch.
+    collide in one bucket with probability ~1/d each). An alternative `kind`; the published method
+    (docs/methods.md#sketches) uses the Gaussian sketch.
 
     Definition (stable like GaussianSketch's): columns are cut into blocks of `block_size`; block b
     draws from numpy's PCG64(SeedSequence([seed, b, 1])) `integers(0, dim, block_size)` (the rows h)
@@ -305,7 +305,7 @@ class ExactProjector:
 
 def make_projector(config: SpectralConfig, in_dim: int) -> GaussianSketch | CountSketch | ExactProjector:
     """The projector a config asks for: identity when `config.exact`, else a d = config.dim sketch of
-    `config.sketch_kind` ("gaussian", the METHODS default, or "countsketch")."""
+    `config.sketch_kind` ("gaussian", the published default, or "countsketch")."""
     if config.exact:
         return ExactProjector(in_dim, dtype=config.compute_dtype)
     if config.sketch_kind == "countsketch":

@@ -1,4 +1,4 @@
-"""Trajectory PCA and the backbone direction (METHODS §2).
+"""Trajectory PCA and the backbone direction (docs/methods.md#trajectory-pca-and-backbone).
 
 Δθ_t = θ_t − θ_0. The rows Δθ_1..Δθ_{T-1} are normalised to unit length and decomposed by an
 uncentered SVD; the top right singular vector is the backbone v_b, signed so ⟨Δθ_{T-1}, v_b⟩ > 0.

@@ -69,7 +69,6 @@ def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *
 
 # --------------------------------------------------------------------------------------------------
 def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     corpus = SyntheticCorpus(cfg)
@@ -78,9 +77,9 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
     model = build_model(cfg).train()
     optimizer = _optimizer(model, cfg)
     start = 0
-    if series["checkpoints"]:  # resume from the last recorded checkpoint
+    if series["checkpoints"]:  # resume from the last recorded checkpoint, after the checkpoint checks
         start = series["checkpoints"][-1]["step"]
-        model.load_state_dict(load_file(out / checkpoint_dirname(start) / "model.safetensors"))
+        _resume_weights(model, out / checkpoint_dirname(start))
         _load_optimizer(optimizer, out / RESUME_FILE)
     for stale in out.glob("step*"):  # folders from after the last recorded checkpoint, or half-written
         if stale.is_dir() and stale.name not in {c["path"] for c in series["checkpoints"]}:
@@ -120,6 +119,24 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
     series["train_seconds_last_session"] = round(time.perf_counter() - t0, 2)
     _write_json(out / "series.json", series)
     (out / RESUME_FILE).unlink(missing_ok=True)
+
+
+def _resume_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the checkpoint to resume from, after the same checks as every other loader (and a NaN check
+    of every tensor: training on from a diverged checkpoint is never what is wanted)."""
+    from safetensors.torch import load_file
+
+    from headscreen.series import CorruptCheckpoint, check_checkpoint
+    from headscreen.series.checks import check_finite_parameters
+
+    where = f"{folder} (the checkpoint this series resumes from)"
+    check_checkpoint(folder, label=where)
+    try:
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"checkpoint {where}: cannot load it into the recipe's model ({' '.join(str(e).split())[:300]}); "
+                                "delete this step folder and its series.json entry, or train into a new --out") from e
+    check_finite_parameters(model, where)
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -208,8 +225,14 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
 def _resume_step(path: Path) -> int:
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        return int(f.metadata()["step"])
+    from headscreen.series import CorruptCheckpoint
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return int(f.metadata()["step"])
+    except Exception as e:  # safetensors raises its own error type on a damaged file
+        raise CorruptCheckpoint(f"{path} (the optimizer state to resume from) is unreadable ({e}); delete it to "
+                                "retrain this series from step 0, or train into a new --out") from e
 
 
 def _identity(d: dict) -> dict:

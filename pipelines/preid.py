@@ -1,0 +1,35 @@
+"""Pre-identification tables of a run: preid.parquet and preid.json (headscreen.probes.preid).
+
+`headscreen screen` writes them with the selectivity circuit; `headscreen validate` rewrites them with
+the causally validated circuit once validation.json exists, so the run's files always name the circuit
+they used. Both read the run's stored tables only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headscreen.config import from_mapping
+from headscreen.probes.preid import PreidSettings, analyse_run
+from headscreen.store import atomic_write, write_json
+
+
+def settings_of_manifest(manifest: dict) -> PreidSettings:
+    """The `preid:` section of the run's model config (else the defaults)."""
+    section = ((manifest.get("config") or {}).get("model_config") or {}).get("preid")
+    return from_mapping(PreidSettings, section, "preid")
+
+
+def preidentify_run(run_dir: str | Path, settings: PreidSettings | None = None) -> dict:
+    """Compute the analysis from the tables in `run_dir`, write preid.parquet and preid.json; return the document."""
+    from headscreen.report.load import load_run
+    from headscreen.report.runinfo import choose_probe, step_tokens
+
+    run = load_run(run_dir)
+    settings = settings or settings_of_manifest(run.manifest)
+    table, doc = analyse_run(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
+                             onsets=run.onsets, validation=run.validation, probe=choose_probe(run, None),
+                             tokens=step_tokens(run), settings=settings)
+    atomic_write(Path(run_dir) / "preid.parquet", lambda p: table.to_parquet(p, index=False))
+    write_json(Path(run_dir) / "preid.json", doc)
+    return doc
