@@ -3,6 +3,9 @@
   headscreen grok modadd --out results/grok/modadd            (also modsub, modmul, modsq, multitask, nanda)
   headscreen grok modadd --wd 0 --out results/grok/modadd-wd0  (the no-grokking control)
   headscreen grok sweep grok-modadd --out results/grok/sweep   (the YAML's sweep: grid, runs in parallel)
+  headscreen grok dyck --out results/grok/dyck                (Dyck-1 depth; also scan, --split addjump)
+  headscreen grok scan --intervention suppress --strength 0.5 --out results/grok/scan-s0.5
+  headscreen grok sweep grok-dyck-suppress --out results/grok/dyck-dose   (dose-response over s)
 
 Settings come from model_configs/grok-<task>.yaml (`grok:` and `sweep:` sections); flags override them.
 A run directory resumes where it stopped; the run layout is in docs/run-format.md.
@@ -24,11 +27,12 @@ if TYPE_CHECKING:
     from headscreen.grokking.config import GrokConfig
 
 TASK_CONFIGS = {"modadd": "grok-modadd", "modsub": "grok-modsub", "modmul": "grok-modmul", "modsq": "grok-modsq",
-                "multitask": "grok-multitask", "nanda": "grok-nanda"}
+                "multitask": "grok-multitask", "nanda": "grok-nanda", "dyck": "grok-dyck", "scan": "grok-scan"}
 # CLI flag -> GrokConfig field
 FLAGS = {"p": "p", "wd": "weight_decay", "lr": "lr", "seed": "seed", "steps": "steps", "train_frac": "train_frac",
          "batch_size": "batch_size", "snapshot_every": "snapshot_every", "defect_every": "defect_every",
-         "eval_every": "eval_every"}
+         "eval_every": "eval_every", "intervention": "intervention.kind", "strength": "intervention.strength",
+         "intervention_start": "intervention.start", "split": "task_options.split"}
 
 
 def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = None):
@@ -38,7 +42,15 @@ def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = 
     mc = config if isinstance(config, ModelConfig) else load_config(TASK_CONFIGS.get(str(config), config))
     if "grok" not in mc.sections:
         raise ConfigError(f"config {mc.name!r} has no grok: section; use one of {', '.join(TASK_CONFIGS.values())}")
-    section = {**mc.section("grok"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    section = dict(mc.section("grok"))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:  # a nested field: intervention.kind, task_options.split
+            outer, inner = key.split(".", 1)
+            section[outer] = {**(section.get(outer) or {}), inner: value}
+        else:
+            section[key] = value
     if section.get("batch_size") == 0:  # --batch-size 0: full batch
         section["batch_size"] = None
     cfg = GrokConfig.from_dict(section, f"{mc.name}: grok")
@@ -174,6 +186,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot-every", type=int, help="steps between trajectory snapshots")
     p.add_argument("--defect-every", type=_positive_int, help="steps between commutator-defect measurements; 0 = off")
     p.add_argument("--eval-every", type=int, help="steps between train/test evaluations")
+    p.add_argument("--intervention", choices=("none", "suppress", "amplify"),
+                   help="scale the gradient transverse to the top-k trajectory-PCA basis (docs/methods.md)")
+    p.add_argument("--strength", type=float, help="intervention strength: s in [0, 1] (suppress) or a >= 0 (amplify)")
+    p.add_argument("--intervention-start", type=int, help="step from which the intervention acts (basis built there)")
+    p.add_argument("--split", choices=("simple", "addjump"), help="SCAN split")
     p.add_argument("--config", help="a YAML path or config name to use instead of the task's own")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a run of the same config)")
     p.add_argument("--no-progress", action="store_true")

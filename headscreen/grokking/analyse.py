@@ -34,6 +34,7 @@ from headscreen.grokking.edge import (
     trunk_vector,
 )
 from headscreen.grokking.fourier import KEY_FACTOR, embedding_spectrum
+from headscreen.grokking.interventions import intervention_summary
 from headscreen.grokking.portrait import commutator_peak, portrait_frame, portrait_point
 from headscreen.grokking.progress import excluded_loss, restricted_loss, weight_norm_sq
 from headscreen.jsonsafe import json_safe
@@ -175,9 +176,11 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     ckpts = series.checkpoints
     steps = np.asarray([c.step for c in ckpts], dtype=np.int64)
     hf = series.hf_config(ckpts[-1])
-    p = _p_of(config, hf)
-    final_spec = embedding_spectrum(_load_tensors(ckpts[-1].path)["embed.W_E"][:p], key_factor=settings.key_factor)
-    keys = final_spec.key_frequencies
+    modular = hf.get("p") is not None  # the sequence tasks (dyck, scan) have no Fourier/progress analyses
+    p = _p_of(config, hf) if modular else 0
+    final_spec = (embedding_spectrum(_load_tensors(ckpts[-1].path)["embed.W_E"][:p], key_factor=settings.key_factor)
+                  if modular else None)
+    keys = final_spec.key_frequencies if final_spec is not None else []
     tasks = list(config.get("tasks") or hf.get("tasks") or events)
     sign = PROGRESS_SIGN.get(tasks[0]) if len(tasks) == 1 else None
     # Nanda's measures project the logits on the embedding's key frequencies: that is the circuit of a
@@ -199,10 +202,12 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         hw = series.head_weights(ckpt)
         head_sk.update(hw, ckpt.step)
         points[ckpt.step] = portrait_point(hw.W_Q[0], hw.W_K[0])
-        spec = embedding_spectrum(tensors["embed.W_E"][:p], key_factor=settings.key_factor)
-        fourier_rows += [{"step": ckpt.step, "frequency": int(f), "norm": float(n), "share": float(s)}
-                         for f, n, s in zip(spec.frequencies, spec.norms, spec.share, strict=True)]
-        row = {"step": ckpt.step, "gini": spec.gini, "weight_norm_sq": weight_norm_sq(tensors),
+        spec = embedding_spectrum(tensors["embed.W_E"][:p], key_factor=settings.key_factor) if modular else None
+        if spec is not None:
+            fourier_rows += [{"step": ckpt.step, "frequency": int(f), "norm": float(n), "share": float(s)}
+                             for f, n, s in zip(spec.frequencies, spec.norms, spec.share, strict=True)]
+        row = {"step": ckpt.step, "gini": spec.gini if spec is not None else np.nan,
+               "weight_norm_sq": weight_norm_sq(tensors),
                "restricted_loss": np.nan, "excluded_loss": np.nan}
         if with_progress:
             logits = _full_logits(ckpt.path, p)
@@ -238,7 +243,8 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         pf = pd.merge_asof(pf.sort_values("step"), acc, on="step", direction="backward")
     pf = pf.sort_values(["step", "head"]).reset_index(drop=True)
     store.write_table("portrait", pf)
-    store.write_table("fourier", pd.DataFrame(fourier_rows))
+    if fourier_rows:
+        store.write_table("fourier", pd.DataFrame(fourier_rows))
     store.write_table("progress", pd.DataFrame(progress_rows))
     if len(ckpts) >= 3:
         vectors = torch.stack(exact) if exact is not None else trunk_sk.sketches[:, 0, 0]
@@ -265,13 +271,14 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         "lead_time": lead_time(top["grok_step"], onset),
         "gap_open_step": gap_open,
         "key_frequencies": keys,
-        "fourier_gini": final_spec.gini,
+        "fourier_gini": final_spec.gini if final_spec is not None else None,
         "commutator_peak_step": commutator_peak(pf, after=top["memorisation_step"]),
         "edge": edge_json,
         "pca": pca_json,
         "window_analyses": window,
         "tasks": events,
         "n_snapshots": len(ckpts),
+        "intervention": intervention_summary(root, top["grok_step"]),
         "settings": {"training": config, "analysis": settings.to_dict()},
         "notes": notes,
     }

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headscreen.config import ConfigError, from_mapping
+from headscreen.grokking.interventions import Intervention
 from headscreen.grokking.models import PRESETS, ModelSpec
+from headscreen.grokking.task import is_registered, task_spec
 from headscreen.grokking.tasks import check_task
 
 
@@ -20,6 +22,7 @@ from headscreen.grokking.tasks import check_task
 class GrokConfig:
     # task
     tasks: tuple[str, ...] = ("add",)  # one task, or several sharing a trunk (one head each, losses summed)
+    task_options: dict = field(default_factory=dict)  # data settings of a sequence task (dyck, scan)
     p: int = 59
     train_frac: float = 0.3
     # model
@@ -40,9 +43,18 @@ class GrokConfig:
     defect_pairs: int = 9  # K batch pairs per measurement
     defect_batch_size: int = 128
     defect_eta: float = 1e-3
+    # causal intervention on the gradient (headscreen.grokking.interventions); kind "none" by default
+    intervention: Intervention = field(default_factory=Intervention)
 
     def __post_init__(self) -> None:
-        check_task(self.tasks, self.p, self.train_frac)
+        if self.tasks and is_registered(self.tasks[0]):
+            if len(self.tasks) != 1:
+                raise ConfigError(f"tasks {list(self.tasks)}: task {self.tasks[0]!r} runs alone; give one task")
+            task_spec(self)
+        else:
+            check_task(self.tasks, self.p, self.train_frac)
+            if self.task_options:
+                raise ConfigError(f"task_options {self.task_options!r}: the modular tasks take none; remove them")
 
         def fail(name: str, fix: str) -> None:
             raise ConfigError(f"grok config field {name!r} = {getattr(self, name)!r} is invalid: {fix}")
@@ -76,6 +88,8 @@ class GrokConfig:
             data["tasks"] = [data.pop("task")]
         if "model" in data:
             data["model"] = model_spec(data["model"], f"{where}.model")
+        if "intervention" in data:
+            data["intervention"] = Intervention.from_value(data["intervention"], f"{where}.intervention")
         return from_mapping(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,17 +130,19 @@ GRID_KEYS = ("weight_decay", "lr", "seed")
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid over weight decay, learning rate and seed (each a list; a missing one keeps the base value)."""
+    """A grid over weight decay, learning rate, seed and intervention strength (each a list; a missing
+    one keeps the base value). The strength axis needs the base config's intervention kind."""
 
     weight_decay: tuple[float, ...] | None = None
     lr: tuple[float, ...] | None = None
     seed: tuple[int, ...] | None = None
+    intervention_strength: tuple[float, ...] | None = None
     workers: int = 2  # runs at once, one process each (1 torch thread per process)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"sweep field 'workers' = {self.workers!r} is invalid: use a positive integer")
-        for key in GRID_KEYS:
+        for key in (*GRID_KEYS, "intervention_strength"):
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
@@ -139,9 +155,17 @@ class SweepConfig:
         """(run name, config) for every grid point, in a fixed order (weight decay, then lr, then seed)."""
         axes = [getattr(self, k) or (getattr(base, k),) for k in GRID_KEYS]
         out = []
-        for wd, lr, seed in itertools.product(*axes):
+        strengths = self.intervention_strength
+        if strengths is not None and not base.intervention.active:
+            raise ConfigError("sweep field 'intervention_strength' needs the grok section's intervention.kind "
+                              "(suppress or amplify)")
+        for wd, lr, seed, s in itertools.product(*axes, strengths or (None,)):
             cfg = base.replace(weight_decay=float(wd), lr=float(lr), seed=int(seed))
-            out.append((f"wd{wd:g}_lr{lr:g}_seed{seed}", cfg))
+            name = f"wd{wd:g}_lr{lr:g}_seed{seed}"
+            if s is not None:
+                cfg = cfg.replace(intervention=dataclasses.replace(base.intervention, strength=float(s)))
+                name += f"_s{s:g}"
+            out.append((name, cfg))
         return out
 
     def to_dict(self) -> dict[str, Any]:

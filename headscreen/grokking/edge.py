@@ -39,7 +39,7 @@ from headscreen.spectral import (
     onsets,
 )
 
-TRUNK_PATTERN = re.compile(r"^blocks\.\d+\.(attn|mlp)\.W_[A-Za-z_]+$")
+TRUNK_PATTERN = re.compile(r"^blocks\.\d+\.(attn|cross_attn|mlp)\.W_[A-Za-z_]+$")  # cross_attn: SCAN decoder
 
 
 @dataclass(frozen=True)

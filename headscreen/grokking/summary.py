@@ -43,6 +43,10 @@ def _row(run: Path, grok: dict, manifest: dict) -> dict:
     row["final_test_acc"] = grok.get("final_test_acc")
     row["key_frequencies"] = ",".join(str(k) for k in grok.get("key_frequencies") or [])
     row["pc1_share"] = (grok.get("pca") or {}).get("pc1_share")
+    iv = cfg.get("intervention") or {}
+    row["intervention"] = iv.get("kind", "none")
+    row["intervention_strength"] = iv.get("strength", 0.0)
+    row["rho_ratio_median"] = (grok.get("intervention") or {}).get("rho_ratio_median")
     return row
 
 

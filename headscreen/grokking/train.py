@@ -23,27 +23,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from headscreen.grokking.config import GrokConfig
 from headscreen.grokking.defect import commutator_defect, defect_summary
-from headscreen.grokking.models import GrokTransformer, build_model
+from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientIntervention
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
-from headscreen.grokking.tasks import ModularData, make_dataset
+from headscreen.grokking.task import make_task
+from headscreen.grokking.task import modular_loss as loss_fn  # noqa: F401 - the modular loss, as before
 from headscreen.store import RunStore
 
-Batch = tuple[Tensor, Tensor]  # inputs [B, 3], labels [B, n_tasks]
+Batch = tuple[Tensor, Tensor]  # (inputs, labels) of the task (modular: [B, 3], [B, n_tasks])
 STREAM_TRAIN, STREAM_DEFECT = 0, 1
 CURVE_COLUMNS = ["step", "task", "train_loss", "test_loss", "train_acc", "test_acc"]
 DEFECT_COLUMNS = ["step", "defect_median", "defect_q25", "defect_q75", "n_pairs"]
-
-
-def loss_fn(model: torch.nn.Module, batch: Batch) -> Tensor:
-    """Cross-entropy at the '=' position, summed over tasks (mean over the batch)."""
-    x, y = batch
-    logits = model(x)  # [B, tasks, p]
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / x.shape[0]
 
 
 def generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -70,22 +63,6 @@ def defect_pairs(cfg: GrokConfig, train: Batch, step: int) -> list[tuple[Batch, 
     return out
 
 
-@torch.no_grad()
-def evaluate(model: GrokTransformer, data: ModularData) -> list[dict]:
-    """Loss and accuracy on the train and test split, one row per task."""
-    logits = model(data.inputs)  # [N, tasks, p]
-    losses = F.cross_entropy(logits.flatten(0, 1), data.labels.flatten(), reduction="none").view(data.labels.shape)
-    correct = (logits.argmax(-1) == data.labels).float()
-    rows = []
-    for t, task in enumerate(data.tasks):
-        rows.append({"task": task,
-                     "train_loss": losses[data.train_idx, t].mean().item(),
-                     "test_loss": losses[data.test_idx, t].mean().item(),
-                     "train_acc": correct[data.train_idx, t].mean().item(),
-                     "test_acc": correct[data.test_idx, t].mean().item()})
-    return rows
-
-
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
@@ -102,7 +79,7 @@ def run_manifest(cfg: GrokConfig) -> dict:
 
 
 def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, force: bool = False,
-              stop_at: int | None = None, on_snapshot: Callable[[int, GrokTransformer], None] | None = None) -> Path:
+              stop_at: int | None = None, on_snapshot: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
     """Train `cfg` into `run_dir` (layout: docs/run-format.md); resume a partial run of the same config.
 
     force: discard a run of another config (or this one) and start over. stop_at: leave after step
@@ -120,8 +97,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             (run / RESUME).unlink(missing_ok=True)
         if traj.complete:
             return run
-        data = make_dataset(cfg.tasks, cfg.p, cfg.train_frac, cfg.seed)
-        model = build_model(cfg.model, cfg.p, cfg.tasks, cfg.seed).train()
+        task = make_task(cfg)
+        model = task.build_model(cfg.seed).train()
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         start = resume_step(run / RESUME)
@@ -132,23 +109,27 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
         else:
             start = 0
             traj.reset()
+            (run / BASIS_FILE).unlink(missing_ok=True)
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
         defect_fn = commutator_defect if cfg.defect_every else None
-        train = data.train()
+        train = task.train()
+        steer = GradientIntervention(cfg.intervention, params, run, cfg.seed) if cfg.intervention.active else None
+        if steer is not None:
+            steer.rows = _previous_rows(store, "intervention", start)
         timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
         for step in range(start, cfg.steps + 1):
             last = step == cfg.steps
             t0 = time.perf_counter()
             if step % cfg.eval_every == 0 or last:
-                rows = evaluate(model, data)
+                rows = task.evaluate(model)
                 curves.extend({"step": step, **r} for r in rows)
                 bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
                                              for r in rows))
             t1 = time.perf_counter()
             if defect_fn is not None and step % cfg.defect_every == 0:
-                d = defect_fn(model, loss_fn, defect_pairs(cfg, train, step), eta=cfg.defect_eta, params=params)
+                d = defect_fn(model, task.loss_fn, defect_pairs(cfg, train, step), eta=cfg.defect_eta, params=params)
                 defects.append({"step": step, **defect_summary(d)})
             t2 = time.perf_counter()
             if step % cfg.snapshot_every == 0 or last:
@@ -157,6 +138,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
                     on_snapshot(step, model)
                 store.write_table("curves", _frame(curves, CURVE_COLUMNS))
                 store.write_table("defect", _frame(defects, DEFECT_COLUMNS))
+                if steer is not None:
+                    store.write_table("intervention", _frame(steer.rows, RHO_COLUMNS))
                 if not last:
                     save_optimizer(run / RESUME, optimizer, step)
             t3 = time.perf_counter()
@@ -170,10 +153,15 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             idx = batch_indices(cfg, len(train[0]), step)
             batch = train if idx is None else (train[0][idx], train[1][idx])
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
+            task.loss_fn(model, batch).backward()
+            if steer is not None:
+                steer.before_update(step, record=step % cfg.eval_every == 0)
+                steer.modify_grads(step)
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
+            if steer is not None:
+                steer.after_update(step)
             timers["update"] += time.perf_counter() - t3
             bar.update(1)
         bar.close()

@@ -183,7 +183,9 @@ def portrait_section(run: GrokRun) -> Section:
     return sec
 
 
-def fourier_section(run: GrokRun) -> Section:
+def fourier_section(run: GrokRun) -> Section | None:
+    if run.grok.get("fourier_gini") is None and run.table("fourier") is None:
+        return None  # a sequence task (dyck, scan): no modular embedding to analyse
     sec = Section(key="grok_fourier", title="Fourier modes of the embedding and progress measures")
     fourier, prog = _table_or_notice(run, "fourier", sec), run.table("progress")
     keys = run.grok.get("key_frequencies") or []
@@ -219,8 +221,14 @@ def _li2_sections():
     return (li2_section, window_section)
 
 
+def _intervention_section(run: GrokRun) -> Section | None:
+    from headscreen.report.grok_interventions import intervention_section
+
+    return intervention_section(run)
+
+
 RUN_SECTIONS = (settings_section, summary_section, curves_section, edge_section, portrait_section,
-                fourier_section, pca_section, *_li2_sections())
+                fourier_section, pca_section, _intervention_section, *_li2_sections())  # a section may be None: left out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +311,10 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
     scaling.figures.append(figure_to_png(gf.lead_time_scaling(df, fits, title=title), f"{slug}-lead-scaling",
                                          "lead time against grokking step, log-log, with the fitted power law"))
     runs = [load_grok_run(p) for p in sweep_runs(sweep_dir)]
-    return [table, scaling, pair_section(runs, prefix=slug)]
+    from headscreen.report.grok_interventions import dose_response_section
+
+    dose = dose_response_section(df, slug)
+    return [table, scaling, pair_section(runs, prefix=slug), *([dose] if dose is not None else [])]
 
 
 def grok_report(paths: list[Path], generated_by: dict) -> Report:
