@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from headscreen.report.content import Section, Table, figure_to_png, to_python  # noqa: E402
+from headscreen.jsonsafe import json_safe  # noqa: E402
+from headscreen.report.content import Section, Table, figure_to_png  # noqa: E402
 from headscreen.report.figures import _new_figure  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def intervention_section(run) -> Section | None:
                  if iv.get("rho_median") is not None else "invariance ratio")
         sec.figures.append(figure_to_png(rho_figure(rho, run.events, title=title), f"{run.slug}-rho",
                                          "invariance ratio against the step"))
-    sec.data = to_python(iv)
+    sec.data = json_safe(iv)
     return sec
 
 
@@ -78,6 +79,6 @@ def dose_response_section(df: pd.DataFrame, slug: str) -> Section | None:
     fig.suptitle("dose-response of the gradient intervention", fontsize=10)
     rows = [[None if pd.isna(v) else v for v in r] for r in d.astype(object).values.tolist()]
     sec = Section(key="grok_dose_response", title="Intervention dose-response", tables=[Table(cols, rows)],
-                  data={"runs": to_python(d.astype(object).where(d.notna(), None).to_dict("records"))})
+                  data={"runs": json_safe(d.astype(object).where(d.notna(), None).to_dict("records"))})
     sec.figures.append(figure_to_png(fig, f"{slug}-dose-response", "grok step and final accuracy against strength"))
     return sec

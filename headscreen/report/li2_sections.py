@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from headscreen.report.content import Section, Table, figure_to_png, to_python  # noqa: E402
+from headscreen.jsonsafe import json_safe  # noqa: E402
+from headscreen.report.content import Section, Table, figure_to_png  # noqa: E402
 from headscreen.report.figures import _new_figure, _wrap  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def li2_section(run) -> Section | None:
                                          f"{run.slug}-li2-lockin", "r23 of the per-epoch update Gram and sign match"))
     rows = [[f"lockin.{k}", v] for k, v in lock.items()] + [[f"li2.{k}", v] for k, v in li2.items()]
     sec.tables.append(Table(["Quantity", "Value"], rows))
-    sec.data = to_python({"lockin": lock, "li2": li2})
+    sec.data = json_safe({"lockin": lock, "li2": li2})
     return sec
 
 
@@ -108,5 +109,5 @@ def window_section(run) -> Section | None:
         rows.append([task, top or "–", round(c["gradient_over_random"], 2), round(c["update_over_random"], 2)])
     sec.tables.append(Table(["task", "top mode per direction (share)", "gradient SVD / random",
                              "update SVD / random"], rows))
-    sec.data = to_python(wa)
+    sec.data = json_safe(wa)
     return sec
