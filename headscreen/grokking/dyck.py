@@ -20,6 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from headscreen.config import ConfigError
+from headscreen.grokking.tasks import SplitTable
 
 OPEN, CLOSE = 0, 1
 VOCAB = ("(", ")")
@@ -67,18 +68,12 @@ class DyckSpec:
 
 
 @dataclass(frozen=True)
-class DyckData:
+class DyckData(SplitTable):
     spec: DyckSpec
     inputs: Int[Tensor, "N T"]  # bracket ids
     labels: Int[Tensor, "N T"]  # depth after each token
     train_idx: Int[Tensor, " n_train"]
     test_idx: Int[Tensor, " n_test"]
-
-    def train(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.train_idx], self.labels[self.train_idx]
-
-    def test(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.test_idx], self.labels[self.test_idx]
 
 
 def sample_sequence(rng: np.random.Generator, n_ctx: int, max_depth: int) -> list[int]:

@@ -24,6 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from headscreen.config import ConfigError
+from headscreen.grokking.tasks import SplitTable
 
 PRIMITIVES = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}
 DIRECTIONS = {"left": "LTURN", "right": "RTURN"}
@@ -130,19 +131,13 @@ def encode(commands: list[str]) -> tuple[Int[Tensor, "N S"], Int[Tensor, "N L"]]
 
 
 @dataclass(frozen=True)
-class ScanData:
+class ScanData(SplitTable):
     spec: ScanSpec
     commands: tuple[str, ...]
     inputs: Int[Tensor, "N S"]
     labels: Int[Tensor, "N L"]
     train_idx: Int[Tensor, " n_train"]
     test_idx: Int[Tensor, " n_test"]
-
-    def train(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.train_idx], self.labels[self.train_idx]
-
-    def test(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.test_idx], self.labels[self.test_idx]
 
 
 def make_scan(spec: ScanSpec, seed: int) -> ScanData:

@@ -60,8 +60,24 @@ def check_task(tasks: Sequence[str], p: int, train_frac: float) -> None:
         raise ConfigError(f"train_frac = {train_frac!r} is invalid: use a fraction strictly between 0 and 1 (e.g. 0.3)")
 
 
+class SplitTable:
+    """The train/test views of a table of examples (`inputs`, `labels`) split by `train_idx`/`test_idx`;
+    the base of every task's data (modular, Dyck, SCAN)."""
+
+    inputs: Tensor
+    labels: Tensor
+    train_idx: Tensor
+    test_idx: Tensor
+
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.inputs[self.train_idx], self.labels[self.train_idx]
+
+    def test(self) -> tuple[Tensor, Tensor]:
+        return self.inputs[self.test_idx], self.labels[self.test_idx]
+
+
 @dataclass(frozen=True)
-class ModularData:
+class ModularData(SplitTable):
     """The full table of one or more tasks and its train/test split (index tensors into it)."""
 
     tasks: tuple[str, ...]
@@ -79,11 +95,6 @@ class ModularData:
     def vocab_size(self) -> int:
         return self.p + 1
 
-    def train(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.train_idx], self.labels[self.train_idx]
-
-    def test(self) -> tuple[Tensor, Tensor]:
-        return self.inputs[self.test_idx], self.labels[self.test_idx]
 
 
 def make_dataset(tasks: str | Sequence[str], p: int, train_frac: float, seed: int) -> ModularData:
