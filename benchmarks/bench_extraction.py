@@ -39,6 +39,13 @@ per checkpoint (the first includes Φθ_0 in float64), update floor 1.6 s per ch
 RSS +1.59 GB above imports (θ_{t−1} 512 MB + the checkpoint read 512 MB + the rest of the read path's
 copies), so a 154-revision sweep is ~18 min of sketching at that load, memory flat.
 
+Quiet host (load average 0.78 before, 0.91 after), `--checkpoints 4 --big 0 --no-profile --threads 1` on the
+same 12-checkpoint series: default 164.6 ms/ckpt at N = 4, 125.5 at N = 8; bridge 747.5 ms/ckpt: 4.5x the
+bridge (target >= 20x, not met), 7.42x the update floor (22.2 ms/ckpt; the plain read came out at 194 ms,
+slower than the update floor, so that floor run likely met a cold page cache: rerun with more checkpoints),
+gap-ratio error 2.36%; Gaussian d = 100 2.6x the bridge, CountSketch d = 100 6.2x. Peak RSS +129/+118 MB
+(N = 4/8), bridge +1.64 GB.
+
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench] \
         [--big 4] [--demo results/demo/series]
 """
