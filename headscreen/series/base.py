@@ -57,7 +57,6 @@ class Series:
                   "code shipped in their folders; use it only for checkpoints you trust", file=sys.stderr)
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
         self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
-        self._read_ok: set[int] = set()  # steps whose attention tensors were read and found finite
 
     # --- to be provided by sources ---------------------------------------------------------
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
@@ -129,7 +128,6 @@ class Series:
                         f"checkpoint {ckpt.label()}: {name} has shape {shapes.get(name)} but {ref_ckpt.label()} "
                         f"had {ref.get(name)}; a series must keep one architecture — split it into two series"
                     )
-        self._read_ok.add(ckpt.step)
         return hw
 
     def iter_head_weights(self, checkpoints: list[Checkpoint] | None = None) -> Iterator[tuple[Checkpoint, HeadWeights]]:
@@ -140,14 +138,13 @@ class Series:
     def boot(self, ckpt: Checkpoint, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         """A fresh `TransformerBridge` for this checkpoint, offline, in raw (non-compatibility) mode.
 
-        The checkpoint passes the same checks as the lazy read first (its attention tensors are read
-        and checked for NaN/Inf unless `head_weights` already did), and every parameter of the booted
-        model is checked for NaN/Inf; each failure is a `SeriesError` naming the checkpoint.
+        The checkpoint passes the header and shape checks first (`check`: nothing is loaded before),
+        and every parameter of the booted model, attention included, is checked for NaN/Inf; each
+        failure is a `SeriesError` naming the checkpoint. The attention tensors are not read a second
+        time by the lazy reader.
         """
         from headscreen.series.boot import boot_bridge
 
-        if ckpt.step not in self._read_ok:
-            self.head_weights(ckpt, dtype=None)
         folder = self.folder(ckpt, purpose="full")
         self.check(ckpt, purpose="full")
         bridge = boot_bridge(folder, self.tokenizer_dir(), device=device, dtype=dtype,
