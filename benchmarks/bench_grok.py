@@ -1,10 +1,11 @@
 """Benchmark: the grokking targets of issue 12, from real runs (printed, not asserted).
 
     python benchmarks/bench_grok.py [--out results/bench_grok] [--only default,control,seeds,lr,nanda,multitask]
-                                    [--threads 2] [--workers 2] [--seeds 0,1,2] [--lrs 0.002,0.003,0.004,0.005]
+                                    [--config modadd] [--threads 2] [--workers 2] [--seeds 0,1,2]
+                                    [--lrs 0.002,0.003,0.004,0.005]
 
 Parts (each reuses finished runs under --out, so parts can be run at different times):
-- default:   `headscreen grok modadd` with the YAML defaults, timed in this process (--threads);
+- default:   `headscreen grok modadd` (or --config) with the YAML defaults, timed in this process (--threads);
              also the defect overhead of that run (defect seconds / update seconds, same process).
 - control:   the same run with weight decay 0 (does it grok in the same number of steps?).
 - seeds:     wd 1 and wd 0 over --seeds: grok step, defect onset, lead time, gap-open step;
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the timed default run")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (1 thread each) for the other parts")
+    ap.add_argument("--config", default="modadd",
+                    help="task or config of the default/control/seeds/lr parts (e.g. grok-curv: the published recipe)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--lrs", default="0.002,0.003,0.004,0.005", help="learning rates (each groks within the YAML's steps)")
     args = ap.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
-    _, base, _ = load_grok_config("modadd")
+    _, base, _ = load_grok_config(args.config)
 
     def many(configs: dict) -> dict:
         results, errors = run_many(configs, out / "runs", workers=args.workers, progress=True)
@@ -82,7 +85,7 @@ def main(argv=None) -> None:
         sec = {k: sum(s["seconds"][k] for s in meta["training"]["sessions"])
                for k in ("update", "eval", "defect", "snapshot")}
         size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file()) / 2**20
-        print(f"\n[default] modadd p={base.p} frac={base.train_frac} lr={base.lr} wd={base.weight_decay} "
+        print(f"\n[default] {args.config} p={base.p} frac={base.train_frac} lr={base.lr} wd={base.weight_decay} "
               f"batch={base.batch_size} steps={base.steps}, {args.threads} threads")
         print(f"  grok step {_fmt(g['grok_step'])}, memorisation step {_fmt(g['memorisation_step'])}, "
               f"final test acc {g['final_test_acc']:.3f}")

@@ -222,3 +222,59 @@ def test_defect_summary():
     s = defect_summary(torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan")]))
     assert s == {"defect_median": 2.5, "defect_q25": 1.75, "defect_q75": 3.25, "n_pairs": 4}
     assert defect_summary(torch.tensor([float("nan")]))["n_pairs"] == 0
+
+
+def _no_pair_path(*args, **kwargs):
+    raise AssertionError("the pair-by-pair path ran; the vectorised path was expected")
+
+
+def test_vectorised_path_matches_literal_definition_and_loop(monkeypatch):
+    import headscreen.grokking.defect as defect_mod
+
+    model = _mlp(1)
+    pairs = _batches(9)
+    loop = commutator_defect(model, mse, pairs, vectorize=False)
+    with monkeypatch.context() as m:
+        m.setattr(defect_mod, "_pair_defect", _no_pair_path)  # proves the vectorised path is the one taken
+        vec = commutator_defect(model, mse, pairs)
+    ref = torch.stack([_explicit_defect(model, a, b, 1e-3) for a, b in pairs])
+    torch.testing.assert_close(vec, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(vec, loop, rtol=1e-9, atol=0)
+
+
+def test_grok_model_vectorised_equals_pair_by_pair():
+    from headscreen.grokking.models import ModelSpec, build_model
+    from headscreen.grokking.task import modular_loss
+
+    model = build_model(ModelSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64), 7, ["add"], seed=0)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        ab = torch.randint(0, 7, (16, 2), generator=g)
+        x = torch.cat([ab, torch.full((16, 1), 7)], dim=1)
+        return x, ((ab[:, 0] + ab[:, 1]) % 7)[:, None]
+
+    pairs = [(batch(), batch()) for _ in range(3)]
+    vec = commutator_defect(model, modular_loss, pairs)
+    loop = commutator_defect(model, modular_loss, pairs, vectorize=False)
+    assert torch.isfinite(vec).all() and (vec > 0).all()
+    torch.testing.assert_close(vec, loop, rtol=1e-3, atol=0)
+
+
+def test_untraceable_loss_and_ragged_batches_fall_back_to_pairs():
+    model = _mlp(2)
+
+    def mse_item(m, batch):  # .item() inside the loss: vmap cannot trace it
+        x, y = batch
+        scale = float((y.abs().max() > -1).item())
+        return scale * ((m(x) - y) ** 2).mean()
+
+    pairs = _batches(3)
+    torch.testing.assert_close(commutator_defect(model, mse_item, pairs),
+                               commutator_defect(model, mse, pairs, vectorize=False), rtol=1e-12, atol=0)
+    g = torch.Generator().manual_seed(4)
+    ragged = [((torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)),
+               (torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)))
+              for n in (5, 8)]
+    ref = torch.stack([_explicit_defect(model, a, b, 1e-3) for a, b in ragged])
+    torch.testing.assert_close(commutator_defect(model, mse, ragged), ref, rtol=1e-6, atol=0)
