@@ -1,7 +1,8 @@
 """Scale-out ratios: a screen, a validation null and a grokking sweep at 1 and 2 workers, in a process
 pool and on Ray, each checked to give the same results as the in-process run.
 
-    python benchmarks/bench_executors.py [--checkpoints 24] [--draws 300] [--runs 4] [--only screen,validate,grok]
+    python benchmarks/bench_executors.py [--checkpoints 24] [--draws 300] [--runs 4] [--grok-steps 200]
+                                         [--only screen,validate,grok]
 
 screen: a tiny GPT-NeoX series of --checkpoints checkpoints (built here, probes on every one), screened
   in-process, then by the process pool and Ray at 1 and 2 workers (one contiguous chunk per worker);
@@ -11,7 +12,9 @@ grok: a sweep of --runs tiny grokking runs at 1 and 2 process workers.
 Every worker has 1 torch thread; the in-process run is forced to 1 thread too. On 2 cores the ideal
 speed-up is 2×; what it misses is start-up (spawning workers that import torch, Ray's cluster), the
 extra checkpoint read each chunk makes, and chunks of unequal cost. The load average is printed beside
-each figure: numbers taken while anything else runs are not benchmarks.
+each figure: numbers taken while anything else runs are not benchmarks. The workers' start-up (spawn,
+import torch and the pipelines; Ray's cluster) is timed on its own before each row, outside the row's
+wall time, since a long screen pays it once: the rows show how the work itself splits.
 """
 
 from __future__ import annotations
@@ -40,8 +43,31 @@ def _tables(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run.glob("*.parquet")) if not p.name.startswith("preid")}
 
 
-def bench_screen(tmp: Path, n: int, has_ray: bool) -> Path:
+def _warm_task(seconds: float) -> int:
+    """What every worker pays once: importing torch and the pipelines (then hold the worker briefly so
+    that each of the pool's workers, not one of them twice, takes a warm-up task)."""
+    import pipelines.screen  # noqa: F401  (imports torch and headscreen)
+    import pipelines.validate  # noqa: F401
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _started(kind: str, workers: int, label: str):
+    """An executor whose workers are already started, and the seconds their start-up took."""
     from headscreen.executors import make_executor
+
+    ex = make_executor(kind, workers=workers)
+    if kind == "local":
+        return ex, 0.0
+    t0 = time.perf_counter()
+    pids = {r for _, r in ex.run(_warm_task, [(0.5,)] * workers)}
+    wall = time.perf_counter() - t0
+    print(f"  {label:28s} {wall:7.1f} s   start-up of {len(pids)} worker(s), not in the timings below", flush=True)
+    return ex, wall
+
+
+def bench_screen(tmp: Path, n: int, has_ray: bool) -> Path:
     from headscreen.probes.suite import ProbeSuite
     from headscreen.spectral import SpectralConfig
     from headscreen.testing import save_tiny_series
@@ -56,7 +82,8 @@ def bench_screen(tmp: Path, n: int, has_ray: bool) -> Path:
     for kind in ("process", "ray") if has_ray else ("process",):
         for w in (1, 2):
             out = tmp / f"screen-{kind}-{w}"
-            with make_executor(kind, workers=w) as ex:
+            ex, _ = _started(kind, w, f"{kind}, {w} worker(s)")
+            with ex:
                 t[f"{kind} {w}"] = _timed(f"{kind}, {w} worker(s)",
                                           lambda o=out, e=ex: screen(series, o, settings=settings, progress=False, executor=e))[0]
             assert _tables(out) == _tables(ref), f"{kind} {w}: tables differ from the in-process screen"
@@ -70,7 +97,6 @@ def bench_screen(tmp: Path, n: int, has_ray: bool) -> Path:
 
 
 def bench_validate(tmp: Path, run: Path, draws: int) -> None:
-    from headscreen.executors import make_executor
     from pipelines.validate import validate
 
     print(f"validate: zero ablation, {draws} matched-random draws:")
@@ -78,7 +104,8 @@ def bench_validate(tmp: Path, run: Path, draws: int) -> None:
     for kind, w in (("local", 1), ("process", 1), ("process", 2)):
         copy = tmp / f"val-{kind}-{w}"
         shutil.copytree(run, copy)
-        with make_executor(kind, workers=w) as ex:
+        ex, _ = _started(kind, w, f"{kind}, {w} worker(s)")
+        with ex:
             t[(kind, w)] = _timed(f"{kind}, {w} worker(s)", lambda c=copy, e=ex: validate(
                 c, circuit=[[1, 0], [1, 2]], ablations=("zero",), n_null=draws, progress=False, executor=e))[0]
         results[(kind, w)] = (copy / "validation.parquet").read_bytes()
@@ -97,7 +124,7 @@ grok:
   model: {{preset: curv, d_model: 32, n_heads: 2, d_head: 16, d_mlp: 64}}
   lr: 0.01
   batch_size: 64
-  steps: 200
+  steps: {steps}
   eval_every: 50
   snapshot_every: 50
   defect_every: 0
@@ -108,16 +135,16 @@ sweep:
 """
 
 
-def bench_grok(tmp: Path, runs: int) -> None:
-    from headscreen.executors import make_executor
+def bench_grok(tmp: Path, runs: int, steps: int) -> None:
     from pipelines.grok import sweep
 
     cfg = tmp / "grok-bench.yaml"
-    cfg.write_text(GROK_YAML.format(seeds=list(range(max(1, runs // 2)))))
-    print(f"grok sweep of {2 * max(1, runs // 2)} runs:")
+    cfg.write_text(GROK_YAML.format(seeds=list(range(max(1, runs // 2))), steps=steps))
+    print(f"grok sweep of {2 * max(1, runs // 2)} runs of {steps} steps:")
     t = {}
     for w in (1, 2):
-        with make_executor("process", workers=w) as ex:
+        ex, _ = _started("process", w, f"process, {w} worker(s)")
+        with ex:
             t[w] = _timed(f"process, {w} worker(s)",
                           lambda o=tmp / f"grok-{w}", e=ex: sweep(cfg, o, progress=False, analyse=False, executor=e))[0]
     print(f"  process: 2 workers {t[1] / t[2]:.2f}x faster than 1")
@@ -128,6 +155,7 @@ def main() -> None:
     p.add_argument("--checkpoints", type=int, default=24)
     p.add_argument("--draws", type=int, default=300)
     p.add_argument("--runs", type=int, default=4)
+    p.add_argument("--grok-steps", type=int, default=200, help="steps of each grokking run of the sweep")
     p.add_argument("--only", default="screen,validate,grok")
     a = p.parse_args()
     import importlib.util
@@ -148,7 +176,7 @@ def main() -> None:
         if "validate" in parts:
             bench_validate(tmp, run, a.draws)
         if "grok" in parts:
-            bench_grok(tmp, a.runs)
+            bench_grok(tmp, a.runs, a.grok_steps)
 
 
 if __name__ == "__main__":
