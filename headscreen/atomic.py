@@ -53,6 +53,40 @@ def _fault_point(where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path` (a file or a folder) and every folder, so that a rename that
+    publishes it cannot outlive its contents in a crash."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.is_dir():
+        for d in [path, *sorted(p for p in path.rglob("*") if p.is_dir())]:
+            fsync_dir(d)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (makes a rename into it durable). Where a platform or filesystem cannot open or
+    fsync a directory (EACCES, EINVAL, ENOTSUP, EISDIR), nothing is done; any other error is raised."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in _DIR_SYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _DIR_SYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+_DIR_SYNC_UNSUPPORTED = {errno.EACCES, errno.EINVAL, errno.ENOTSUP, errno.EISDIR, errno.EBADF}
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` then rename tmp → path (same directory, so the rename is atomic)."""
     path = Path(path)
@@ -64,6 +98,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
             os.fsync(f.fileno())
         _fault_point("write")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         _fault_point("renamed")
     except OSError as e:
         if isinstance(e, RunWriteError):

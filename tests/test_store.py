@@ -103,3 +103,39 @@ def test_existing_requires_manifest(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(NotARun, match="not a headscreen run"):
         RunStore.existing(tmp_path / "x")
+
+
+def test_fsync_tree_syncs_every_file_and_folder_and_dir_errors_surface(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from headscreen.atomic import fsync_dir, fsync_tree
+
+    root = tmp_path / "ckpt"
+    (root / "a" / "b").mkdir(parents=True)
+    for rel in ("config.json", "a/model.safetensors", "a/b/extra.bin"):
+        (root / rel).write_text(rel)
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    fsync_tree(root)
+    want = {str(root / r) for r in ("config.json", "a/model.safetensors", "a/b/extra.bin", ".", "a", "a/b")}
+    assert {os.path.normpath(p) for p in synced} == {os.path.normpath(p) for p in want}
+
+    def eio(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(OSError, match="I/O error"):
+        fsync_dir(root)
+
+    def unsupported(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", unsupported)
+    fsync_dir(root)  # a filesystem that cannot fsync folders: nothing to do, no error

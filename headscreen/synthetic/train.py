@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from headscreen.atomic import fsync_dir, fsync_tree
 from headscreen.store import atomic_write, write_json
 from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
@@ -154,9 +155,11 @@ def _save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with _quiet_hf_progress():
         model.save_pretrained(tmp, safe_serialization=True)
+    fsync_tree(tmp)  # the folder's files are on disk before the rename publishes it
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(out)
 
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
