@@ -1,5 +1,8 @@
 """`headscreen series`: list a checkpoint series, check every checkpoint, and report its attention geometry.
 
+For a hub series nothing is downloaded: the listing says whether the hub answers and how many revisions
+the local cache already holds, and exits with code 2 when neither source can serve a screen.
+
 Every checkpoint of a local series passes the same checks as before a screen (config.json, weight
 headers, claimed shapes against config.json; headscreen.series.checks) and, unless `quick`, its
 attention tensors are read and checked for NaN/Inf (one checkpoint in memory at a time). Checkpoints are grouped by
@@ -24,6 +27,14 @@ def series_info(spec: str, *, allow_pickle: bool = False, trust_remote_code: boo
     info = series.describe()
     info["checkpoints"] = [{"step": c.step, "tokens": c.tokens, "name": c.name, **c.meta} for c in series]
     info["problems"] = []
+    if series.source_kind == "hub":
+        avail = series.availability()
+        info["availability"] = avail
+        if avail["hub"] is not None and not avail["cached"]:
+            info["problems"].append(
+                f"{series.repo}: the hub cannot be used ({avail['hub']}) and the cache ({avail['cache']}) holds none "
+                f"of the {len(series)} revisions: a screen would stop at the first one. Reach the hub (network, "
+                "HF_ENDPOINT, unset HF_HUB_OFFLINE) or point the config's source.local_path at a local copy")
     if series.source_kind != "local":
         return info
     groups: dict[tuple, list[int]] = {}
@@ -75,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
         steps = g["steps"]
         which = "" if len(geometries) == 1 else f"  [steps {steps if len(steps) <= 8 else steps[:4] + ['...']}]"
         print(f"  {_geometry_line(g)}{which}")
+    if "availability" in info:
+        a = info["availability"]
+        hub = f"reachable at {a['endpoint']}" if a["hub"] is None else f"not usable ({a['hub']})"
+        print(f"  hub: {hub}; cached: {len(a['cached'])} of {info['n_checkpoints']} revisions (config.json) in {a['cache']}")
     if "tokenizer_dir" in info:
         print(f"  tokenizer: {info['tokenizer_dir'] or 'none (token-id probes only)'}")
     rows = info["checkpoints"]

@@ -199,3 +199,29 @@ def test_hf_home_and_hf_endpoint_from_the_environment(served, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "4"
     snap = tmp_path / "home" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / FakeHub.sha(REPO, "step20")
     assert (snap / "config.json").exists() and any(snap.glob("model-*.safetensors"))
+
+
+def test_series_listing_says_where_hub_revisions_can_come_from(served, online, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from pipelines.series_info import series_info
+
+    hub, _ = served
+    monkeypatch.setattr("pipelines.series_info.resolve_series", lambda spec, **kw: (_series(hub), None))
+    before = len(hub.requests)
+    info = series_info("tiny")
+    a = info["availability"]
+    assert a["hub"] is None and a["cached"] == [] and info["problems"] == []
+    assert not any(m == "GET" and "/resolve/" in p for m, p in hub.requests[before:])  # nothing downloaded
+    s = _series(hub)
+    s.hf_config(s.checkpoint(10))  # config.json of one revision into the cache
+    assert series_info("tiny")["availability"]["cached"] == ["step10"]
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    info = series_info("tiny")
+    assert info["availability"]["hub"] == "HF_HUB_OFFLINE is set" and info["availability"]["cached"] == ["step10"]
+    assert info["problems"] == []  # one revision can still be served from the cache
+    empty = online.parent / "empty"
+    monkeypatch.setattr("pipelines.series_info.resolve_series",
+                        lambda spec, **kw: (_series(hub, cache_dir=empty), None))
+    info = series_info("tiny")
+    assert len(info["problems"]) == 1 and REPO in info["problems"][0] and "local_path" in info["problems"][0]

@@ -172,6 +172,22 @@ class HubSeries(Series):
             "in the config)."
         )
 
+    def availability(self) -> dict:
+        """Where the revisions can come from, asking the hub once (no downloads): `hub` is None when it
+        answers for the first revision, else why not; `cached` lists the revisions whose config.json is
+        already in the local cache; `cache` is that cache's folder."""
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        first = self.checkpoints[0].name
+        try:
+            self._check(first)
+        except CheckpointNotFound as e:  # the hub answered that it has no such repo/revision
+            self._problem = str(e)
+        cached = [c.name for c in self.checkpoints
+                  if isinstance(try_to_load_from_cache(self.repo, CONFIG, cache_dir=self.cache_dir, revision=c.name), str)]
+        return {"hub": self._problem, "endpoint": hub_endpoint(self.endpoint), "cached": cached,
+                "cache": str(self.cache_dir or constants.HF_HUB_CACHE)}
+
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:
         """A cache snapshot of `ckpt` with config.json and the weights `purpose` needs."""
         for p in ("full", purpose):  # a full download serves the attention purpose too
