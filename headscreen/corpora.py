@@ -103,8 +103,11 @@ def open_stream(src: CorpusSource):
 
 def iter_documents(src: CorpusSource) -> Iterator[str | list[int]]:
     """Every non-empty document of the corpus, in order, one at a time (module doc)."""
+    builder = local_files(src.source)[0] if src.is_local else None
+    if builder is not None and all(Path(f).stat().st_size == 0 for f in local_files(src.source)[1]):
+        raise CorpusError(f"corpus {src.source!r} is empty (0 bytes); give a corpus with text")
     ds = open_stream(src)
-    column = "text" if src.is_local and local_files(src.source)[0] == "text" else src.text_column
+    column = "text" if builder == "text" else src.text_column
     n = 0
     for row in ds:
         if column not in row:

@@ -28,8 +28,12 @@ def train(config: str | Path | ModelConfig, out: str | Path, *, threads: int | N
     if "train" not in cfg.sections:
         raise ConfigError(f"config {cfg.name!r} has no train: section; only synthetic recipes can be trained here")
     fields = dict(cfg.section("train"))
+    for key in ("corpus", "tokenizer"):  # a relative local path in the YAML is relative to the YAML's folder
+        value = fields.get(key)
+        if isinstance(value, str) and cfg.path and not Path(value).is_absolute() and (cfg.path.parent / value).exists():
+            fields[key] = str((cfg.path.parent / value).resolve())
     if corpus is not _UNSET:
-        fields["corpus"] = None if corpus is None else str(corpus)
+        fields["corpus"] = None if corpus is None else str(Path(corpus).resolve() if Path(corpus).exists() else corpus)
     if seed is not None:
         fields["seed"] = seed
     fields.update(overrides or {})

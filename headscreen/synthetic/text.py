@@ -28,7 +28,11 @@ def corpus_source(cfg: TrainConfig) -> CorpusSource:
 
 
 def _texts(src: CorpusSource, n: int) -> Iterator[str]:
-    for doc in itertools.islice(iter_documents(src), n):
+    """The first `n` documents as strings. The first one is read here, in Python, so that a corpus error
+    (no such column, empty corpus) is raised as itself and not from inside the tokenizer trainer."""
+    docs = itertools.islice(iter_documents(src), n)
+    first = next(docs)  # iter_documents raises CorpusError on an empty corpus: never StopIteration
+    for doc in itertools.chain([first], docs):
         if not isinstance(doc, str):
             raise CorpusError(f"corpus {src.source!r} is pre-tokenized (column {src.text_column!r} holds token ids): "
                               "set train.tokenizer to the tokenizer.json its ids come from")
@@ -41,7 +45,9 @@ def prepare_tokenizer(cfg: TrainConfig, out: Path | None = None, *, resume: bool
         return load_text_tokenizer(out, cfg.vocab_size)
     if cfg.tokenizer is not None:
         return load_text_tokenizer(cfg.tokenizer, cfg.vocab_size)
-    return train_bpe(_texts(corpus_source(cfg), cfg.tokenizer_docs), cfg.vocab_size)
+    texts = _texts(corpus_source(cfg), cfg.tokenizer_docs)
+    first = next(texts)
+    return train_bpe(itertools.chain([first], texts), cfg.vocab_size)
 
 
 class CorpusText:
