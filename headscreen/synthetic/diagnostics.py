@@ -33,7 +33,8 @@ def copying_diagnostics(
 def _diagnostics(model: torch.nn.Module, repeats: RepeatBatch, stories: Int[torch.Tensor, "batch ctx"]) -> dict:
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device  # the batches live on the CPU; the model may not
+    first = next(iter(model.parameters()), None)
+    dev = first.device if first is not None else torch.device("cpu")  # the batches live on the CPU; the model may not
     tokens, span_len = repeats.tokens.to(dev), repeats.span_len.to(dev)
     out = model(tokens, output_attentions=True)
     nll = torch.nn.functional.cross_entropy(  # [batch, ctx-1]: nll[:, p] predicts token p+1
