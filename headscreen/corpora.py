@@ -21,6 +21,7 @@ a token id beyond the vocabulary, a hub dataset that cannot be reached.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,15 +84,16 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
-def open_stream(src: CorpusSource):
-    """The corpus as a `datasets.IterableDataset` (streaming: nothing is downloaded or cached whole)."""
+def open_stream(src: CorpusSource, cache_dir: str | None = None):
+    """The corpus as a `datasets.IterableDataset` (streaming: nothing is downloaded or cached whole).
+    `cache_dir` (local corpora): where `datasets` puts its lock files (default: its own cache)."""
     from datasets import load_dataset
 
     if src.is_local:
         builder, files = local_files(src.source)
         extra = {"sample_by": "paragraph"} if builder == "text" else {}
         with _quiet_datasets():
-            return load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
+            return load_dataset(builder, data_files=files, split="train", streaming=True, cache_dir=cache_dir, **extra)
     try:
         with _quiet_datasets():
             return load_dataset(src.source, split=src.split, streaming=True)
@@ -106,8 +108,12 @@ def iter_documents(src: CorpusSource) -> Iterator[str | list[int]]:
     builder = local_files(src.source)[0] if src.is_local else None
     if builder is not None and all(Path(f).stat().st_size == 0 for f in local_files(src.source)[1]):
         raise CorpusError(f"corpus {src.source!r} is empty (0 bytes); give a corpus with text")
-    ds = open_stream(src)
-    column = "text" if builder == "text" else src.text_column
+    with tempfile.TemporaryDirectory(prefix="headscreen-corpus-") as cache:  # nothing is left in ~/.cache
+        yield from _documents(src, open_stream(src, cache if builder is not None else None),
+                              "text" if builder == "text" else src.text_column)
+
+
+def _documents(src: CorpusSource, ds, column: str) -> Iterator[str | list[int]]:
     n = 0
     for row in ds:
         if column not in row:
