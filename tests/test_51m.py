@@ -91,6 +91,8 @@ SMALL_TEXT = dict(architecture="llama", n_layers=1, d_model=32, n_heads=2, ctx=2
 
 
 def test_text_corpus_series_resumes_bitwise_and_reads_the_stream_in_order(tmp_path, monkeypatch):
+    from headscreen.synthetic.text import prepare_tokenizer
+
     corpus = write_story_jsonl(tmp_path / "stories.jsonl", 400)
     cfg = TrainConfig(**SMALL_TEXT, corpus=str(corpus))
     a = train_series(cfg, tmp_path / "a", progress=False)
@@ -116,6 +118,14 @@ def test_text_corpus_series_resumes_bitwise_and_reads_the_stream_in_order(tmp_pa
     meta_a, meta_b = (json.loads((r / "series.json").read_text()) for r in (a, b))
     assert [c["corpus_position"] for c in meta_a["checkpoints"]] == [c["corpus_position"] for c in meta_b["checkpoints"]]
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    # the series boots in a TransformerBridge with its BPE tokenizer, as the screen boots it
+    from headscreen.series.boot import boot_bridge
+
+    bridge = boot_bridge(a / "step000008", a)
+    text = "Lily had a red ball ."
+    ids = bridge.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids == prepare_tokenizer(cfg, a, resume=True).encode(text, add_special_tokens=False).ids
+    assert bridge.cfg.d_vocab == cfg.vocab_size and bridge.tokenizer.bos_token_id == 0
 
 
 def test_text_rows_of_a_batch_are_the_packed_corpus(tmp_path):
