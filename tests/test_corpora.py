@@ -175,3 +175,25 @@ def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path):
         load_text_tokenizer(tmp_path, 64)
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_text_tokenizer(tmp_path / "nowhere", 64)
+
+
+def test_an_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
+    """The hub is never contacted in tests: `load_dataset` is replaced by one that fails as offline does."""
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(CorpusError, match=r"'roneneldan/TinyStories' \(split 'train'\) could not be opened.*local"):
+        next(iter_documents(CorpusSource("roneneldan/TinyStories")))
+
+
+def test_a_pre_tokenized_corpus_needs_its_tokenizer(tmp_path):
+    from headscreen.synthetic import TrainConfig
+    from headscreen.synthetic.text import prepare_tokenizer
+
+    path = write_jsonl(tmp_path / "ids.jsonl", [[5, 6, 7], [8, 9]], column="input_ids")
+    cfg = TrainConfig(corpus=str(path), text_column="input_ids", vocab_size=300)
+    with pytest.raises(CorpusError, match="pre-tokenized.*train.tokenizer"):
+        prepare_tokenizer(cfg)

@@ -108,3 +108,19 @@ def test_training_records_device_and_precision(tmp_path):
     assert [c["step"] for c in series["checkpoints"]] == [0, 2]
     # the device is not part of the recipe: the same recipe resumes (here: is complete) from "auto"
     assert train_series(cfg, out, progress=False, device="auto") == out
+
+
+def test_grok_task_data_moves_to_the_device_whole():
+    """Every tensor of a task's split table goes to the device (the meta device stands in for a GPU)."""
+    import dataclasses
+
+    from headscreen.grokking.tasks import make_dataset
+    from headscreen.grokking.train import _data_to
+
+    data = make_dataset("add", 7, 0.5, seed=0)
+    assert _data_to(data, "cpu") is data
+    moved = _data_to(data, "meta")
+    tensors = [f.name for f in dataclasses.fields(data) if isinstance(getattr(data, f.name), torch.Tensor)]
+    assert {"inputs", "labels", "train_idx", "test_idx"} <= set(tensors)
+    assert all(getattr(moved, t).device.type == "meta" and getattr(moved, t).shape == getattr(data, t).shape
+               for t in tensors)
