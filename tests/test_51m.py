@@ -162,3 +162,18 @@ def test_cli_train_with_a_corpus_without_the_text_column_fails_in_one_line(tmp_p
                str(tmp_path / "s"), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no column 'text'" in err[0] and "['id', 'story']" in err[0]
+
+
+def test_a_series_written_before_the_corpus_keys_is_still_the_same_recipe(tmp_path):
+    """series.json files written before `corpus` & co. existed lack those keys: they count at their defaults."""
+    cfg = TrainConfig(n_layers=1, d_model=16, n_heads=2, ctx=16, batch_size=2, steps=2, checkpoint_every=2,
+                      log_checkpoints_until=0, eval_batch_size=2, min_span=2, threads=1)
+    out = train_series(cfg, tmp_path / "old", progress=False)
+    meta = json.loads((out / "series.json").read_text())
+    for key in ("corpus", "corpus_split", "text_column", "tokenizer", "tokenizer_docs"):
+        del meta["train_config"][key]
+    (out / "series.json").write_text(json.dumps(meta))
+    assert train_series(cfg, out, progress=False) == out  # complete and the same recipe: nothing to do
+    with pytest.raises(FileExistsError, match=r"\(corpus: None -> 'x.jsonl'; vocab_size: 128 -> 300\)"):
+        train_series(TrainConfig(**{**cfg.to_dict(), "betas": cfg.betas, "corpus": "x.jsonl", "vocab_size": 300}),
+                     out, progress=False)

@@ -17,6 +17,7 @@ Never trains a TransformerBridge (on NeoX a bridge optimizer step misses the fus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,8 +38,8 @@ SERIES_FORMAT = "headscreen-series/1"
 RESUME_FILE = "resume.safetensors"
 _NOT_IDENTITY = ("threads",)  # config fields that may differ between a run and its resumption
 #: fields added to TrainConfig after series were written, at their defaults (older series.json lack them)
-_LATER_FIELDS = {"corpus": None, "corpus_split": "train", "text_column": "text", "tokenizer": None,
-                 "tokenizer_docs": 20000}
+_LATER_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                 if f.name in ("corpus", "corpus_split", "text_column", "tokenizer", "tokenizer_docs")}
 
 
 def checkpoint_dirname(step: int) -> str:
@@ -272,6 +273,7 @@ def _identity(d: dict) -> dict:
 
 
 def _diff(old: dict, new: dict) -> str:
+    old, new = {**_LATER_FIELDS, **old}, {**_LATER_FIELDS, **new}
     keys = sorted(set(old) | set(new))
     parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
              for k in keys if k not in _NOT_IDENTITY and old.get(k) != new.get(k)]
