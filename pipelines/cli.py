@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args.cpu = cpu
     tune_allocator()
     try:
+        if getattr(args, "device", None) is not None:  # --device: a missing GPU fails before any work
+            from headscreen.device import resolve_device
+
+            resolve_device(args.device)
         return int(args._module.main(args) or 0)
     except KeyboardInterrupt:
         print(f"headscreen {args.command}: interrupted; finished records are kept — rerun the same command to "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from headscreen.config import ConfigError, config_series, load_config, require_remote_code_flag
 
-__all__ = ["add_executor_arguments", "auto_threads", "executor_from_args", "positive_int", "require_remote_code_flag",
+__all__ = ["add_device_argument", "add_executor_arguments", "auto_threads", "executor_from_args", "positive_int", "require_remote_code_flag",
            "resolve_series", "set_threads"]
 
 
@@ -20,6 +20,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
+
+
+def add_device_argument(p: argparse.ArgumentParser, *, what: str) -> None:
+    """--device cuda|cpu|auto (headscreen/device.py), shared by train, screen, validate and grok."""
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help=f"where {what} runs: a CUDA GPU, the CPU, or auto (the GPU when torch sees one; the "
+                        "default). cuda where there is none is an error")
 
 
 def auto_threads(args: argparse.Namespace) -> int | None:

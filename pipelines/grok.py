@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from headscreen.config import ConfigError, ModelConfig, load_config
 from headscreen.executors import TaskFailed
 from pipelines import grok_li2
-from pipelines.common import add_executor_arguments, executor_from_args
+from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
 
 if TYPE_CHECKING:
     from headscreen.grokking.config import GrokConfig
@@ -67,15 +67,16 @@ def _analyse_run():
     return analyse_run
 
 
-def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True) -> dict:
-    """Train (or resume) one run, then write grok.json; returns grok.json's dict (or the final curve row
-    where no analysis is available)."""
+def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True,
+                    device: str | None = "cpu") -> dict:
+    """Train (or resume) one run on `device` (headscreen/device.py), then write grok.json; returns grok.json's
+    dict (or the final curve row where no analysis is available)."""
     import json
 
     from headscreen.grokking.train import train_run
 
     out = Path(out)
-    train_run(cfg, out, progress=progress, force=force)
+    train_run(cfg, out, progress=progress, force=force, device=device)
     fn = _analyse_run() if analyse else None
     if fn is not None:
         if force or not (out / "grok.json").exists():
@@ -88,29 +89,31 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
 
 
 def grok(task: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None, progress: bool = True,
-         force: bool = False, analyse: bool = True) -> dict:
+         force: bool = False, analyse: bool = True, device: str | None = "cpu") -> dict:
     """`headscreen grok <task>`: one run from the task's config with `overrides` (GrokConfig fields)."""
     _, cfg, _ = load_grok_config(task, overrides)
-    return run_and_analyse(cfg, out, progress=progress, force=force, analyse=analyse)
+    return run_and_analyse(cfg, out, progress=progress, force=force, analyse=analyse, device=device)
 
 
-def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool) -> dict:
+def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool, device: str = "cpu") -> dict:
     """One grid point (a task of any executor; its torch threads are set by the executor). It writes
     only its own run directory, with the resume and lock of a single `headscreen grok` run."""
     from headscreen.grokking.config import GrokConfig
 
-    return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse)
+    return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse, device=device)
 
 
 def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
-             analyse: bool = True, executor=None) -> tuple[dict[str, dict], dict[str, str]]:
+             analyse: bool = True, executor=None, device: str | None = "cpu") -> tuple[dict[str, dict], dict[str, str]]:
     """Train (or resume) and analyse each config into root/<name>, one run per task on `executor`
     (headscreen.executors; default: a process pool of `workers` processes, 1 torch thread each).
     Returns (results by name, errors by name); one failed run loses no other."""
     from tqdm.auto import tqdm
 
+    from headscreen.device import resolve_device
     from headscreen.executors import make_executor
 
+    device = resolve_device(device)  # once, here: a missing GPU fails before any worker starts
     root = Path(root)
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
@@ -118,7 +121,7 @@ def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int =
     own = executor is None
     executor = executor or make_executor("process", workers=workers)
     try:
-        tasks = [(configs[name].to_dict(), str(root / name), analyse) for name in names]
+        tasks = [(configs[name].to_dict(), str(root / name), analyse, device) for name in names]
         for i, out in tqdm(executor.run(_sweep_worker, tasks), total=len(tasks), disable=not progress,
                            desc=f"runs ({executor.kind})", unit="run"):
             if isinstance(out, TaskFailed):
@@ -132,7 +135,8 @@ def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int =
 
 
 def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None,
-          workers: int | None = None, progress: bool = True, analyse: bool = True, executor=None):
+          workers: int | None = None, progress: bool = True, analyse: bool = True, executor=None,
+          device: str | None = "cpu"):
     """`headscreen grok sweep`: every grid point of the config's sweep: section, `workers` at a time in
     separate processes; finished runs are kept, unfinished ones resume. Writes sweep.parquet/sweep.json."""
     import pandas as pd
@@ -149,7 +153,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
-                               progress=progress, analyse=analyse, executor=executor)
+                               progress=progress, analyse=analyse, executor=executor, device=device)
     if analyse and not errors and _analyse_run() is not None:
         from headscreen.grokking.summary import write_sweep_summary
 
@@ -195,6 +199,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a run of the same config)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-analysis", action="store_true", help="train only; do not write grok.json")
+    add_device_argument(p, what="training")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -224,12 +229,13 @@ def main(args: argparse.Namespace) -> int:
         args.workers = args.workers or (grid_cfg.workers if grid_cfg else None)
         with executor_from_args(args) as executor:
             table = sweep(args.config or args.sweep_config, args.out, overrides=_overrides(args),
-                          workers=args.workers, progress=progress, analyse=analyse, executor=executor)
+                          workers=args.workers, progress=progress, analyse=analyse, executor=executor,
+                          device=args.device)
         print(table.to_string(index=False))
         print(f"sweep written to {args.out} (sweep.parquet, sweep.json, runs/)")
         return 0
     result = grok(args.config or args.grok_command, args.out, overrides=_overrides(args), progress=progress,
-                  force=args.force, analyse=analyse)
+                  force=args.force, analyse=analyse, device=args.device)
     for key in ("grok_step", "memorisation_step", "defect_onset_step", "gap_open_step", "final_train_acc",
                 "final_test_acc", "key_frequencies"):
         if key in result:

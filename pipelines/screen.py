@@ -33,6 +33,7 @@ from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import (
+    add_device_argument,
     add_executor_arguments,
     executor_from_args,
     positive_int,
@@ -145,7 +146,7 @@ def screen(
     force: bool = False,
     skip_bad: bool = False,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | None = "cpu",
     executor: Executor | None = None,
     chunks: int | None = None,
 ) -> Path:
@@ -165,10 +166,15 @@ def screen(
     one (it spans the gap). A rerun skips it again without retrying while its identity is unchanged,
     and screens it (recomputing the records after it) once it was repaired.
 
+    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the probes' forward passes run (float32);
+    recorded in the manifest's `device`. The sketches are computed on the CPU either way.
     `executor` (headscreen.executors; default: in this process) runs the per-checkpoint work in
     `chunks` contiguous chunks (default: one per worker); the results do not depend on either
     (pipelines/screen_chunks.py). Only this process writes into `out`.
     """
+    from headscreen.device import plan_device
+
+    plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
     if not isinstance(series, Series):
         series, config_from_spec = resolve_series(series)
         config = config or config_from_spec
@@ -187,6 +193,7 @@ def screen(
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
+        "device": plan.record(),
         "probe_defaults": chosen,
         **provenance(),
     }
@@ -202,7 +209,7 @@ def screen(
                 _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
                 good, replan = record_checkpoints(series, store, settings, kept, identities, probe_steps,
                                                   skip_bad=skip_bad, skipped=skipped, progress=progress,
-                                                  device=device, executor=executor, n_chunks=chunks)
+                                                  device=plan.device, executor=executor, n_chunks=chunks)
                 if not replan:
                     break
             if not good:
@@ -316,6 +323,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (a config cannot grant it)")
     p.add_argument("--no-progress", action="store_true")
+    add_device_argument(p, what="the probes' forward passes")
     add_executor_arguments(p)
 
 
@@ -329,7 +337,7 @@ def main(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(ScreenSettings.from_config(cfg), probe_every=args.probe_every)
     with executor_from_args(args) as executor:
         out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
-                     progress=not args.no_progress, executor=executor)
+                     progress=not args.no_progress, executor=executor, device=args.device)
     skipped = RunStore.existing(out).manifest().get("skipped") or []
     if skipped:
         print(f"screen: skipped {len(skipped)} bad checkpoint(s): steps {[s['step'] for s in skipped]} "

@@ -33,12 +33,13 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
     """Per-head weights of a booted bridge (raw mode), in the shapes of `HeadWeights`."""
     def bias(name):
         try:
-            return getattr(bridge, name).detach()
+            return getattr(bridge, name).detach().cpu()
         except AttributeError:  # bias-free architectures
             return None
 
-    return HeadWeights(W_Q=bridge.W_Q.detach(), W_K=bridge.W_K.detach(), W_V=bridge.W_V.detach(),
-                       W_O=bridge.W_O.detach(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
+    # on the CPU, where the sketcher and the lazily read checkpoints hold theirs (a no-op for a CPU bridge)
+    return HeadWeights(W_Q=bridge.W_Q.detach().cpu(), W_K=bridge.W_K.detach().cpu(), W_V=bridge.W_V.detach().cpu(),
+                       W_O=bridge.W_O.detach().cpu(), b_Q=bias("b_Q"), b_K=bias("b_K"), b_V=bias("b_V"), b_O=bias("b_O"))
 
 
 def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, device: str):

@@ -28,7 +28,7 @@ from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
 from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
-from pipelines.common import add_executor_arguments, executor_from_args
+from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
 from pipelines.preid import preidentify_run
 
 __all__ = ["ValidationSettings", "validate"]
@@ -88,7 +88,7 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
              seed: int | None = None, config: str | Path | None = None, progress: bool = True,
-             trust_remote_code: bool = False, executor=None) -> Path:
+             trust_remote_code: bool = False, executor=None, device: str | None = "cpu") -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
     `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the
@@ -100,16 +100,24 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     circuit is empty at that checkpoint gets a validation.json that says so (and nothing is ablated).
     `executor` (headscreen.executors; default: this process) splits the ablated head sets (the
     matched-random null) across its workers in whole blocks: the numbers do not change.
+    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the checkpoint runs (float32); recorded
+    in validation.json's `device`.
     """
+    from headscreen.device import plan_device
+
+    plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
     with RunStore.locked(run_dir, "validate") as run:
         run.check_tables_current("validate")
         return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
                                 n_null=n_null, seed=seed, config=config, progress=progress,
-                                trust_remote_code=trust_remote_code, executor=executor)
+                                trust_remote_code=trust_remote_code, executor=executor, plan=plan)
 
 
 def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
-                     progress, trust_remote_code: bool = False, executor=None) -> Path:
+                     progress, trust_remote_code: bool = False, executor=None, plan=None) -> Path:
+    from headscreen.device import plan_device
+
+    plan = plan or plan_device("cpu")
     manifest = run.manifest()
     given, source = _settings_source(manifest, config)
     settings = ValidationSettings(ablations=given.ablations if ablations is None else tuple(ablations),
@@ -131,7 +139,7 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
                      "n_null": n_null, "seed": seed, "ablations": {},
                      "settings": {"ablations": list(ablations), "n_null": n_null, "seed": seed,
                                   "validation_section": source},
-                     "tables_id": (manifest.get("tables") or {}).get("id")}
+                     "tables_id": (manifest.get("tables") or {}).get("id"), "device": plan.record()}
     if not heads:
         summary["status"] = "no circuit"
         summary["reason"] = (f"no head reaches the induction-circuit threshold at step {step} on the {probe} probe; "
@@ -143,7 +151,7 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     series = _series_of(manifest, trust_remote_code=trust_remote_code)
     ckpt = series.checkpoint(step)
-    bridge = series.boot(ckpt)  # its checks first: a corrupt checkpoint is named as such
+    bridge = series.boot(ckpt, device=plan.device)  # its checks first: a corrupt checkpoint is named as such
     refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
     if refusal:
         raise SeriesChanged(refusal)
@@ -157,7 +165,8 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
                       file=sys.stderr)
             runner = None
             if executor is not None and executor.kind != "local":
-                runner = _block_runner(executor, series, step, suite, kind, seed, sorted({h[0] for h in heads}))
+                runner = _block_runner(executor, series, step, suite, kind, seed, sorted({h[0] for h in heads}),
+                                       plan.device)
             s, df = validate_checkpoint(bridge, heads, probes, n_null=n_null, seed=seed, ablation=kind, step=step,
                                         block_runner=runner)
             t = ((s["probes"].get(probe) or {}).get("tests") or {}).get("top1")
@@ -183,22 +192,22 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
 
 
 def _null_blocks_task(series, step: int, suite: ProbeSuite, probe: str, ablation: str, seed: int, layers: list[int],
-                      blocks: list, labels: list):
+                      blocks: list, labels: list, device: str = "cpu"):
     """A worker's share of a validation: boot the checkpoint, rebuild the probe and its ablation source
     as the driver does, and ablate its blocks of head sets (headscreen.causal.validate.ablate_blocks)."""
-    bridge = series.boot(series.checkpoint(step))
+    bridge = series.boot(series.checkpoint(step), device=device)
     batch = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)[probe]
     with torch.no_grad():
         source = probe_source(bridge, probe, batch, ablation, layers, seed=seed)
         return ablate_blocks(bridge, Scoring.of(batch), source, blocks, labels, max_rows=None)
 
 
-def _block_runner(executor, series, step, suite, ablation, seed, layers):
+def _block_runner(executor, series, step, suite, ablation, seed, layers, device: str = "cpu"):
     """validate_checkpoint's block_runner: contiguous groups of blocks, one task per worker."""
     def run(probe, blocks, labels):
         groups = chunks(len(blocks), executor.workers)
-        tasks = [(series, step, suite, probe, ablation, seed, layers, blocks[g.start:g.stop], labels[g.start:g.stop])
-                 for g in groups]
+        tasks = [(series, step, suite, probe, ablation, seed, layers, blocks[g.start:g.stop], labels[g.start:g.stop],
+                  device) for g in groups]
         done = dict(executor.run(_null_blocks_task, tasks))
         for i in range(len(tasks)):
             if isinstance(done[i], TaskFailed):
@@ -222,6 +231,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model config whose validation: section to use (default: the one the run was screened with)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
+    add_device_argument(p, what="the checkpoint's ablations and patching")
     add_executor_arguments(p)
 
 
@@ -240,6 +250,6 @@ def main(args: argparse.Namespace) -> int:
         path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
                         ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
                         n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code,
-                        executor=executor)
+                        executor=executor, device=args.device)
     print(f"validation written to {path}")
     return 0

@@ -160,6 +160,7 @@ def _validate_copy(run, tmp_path, name, executor=None):
     validate(copy, circuit=[[0, 3], [1, 0], [1, 2]], ablations=("zero", "mean"), n_null=120, progress=False,
              executor=executor)
     summary = json.loads((copy / "validation.json").read_text())
+    assert summary["device"]["device"] == "cpu"
     return summary["ablations"], (copy / "validation.parquet").read_bytes()
 
 

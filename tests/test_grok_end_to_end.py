@@ -33,6 +33,7 @@ def test_tiny_multitask_run_end_to_end(tmp_path):
         assert out["tasks"][task]["final_test_acc"] == pytest.approx(ev[task]["final_test_acc"])
     assert out["final_test_acc"] == pytest.approx(min(e["final_test_acc"] for e in ev.values()))
     assert out["n_snapshots"] == 13 and out["settings"]["training"]["tasks"] == ["add", "mul"]
+    assert out["settings"]["device"]["device"] == "cpu"  # where it trained (headscreen/device.py)
     assert isinstance(out["key_frequencies"], list)
     edge = pd.read_parquet(run / "edge.parquet")
     assert set(edge.loc[edge.scope == "head", "head"]) == {0, 1}

@@ -47,6 +47,7 @@ def test_screen_writes_every_table_and_resumes(tiny_series, tmp_path):
     assert len(sel[(sel.step == 48) & (sel.probe == "retrieval")]) == 2 * 4 * 6  # layers x heads x classes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["loading_mode"] == "raw" and manifest["series"]["n_checkpoints"] == 8
+    assert manifest["device"]["device"] == "cpu" and manifest["device"]["compute_dtype"] == "float32"
     assert manifest["seeds"]["probes"] == 42 and "packages" in manifest
     assert manifest["sketch"]["projector"]["kind"] == "countsketch" and "s_t = s_(t-1)" in manifest["sketch"]["record"]  # the default kind
     assert manifest["config"]["spectral"]["gram_estimator"] == "norm_corrected"

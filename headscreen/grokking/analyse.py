@@ -279,7 +279,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         "tasks": events,
         "n_snapshots": len(ckpts),
         "intervention": intervention_summary(root, top["grok_step"]),
-        "settings": {"training": config, "analysis": settings.to_dict()},
+        "settings": {"training": config, "analysis": settings.to_dict(), "device": manifest.get("device")},
         "notes": notes,
     }
     store.write_json("grok", out)

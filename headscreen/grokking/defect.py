@@ -64,7 +64,7 @@ def _shift(params: Sequence[nn.Parameter], saved: Sequence[Tensor], step: Sequen
     """params ← saved − η·step (in place); False when the dtype cannot resolve the step (the realised
     displacement differs from −η·step by more than RESOLUTION_TOL relative, e.g. a vanishing gradient
     on float32 weights: θ − ηg rounds back to θ)."""
-    err2 = torch.zeros((), dtype=torch.float64)
+    err2 = torch.zeros((), dtype=torch.float64, device=saved[0].device if saved else None)
     for p, s, g in zip(params, saved, step, strict=True):
         p.copy_(s)
         p.sub_(g, alpha=eta)

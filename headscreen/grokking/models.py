@@ -103,7 +103,7 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-1, -2) * self.scale  # [B, H, Tq, T]
         Tq, T = q.shape[2], k.shape[2]
         if causal and Tq > 1:
-            mask = torch.ones(Tq, T, dtype=torch.bool).triu(T - Tq + 1)
+            mask = torch.ones(Tq, T, dtype=torch.bool, device=scores.device).triu(T - Tq + 1)
             scores = scores.masked_fill(mask, float("-inf"))
         return self.out(scores.softmax(-1) @ v)
 

@@ -53,7 +53,7 @@ class Trajectory:
         from safetensors.torch import save_file
 
         folder = self.root / step_dirname(step)
-        tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().contiguous().to("cpu", copy=True) for k, v in model.state_dict().items()}
         atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
         write_json(folder / "config.json", hf_config)
         if step not in self.steps:
@@ -85,7 +85,7 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> N
     """The optimizer's per-parameter state as safetensors (`<param index>.<name>`), step in the metadata."""
     from safetensors.torch import save_file
 
-    tensors = {f"{i}.{k}": v.detach().clone().contiguous() for i, s in optimizer.state_dict()["state"].items()
+    tensors = {f"{i}.{k}": v.detach().contiguous().to("cpu", copy=True) for i, s in optimizer.state_dict()["state"].items()
                for k, v in s.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
 

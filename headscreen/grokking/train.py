@@ -72,25 +72,48 @@ def _previous_rows(store: RunStore, name: str, before: int) -> list[dict]:
     return [] if df is None else df[df["step"] < before].to_dict("records")
 
 
-def run_manifest(cfg: GrokConfig) -> dict:
+def run_manifest(cfg: GrokConfig, device: dict | None = None) -> dict:
+    """The run's manifest; `device` (DevicePlan.record()) is the latest session's, outside the config hash."""
     from headscreen.provenance import provenance
 
-    return {"kind": "grok", "config": cfg.to_dict(), "seeds": {"seed": cfg.seed}, "provenance": provenance()}
+    out = {"kind": "grok", "config": cfg.to_dict(), "seeds": {"seed": cfg.seed}, "provenance": provenance()}
+    if device is not None:
+        out["device"] = device
+    return out
+
+
+def _data_to(data, device: str):
+    """A task's SplitTable (frozen dataclass) with its tensors on `device` (itself on the CPU)."""
+    import dataclasses
+
+    if device == "cpu":
+        return data
+    moved = {f.name: getattr(data, f.name).to(device) for f in dataclasses.fields(data)
+             if isinstance(getattr(data, f.name), Tensor)}
+    return dataclasses.replace(data, **moved)
 
 
 def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, force: bool = False,
-              stop_at: int | None = None, on_snapshot: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
+              stop_at: int | None = None, on_snapshot: Callable[[int, torch.nn.Module], None] | None = None,
+              device: str | None = "cpu") -> Path:
     """Train `cfg` into `run_dir` (layout: docs/run-format.md); resume a partial run of the same config.
 
     force: discard a run of another config (or this one) and start over. stop_at: leave after step
     `stop_at`'s evaluation and snapshot, as an interrupted run would (for tests and chunked runs).
     on_snapshot(step, model): called after each snapshot is written (e.g. to keep an in-memory history).
     Memory: the model, AdamW state and the p² table; snapshots go straight to disk.
+    device ("cpu", "cuda", "auto"; headscreen/device.py): where the model, its data and its updates live
+    (float32: the defect needs the model's own precision). Gradient interventions run on the CPU only.
     """
     from tqdm.auto import tqdm
 
+    from headscreen.device import DeviceError, plan_device
+
+    plan = plan_device(device, mixed_precision=False)
+    if plan.device != "cpu" and cfg.intervention.active:
+        raise DeviceError("a gradient intervention (intervention.kind) runs on the CPU only: use --device cpu")
     run = Path(run_dir)
-    with RunStore.open(run, run_manifest(cfg), force=force) as store:
+    with RunStore.open(run, run_manifest(cfg, plan.record()), force=force) as store:
         traj = Trajectory(run)
         if force:
             traj.reset()
@@ -98,7 +121,9 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
         if traj.complete:
             return run
         task = make_task(cfg)
-        model = task.build_model(cfg.seed).train()
+        if hasattr(task, "data"):
+            task.data = _data_to(task.data, plan.device)
+        model = task.build_model(cfg.seed).train().to(plan.device)  # initialised on the CPU, as on every device
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         start = resume_step(run / RESUME)
@@ -151,6 +176,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
             idx = batch_indices(cfg, len(train[0]), step)
+            idx = idx if idx is None or plan.device == "cpu" else idx.to(plan.device)
             batch = train if idx is None else (train[0][idx], train[1][idx])
             optimizer.zero_grad(set_to_none=True)
             task.loss_fn(model, batch).backward()
@@ -165,7 +191,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             timers["update"] += time.perf_counter() - t3
             bar.update(1)
         bar.close()
-        session = {"from_step": start, "to_step": step, "threads": torch.get_num_threads(),
+        session = {"from_step": start, "to_step": step, "threads": torch.get_num_threads(), "device": plan.device,
                    "load_average": list(os.getloadavg()), "seconds": {k: round(v, 3) for k, v in timers.items()},
                    "defect_measured": defect_fn is not None}
         traj.meta.setdefault("training", {"sessions": []})["sessions"].append(session)

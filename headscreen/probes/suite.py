@@ -33,7 +33,8 @@ class ProbeSuite:
     pair_range:     [lo, hi) of the position of the [A, B] pair (clipped to the sequence).
     n_repeated:     examples of the repeated-random-tokens probe (0 disables it).
     repeated_span:  n of [r_1..r_n, r_1..r_n]; "auto": min(50, what fits in seq_len).
-    text_file:      a local UTF-8 text file for a natural-text probe (needs a tokenizer), or None.
+    text_file:      a local corpus file for a natural-text probe (needs a tokenizer), or None: UTF-8 text
+                    (one document per paragraph) or the `text` column of JSON lines / Parquet / Arrow.
     n_text:         windows taken from it.
     seed:           seed of every generator (published: 42).
     micro_batch:    examples per forward pass (bounds activation memory).
@@ -113,7 +114,8 @@ class ProbeSuite:
         if self.text_file:
             path = Path(self.text_file)
             if not path.exists():
-                raise ValueError(f"probes.text_file={self.text_file!r} does not exist; give a local text file")
+                raise ValueError(f"probes.text_file={self.text_file!r} does not exist; give a local .txt / .jsonl / "
+                                 ".parquet / .arrow file (headscreen/corpora.py)")
             docs = read_corpus(path)
             batches["text"] = text_probe(docs, tokenizer, self.seq_len, n=self.n_text, seed=self.seed,
                                          bos_id=self.bos_id)
@@ -161,22 +163,10 @@ def _default_bos(tokenizer, d_vocab: int | None) -> tuple[int | None, str]:
 
 
 def read_corpus(path: Path) -> list[str]:
-    """The documents of a local text file: paragraphs separated by a blank line ("\n\n"), blank ones
-    dropped. Read with `datasets`' text loader (`sample_by="paragraph"`), in memory, offline, with its
-    cache in a temporary directory that is removed afterwards (nothing is left in ~/.cache)."""
-    import tempfile
+    """The documents of a local corpus file, through the training corpora's loader (headscreen/corpora.py):
+    a text file's paragraphs (separated by a blank line, blank ones dropped), or the `text` column of a
+    JSON-lines / Parquet / Arrow file. Streamed offline; nothing is cached on disk."""
+    from headscreen.corpora import read_documents
 
-    from datasets import load_dataset
-    from datasets.utils import logging as ds_logging
-
-    bar = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()  # a one-file corpus loads in a blink; no bar for it
-    try:
-        with tempfile.TemporaryDirectory(prefix="headscreen-corpus-") as cache:
-            ds = load_dataset("text", data_files=str(path), sample_by="paragraph", split="train",
-                              keep_in_memory=True, cache_dir=cache)
-            return [d for d in ds["text"] if d.strip()]
-    finally:
-        if bar:
-            ds_logging.enable_progress_bar()
+    return read_documents(path)
 

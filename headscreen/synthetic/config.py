@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headscreen.config import ConfigError  # one error type for every config section
-from headscreen.synthetic.tokenizer import MIN_VOCAB_SIZE
+from headscreen.synthetic.tokenizer import MIN_BPE_VOCAB, MIN_VOCAB_SIZE
 
 ARCHITECTURES = ("gpt_neox", "llama")
 ATTENTIONS = ("sdpa", "eager")  # HF attention kernels for the training steps
@@ -59,6 +59,17 @@ class TrainConfig:
     # distrust a lone match, as in the retrieval probe. Needs vocab_size - 4 >= ctx - 1 - min_span.
     distinct_filler: bool = False
     eval_batch_size: int = 32  # sequences of the fixed diagnostic batches evaluated at each checkpoint
+    # text corpus of the story rows (headscreen/corpora.py): None -> the built-in story grammar (offline
+    # default); else a hub dataset name (e.g. roneneldan/TinyStories) or a local .txt / .jsonl /
+    # .parquet / .arrow file or folder, streamed. Rows pack the token stream: [BOS, next ctx-1 tokens].
+    corpus: str | None = None
+    corpus_split: str = "train"  # split of a hub dataset
+    text_column: str = "text"  # column of strings (or of token-id lists) in a JSON-lines / Parquet / Arrow corpus
+    # tokenizer of a text corpus: None -> a byte-level BPE of vocab_size ids trained on the corpus's first
+    # tokenizer_docs documents (saved with the series); else a tokenizer.json (or its folder) whose
+    # specials <bos> <eos> <pad> <unk> are ids 0-3
+    tokenizer: str | None = None
+    tokenizer_docs: int = 20000
     # reproducibility
     seed: int = 0
     threads: int = 1  # torch.set_num_threads; bitwise-reproducible checkpoints need a fixed value
@@ -126,8 +137,10 @@ class TrainConfig:
 
 _INT_FIELDS = {
     "n_layers", "d_model", "n_heads", "ctx", "vocab_size", "warmup", "batch_size", "steps",
-    "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads",
+    "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads", "tokenizer_docs",
 }
+_STR_FIELDS = {"corpus_split", "text_column"}
+_OPTIONAL_STR_FIELDS = {"corpus", "tokenizer"}
 _OPTIONAL_INT_FIELDS = {"d_mlp", "max_span", "head_dim"}
 _FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent",
                  "scattered_fraction"}
@@ -155,6 +168,8 @@ def _coerce(key: str, value: Any) -> Any:
         return (float(value[0]), float(value[1]))
     if key in ("attn_only", "distinct_filler") and not isinstance(value, bool):
         raise bad("true or false")
+    if (key in _STR_FIELDS or (key in _OPTIONAL_STR_FIELDS and value is not None)) and not isinstance(value, str):
+        raise bad("a string" + (" or null" if key in _OPTIONAL_STR_FIELDS else ""))
     if key == "architecture" and not isinstance(value, str):
         raise bad(f"one of {ARCHITECTURES}")
     if key == "attention" and not isinstance(value, str):
@@ -171,7 +186,7 @@ def _validate(c: TrainConfig) -> None:
     if c.attention not in ATTENTIONS:
         fail("attention", f"use one of {ATTENTIONS}")
     for name in ("n_layers", "d_model", "n_heads", "batch_size", "steps", "checkpoint_every",
-                 "eval_batch_size", "threads"):
+                 "eval_batch_size", "threads", "tokenizer_docs"):
         if getattr(c, name) < 1:
             fail(name, "use a positive integer")
     for name in ("warmup", "log_checkpoints_until", "seed"):
@@ -195,6 +210,11 @@ def _validate(c: TrainConfig) -> None:
         fail("rotary_fraction", "llama always rotates every dimension: leave it at 1.0 or use gpt_neox")
     if c.rope_theta <= 0:
         fail("rope_theta", "use a positive base such as 10000")
+    for name in ("corpus", "tokenizer", "corpus_split", "text_column"):
+        if getattr(c, name) is not None and not str(getattr(c, name)).strip():
+            fail(name, "use a non-empty name" + (" or null" if name in _OPTIONAL_STR_FIELDS else ""))
+    if c.corpus is not None and c.tokenizer is None and c.vocab_size < MIN_BPE_VOCAB:
+        fail("vocab_size", f"a BPE tokenizer trained on the corpus needs >= {MIN_BPE_VOCAB} ids (4 specials + 256 bytes)")
     if c.vocab_size < MIN_VOCAB_SIZE:
         fail("vocab_size", f"the specials and story grammar need >= {MIN_VOCAB_SIZE} ids (128 is the default)")
     if not 0.0 < c.lr < 1.0:

@@ -9,9 +9,11 @@ filler]` with uniform random filler lengths, and no span token in the filler bef
 With `distinct_filler`, the filler of a repeat row is a Zipf-weighted draw without replacement that
 excludes the span, so the row's only repeated tokens are the planted copies.
 
-A story sequence is `[BOS, story, EOS, story, EOS, ...]` cut at ctx (see `stories.py`).
+A story sequence is `[BOS, story, EOS, story, EOS, ...]` cut at ctx (see `stories.py`), or, with a
+text corpus (`cfg.corpus`, headscreen/synthetic/text.py), `[BOS, next ctx-1 tokens of the corpus]`.
 
-Batch `step` depends only on (seed, step): a resumed run sees exactly the batches it would have seen.
+Batch `step` depends only on (seed, step) (and, with a text corpus, on where the corpus stream stood,
+which the trainer records per checkpoint): a resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -40,10 +42,16 @@ class RepeatBatch:
 
 
 class SyntheticCorpus:
-    """Deterministic batches of the synthetic corpus for one TrainConfig."""
+    """Deterministic batches of the synthetic corpus for one TrainConfig.
 
-    def __init__(self, cfg: TrainConfig):
+    With `text` (a `CorpusText` of `cfg.corpus`), the story rows are packed rows of that corpus read
+    in order instead of grammar stories: `batch(step)` must then be called once per step, in order
+    (the training loop does), and `text.position` before `batch(step)` is where step `step` starts.
+    """
+
+    def __init__(self, cfg: TrainConfig, text=None):
         self.cfg = cfg
+        self.text = text
         self.vocab = Vocab.build(cfg.vocab_size)
         content = np.arange(self.vocab.content_ids.start, self.vocab.content_ids.stop)
         # Zipf filler: a seed-fixed random assignment of ranks to content ids.
@@ -60,7 +68,8 @@ class SyntheticCorpus:
         out = self.repeats(rng, self.cfg.batch_size, scattered_fraction=self.cfg.scattered_fraction).tokens
         n_story = int(is_story.sum())
         if n_story:
-            out[torch.from_numpy(is_story)] = self.stories(rng, n_story)
+            rows = self.stories(rng, n_story) if self.text is None else self.text.take(n_story)
+            out[torch.from_numpy(is_story)] = rows
         return out
 
     def eval_repeats(self, n_rows: int | None = None) -> RepeatBatch:
@@ -70,6 +79,8 @@ class SyntheticCorpus:
 
     def eval_stories(self, n_rows: int | None = None) -> Int[torch.Tensor, "batch ctx"]:
         """Fixed diagnostic batch of story sequences (natural-ish text for BOS/sink statistics)."""
+        if self.text is not None:
+            return self.text.eval_rows(n_rows or self.cfg.eval_batch_size)
         rng = np.random.default_rng([self.cfg.seed, _EVAL_STORIES])
         return self.stories(rng, n_rows or self.cfg.eval_batch_size)
 

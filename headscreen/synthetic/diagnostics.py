@@ -33,13 +33,16 @@ def copying_diagnostics(
 def _diagnostics(model: torch.nn.Module, repeats: RepeatBatch, stories: Int[torch.Tensor, "batch ctx"]) -> dict:
     was_training = model.training
     model.eval()
-    out = model(repeats.tokens, output_attentions=True)
+    first = next(iter(model.parameters()), None)
+    dev = first.device if first is not None else torch.device("cpu")  # the batches live on the CPU; the model may not
+    tokens, span_len = repeats.tokens.to(dev), repeats.span_len.to(dev)
+    out = model(tokens, output_attentions=True)
     nll = torch.nn.functional.cross_entropy(  # [batch, ctx-1]: nll[:, p] predicts token p+1
-        out.logits[:, :-1].transpose(1, 2).float(), repeats.tokens[:, 1:], reduction="none"
+        out.logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none"
     )
-    n_rows, ctx = repeats.tokens.shape
-    pos = torch.arange(ctx - 1)
-    n = repeats.span_len[:, None]  # [batch, 1]
+    n_rows, ctx = tokens.shape
+    pos = torch.arange(ctx - 1, device=dev)
+    n = span_len[:, None]  # [batch, 1]
     first = (pos >= 1) & (pos <= n - 1)  # predicts positions 2..n      = r_2..r_n, copy 1
     second = (pos >= n + 1) & (pos <= 2 * n - 1)  # predicts n+2..2n = r_2..r_n, copy 2
     scores = {
@@ -47,7 +50,7 @@ def _diagnostics(model: torch.nn.Module, repeats: RepeatBatch, stories: Int[torc
         "duplicate": _offset_scores(out.attentions, repeats.span_len, lambda q, n: q - n),
         "previous": _offset_scores(out.attentions, repeats.span_len, lambda q, n: q - 1),
     }
-    story_attn = model(stories, output_attentions=True).attentions
+    story_attn = model(stories.to(dev), output_attentions=True).attentions
     scores["bos"] = [a[:, :, 1:, 0].mean(dim=(0, 2)).tolist() for a in story_attn]  # [layer][head]
     model.train(was_training)
     return {
@@ -67,8 +70,8 @@ def _offset_scores(
         rows.append(torch.full_like(q, b))
         qs.append(q)
         ks.append(key_of(q, n))
-    r, q, k = torch.cat(rows), torch.cat(qs), torch.cat(ks)
-    return [a[r, :, q, k].mean(dim=0).tolist() for a in attentions]  # a[r, :, q, k]: [n_queries, head]
+    r, q, k = (torch.cat(x).to(attentions[0].device) for x in (rows, qs, ks))
+    return [a[r, :, q, k].float().mean(dim=0).tolist() for a in attentions]  # a[r, :, q, k]: [n_queries, head]
 
 
 def phase_change_step(checkpoints: Sequence[dict], threshold: float = 0.5) -> int | None:

@@ -17,6 +17,7 @@ Never trains a TransformerBridge (on NeoX a bridge optimizer step misses the fus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -32,11 +33,14 @@ from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics
 from headscreen.synthetic.model import build_model
-from headscreen.synthetic.tokenizer import save_tokenizer
+from headscreen.synthetic.tokenizer import save_tokenizer, save_tokenizer_object
 
 SERIES_FORMAT = "headscreen-series/1"
 RESUME_FILE = "resume.safetensors"
 _NOT_IDENTITY = ("threads",)  # config fields that may differ between a run and its resumption
+#: fields added to TrainConfig after series were written, at their defaults (older series.json lack them)
+_LATER_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                 if f.name in ("corpus", "corpus_split", "text_column", "tokenizer", "tokenizer_docs")}
 
 
 def checkpoint_dirname(step: int) -> str:
@@ -44,8 +48,12 @@ def checkpoint_dirname(step: int) -> str:
 
 
 def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *, overwrite: bool = False,
-                 name: str | None = None) -> Path:
+                 name: str | None = None, device: str | None = "cpu") -> Path:
     """Train `cfg` into `out_dir` and return it; resumes or returns at once if it is a series of `cfg`.
+
+    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the steps run; on a GPU the forward
+    runs under bf16 autocast (float32 weights and optimizer state). It is recorded in series.json
+    `device` and is not part of the recipe's identity (a series may be resumed on another device).
 
     - An empty or missing `out_dir` starts a fresh series.
     - A series of the same config (ignoring `threads`) is resumed from its last checkpoint, or left
@@ -53,7 +61,10 @@ def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *
     - A series of another config raises FileExistsError unless `overwrite=True`, which deletes it.
     - A non-empty directory that is not a headscreen series is never deleted: FileExistsError.
     """
+    from headscreen.device import plan_device
+
     out = Path(out_dir)
+    plan = plan_device(device)  # a missing GPU fails here, before anything is written
     torch.set_num_threads(cfg.threads)
     if out.is_dir() and any(out.iterdir()) and not (out / "series.json").is_file():
         raise FileExistsError(
@@ -65,24 +76,43 @@ def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *
         series = _prepare(out, cfg, overwrite, name or out.resolve().name)
         if series["complete"]:
             return out
-        _run(cfg, out, series, progress)
+        _run(cfg, out, series, progress, plan)
     return out
 
 
 # --------------------------------------------------------------------------------------------------
-def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
+def _corpus(cfg: TrainConfig, out: Path, series: dict) -> SyntheticCorpus:
+    """The batches of `cfg`, with its tokenizer saved into `out`; a resumed text stream starts where
+    the last recorded checkpoint's batch started."""
+    if cfg.corpus is None:
+        corpus = SyntheticCorpus(cfg)
+        save_tokenizer(corpus.vocab, out, model_max_length=cfg.ctx)
+        return corpus
+    from headscreen.synthetic.text import CorpusText, prepare_tokenizer
+
+    last = series["checkpoints"][-1] if series["checkpoints"] else None
+    tok = prepare_tokenizer(cfg, out, resume=last is not None)
+    save_tokenizer_object(tok, out, model_max_length=cfg.ctx)
+    start = tuple(last["corpus_position"]) if last is not None else (0, 0)
+    return SyntheticCorpus(cfg, text=CorpusText(cfg, tok, start=start))
+
+
+def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> None:
     from tqdm.auto import tqdm
 
-    corpus = SyntheticCorpus(cfg)
-    save_tokenizer(corpus.vocab, out, model_max_length=cfg.ctx)
+    from headscreen.device import training_autocast
+
+    corpus = _corpus(cfg, out, series)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).train()
+    model = build_model(cfg).train()  # initialised on the CPU (the same weights on every device), then moved
+    model.to(plan.device)
     optimizer = _optimizer(model, cfg)
     start = 0
     if series["checkpoints"]:  # resume from the last recorded checkpoint, after the checkpoint checks
         start = series["checkpoints"][-1]["step"]
         _resume_weights(model, out / checkpoint_dirname(start))
         _load_optimizer(optimizer, out / RESUME_FILE)
+    series["device"] = plan.record()  # the latest session's device and precision
     for stale in out.glob("step*"):  # folders from after the last recorded checkpoint, or half-written
         if stale.is_dir() and stale.name not in {c["path"] for c in series["checkpoints"]}:
             shutil.rmtree(stale)
@@ -93,16 +123,19 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool) -> None:
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=series["name"])
     t0 = time.perf_counter()
     for step in range(start, cfg.steps + 1):
-        tokens = corpus.batch(step)  # [batch, ctx]
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss_value = loss.item()
+        position = corpus.text.position if corpus.text is not None else None  # where batch `step` starts
+        tokens = corpus.batch(step).to(plan.device, non_blocking=True)  # [batch, ctx]
+        with training_autocast(plan):
+            loss = model(input_ids=tokens, labels=tokens).loss
         if step in schedule and not (series["checkpoints"] and series["checkpoints"][-1]["step"] == step):
+            loss_value = loss.item()  # the one host sync of a step, at checkpoints only
             diag = copying_diagnostics(model, eval_repeats, eval_stories)
             _save_checkpoint(model, out, step)
-            series["checkpoints"].append({
-                "step": step, "tokens": step * cfg.tokens_per_step, "path": checkpoint_dirname(step),
-                "train_loss": round(loss_value, 6), "diagnostics": diag,
-            })
+            entry = {"step": step, "tokens": step * cfg.tokens_per_step, "path": checkpoint_dirname(step),
+                     "train_loss": round(loss_value, 6), "diagnostics": diag}
+            if position is not None:
+                entry["corpus_position"] = position
+            series["checkpoints"].append(entry)
             write_json(out / "series.json", series)
             _save_optimizer(optimizer, out / RESUME_FILE, step)
             bar.set_postfix(loss=f"{loss_value:.3f}", copy2=f"{diag['loss_second']:.2f}")
@@ -165,7 +198,7 @@ def _save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> None:
 def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"{i}.{k}": v.detach().clone() for i, s in optimizer.state_dict()["state"].items()
+    tensors = {f"{i}.{k}": v.detach().to("cpu", copy=True) for i, s in optimizer.state_dict()["state"].items()
                for k, v in s.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
 
@@ -238,10 +271,12 @@ def _resume_step(path: Path) -> int:
 
 
 def _identity(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in _NOT_IDENTITY}
+    """The recipe fields that make a series; a field added after a series was written counts at its default."""
+    return {k: v for k, v in {**_LATER_FIELDS, **d}.items() if k not in _NOT_IDENTITY}
 
 
 def _diff(old: dict, new: dict) -> str:
+    old, new = {**_LATER_FIELDS, **old}, {**_LATER_FIELDS, **new}
     keys = sorted(set(old) | set(new))
     parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
              for k in keys if k not in _NOT_IDENTITY and old.get(k) != new.get(k)]
