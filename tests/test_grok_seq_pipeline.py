@@ -54,6 +54,17 @@ def test_scan_run_is_analysed_without_fourier(tmp_path):
     assert "grok_fourier" not in secs and "grok_intervention" not in secs and "grok_curves" in secs
 
 
+def test_dyck_run_with_full_windows_is_analysed_without_modular_window_analyses(tmp_path):
+    # W + 1 = 11 snapshots or more: the edge windows exist, and the modes/coupling window analyses (which
+    # need the p x p grid of a modular task) are skipped rather than loading a modular model
+    out = tmp_path / "dyck"
+    result = grok("dyck", out, progress=False, overrides={
+        "model": TINY, "task_options": {"n_train": 8, "n_test": 16}, "steps": 24, "eval_every": 4,
+        "snapshot_every": 2, "defect_every": 0})
+    assert result["n_snapshots"] == 13 and result["window_analyses"] is None
+    assert len(pd.read_parquet(out / "edge.parquet")) > 0
+
+
 def test_dose_response_sweep_report(tmp_path):
     sweep = tmp_path / "sweep"
     base = GrokConfig.from_dict({"task": "dyck", "model": TINY, "task_options": {"n_train": 8, "n_test": 16},

@@ -256,7 +256,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         notes.append("fewer than 3 snapshots: no trajectory PCA")
 
     window = None
-    if settings.window_analyses and len(ckpts) >= w + 1:
+    if settings.window_analyses and modular and len(ckpts) >= w + 1:  # modes and coupling need the p × p grid
         from headscreen.grokking.edge_analyses import window_analyses, window_end_index
 
         end = window_end_index(steps, edge_json.get("peak_step"), w)
