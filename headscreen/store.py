@@ -77,6 +77,17 @@ def _flatten(d, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _with_defaults(config: dict, defaults: dict) -> dict:
+    """`config` with every field it lacks taken from `defaults` (nested dicts filled field by field)."""
+    out = dict(config)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 def config_differences(old: dict, new: dict, limit: int = 8) -> str:
     """'field: old -> new' for each leaf that differs (JSON-normalised), at most `limit` of them."""
     a, b = (_flatten(json.loads(json.dumps(x, default=_json_default))) for x in (old, new))
@@ -96,8 +107,12 @@ class RunStore:
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path, manifest: dict, *, force: bool = False) -> RunStore:
+    def open(cls, root: str | Path, manifest: dict, *, force: bool = False, defaults: dict | None = None) -> RunStore:
         """Create or reopen a run for writing, and take its lock.
+
+        `defaults`: values of config fields added after a run may have been written, whose absence means
+        exactly that value (e.g. an intervention block whose default is "none"); a run written before the
+        field existed then reopens as the same config. Only absent fields are filled, never changed ones.
 
         The config hash covers `manifest["results_config"]` (the settings that change results; else
         `manifest["config"]`). Reopening with a different one raises `ConfigChanged` naming the fields
@@ -130,6 +145,8 @@ class RunStore:
                         new_hash, config_hash(manifest.get("config", {})))
                 else:
                     same = old.get("config_hash") == new_hash
+                if not same and defaults:
+                    same = config_hash(_with_defaults(old_hashed, defaults)) == config_hash(_with_defaults(hashed, defaults))
                 if not same:
                     raise ConfigChanged(
                         f"run {store.root} was computed with different settings ({config_differences(old_hashed, hashed)}); "

@@ -139,3 +139,26 @@ def test_fsync_tree_syncs_every_file_and_folder_and_dir_errors_surface(tmp_path,
 
     monkeypatch.setattr(os, "fsync", unsupported)
     fsync_dir(root)  # a filesystem that cannot fsync folders: nothing to do, no error
+
+
+def test_reopen_fills_fields_added_later_from_declared_defaults(tmp_path):
+    from headscreen.store import ConfigChanged, RunStore
+
+    run = tmp_path / "run"
+    with RunStore.open(run, {"kind": "t", "config": {"lr": 1e-3, "model": {"d": 8}}}):
+        pass
+    newer = {"kind": "t", "config": {"lr": 1e-3, "model": {"d": 8, "init": None}, "intervention": {"kind": "none"}}}
+    defaults = {"lr": 3e-3, "model": {"d": 128, "init": None}, "intervention": {"kind": "none"}}
+    with pytest.raises(ConfigChanged, match="intervention.kind"):  # no defaults declared: a different config
+        RunStore.open(run, newer)
+    with RunStore.open(run, newer, defaults=defaults):  # the absent fields meant their defaults
+        pass
+    # a field the old run did set is never overridden by a default, and a non-default new value differs
+    changed = {"kind": "t", "config": {"lr": 1e-3, "model": {"d": 8, "init": None}, "intervention": {"kind": "amplify"}}}
+    run2 = tmp_path / "run2"
+    with RunStore.open(run2, {"kind": "t", "config": {"lr": 1e-3, "model": {"d": 8}}}):
+        pass
+    with pytest.raises(ConfigChanged, match="intervention.kind"):
+        RunStore.open(run2, changed, defaults=defaults)
+    with pytest.raises(ConfigChanged, match="lr"):
+        RunStore.open(run2, {"kind": "t", "config": {"lr": 3e-3, "model": {"d": 8}}}, defaults=defaults)

@@ -128,6 +128,12 @@ def model_spec(value: str | dict | ModelSpec, where: str = "model") -> ModelSpec
 GRID_KEYS = ("weight_decay", "lr", "seed")
 
 
+def config_defaults() -> dict[str, Any]:
+    """Every GrokConfig field at its default: a run written before a field existed ran with that default
+    (RunStore.open's `defaults`), e.g. the intervention block added after the first runs."""
+    return GrokConfig.from_dict({}, "defaults").to_dict()
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """A grid over weight decay, learning rate, seed and intervention strength (each a list; a missing

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from headscreen.grokking.config import GrokConfig
+from headscreen.grokking.config import GrokConfig, config_defaults
 from headscreen.grokking.defect import commutator_defect, defect_summary
 from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientIntervention
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
@@ -113,7 +113,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
     if plan.device != "cpu" and cfg.intervention.active:
         raise DeviceError("a gradient intervention (intervention.kind) runs on the CPU only: use --device cpu")
     run = Path(run_dir)
-    with RunStore.open(run, run_manifest(cfg, plan.record()), force=force) as store:
+    with RunStore.open(run, run_manifest(cfg, plan.record()), force=force, defaults=config_defaults()) as store:
         traj = Trajectory(run)
         if force:
             traj.reset()
