@@ -183,6 +183,8 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
     getattr(transformers, arch), transformers.AutoConfig
     if mode == "bridge":
         import transformer_lens.model_bridge  # noqa: F401
+    if mode.startswith("stream") or mode == "profile":
+        _warm_up_kernels()
     base_rss = _rss_mb()
     t0 = time.perf_counter()
     nbytes = 0
@@ -205,15 +207,15 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         extra = {"kind": cfg.sketch_kind, "d": cfg.dim}
         sk = HeadSketcher(cfg, keep_history=True)
         for c in ckpts:
-            hw = series.head_weights(c, dtype=None)  # as stored (fp16)
-            sk.update(hw, c.step)
+            hw = series.head_weights(c, dtype=None)  # as stored (fp16), views of the buffers read into
+            sk.update(hw, c.step, retain=True)  # as the screen does: θ_t is kept as θ_(t-1), no copy
             nbytes += sum(t.numel() * t.element_size() for t in (hw.W_Q, hw.W_K, hw.W_V, hw.W_O))
             del hw
         history = sum(t.numel() * t.element_size() for t in sk._sketches + sk._norms)
+        held = sk.state_bytes()
         extra |= {"phi_cache_mb": sk.projector.cached_bytes / 2**20, "history_mb": history / 2**20,
-                 "running_sum_mb": sk._sum.numel() * 8 / 2**20,
-                 "prev_mb": sk._prev.numel() * sk._prev.element_size() / 2**20,
-                 "work_buffers_mb": sum(b.numel() * b.element_size() for b in sk._buf) / 2**20}
+                  "running_sum_mb": sk._sum.numel() * 8 / 2**20, "prev_mb": held["prev"] / 2**20,
+                  "work_buffers_mb": held["work"] / 2**20}
     elif mode == "profile":
         extra = profile(series, ckpts)
     elif mode == "bridge":
@@ -238,59 +240,40 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
             **extra}
 
 
-def profile(series, ckpts) -> dict:
-    """Per-stage seconds per checkpoint of the streaming path (the HeadSketcher loop taken apart), with
-    the default projector (SpectralConfig()) and, for comparison, the Gaussian one at d = 100."""
+def _warm_up_kernels() -> None:
+    """Load (or, on the first run after an install, compile) the fused pass's numba kernels for fp16
+    weights, like an import: once per process, outside the timings."""
     import torch
 
-    from headscreen.spectral import SpectralConfig, make_projector
-    from headscreen.spectral.sketcher import SEGMENT, _Checkpoint, _sq_norms
+    from headscreen.spectral import HeadSketcher, SpectralConfig
 
-    stages = ("read", "finite", "assemble", "delta", "norm", "project", "store_prev")
-    acc = {k: [] for k in stages + ("project_gaussian100_f32", "read_f32_and_head_vectors")}
-    proj, gauss, prev, bufs = None, None, None, None
+    sk = HeadSketcher(SpectralConfig(window=3, sketch_dim=8))
+    for step in (0, 1):
+        sk.update(torch.zeros(1, 1, 16, dtype=torch.float16), step)
+
+
+def profile(series, ckpts) -> dict:
+    """Per-stage seconds per checkpoint of the streaming path, with the default SpectralConfig():
+    check (config.json and the safetensors headers, `Series.check`), read (the attention tensors as
+    stored into per-layer buffers, with the finite check of each tensor while it is in cache: the
+    rest of `head_weights(dtype=None)`), sketch (`HeadSketcher.update(retain=True)`: the fused pass)."""
+    from headscreen.spectral import HeadSketcher, SpectralConfig
+
+    stages = ("check", "read", "sketch")
+    acc = {k: [] for k in stages}
+    sk = HeadSketcher(SpectralConfig(window=10))
     for i, c in enumerate(ckpts):
-        t = {k: 0.0 for k in acc}
         t0 = time.perf_counter()
+        series.check(c)
+        t1 = time.perf_counter()
         hw = series.head_weights(c, dtype=None)
-        t["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ck = _Checkpoint(hw, c.step)
-        ck.check_finite()
-        t["finite"] = time.perf_counter() - t0
-        n_layers, n_heads, p = ck.shape
-        rows = n_layers * n_heads
-        if proj is None:
-            proj = make_projector(SpectralConfig(window=10), p)
-            gauss = make_projector(SpectralConfig(window=10, sketch_kind="gaussian", sketch_dim=100), p)
-            warm = torch.zeros(1, p)
-            proj.project(warm), gauss.project(warm)  # fill the caches outside the timings
-            prev = torch.zeros(rows, p, dtype=ck.dtype)
-            bufs = (torch.empty(rows, SEGMENT), torch.empty(rows, SEGMENT))
-        for lo, hi in ck.segments():
-            t0 = time.perf_counter()
-            cur = ck.columns(lo, hi, bufs[0])
-            t1 = time.perf_counter()
-            delta = torch.sub(cur, prev[:, lo:hi], out=bufs[1][:, : hi - lo])
-            t2 = time.perf_counter()
-            _sq_norms(delta)
-            t3 = time.perf_counter()
-            proj.project(delta, col_offset=lo)
-            t4 = time.perf_counter()
-            prev[:, lo:hi] = cur
-            t5 = time.perf_counter()
-            gauss.project(delta, col_offset=lo)
-            t6 = time.perf_counter()
-            for k, a, b in (("assemble", t0, t1), ("delta", t1, t2), ("norm", t2, t3), ("project", t3, t4),
-                            ("store_prev", t4, t5), ("project_gaussian100_f32", t5, t6)):
-                t[k] += b - a
-        del hw, ck
-        t0 = time.perf_counter()  # the older read path: float32 HeadWeights, whole [L, H, P] head vectors
-        series.head_weights(c).head_vectors()
-        t["read_f32_and_head_vectors"] = time.perf_counter() - t0
-        if i:  # the first checkpoint warms up allocator and caches
-            for k in acc:
-                acc[k].append(t[k])
+        t2 = time.perf_counter()
+        sk.update(hw, c.step, retain=True)
+        t3 = time.perf_counter()
+        del hw
+        if i:  # the first checkpoint warms up the allocator and projects θ_0 (no θ_(t-1) yet)
+            for k, a, b in (("check", t0, t1), ("read", t1, t2), ("sketch", t2, t3)):
+                acc[k].append(b - a)
     return {"profile_s": {k: (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()},
             "stages": list(stages)}
 
@@ -401,9 +384,6 @@ def main() -> None:
         print("\nper-checkpoint stages of the default streaming path (mean over checkpoints 2..N, ms):")
         print("  " + "  ".join(f"{k} {1e3 * pr[k]:.1f}" for k in stages)
               + f"  | sum {1e3 * sum(pr[k] for k in stages):.1f}")
-        print(f"  for comparison: Gaussian d=100 float32 projection {1e3 * pr['project_gaussian100_f32']:.1f} ms "
-              f"(the default's projection is {pr['project'] / pr['project_gaussian100_f32']:.2f}x that); the older "
-              f"read path (float32 HeadWeights + whole head_vectors) {1e3 * pr['read_f32_and_head_vectors']:.1f} ms")
     att16 = st["attention_mb_per_ckpt"]
     print(f"\nattention tensors of one checkpoint: {att16:.1f} MB as stored (fp16), {2 * att16:.1f} MB as float32")
     print(f"floors: plain read {1e3 * fl['wall_s'] / n:.1f} ms/ckpt; update floor (read θ_t once + one pass over "

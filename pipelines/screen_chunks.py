@@ -103,7 +103,7 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
         if need_sketch:
             if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
                 _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
-            step = sketcher.update(weights, ckpt.step)
+            step = sketcher.update(weights, ckpt.step, retain=True)  # read for this record only: no copy kept
             held = i
             key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
             rec["tensors"] = {key: value, "update_norm": step.update_norm}
@@ -121,9 +121,10 @@ def _prime(sketcher: HeadSketcher, weights: HeadWeights, step: int) -> None:
     is started from zeros (priming without a sketch would project θ_{t-1} in float64 for nothing)."""
     dim = sketcher.config.dim
     if sketcher.config.exact or dim is None:
-        sketcher.prime(weights, step)
+        sketcher.prime(weights, step, retain=True)
     else:
-        sketcher.prime(weights, step, sketch=torch.zeros(weights.n_layers, weights.n_heads, dim, dtype=torch.float64))
+        sketcher.prime(weights, step, sketch=torch.zeros(weights.n_layers, weights.n_heads, dim, dtype=torch.float64),
+                       retain=True)
 
 
 class _Emitting(list):

@@ -107,7 +107,8 @@ class Series:
 
     def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32) -> HeadWeights:
         """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default
-        (dtype=None: as stored, e.g. fp16).
+        (dtype=None: as stored, e.g. fp16, and without any copy after the read: the record's tensors
+        are strided views of the buffers the tensors were read into; see `read_head_weights`).
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
