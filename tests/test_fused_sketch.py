@@ -57,15 +57,23 @@ def test_signed_bins_are_the_countsketch_hashes():
     assert bins.shape == (1000,) and torch.equal(bins, 2 * h + (sign < 0).long())
 
 
-def test_records_do_not_depend_on_layout_or_stored_dtype():
-    # the column order fixes the order of every float64 sum: strided fp16/bf16/float32 weights give the
-    # records of contiguous float32 ones bit for bit (bf16 rounding applied to all of them first)
+def _close(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x.sketch, y.sketch, rtol=1e-13, atol=1e-13 * x.sketch.abs().max().item())
+        torch.testing.assert_close(x.update_norm, y.update_norm, rtol=1e-14, atol=0, equal_nan=True)
+
+
+def test_records_depend_on_the_element_order_only():
+    # the float64 sums run in memory order: the same order (any stored dtype, HeadWeights or the [L, H, P]
+    # head vectors) gives the same bits; a strided layout agrees to rounding (bf16 rounding applied first)
     hws = [_cast(_cast(h, torch.bfloat16), torch.float32) for h in _series()]
     _, ref = _run(hws)
-    for feed in ([_transposed_storage(h) for h in hws], [_cast(h, torch.bfloat16) for h in hws],
-                 [_transposed_storage(_cast(h, torch.bfloat16)) for h in hws],
-                 [h.head_vectors() for h in hws]):
-        _same(ref, _run(feed)[1])
+    _same(ref, _run([_cast(h, torch.bfloat16) for h in hws])[1])
+    _same(ref, _run([h.head_vectors() for h in hws])[1])
+    _same(ref, _run([h.head_vectors(torch.bfloat16) for h in hws])[1])
+    strided = _run([_transposed_storage(h) for h in hws])[1]
+    _close(ref, strided)
+    _same(strided, _run([_transposed_storage(_cast(h, torch.bfloat16)) for h in hws])[1])
     # and they are S θ_t and ‖θ_t − θ_(t−1)‖ computed densely in float64 (S from the projector's matrix)
     hs, recs = _run(hws)
     s = hs.projector.matrix().double()
@@ -129,4 +137,38 @@ def test_lazy_read_as_stored_is_copy_free_and_sketches_like_the_copy(series_root
         # the record's tensors are views of the buffers the attention weights were read into
         held = {getattr(v, k).untyped_storage().data_ptr(): getattr(v, k).untyped_storage().nbytes() for k in NAMES}
         assert sum(held.values()) == sum(getattr(c, k).numel() * 4 for k in NAMES), arch
-    _same(_run(copies)[1], _run(views, retain=True)[1])
+    _close(_run(copies)[1], _run(views, retain=True)[1])
+
+
+def test_read_buffers_are_reused_only_once_released(series_root):
+    series = LocalSeries(series_root / "gpt_neox")
+    c0, c1, c2 = series.checkpoints
+    first = series.head_weights(c0, dtype=None)
+    ptr = first.W_Q.untyped_storage().data_ptr()
+    expect = first.W_Q.clone()
+    second = series.head_weights(c1, dtype=None)  # `first` is alive: its buffers are not touched
+    assert second.W_Q.untyped_storage().data_ptr() != ptr and torch.equal(first.W_Q, expect)
+    del first
+    third = series.head_weights(c2, dtype=None)  # `first` was released: its memory is read into again
+    assert third.W_Q.untyped_storage().data_ptr() == ptr
+    assert torch.equal(third.W_Q, series.head_weights(c2).W_Q.to(third.W_Q.dtype))
+    import pickle
+
+    assert len(pickle.dumps(series)) < 100_000  # the buffers do not travel to worker processes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_finite_half_precision_value_is_read_exactly(dtype):
+    # all 65,536 bit patterns: the finite ones as one head vector (its first sketch is S θ in float64),
+    # the others (Inf/NaN) each make the update raise
+    vals = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = vals[torch.isfinite(vals)]
+    hs = HeadSketcher(SpectralConfig(window=3, sketch_dim=16, block_size=4096))
+    rec = hs.update(finite.view(1, 1, -1), 0)
+    s = hs.projector.matrix().double()
+    x = finite.double()
+    terms = (s.abs() * x.abs()).sum(-1).max().item()
+    torch.testing.assert_close(rec.sketch[0, 0], s @ x, rtol=0, atol=1e-15 * terms)
+    for bad in vals[~torch.isfinite(vals)][:: 97]:
+        with pytest.raises(ValueError, match="NaN/inf weights"):
+            HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)

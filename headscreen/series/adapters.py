@@ -25,6 +25,7 @@ import torch
 from einops import rearrange
 
 from headscreen.series.errors import CorruptCheckpoint, NonFiniteWeights, UnsupportedArchitecture
+from headscreen.series.pool import BufferPool
 from headscreen.series.tensors import TensorSource
 from headscreen.series.weights import HeadWeights
 
@@ -243,8 +244,8 @@ class _LayerSlots:
     header), so the per-head views the readers make of all layers are one strided [n_layers, ...] view
     of that buffer (`_stacked`) and nothing is copied after the read."""
 
-    def __init__(self, src: TensorSource, n_layers: int) -> None:
-        self.src, self.folder, self.n_layers = src, src.folder, n_layers
+    def __init__(self, src: TensorSource, n_layers: int, pool: BufferPool | None = None) -> None:
+        self.src, self.folder, self.n_layers, self.pool = src, src.folder, n_layers, pool
         self.buffers: list[torch.Tensor | None] = []
         self.layer, self.i = 0, 0
         self.read_now: list[tuple[str, torch.Tensor]] = []  # (key, tensor as read) of the current layer
@@ -258,7 +259,11 @@ class _LayerSlots:
     def read(self, key: str) -> torch.Tensor:
         kind = self.src.stored(key)
         if self.layer == 0:
-            self.buffers.append(None if kind is None else torch.empty((self.n_layers, *kind[1]), dtype=kind[0]))
+            if kind is None:
+                self.buffers.append(None)
+            else:
+                shape = (self.n_layers, *kind[1])
+                self.buffers.append(self.pool.take(shape, kind[0]) if self.pool else torch.empty(shape, dtype=kind[0]))
         buf = self.buffers[self.i] if self.i < len(self.buffers) else None
         self.i += 1
         if buf is None or kind is None or (buf.dtype, tuple(buf.shape[1:])) != kind:
@@ -282,7 +287,8 @@ def _stacked(views: list[torch.Tensor]) -> torch.Tensor:
 
 
 def read_head_weights(
-    src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype | None = torch.float32
+    src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype | None = torch.float32,
+    pool: BufferPool | None = None,
 ) -> HeadWeights:
     """Read every layer's attention tensors (and nothing else) into a `HeadWeights` record.
 
@@ -290,6 +296,7 @@ def read_head_weights(
     stored dtype (fp16 stays fp16: half the memory) and copies nothing: each tensor is read straight
     into a per-layer slot of one buffer and the record's tensors are strided views of those buffers
     (e.g. GPT-NeoX's W_Q is a view of the fused QKV rows), as a booted model's weights would be.
+    `pool` (dtype None only): where those buffers come from, reused once nothing holds them (pool.py).
     Raises `NonFiniteWeights` naming the checkpoint, layer and tensor on NaN/Inf.
     Memory: one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats) plus, with a
     dtype, one layer's tensors.
@@ -297,7 +304,7 @@ def read_head_weights(
     reader = _READERS[geometry.architecture]
     where = f"{src.folder}: layer"
     if dtype is None:
-        slots = _LayerSlots(src, geometry.n_layers)
+        slots = _LayerSlots(src, geometry.n_layers, pool)
         layers = []
         for layer in range(geometry.n_layers):
             slots.start(layer)

@@ -17,6 +17,7 @@ import torch
 from headscreen.series.adapters import AttentionGeometry, geometry_from_config, read_head_weights
 from headscreen.series.checks import check_checkpoint, check_finite_parameters, read_hf_config
 from headscreen.series.errors import CheckpointNotFound, ShapeMismatch
+from headscreen.series.pool import BufferPool
 from headscreen.series.tensors import TensorSource
 from headscreen.series.weights import HeadWeights
 
@@ -57,6 +58,13 @@ class Series:
                   "code shipped in their folders; use it only for checkpoints you trust", file=sys.stderr)
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
         self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
+        self._pool = BufferPool()  # read buffers of head_weights(dtype=None), reused once released
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a worker process) without the read buffers: the worker makes its own."""
+        state = self.__dict__.copy()
+        state["_pool"] = BufferPool()
+        return state
 
     # --- to be provided by sources ---------------------------------------------------------
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
@@ -115,7 +123,7 @@ class Series:
         geometry = self.check(ckpt)  # headers and claimed shapes, before anything is allocated
         src = self.tensor_source(ckpt)
         try:
-            hw = read_head_weights(src, geometry, dtype=dtype)
+            hw = read_head_weights(src, geometry, dtype=dtype, pool=self._pool)
         finally:
             src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()

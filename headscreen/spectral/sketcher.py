@@ -55,9 +55,9 @@ class HeadSketcher:
 
     Two passes, both one walk over θ_t and θ_{t−1} per checkpoint:
       * CountSketch (the default; fused.py): one compiled loop reads each element as stored, forms
-        δ_t in float64 and adds δ_t and δ_t² into the head's signed bin (float64). Φδ_t and ‖δ_t‖ are
-        exact sums in float64, in an order fixed by the column index (bit-identical for any memory
-        layout or stored dtype); a NaN/Inf in θ_t is found on the accumulator and raises before the
+        δ_t in float64, adds it into the head's signed bin and its square into ‖δ_t‖² (float64), in
+        the weights' memory order (bit-identical for the same layout and any stored dtype, equal to
+        rounding across layouts); a NaN/Inf in θ_t is found on the accumulator and raises before the
         state changes.
       * Gaussian and exact (segments.py): segments of columns assembled in float32, differenced,
         normed (float32 partial sums of 256 entries added in float64) and projected with one matmul
@@ -66,8 +66,9 @@ class HeadSketcher:
     of the weights as given, T checkpoints so far), beyond the caller's weights:
       * the previous checkpoint's weights: L·H·P·b bytes (fp16: 2 bytes; GQA: the K/V parts once per
         K/V head), none beyond the caller's when they are retained;
-      * CountSketch: a [L, H, 4·d] float64 accumulator and the bin table, 4 bytes per column (plus the
-        hashes, 20 bytes per column, cached within config.cache_bytes); Gaussian: two float32
+      * CountSketch: a [L, H, 2·d] float64 accumulator and the bin table, 4 bytes per column (and
+        once more per part whose memory order differs from the column order; plus the hashes, 20
+        bytes per column, cached within config.cache_bytes); Gaussian: two float32
         [L·H, 4096] work buffers and Φ, d·P·4 bytes, cached within config.cache_bytes (regenerated per
         checkpoint beyond it: a block of 16384×100 costs ~12 ms to draw);
       * the running sum L·H·d·8 bytes; history (if keep_history): T·L·H·(d+1)·8 bytes; in exact mode
