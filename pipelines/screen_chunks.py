@@ -42,11 +42,15 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
 
 
 def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, device: str):
-    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it."""
+    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it.
+
+    The head weights always come from the lazy reader (as stored: fp16 stays fp16), probed or not: the
+    sketch's float64 sums run in the weights' memory order, so every checkpoint must reach the
+    sketcher in the same layout for a record not to depend on whether its checkpoint was probed in
+    this run (a resumed screen recomputes a sketch record without its probes)."""
     if not probe:
-        return series.head_weights(ckpt, dtype=None), None, batches  # as stored: fp16 stays fp16
+        return series.head_weights(ckpt, dtype=None), None, batches
     bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
-    weights = head_weights_from_bridge(bridge)
     if batches is None:
         tok = getattr(bridge, "tokenizer", None)
         batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
@@ -58,7 +62,8 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
         raise NonFiniteOutputs(f"checkpoint {ckpt.label()}: the probes' forward pass gave {bad}; a weight outside "
                                "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
                                "--skip-bad")
-    return weights, tables, batches
+    del bridge
+    return series.head_weights(ckpt, dtype=None), tables, batches
 
 
 @dataclass(frozen=True)

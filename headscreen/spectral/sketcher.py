@@ -191,8 +191,9 @@ class HeadSketcher:
 
     def provenance(self) -> dict:
         exact = isinstance(self.projector, ExactProjector) or self.config.exact
+        summed = ("P delta_t summed in float64 by the fused pass" if isinstance(self._pass, FusedPass)
+                  else f"P delta_t in {self.config.projection_dtype}, sum in float64")
         record = ("theta_t (exact mode)" if exact else
-                  f"s_t = s_(t-1) + P delta_t (P delta_t in {self.config.projection_dtype}, sum in float64), "
-                  "s_0 = P theta_0 in float64")
+                  f"s_t = s_(t-1) + P delta_t ({summed}), s_0 = P theta_0 in float64")
         return {"config": self.config.to_dict(), "record": record,
                 "projector": self.projector.provenance() if self.projector is not None else None}
