@@ -25,26 +25,34 @@ printed beside the ratios: on a shared host, the ratios (measured in one run) ar
 Acceptance (docs/methods.md#sketches): the default makes >= 20x the bridge baseline, <= 2x the
 update floor, and <= 5.7% gap-ratio error, in one run.
 
-Measured (1 thread, nice 0, on the 2-core host shared with ~6 other jobs, load average 13–19: the
-ratios are distorted by the load and are NOT a benchmark; rerun on a quiet host), `--checkpoints 4
---big 2`: default (CountSketch d = 500) 601 ms/ckpt at N = 8 (792 at N = 4, which includes the first
-checkpoint's float64 Φθ_0), update floor 226 ms/ckpt, plain read 76 ms/ckpt, bridge 2.86 s/ckpt
-(imports outside the timings): 3.6x the bridge and 3.5x the update floor in that run, neither target
-met there; Gaussian d = 100: 2.0x the bridge, 6.3x the floor. Peak RSS above imports: default +135 MB
-(N = 4) and +144 MB (N = 8, 1.06x), bridge +1.7 GB. Gap-ratio error of the default (load-free):
-2.36% (worst seed 2.64%) on this series (layers 0 and 7, 12 checkpoints), 2.79% (worst 3.03%) on the
-first 31 checkpoints of the demo series (synthetic-tiny), against 6.1–6.5% for either kind at d = 100.
-Pythia-1B geometry row, same run (load ~10–15), 2 attention-only checkpoints of 512 MB fp16: 7.2 s
-per checkpoint (the first includes Φθ_0 in float64), update floor 1.6 s per checkpoint (4.4x), peak
-RSS +1.59 GB above imports (θ_{t−1} 512 MB + the checkpoint read 512 MB + the rest of the read path's
-copies), so a 154-revision sweep is ~18 min of sketching at that load, memory flat.
+The streaming path measured here is the fused CountSketch pass (headscreen/spectral/fused.py): the
+attention tensors read as stored into recycled per-layer buffers (`head_weights(dtype=None)`, no copy
+after the read), then `HeadSketcher.update(hw, retain=True)`: one compiled loop over θ_t and θ_{t−1}
+(the previous checkpoint's buffers, kept without a copy) forms δ in float64, scatters it into the
+signed bins and sums δ². The numba kernels are loaded (compiled on the first run after an install)
+once per worker process before the timings, like the imports. Profile stages: check (config.json
+and headers), read (positioned reads + per-tensor finite check), sketch (the fused pass).
 
-Quiet host (load average 0.78 before, 0.91 after), `--checkpoints 4 --big 0 --no-profile --threads 1` on the
-same 12-checkpoint series: default 164.6 ms/ckpt at N = 4, 125.5 at N = 8; bridge 747.5 ms/ckpt: 4.5x the
-bridge (target >= 20x, not met), 7.42x the update floor (22.2 ms/ckpt; the plain read came out at 194 ms,
-slower than the update floor, so that floor run likely met a cold page cache: rerun with more checkpoints),
-gap-ratio error 2.36%; Gaussian d = 100 2.6x the bridge, CountSketch d = 100 6.2x. Peak RSS +129/+118 MB
-(N = 4/8), bridge +1.64 GB.
+Measured with the fused pass (1 thread, nice 0, the 2-core host shared with other jobs: NOT a quiet
+benchmark; ratios are from one run each), `--checkpoints 6 --threads 1`:
+  * load average 2.3–2.7, `--big 3`: default 62.1 ms/ckpt at N = 6 (88.6 at N = 12), update floor
+    17.2 ms, plain read 13.6 ms, bridge 719 ms/ckpt: 11.6x the bridge, 3.62x the update floor;
+    profile check 1.5 / read 15.4 / sketch 39.2 ms; Gaussian d = 100 3.7x the bridge, CountSketch
+    d = 100 9.6x. Peak RSS +84/+86 MB (N = 6/12, 1.02x), bridge +2.24 GB. Gap-ratio error of the
+    default 2.36% (3 seeds, layers 0 and 7, 12 checkpoints; load-free). Pythia-1B attention geometry,
+    3 attention-only checkpoints of 512 MB fp16: 776 ms per checkpoint, 1.95x its update floor
+    (398 ms), peak RSS +1.69 GB above imports; a 154-revision sweep ~2.0 min of sketching.
+  * load average 2.1–2.8, `--big 0`: default 75.4 ms/ckpt (72.6 at N = 12), update floor 18.1,
+    bridge 644 ms: 8.5x the bridge, 4.18x the floor; profile check 2.5 / read 21.9 / sketch 50.2 ms.
+Neither speed target is met in these runs. The ceiling on this host: the read stage is at the plain
+read (13–22 ms, 1/30–1/50 of the bridge), so the read does not rule 20x out; the sketch stage is a
+pass over θ_t and θ_{t−1} (~15 ms for the 19M attention parameters here: the loop with its scatter
+removed) plus one scalar scatter per parameter into the d bins (~20 ms: ~1 ns each, the part no
+vectorised op can do). Read + sketch ≈ 50 ms/ckpt at that load, i.e. ~13–15x a 650–720 ms bridge
+and ~2.5–3x the update floor on 1 thread; only the 1B geometry (where the floor's own passes are
+slower) comes within 2x. Before the fused pass (segmented assembly + `index_add_` CountSketch), a
+quiet-host run of `--checkpoints 4 --big 0 --no-profile --threads 1` gave 125.5 ms/ckpt, 4.5x the
+bridge (747.5 ms) and 7.4x the update floor (22.2 ms).
 
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench] \
         [--big 4] [--demo results/demo/series]
