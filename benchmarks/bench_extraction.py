@@ -25,26 +25,34 @@ printed beside the ratios: on a shared host, the ratios (measured in one run) ar
 Acceptance (docs/methods.md#sketches): the default makes >= 20x the bridge baseline, <= 2x the
 update floor, and <= 5.7% gap-ratio error, in one run.
 
-Measured (1 thread, nice 0, on the 2-core host shared with ~6 other jobs, load average 13–19: the
-ratios are distorted by the load and are NOT a benchmark; rerun on a quiet host), `--checkpoints 4
---big 2`: default (CountSketch d = 500) 601 ms/ckpt at N = 8 (792 at N = 4, which includes the first
-checkpoint's float64 Φθ_0), update floor 226 ms/ckpt, plain read 76 ms/ckpt, bridge 2.86 s/ckpt
-(imports outside the timings): 3.6x the bridge and 3.5x the update floor in that run, neither target
-met there; Gaussian d = 100: 2.0x the bridge, 6.3x the floor. Peak RSS above imports: default +135 MB
-(N = 4) and +144 MB (N = 8, 1.06x), bridge +1.7 GB. Gap-ratio error of the default (load-free):
-2.36% (worst seed 2.64%) on this series (layers 0 and 7, 12 checkpoints), 2.79% (worst 3.03%) on the
-first 31 checkpoints of the demo series (synthetic-tiny), against 6.1–6.5% for either kind at d = 100.
-Pythia-1B geometry row, same run (load ~10–15), 2 attention-only checkpoints of 512 MB fp16: 7.2 s
-per checkpoint (the first includes Φθ_0 in float64), update floor 1.6 s per checkpoint (4.4x), peak
-RSS +1.59 GB above imports (θ_{t−1} 512 MB + the checkpoint read 512 MB + the rest of the read path's
-copies), so a 154-revision sweep is ~18 min of sketching at that load, memory flat.
+The streaming path measured here is the fused CountSketch pass (headscreen/spectral/fused.py): the
+attention tensors read as stored into recycled per-layer buffers (`head_weights(dtype=None)`, no copy
+after the read), then `HeadSketcher.update(hw, retain=True)`: one compiled loop over θ_t and θ_{t−1}
+(the previous checkpoint's buffers, kept without a copy) forms δ in float64, scatters it into the
+signed bins and sums δ². The numba kernels are loaded (compiled on the first run after an install)
+once per worker process before the timings, like the imports. Profile stages: check (config.json
+and headers), read (positioned reads + per-tensor finite check), sketch (the fused pass).
 
-Quiet host (load average 0.78 before, 0.91 after), `--checkpoints 4 --big 0 --no-profile --threads 1` on the
-same 12-checkpoint series: default 164.6 ms/ckpt at N = 4, 125.5 at N = 8; bridge 747.5 ms/ckpt: 4.5x the
-bridge (target >= 20x, not met), 7.42x the update floor (22.2 ms/ckpt; the plain read came out at 194 ms,
-slower than the update floor, so that floor run likely met a cold page cache: rerun with more checkpoints),
-gap-ratio error 2.36%; Gaussian d = 100 2.6x the bridge, CountSketch d = 100 6.2x. Peak RSS +129/+118 MB
-(N = 4/8), bridge +1.64 GB.
+Measured with the fused pass (1 thread, nice 0, the 2-core host shared with other jobs: NOT a quiet
+benchmark; ratios are from one run each), `--checkpoints 6 --threads 1`:
+  * load average 2.3–2.7, `--big 3`: default 62.1 ms/ckpt at N = 6 (88.6 at N = 12), update floor
+    17.2 ms, plain read 13.6 ms, bridge 719 ms/ckpt: 11.6x the bridge, 3.62x the update floor;
+    profile check 1.5 / read 15.4 / sketch 39.2 ms; Gaussian d = 100 3.7x the bridge, CountSketch
+    d = 100 9.6x. Peak RSS +84/+86 MB (N = 6/12, 1.02x), bridge +2.24 GB. Gap-ratio error of the
+    default 2.36% (3 seeds, layers 0 and 7, 12 checkpoints; load-free). Pythia-1B attention geometry,
+    3 attention-only checkpoints of 512 MB fp16: 776 ms per checkpoint, 1.95x its update floor
+    (398 ms), peak RSS +1.69 GB above imports; a 154-revision sweep ~2.0 min of sketching.
+  * load average 2.1–2.8, `--big 0`: default 75.4 ms/ckpt (72.6 at N = 12), update floor 18.1,
+    bridge 644 ms: 8.5x the bridge, 4.18x the floor; profile check 2.5 / read 21.9 / sketch 50.2 ms.
+Neither speed target is met in these runs. The ceiling on this host: the read stage is at the plain
+read (13–22 ms, 1/30–1/50 of the bridge), so the read does not rule 20x out; the sketch stage is a
+pass over θ_t and θ_{t−1} (~15 ms for the 19M attention parameters here: the loop with its scatter
+removed) plus one scalar scatter per parameter into the d bins (~20 ms: ~1 ns each, the part no
+vectorised op can do). Read + sketch ≈ 50 ms/ckpt at that load, i.e. ~13–15x a 650–720 ms bridge
+and ~2.5–3x the update floor on 1 thread; only the 1B geometry (where the floor's own passes are
+slower) comes within 2x. Before the fused pass (segmented assembly + `index_add_` CountSketch), a
+quiet-host run of `--checkpoints 4 --big 0 --no-profile --threads 1` gave 125.5 ms/ckpt, 4.5x the
+bridge (747.5 ms) and 7.4x the update floor (22.2 ms).
 
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench] \
         [--big 4] [--demo results/demo/series]
@@ -183,6 +191,8 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
     getattr(transformers, arch), transformers.AutoConfig
     if mode == "bridge":
         import transformer_lens.model_bridge  # noqa: F401
+    if mode.startswith("stream") or mode == "profile":
+        _warm_up_kernels()
     base_rss = _rss_mb()
     t0 = time.perf_counter()
     nbytes = 0
@@ -205,15 +215,15 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         extra = {"kind": cfg.sketch_kind, "d": cfg.dim}
         sk = HeadSketcher(cfg, keep_history=True)
         for c in ckpts:
-            hw = series.head_weights(c, dtype=None)  # as stored (fp16)
-            sk.update(hw, c.step)
+            hw = series.head_weights(c, dtype=None)  # as stored (fp16), views of the buffers read into
+            sk.update(hw, c.step, retain=True)  # as the screen does: θ_t is kept as θ_(t-1), no copy
             nbytes += sum(t.numel() * t.element_size() for t in (hw.W_Q, hw.W_K, hw.W_V, hw.W_O))
             del hw
         history = sum(t.numel() * t.element_size() for t in sk._sketches + sk._norms)
+        held = sk.state_bytes()
         extra |= {"phi_cache_mb": sk.projector.cached_bytes / 2**20, "history_mb": history / 2**20,
-                 "running_sum_mb": sk._sum.numel() * 8 / 2**20,
-                 "prev_mb": sk._prev.numel() * sk._prev.element_size() / 2**20,
-                 "work_buffers_mb": sum(b.numel() * b.element_size() for b in sk._buf) / 2**20}
+                  "running_sum_mb": sk._sum.numel() * 8 / 2**20, "prev_mb": held["prev"] / 2**20,
+                  "work_buffers_mb": held["work"] / 2**20}
     elif mode == "profile":
         extra = profile(series, ckpts)
     elif mode == "bridge":
@@ -238,59 +248,40 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
             **extra}
 
 
-def profile(series, ckpts) -> dict:
-    """Per-stage seconds per checkpoint of the streaming path (the HeadSketcher loop taken apart), with
-    the default projector (SpectralConfig()) and, for comparison, the Gaussian one at d = 100."""
+def _warm_up_kernels() -> None:
+    """Load (or, on the first run after an install, compile) the fused pass's numba kernels for fp16
+    weights, like an import: once per process, outside the timings."""
     import torch
 
-    from headscreen.spectral import SpectralConfig, make_projector
-    from headscreen.spectral.sketcher import SEGMENT, _Checkpoint, _sq_norms
+    from headscreen.spectral import HeadSketcher, SpectralConfig
 
-    stages = ("read", "finite", "assemble", "delta", "norm", "project", "store_prev")
-    acc = {k: [] for k in stages + ("project_gaussian100_f32", "read_f32_and_head_vectors")}
-    proj, gauss, prev, bufs = None, None, None, None
+    sk = HeadSketcher(SpectralConfig(window=3, sketch_dim=8))
+    for step in (0, 1):
+        sk.update(torch.zeros(1, 1, 16, dtype=torch.float16), step)
+
+
+def profile(series, ckpts) -> dict:
+    """Per-stage seconds per checkpoint of the streaming path, with the default SpectralConfig():
+    check (config.json and the safetensors headers, `Series.check`), read (the attention tensors as
+    stored into per-layer buffers, with the finite check of each tensor while it is in cache: the
+    rest of `head_weights(dtype=None)`), sketch (`HeadSketcher.update(retain=True)`: the fused pass)."""
+    from headscreen.spectral import HeadSketcher, SpectralConfig
+
+    stages = ("check", "read", "sketch")
+    acc = {k: [] for k in stages}
+    sk = HeadSketcher(SpectralConfig(window=10))
     for i, c in enumerate(ckpts):
-        t = {k: 0.0 for k in acc}
         t0 = time.perf_counter()
+        series.check(c)
+        t1 = time.perf_counter()
         hw = series.head_weights(c, dtype=None)
-        t["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ck = _Checkpoint(hw, c.step)
-        ck.check_finite()
-        t["finite"] = time.perf_counter() - t0
-        n_layers, n_heads, p = ck.shape
-        rows = n_layers * n_heads
-        if proj is None:
-            proj = make_projector(SpectralConfig(window=10), p)
-            gauss = make_projector(SpectralConfig(window=10, sketch_kind="gaussian", sketch_dim=100), p)
-            warm = torch.zeros(1, p)
-            proj.project(warm), gauss.project(warm)  # fill the caches outside the timings
-            prev = torch.zeros(rows, p, dtype=ck.dtype)
-            bufs = (torch.empty(rows, SEGMENT), torch.empty(rows, SEGMENT))
-        for lo, hi in ck.segments():
-            t0 = time.perf_counter()
-            cur = ck.columns(lo, hi, bufs[0])
-            t1 = time.perf_counter()
-            delta = torch.sub(cur, prev[:, lo:hi], out=bufs[1][:, : hi - lo])
-            t2 = time.perf_counter()
-            _sq_norms(delta)
-            t3 = time.perf_counter()
-            proj.project(delta, col_offset=lo)
-            t4 = time.perf_counter()
-            prev[:, lo:hi] = cur
-            t5 = time.perf_counter()
-            gauss.project(delta, col_offset=lo)
-            t6 = time.perf_counter()
-            for k, a, b in (("assemble", t0, t1), ("delta", t1, t2), ("norm", t2, t3), ("project", t3, t4),
-                            ("store_prev", t4, t5), ("project_gaussian100_f32", t5, t6)):
-                t[k] += b - a
-        del hw, ck
-        t0 = time.perf_counter()  # the older read path: float32 HeadWeights, whole [L, H, P] head vectors
-        series.head_weights(c).head_vectors()
-        t["read_f32_and_head_vectors"] = time.perf_counter() - t0
-        if i:  # the first checkpoint warms up allocator and caches
-            for k in acc:
-                acc[k].append(t[k])
+        t2 = time.perf_counter()
+        sk.update(hw, c.step, retain=True)
+        t3 = time.perf_counter()
+        del hw
+        if i:  # the first checkpoint warms up the allocator and projects θ_0 (no θ_(t-1) yet)
+            for k, a, b in (("check", t0, t1), ("read", t1, t2), ("sketch", t2, t3)):
+                acc[k].append(b - a)
     return {"profile_s": {k: (sum(v) / len(v) if v else float("nan")) for k, v in acc.items()},
             "stages": list(stages)}
 
@@ -401,9 +392,6 @@ def main() -> None:
         print("\nper-checkpoint stages of the default streaming path (mean over checkpoints 2..N, ms):")
         print("  " + "  ".join(f"{k} {1e3 * pr[k]:.1f}" for k in stages)
               + f"  | sum {1e3 * sum(pr[k] for k in stages):.1f}")
-        print(f"  for comparison: Gaussian d=100 float32 projection {1e3 * pr['project_gaussian100_f32']:.1f} ms "
-              f"(the default's projection is {pr['project'] / pr['project_gaussian100_f32']:.2f}x that); the older "
-              f"read path (float32 HeadWeights + whole head_vectors) {1e3 * pr['read_f32_and_head_vectors']:.1f} ms")
     att16 = st["attention_mb_per_ckpt"]
     print(f"\nattention tensors of one checkpoint: {att16:.1f} MB as stored (fp16), {2 * att16:.1f} MB as float32")
     print(f"floors: plain read {1e3 * fl['wall_s'] / n:.1f} ms/ckpt; update floor (read θ_t once + one pass over "

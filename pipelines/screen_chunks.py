@@ -43,11 +43,15 @@ def head_weights_from_bridge(bridge) -> HeadWeights:
 
 
 def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, device: str):
-    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it."""
+    """(head weights, probe tables or None, probe batches) of one checkpoint; a `SeriesError` names it.
+
+    The head weights always come from the lazy reader (as stored: fp16 stays fp16), probed or not: the
+    sketch's float64 sums run in the weights' memory order, so every checkpoint must reach the
+    sketcher in the same layout for a record not to depend on whether its checkpoint was probed in
+    this run (a resumed screen recomputes a sketch record without its probes)."""
     if not probe:
-        return series.head_weights(ckpt, dtype=None), None, batches  # as stored: fp16 stays fp16
+        return series.head_weights(ckpt, dtype=None), None, batches
     bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
-    weights = head_weights_from_bridge(bridge)
     if batches is None:
         tok = getattr(bridge, "tokenizer", None)
         batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
@@ -59,7 +63,8 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
         raise NonFiniteOutputs(f"checkpoint {ckpt.label()}: the probes' forward pass gave {bad}; a weight outside "
                                "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
                                "--skip-bad")
-    return weights, tables, batches
+    del bridge
+    return series.head_weights(ckpt, dtype=None), tables, batches
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
         if need_sketch:
             if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
                 _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
-            step = sketcher.update(weights, ckpt.step)
+            step = sketcher.update(weights, ckpt.step, retain=True)  # read for this record only: no copy kept
             held = i
             key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
             rec["tensors"] = {key: value, "update_norm": step.update_norm}
@@ -122,9 +127,10 @@ def _prime(sketcher: HeadSketcher, weights: HeadWeights, step: int) -> None:
     is started from zeros (priming without a sketch would project θ_{t-1} in float64 for nothing)."""
     dim = sketcher.config.dim
     if sketcher.config.exact or dim is None:
-        sketcher.prime(weights, step)
+        sketcher.prime(weights, step, retain=True)
     else:
-        sketcher.prime(weights, step, sketch=torch.zeros(weights.n_layers, weights.n_heads, dim, dtype=torch.float64))
+        sketcher.prime(weights, step, sketch=torch.zeros(weights.n_layers, weights.n_heads, dim, dtype=torch.float64),
+                       retain=True)
 
 
 class _Emitting(list):

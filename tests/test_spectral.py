@@ -34,7 +34,7 @@ from headscreen.spectral import (
 from headscreen.spectral.planted import momentum_trajectory, planted_head_series
 
 torch.set_num_threads(1)
-sketcher_module = importlib.import_module("headscreen.spectral.sketcher")
+segments_module = importlib.import_module("headscreen.spectral.segments")
 
 W = 10
 STEPS = lambda t: [40 * i for i in range(t)]  # noqa: E731
@@ -612,11 +612,15 @@ def _stored_dtype_and_layout(monkeypatch):
     mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], as32[2], hws[3]])]
     for a, b in zip(outs[0], mixed, strict=True):
         assert torch.equal(a.sketch, b.sketch)
-    assert hs._prev.dtype == torch.float16
-    # segments that straddle the W_Q/W_K/W_V/W_O boundaries (SEGMENT = 37 columns): same records up
-    # to rounding, and they equal Φθ_t and ‖δ_t‖ computed in float64 from the head vectors
-    monkeypatch.setattr(sketcher_module, "SEGMENT", 37)
-    hs = HeadSketcher(cfg)
+    assert all(t.dtype == torch.float16 for t, _ in hs._pass.prev)
+    # the Gaussian sketch's segmented pass: segments that straddle the W_Q/W_K/W_V/W_O boundaries
+    # (SEGMENT = 37 columns) give the records of whole segments up to rounding, and they equal Φθ_t
+    # and ‖δ_t‖ computed in float64 from the head vectors
+    gcfg = dataclasses.replace(cfg, sketch_kind="gaussian")
+    hs = HeadSketcher(gcfg)
+    outs[0] = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
+    monkeypatch.setattr(segments_module, "SEGMENT", 37)
+    hs = HeadSketcher(gcfg)
     small = [hs.update(w, 10 * i) for i, w in enumerate(hws)]
     phi = hs.projector.matrix().double()
     for i, (a, b) in enumerate(zip(outs[0], small, strict=True)):

@@ -16,7 +16,8 @@ import torch
 
 from headscreen.series.adapters import AttentionGeometry, geometry_from_config, read_head_weights
 from headscreen.series.checks import check_checkpoint, check_finite_parameters, read_hf_config
-from headscreen.series.errors import CheckpointNotFound, ShapeMismatch
+from headscreen.series.errors import CheckpointNotFound, SeriesError, ShapeMismatch
+from headscreen.series.pool import BufferPool
 from headscreen.series.tensors import TensorSource
 from headscreen.series.weights import HeadWeights
 
@@ -57,6 +58,13 @@ class Series:
                   "code shipped in their folders; use it only for checkpoints you trust", file=sys.stderr)
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
         self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
+        self._pool = BufferPool()  # read buffers of head_weights(dtype=None), reused once released
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a worker process) without the read buffers: the worker makes its own."""
+        state = self.__dict__.copy()
+        state["_pool"] = BufferPool()
+        return state
 
     # --- to be provided by sources ---------------------------------------------------------
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
@@ -89,13 +97,14 @@ class Series:
     def hf_config(self, ckpt: Checkpoint) -> dict:
         return read_hf_config(self.folder(ckpt), ckpt.label())
 
-    def check(self, ckpt: Checkpoint, purpose: str = "attention") -> AttentionGeometry:
-        """Run the checkpoint checks (headscreen.series.checks) once per folder; returns the geometry."""
+    def check(self, ckpt: Checkpoint, purpose: str = "attention", src: TensorSource | None = None) -> AttentionGeometry:
+        """Run the checkpoint checks (headscreen.series.checks) once per folder; returns the geometry.
+        `src`: the TensorSource of that folder the caller reads next (its headers are parsed once)."""
         folder = self.folder(ckpt, purpose)
         key = (ckpt.step, folder)
         if key not in self._checked:
             self._checked[key] = check_checkpoint(folder, allow_pickle=self.allow_pickle,
-                                                  label=f"{ckpt.label()} at {folder}")
+                                                  label=f"{ckpt.label()} at {folder}", src=src)
         return self._checked[key]
 
     def geometry(self, ckpt: Checkpoint | None = None) -> AttentionGeometry:
@@ -107,14 +116,19 @@ class Series:
 
     def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32) -> HeadWeights:
         """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default
-        (dtype=None: as stored, e.g. fp16).
+        (dtype=None: as stored, e.g. fp16, and without any copy after the read: the record's tensors
+        are strided views of the buffers the tensors were read into; see `read_head_weights`).
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
-        geometry = self.check(ckpt)  # headers and claimed shapes, before anything is allocated
-        src = self.tensor_source(ckpt)
         try:
-            hw = read_head_weights(src, geometry, dtype=dtype)
+            src = self.tensor_source(ckpt)
+        except SeriesError:
+            self.check(ckpt)  # its first failing check (e.g. config.json) is the error to report
+            raise
+        geometry = self.check(ckpt, src=src)  # headers and claimed shapes, before anything is allocated
+        try:
+            hw = read_head_weights(src, geometry, dtype=dtype, pool=self._pool)
         finally:
             src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()

@@ -35,18 +35,21 @@ def read_hf_config(folder: Path, label: str | None = None) -> dict:
     return cfg
 
 
-def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: str | None = None) -> AttentionGeometry:
+def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: str | None = None,
+                     src: TensorSource | None = None) -> AttentionGeometry:
     """Check one checkpoint folder; returns its attention geometry.
 
     Raises a `SeriesError` naming the checkpoint for: a missing or invalid config.json, an unsupported
     architecture or impossible geometry, missing weights, pickle weights without `allow_pickle` (with
     it, a pickle that `torch.load(weights_only=True)` refuses), a truncated file, a crafted or damaged
     safetensors header, and a tensor whose claimed shape differs from the one config.json implies.
+    `src`: the folder's TensorSource when the caller reads from it next (its checked headers are kept).
     """
     folder = Path(folder)
     where = label or str(folder)
     cfg = read_hf_config(folder, label)
-    src = TensorSource(folder, allow_pickle=allow_pickle)  # missing weights, unapproved pickle
+    if src is None:
+        src = TensorSource(folder, allow_pickle=allow_pickle)  # missing weights, unapproved pickle
     geometry = geometry_from_config(cfg, where=f"checkpoint {where} config.json")
     try:
         claimed = src.validate()

@@ -210,22 +210,34 @@ class TensorSource:
                                     f"{self._index()[listed[0]].name}, which does not hold it")
         return shapes
 
-    def _read_plain(self, f: Path, key: str) -> torch.Tensor | None:
-        """The tensor's bytes read into fresh memory; None for dtypes left to safe_open."""
+    def stored(self, key: str) -> tuple[torch.dtype, tuple[int, ...]] | None:
+        """(dtype, shape) of a safetensors tensor that `read` reads with a plain read, from the checked
+        header (no data read); None for other tensors and formats."""
+        if self.format != "safetensors" or key not in self._index():
+            return None
+        info = self._header(self._index()[key])[0][key]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        return None if dtype is None else (dtype, tuple(info["shape"]))
+
+    def _read_plain(self, f: Path, key: str, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The tensor's bytes read into fresh memory (or into `out`, a contiguous tensor of its dtype and
+        shape); None for dtypes left to safe_open."""
         header, start = self._header(f)
         info = header[key]
         dtype = _ST_DTYPES.get(info["dtype"])
         if dtype is None:
             return None
         a, b = info["data_offsets"]  # checked against the shape and the file size by _shard_header
-        buf = torch.empty(b - a, dtype=torch.uint8)
+        if out is None:
+            out = torch.empty(info["shape"], dtype=dtype)
+        buf = out.view(-1).view(torch.uint8)
         with _open(f, "rb", buffering=0) as fh:
             fh.seek(start + a)
             got = read_exact(fh, memoryview(buf.numpy())) if b > a else 0
         if got != b - a:
             raise CorruptCheckpoint(f"checkpoint {self.folder}: tensor {key!r} in {f.name} is cut short ({got} of "
                                     f"{b - a} bytes); the file is truncated — re-download or re-save this checkpoint")
-        return buf.view(dtype).reshape(info["shape"])
+        return out
 
     def _load_pickle(self) -> dict[str, torch.Tensor]:
         if self._pickle_sd is None:
@@ -240,14 +252,15 @@ class TensorSource:
             self._pickle_sd = sd
         return self._pickle_sd
 
-    def read(self, key: str) -> torch.Tensor:
-        """Read one tensor (as stored dtype)."""
+    def read(self, key: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor (as stored dtype); into `out` (contiguous, the stored dtype and shape, as
+        `stored(key)` gives them) when given, which is then returned."""
         self.keys_read.append(key)
         if self.format == "pickle":
             sd = self._load_pickle()
             if key not in sd:
                 raise CorruptCheckpoint(f"checkpoint {self.folder}: tensor {key!r} missing")
-            return sd[key]
+            return sd[key] if out is None else out.copy_(sd[key])
         index = self._index()
         if key not in index:
             raise CorruptCheckpoint(
@@ -256,8 +269,11 @@ class TensorSource:
             )
         f = index[key]
         try:
-            t = self._read_plain(f, key)
-            return t if t is not None else self._handle(f).get_tensor(key)
+            t = self._read_plain(f, key, out)
+            if t is None:
+                t = self._handle(f).get_tensor(key)
+                return t if out is None else out.copy_(t)
+            return t
         except CorruptCheckpoint:
             raise
         except FileNotFoundError as e:

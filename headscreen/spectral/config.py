@@ -55,7 +55,8 @@ class SpectralConfig:
     cache_bytes:       at most this many bytes of Φ (float32) are kept between calls; 0 disables.
     compute_dtype:     dtype of the Gram arithmetic (float64 by default: the rolling statistics difference
                        the stored sketches s_t ≈ Φθ_t, so they must not lose δ_t to rounding).
-    projection_dtype:  "float32" (default) or "float64": dtype of the matmul Φδ_t. The sketcher
+    projection_dtype:  "float32" (default) or "float64": dtype of the Gaussian sketch's matmul Φδ_t
+                       (the CountSketch's fused pass always sums in float64). The sketcher
                        projects the exact update δ_t = θ_t − θ_{t−1} (formed from the weights, so
                        no cancellation) and accumulates s_t = s_{t−1} + Φδ_t in float64; float32 is
                        then accurate to ~1e-6 relative *of δ_t* and 2× cheaper than float64.

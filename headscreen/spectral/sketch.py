@@ -236,6 +236,11 @@ class CountSketch(_SeededBlocks):
             self._cached_bytes += 20 * cols
         return entry
 
+    def signed_bins(self) -> np.ndarray:
+        """[P] int32: the accumulator column 2·h(j) + [s(j) < 0] of every column j (the table the fused
+        update pass of headscreen.spectral.fused reads; 4 bytes per column, held by the caller)."""
+        return torch.cat([self._block(b)[2] for b in range(self.n_blocks)]).to(torch.int32).numpy()
+
     def matrix(self, max_bytes: int = 512 * 2**20) -> Float[Tensor, "d P"]:
         """S whole, dense: for tests and small P only (refuses above `max_bytes`)."""
         nbytes = self.dim * self.in_dim * torch.finfo(self.dtype).bits // 8

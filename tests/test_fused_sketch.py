@@ -1,0 +1,174 @@
+"""The fused CountSketch pass (headscreen/spectral/fused.py) and the copy-free lazy read that feeds it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headscreen.series import HeadWeights, LocalSeries
+from headscreen.spectral import CountSketch, HeadSketcher, SpectralConfig
+from headscreen.testing import ARCHITECTURES, save_tiny_series
+
+NAMES = ("W_Q", "W_K", "W_V", "W_O")
+CFG = SpectralConfig(window=3, sketch_dim=40, block_size=300)
+
+
+def _weights(g: torch.Generator, n_layers=2, n_heads=4, n_kv=2, d_model=24, d_head=6) -> HeadWeights:
+    shapes = {"W_Q": (n_layers, n_heads, d_model, d_head), "W_K": (n_layers, n_kv, d_model, d_head),
+              "W_V": (n_layers, n_kv, d_model, d_head), "W_O": (n_layers, n_heads, d_head, d_model)}
+    return HeadWeights(**{k: torch.randn(s, generator=g) for k, s in shapes.items()})
+
+
+def _series(n=4, seed=0) -> list[HeadWeights]:
+    g = torch.Generator().manual_seed(seed)
+    base, out = _weights(g), []
+    for _ in range(n):
+        out.append(base)
+        base = HeadWeights(**{k: getattr(base, k) + 0.05 * torch.randn(getattr(base, k).shape, generator=g)
+                              for k in NAMES})
+    return out
+
+
+def _cast(hw: HeadWeights, dtype) -> HeadWeights:
+    return HeadWeights(**{k: getattr(hw, k).to(dtype) for k in NAMES})
+
+
+def _transposed_storage(hw: HeadWeights) -> HeadWeights:
+    """The same values held column-major per head (strided views, like the lazy reader's)."""
+    return HeadWeights(**{k: getattr(hw, k).transpose(-1, -2).contiguous().transpose(-1, -2) for k in NAMES})
+
+
+def _run(feed, cfg=CFG, **kw):
+    hs = HeadSketcher(cfg)
+    return hs, [hs.update(w, 10 * i, **kw) for i, w in enumerate(feed)]
+
+
+def _same(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.sketch, y.sketch)
+        torch.testing.assert_close(x.update_norm, y.update_norm, rtol=0, atol=0, equal_nan=True)
+
+
+def test_signed_bins_are_the_countsketch_hashes():
+    sk = CountSketch(1000, 30, seed=5, block_size=256)
+    bins = torch.from_numpy(sk.signed_bins()).long()
+    h = torch.cat([sk.hashes(b)[0] for b in range(sk.n_blocks)])
+    sign = torch.cat([sk.hashes(b)[1] for b in range(sk.n_blocks)])
+    assert bins.shape == (1000,) and torch.equal(bins, 2 * h + (sign < 0).long())
+
+
+def _close(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x.sketch, y.sketch, rtol=1e-13, atol=1e-13 * x.sketch.abs().max().item())
+        torch.testing.assert_close(x.update_norm, y.update_norm, rtol=1e-14, atol=0, equal_nan=True)
+
+
+def test_records_depend_on_the_element_order_only():
+    # the float64 sums run in memory order: the same order (any stored dtype, HeadWeights or the [L, H, P]
+    # head vectors) gives the same bits; a strided layout agrees to rounding (bf16 rounding applied first)
+    hws = [_cast(_cast(h, torch.bfloat16), torch.float32) for h in _series()]
+    _, ref = _run(hws)
+    _same(ref, _run([_cast(h, torch.bfloat16) for h in hws])[1])
+    _same(ref, _run([h.head_vectors() for h in hws])[1])
+    _same(ref, _run([h.head_vectors(torch.bfloat16) for h in hws])[1])
+    strided = _run([_transposed_storage(h) for h in hws])[1]
+    _close(ref, strided)
+    _same(strided, _run([_transposed_storage(_cast(h, torch.bfloat16)) for h in hws])[1])
+    # and they are S θ_t and ‖θ_t − θ_(t−1)‖ computed densely in float64 (S from the projector's matrix)
+    hs, recs = _run(hws)
+    s = hs.projector.matrix().double()
+    vec = [h.head_vectors(torch.float64) for h in hws]
+    for t, rec in enumerate(recs):
+        torch.testing.assert_close(rec.sketch, vec[t] @ s.T, rtol=1e-12, atol=1e-12)
+        if t:
+            torch.testing.assert_close(rec.update_norm, (vec[t] - vec[t - 1]).norm(dim=-1), rtol=1e-12, atol=0)
+
+
+def test_retained_weights_are_not_copied_and_give_the_same_records():
+    hws = [_cast(h, torch.float16) for h in _series()]
+    _, ref = _run([_cast(h, torch.float16) for h in _series()])
+    hs, got = _run(hws, retain=True)
+    _same(ref, got)
+    held = {t.untyped_storage().data_ptr() for t, _ in hs._pass.prev}
+    assert held == {getattr(hws[-1], k).untyped_storage().data_ptr() for k in NAMES}
+    copied, _ = _run(hws)  # without retain, θ_(t−1) is the sketcher's own copy
+    assert not held & {t.untyped_storage().data_ptr() for t, _ in copied._pass.prev}
+
+
+def test_a_nan_checkpoint_raises_and_leaves_the_state_unchanged():
+    hws = _series(n=3)
+    bad = HeadWeights(**{k: getattr(hws[2], k).clone() for k in NAMES})
+    bad.W_K[1, 1, 3, 2] = float("nan")  # K/V head 1 of layer 1 serves query heads 2 and 3
+    hs = HeadSketcher(CFG)
+    hs.update(hws[0], 0)
+    hs.update(hws[1], 10)
+    with pytest.raises(ValueError, match=r"step 20: NaN/inf weights in layer 1 head 2"):
+        hs.update(bad, 20)
+    _, ref = _run(hws)
+    _same([ref[2]], [hs.update(hws[2], 20)])
+
+
+def test_prime_without_a_sketch_projects_theta_in_float64():
+    hws = _series(n=3)
+    _, ref = _run(hws)
+    hs = HeadSketcher(CFG)
+    hs.prime(hws[1], 10)
+    rec = hs.update(hws[2], 20)
+    assert torch.equal(rec.update_norm, ref[2].update_norm)
+    torch.testing.assert_close(rec.sketch, ref[2].sketch, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def series_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fused")
+    for arch in ARCHITECTURES:
+        save_tiny_series(root / arch, arch, [0, 10, 20])
+    return root
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lazy_read_as_stored_is_copy_free_and_sketches_like_the_copy(series_root, arch):
+    series = LocalSeries(series_root / arch)
+    views = [series.head_weights(c, dtype=None) for c in series.checkpoints]
+    copies = [series.head_weights(c) for c in series.checkpoints]  # float32, contiguous
+    for v, c in zip(views, copies, strict=True):
+        for k in NAMES:
+            assert torch.equal(getattr(v, k), getattr(c, k)), (arch, k)
+        # the record's tensors are views of the buffers the attention weights were read into
+        held = {getattr(v, k).untyped_storage().data_ptr(): getattr(v, k).untyped_storage().nbytes() for k in NAMES}
+        assert sum(held.values()) == sum(getattr(c, k).numel() * 4 for k in NAMES), arch
+    _close(_run(copies)[1], _run(views, retain=True)[1])
+
+
+def test_read_buffers_are_reused_only_once_released(series_root):
+    series = LocalSeries(series_root / "gpt_neox")
+    c0, c1, c2 = series.checkpoints
+    first = series.head_weights(c0, dtype=None)
+    ptr = first.W_Q.untyped_storage().data_ptr()
+    expect = first.W_Q.clone()
+    second = series.head_weights(c1, dtype=None)  # `first` is alive: its buffers are not touched
+    assert second.W_Q.untyped_storage().data_ptr() != ptr and torch.equal(first.W_Q, expect)
+    del first
+    third = series.head_weights(c2, dtype=None)  # `first` was released: its memory is read into again
+    assert third.W_Q.untyped_storage().data_ptr() == ptr
+    assert torch.equal(third.W_Q, series.head_weights(c2).W_Q.to(third.W_Q.dtype))
+    import pickle
+
+    assert len(pickle.dumps(series)) < 100_000  # the buffers do not travel to worker processes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_finite_half_precision_value_is_read_exactly(dtype):
+    # all 65,536 bit patterns: the finite ones as one head vector (its first sketch is S θ in float64),
+    # the others (Inf/NaN) each make the update raise
+    vals = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = vals[torch.isfinite(vals)]
+    hs = HeadSketcher(SpectralConfig(window=3, sketch_dim=16, block_size=4096))
+    rec = hs.update(finite.view(1, 1, -1), 0)
+    s = hs.projector.matrix().double()
+    x = finite.double()
+    terms = (s.abs() * x.abs()).sum(-1).max().item()
+    torch.testing.assert_close(rec.sketch[0, 0], s @ x, rtol=0, atol=1e-15 * terms)
+    for bad in vals[~torch.isfinite(vals)][:: 97]:
+        with pytest.raises(ValueError, match="NaN/inf weights"):
+            HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)
