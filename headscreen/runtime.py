@@ -1,4 +1,11 @@
-"""Process-level CPU settings that make long torch jobs faster: the glibc allocator.
+"""Process-level torch settings: the glibc allocator (speed) and deterministic kernels (reproducibility).
+
+`deterministic_algorithms()` (a context manager) makes torch pick deterministic kernels while a training
+loop runs, and restores the previous setting after. Measured on the default grok run: at 2 threads the
+backward of the embedding gathers accumulates in a thread-dependent order, so two identical runs
+differed by ~5e-3 in their weights after 50 steps and a resumed run was not bit-identical to an
+uninterrupted one; with deterministic kernels both agree bit for bit, at no measurable cost (26-35 ms
+per step either way, noisy). At 1 thread the kernels are deterministic anyway.
 
 A forward through a TransformerBridge allocates and frees tensors of tens of MB (attention patterns
 [batch, heads, seq, seq], activations) many times. glibc serves blocks above its mmap threshold
@@ -13,6 +20,7 @@ It is a no-op off glibc (macOS, musl). The CLI calls it at start-up; library use
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -42,3 +50,17 @@ def tune_allocator() -> bool:
     _tuned = all(mallopt(param, value) == 1 for param, value in (
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
     return _tuned
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True, warn_only=True) inside the block (an op without a
+    deterministic kernel warns instead of failing); the previous setting is restored after."""
+    import torch
+
+    was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn)

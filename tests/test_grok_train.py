@@ -287,3 +287,18 @@ def test_every_grok_config_loads_and_keeps_its_run_under_50_mb(task):
     n_snapshots = cfg.steps // cfg.snapshot_every + 1 + (cfg.steps % cfg.snapshot_every > 0)
     assert n_snapshots >= 21  # the W = 10 spectral edge gets >= 11 windows
     assert n_snapshots * snapshot_bytes < 50e6
+
+
+def test_two_thread_runs_are_bit_identical_and_leave_the_global_setting(tmp_path):
+    # at 2 threads the embedding-gather backward accumulates in a thread-dependent order unless torch's
+    # deterministic kernels are on (headscreen.runtime.deterministic_algorithms, used by train_run)
+    cfg = GrokConfig.from_dict({"p": 59, "steps": 20, "eval_every": 10, "snapshot_every": 10, "defect_every": 0})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [train_run(cfg, tmp_path / f"r{i}", progress=False) for i in range(2)]
+    finally:
+        torch.set_num_threads(before)
+    a, b = (Trajectory(r).load(20) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

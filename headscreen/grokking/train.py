@@ -31,6 +31,7 @@ from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientI
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
 from headscreen.grokking.task import make_task
 from headscreen.grokking.task import modular_loss as loss_fn  # noqa: F401 - the modular loss, as before
+from headscreen.runtime import deterministic_algorithms
 from headscreen.store import RunStore
 
 Batch = tuple[Tensor, Tensor]  # (inputs, labels) of the task (modular: [B, 3], [B, n_tasks])
@@ -113,7 +114,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
     if plan.device != "cpu" and cfg.intervention.active:
         raise DeviceError("a gradient intervention (intervention.kind) runs on the CPU only: use --device cpu")
     run = Path(run_dir)
-    with RunStore.open(run, run_manifest(cfg, plan.record()), force=force, defaults=config_defaults()) as store:
+    with (RunStore.open(run, run_manifest(cfg, plan.record()), force=force, defaults=config_defaults()) as store,
+          deterministic_algorithms()):
         traj = Trajectory(run)
         if force:
             traj.reset()
