@@ -53,6 +53,12 @@ and ~2.5–3x the update floor on 1 thread; only the 1B geometry (where the floo
 slower) comes within 2x. Before the fused pass (segmented assembly + `index_add_` CountSketch), a
 quiet-host run of `--checkpoints 4 --big 0 --no-profile --threads 1` gave 125.5 ms/ckpt, 4.5x the
 bridge (747.5 ms) and 7.4x the update floor (22.2 ms).
+Quiet host (load average 1.16 before, 1.09 after), the fused pass, `--checkpoints 6 --threads 1 --big 3`:
+default 59.9 ms/ckpt at N = 6 (80.1 at N = 12), update floor 16.4 ms, bridge 590.1 ms/ckpt: 9.8x the
+bridge (target >= 20x, not met) and 3.65x the update floor (target <= 2x, not met); profile check 1.6 /
+read 15.9 / sketch 37.5 ms; gap-ratio error 2.36%; Gaussian d = 100 2.9x the bridge, CountSketch d = 100
+9.7x; peak RSS +84/+87 MB (N = 6/12), bridge +2.26 GB. Pythia-1B geometry: 802 ms per checkpoint, 1.15x
+its update floor (698 ms), peak +1.52 GB above imports, ~2.1 min of sketching for 154 revisions.
 
     nice -n 10 python benchmarks/bench_extraction.py --checkpoints 12 --threads 1 [--root /tmp/hs-bench] \
         [--big 4] [--demo results/demo/series]
