@@ -35,6 +35,8 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from .segments import UpdatePass
+
 #: half-precision tensors are handed to the compiled loop as their bit patterns, fp16 as uint16 and bf16
 #: as int16, so that the loop is compiled once per kind with the right conversion (no branch per element)
 _BITS = {torch.float16: np.uint16, torch.bfloat16: np.int16}
@@ -232,7 +234,7 @@ def fused_update(parts: list[Part], prev: list[Part] | None, bins: np.ndarray, n
     return torch.from_numpy(out).view(n_layers, n_heads, dim), torch.from_numpy(sq).view(n_layers, n_heads), finite
 
 
-class FusedPass:
+class FusedPass(UpdatePass):
     """θ_{t−1} (as parts, in the layout and dtype they came in) and the fused CountSketch pass over θ_t."""
 
     def __init__(self, projector) -> None:
@@ -240,13 +242,6 @@ class FusedPass:
         self.bins = projector.signed_bins().astype(np.uint32)  # [P], built once per series
         self.tables: dict = {}  # bins permuted into each part's loop order (4 bytes per column each)
         self.prev: list[Part] | None = None
-
-    @property
-    def has_prev(self) -> bool:
-        return self.prev is not None
-
-    def reset(self) -> None:
-        self.prev = None
 
     def state_bytes(self) -> dict:
         held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t, _ in self.prev or ()}

@@ -114,13 +114,10 @@ class SegmentedCheckpoint:
                              "checkpoint is corrupt or diverged")
 
 
-class SegmentPass:
-    """θ_{t−1} ([L, H, P], as given) and the segmented pass over θ_t: for the Gaussian and exact projectors."""
+class UpdatePass:
+    """What both update passes share: θ_{t−1} is held in `prev` (None before the first checkpoint)."""
 
-    def __init__(self, projector, config) -> None:
-        self.projector, self.config = projector, config
-        self.prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
-        self._buf: tuple[Tensor, Tensor] | None = None  # [L·H, SEGMENT] work buffers (θ_t, δ_t)
+    prev = None
 
     @property
     def has_prev(self) -> bool:
@@ -128,6 +125,15 @@ class SegmentPass:
 
     def reset(self) -> None:
         self.prev = None
+
+
+class SegmentPass(UpdatePass):
+    """θ_{t−1} ([L, H, P], as given) and the segmented pass over θ_t: for the Gaussian and exact projectors."""
+
+    def __init__(self, projector, config) -> None:
+        self.projector, self.config = projector, config
+        self.prev: Tensor | None = None  # [L, H, P] in the dtype the weights came in
+        self._buf: tuple[Tensor, Tensor] | None = None  # [L·H, SEGMENT] work buffers (θ_t, δ_t)
 
     def state_bytes(self) -> dict:
         return {"prev": 0 if self.prev is None else self.prev.numel() * self.prev.element_size(),
