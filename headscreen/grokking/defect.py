@@ -185,11 +185,11 @@ def _batched_defects(
         # the realised displacement of each shifted point against −η·step (as _shift checks in place)
         err = _per_entry_sq([(pt.double() - s.double().unsqueeze(0)) + eta * st.double()
                              for pt, s, st in zip(points, saved, steps, strict=True)]).sqrt()
-        want = eta * _per_entry_sq(steps).sqrt()
+        norms = _per_entry_sq(g0).sqrt()  # ‖g‖ per entry: A's then B's
+        want = eta * torch.cat([norms[k:], norms[:k]])  # ‖η·step‖ of each shifted point
         ok = (want > 0) & (err <= RESOLUTION_TOL * want)
         diff = [eta * ((a1.double() - a0.double()) - (b1.double() - b0.double()))
                 for a0, b0, a1, b1 in ((g[:k], g[k:], h[:k], h[k:]) for g, h in zip(g0, g1, strict=True))]
-        norms = _per_entry_sq(g0).sqrt()
         denom = (eta * norms[:k]) * (eta * norms[k:])
         d = _per_entry_sq(diff).sqrt() / denom
         d[denom == 0] = float("nan")
