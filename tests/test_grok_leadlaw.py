@@ -106,3 +106,18 @@ def test_published_lead_law_and_null(events):
     # within (op, lr) the onset does not track grokking in the published runs
     assert law.rank.stratified and law.rank.p_value > 0.05
     assert "does not track" in law.verdict
+
+
+def test_sweep_fit_carries_null_rank_and_verdict():
+    import pandas as pd
+
+    from headscreen.grokking.summary import power_law_by_weight_decay
+
+    t = T_GROK
+    df = pd.DataFrame({"weight_decay": 1.0, "tasks": "add", "grok_step": t, "lead_time": t - 2000.0})
+    row = power_law_by_weight_decay(df).iloc[0]
+    assert row["null_alpha"] == pytest.approx(row["alpha"])  # a constant onset: the null is the fit
+    assert np.isnan(row["rank_rho"]) and row["verdict"] is None  # constant onsets: no rank statistic
+    df["lead_time"] = 0.6 * t
+    row = power_law_by_weight_decay(df).iloc[0]
+    assert row["rank_rho"] == pytest.approx(1.0) and "tracks the grokking time" in row["verdict"]

@@ -50,9 +50,33 @@ def _row(run: Path, grok: dict, manifest: dict) -> dict:
     return row
 
 
+NULL_COLUMNS = ("null_alpha", "null_r2", "rank_rho", "rank_p", "verdict")
+
+
+def _null_and_rank(grp: pd.DataFrame) -> dict:
+    """The fixed-onset null (median onset per operation) and the onset/grokking rank correlation (within
+    operations) of one weight decay's runs (headscreen.grokking.leadlaw); NaN where undefined."""
+    from headscreen.grokking.leadlaw import fixed_onset_null, rank_correlation, verdict
+
+    t = grp["grok_step"].astype(float).to_numpy()
+    onset = t - grp["lead_time"].astype(float).to_numpy()
+    ops = list(grp["tasks"]) if "tasks" in grp else None
+    out = dict.fromkeys(NULL_COLUMNS, np.nan)
+    out["verdict"] = None
+    try:
+        fit, null = fit_power_law(t, t - onset), fixed_onset_null(t, onset, ops)
+        out.update(null_alpha=null.alpha, null_r2=null.r2)
+        rank = rank_correlation(onset, t, ops)
+        out.update(rank_rho=rank.rho, rank_p=rank.p_value, verdict=verdict(fit, null, rank))
+    except ValueError:
+        pass
+    return out
+
+
 def power_law_by_weight_decay(df: pd.DataFrame) -> pd.DataFrame:
     """The fit ℓ ∝ t_grok^α within each weight-decay value > 0 (an lr/seed sweep at fixed wd); one row
-    per weight decay with alpha, prefactor, r2, n (NaN when fewer than 3 usable runs)."""
+    per weight decay with alpha, prefactor, r2, n (NaN when fewer than 3 usable runs), and beside it the
+    fixed-onset null, the rank statistic and the verdict (NULL_COLUMNS)."""
     rows = []
     for wd, grp in df[df["weight_decay"].astype(float) > 0].groupby("weight_decay"):
         t = grp["grok_step"].astype(float).to_numpy()
@@ -60,10 +84,12 @@ def power_law_by_weight_decay(df: pd.DataFrame) -> pd.DataFrame:
         usable = int((np.isfinite(t) & np.isfinite(lead) & (t > 0) & (lead > 0)).sum())
         if usable >= MIN_FIT_POINTS and np.ptp(t[np.isfinite(t)]) > 0:
             fit = fit_power_law(t, lead)
-            rows.append({"weight_decay": wd, "alpha": fit.alpha, "prefactor": fit.prefactor, "r2": fit.r2, "n": fit.n})
+            rows.append({"weight_decay": wd, "alpha": fit.alpha, "prefactor": fit.prefactor, "r2": fit.r2, "n": fit.n,
+                         **_null_and_rank(grp)})
         else:
-            rows.append({"weight_decay": wd, "alpha": np.nan, "prefactor": np.nan, "r2": np.nan, "n": usable})
-    return pd.DataFrame(rows, columns=["weight_decay", "alpha", "prefactor", "r2", "n"])
+            rows.append({"weight_decay": wd, "alpha": np.nan, "prefactor": np.nan, "r2": np.nan, "n": usable,
+                         **dict.fromkeys(NULL_COLUMNS, np.nan), "verdict": None})
+    return pd.DataFrame(rows, columns=["weight_decay", "alpha", "prefactor", "r2", "n", *NULL_COLUMNS])
 
 
 def summarise_sweep(sweep_dir: str | Path, *, analyse_missing: bool = True, settings=None,
@@ -86,8 +112,8 @@ def summarise_sweep(sweep_dir: str | Path, *, analyse_missing: bool = True, sett
     df = pd.DataFrame(rows)
     for col in STEP_FIELDS:
         df[col] = pd.array(df[col].to_numpy(), dtype="Int64")
-    fits = power_law_by_weight_decay(df).rename(columns={"alpha": FIT_COLUMNS[0], "prefactor": FIT_COLUMNS[1],
-                                                         "r2": FIT_COLUMNS[2], "n": FIT_COLUMNS[3]})
+    fits = power_law_by_weight_decay(df).drop(columns=list(NULL_COLUMNS)).rename(columns={
+        "alpha": FIT_COLUMNS[0], "prefactor": FIT_COLUMNS[1], "r2": FIT_COLUMNS[2], "n": FIT_COLUMNS[3]})
     df = df.merge(fits, on="weight_decay", how="left")
     df["power_law_n"] = pd.array(df["power_law_n"].to_numpy(), dtype="Int64")
     return df

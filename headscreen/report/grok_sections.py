@@ -308,7 +308,14 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
     table.data["counts"] = counts
     scaling = Section(key="grok_lead_scaling", title="Lead-time scaling ℓ ∝ t_grok^α",
                       data={"fits": json_safe(fits.to_dict("records"))})
-    scaling.tables.append(Table(["weight decay", "α", "prefactor", "R²", "n"], fits.values.tolist()))
+    scaling.tables.append(Table(["weight decay", "α", "prefactor", "R²", "n", "fixed-onset null α", "null R²",
+                                 "rank ρ (onset, grokking)", "rank p"],
+                                fits.drop(columns=["verdict"]).astype(object).where(fits.drop(columns=["verdict"]).notna(),
+                                                                                    None).values.tolist(),
+                                caption="null: every onset replaced by its operation's median onset "
+                                        "(headscreen.grokking.leadlaw)"))
+    scaling.notices.extend(f"weight decay {r['weight_decay']:g}: {r['verdict']}" for _, r in fits.iterrows()
+                           if isinstance(r["verdict"], str))
     if np.isfinite(fits["alpha"]).any():
         best = fits.dropna(subset=["alpha"]).iloc[0]
         title = f"α = {best['alpha']:.2f} (R² {best['r2']:.2f}, n = {int(best['n'])}) at weight decay {best['weight_decay']:g}"
