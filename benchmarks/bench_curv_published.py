@@ -88,6 +88,72 @@ def speed(steps: int, threads: int) -> None:
             print(f"{label}: {steps} steps in {dt:.1f} s = {steps / dt:.1f} steps/s at {threads} thread(s); "
                   f"loadavg before {load0}, after {open('/proc/loadavg').read().strip()}")
     print("published code (README, quiet 2-core host): 4200 steps with the defect in 174 s = 24.1 steps/s at 2 threads")
+    ours, ref = update_loop_ratio(steps)
+    print(f"bare update loop (batch 512, AdamW, clip), same process: ours {ours:.1f} steps/s, torch "
+          f"nn.TransformerEncoder model {ref:.1f} steps/s, ratio {ours / ref:.2f}; loadavg "
+          f"{open('/proc/loadavg').read().strip()}")
+
+
+def update_loop_ratio(steps: int) -> tuple[float, float]:
+    """Steps/s of a bare training loop on our encoder and on an equivalent model built from torch's
+    nn.TransformerEncoder (the published architecture), same batches, interleaved in blocks of 50 steps."""
+    import math
+
+    import torch
+    from torch import nn
+
+    from headscreen.grokking.models import PRESETS, build_model
+
+    class TorchModel(nn.Module):
+        def __init__(self, p=97, d=128):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(p, d), nn.Parameter(torch.randn(2, d) / math.sqrt(d))
+            layer = nn.TransformerEncoderLayer(d, 4, 256, 0.0, activation="gelu", batch_first=True, norm_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, p)
+
+        def forward(self, x):
+            return self.head(self.ln(self.enc(self.tok(x[:, :2]) + self.pos)[:, 0])).unsqueeze(1)
+
+    torch.manual_seed(0)
+    models = {"ours": build_model(PRESETS["published"], 97, ["add"], 0), "torch": TorchModel()}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98)) for k, m in models.items()}
+    x = torch.randint(0, 97, (512, 3))
+    y = (x[:, 0] + x[:, 1]) % 97
+    spent = dict.fromkeys(models, 0.0)
+    for _ in range(max(steps // 50, 1)):
+        for k, m in models.items():
+            t = time.perf_counter()
+            for _ in range(50):
+                loss = nn.functional.cross_entropy(m(x)[:, 0], y)
+                opts[k].zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opts[k].step()
+            spent[k] += time.perf_counter() - t
+    n = max(steps // 50, 1) * 50
+    return n / spent["ours"], n / spent["torch"]
+
+
+def report(out: Path) -> None:
+    import pandas as pd
+
+    from headscreen.grokking.compare import print_sweep_report
+    from headscreen.grokking.thesis_edge import counts, sweep_table
+
+    print(f"loadavg {open('/proc/loadavg').read().strip()} (step counts do not depend on load)\n")
+    print_sweep_report(out)
+    table = sweep_table(out)
+    if table.empty:
+        return
+    pd.set_option("display.width", 250)
+    print("\nspectral edge, thesis Table 7 criteria (g23 early = peak before grokking; declined = early/grok > 1.5):")
+    cols = ["run", "vector", "grok_step", "early_step", "g23_early", "g23_first", "g23_grok", "decline",
+            "declined", "monotone", "kstar_term", "gap_open_step", "complete"]
+    print(table[cols].to_string(index=False))
+    print("\ncounts (published THESIS: gap dynamics before grokking in 24/24 runs with weight decay, 0/24 without;"
+          " AdamW k* = 2):")
+    print(counts(table).to_string(index=False))
 
 
 def main(argv=None) -> int:
@@ -105,9 +171,7 @@ def main(argv=None) -> int:
     elif args.part == "speed":
         speed(args.steps, args.threads)
     else:
-        from headscreen.grokking.compare import print_sweep_report
-
-        print_sweep_report(out)
+        report(out)
     return 0
 
 

@@ -108,3 +108,40 @@ def run_table(run_dir: str | Path, which: tuple[str, ...] = ("attention", "W_Q",
         steps, vec = snapshot_vectors(run, w)
         rows.append({"run": run.name, "vector": w, **table_row(steps, vec, grok)})
     return pd.DataFrame(rows)
+
+
+def sweep_table(sweep_dir: str | Path, which: tuple[str, ...] = ("attention", "W_Q", "trunk")) -> pd.DataFrame:
+    """run_table for every run of a sweep with snapshots, plus its weight decay and our gap-open step
+    (grok.json's gap_open_step where the run was analysed, else None)."""
+    import json
+
+    from headscreen.grokking.summary import sweep_runs
+
+    frames = []
+    for run in sweep_runs(sweep_dir):
+        if not (run / "curves.parquet").is_file() or len(Trajectory(run).steps) < WINDOW + 1:
+            continue
+        t = run_table(run, which)
+        cfg = json.loads((run / "manifest.json").read_text())["config"]
+        grok = json.loads((run / "grok.json").read_text()) if (run / "grok.json").is_file() else {}
+        t.insert(1, "weight_decay", float(cfg["weight_decay"]))
+        t["complete"] = Trajectory(run).complete
+        t["gap_open_step"] = grok.get("gap_open_step")
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per vector kind and weight-decay class: runs, grokked, declined (> 1.5×), monotone, k*_term = 2,
+    and our rule's gap opening before grokking."""
+    rows = []
+    for (vec, with_wd), g in table.groupby(["vector", table["weight_decay"] > 0]):
+        grokked = g["grok_step"].notna()
+        gap = g["gap_open_step"].astype(float)
+        before = gap.notna() & grokked & (gap < g["grok_step"].astype(float))
+        rows.append({"vector": vec, "weight_decay": "> 0" if with_wd else "0", "runs": len(g),
+                     "grokked": int(grokked.sum()), "declined": int((g["declined"] == True).sum()),  # noqa: E712
+                     "monotone": int((g["monotone"] == True).sum()),  # noqa: E712
+                     "kstar_term_2": int((g["kstar_term"] == 2).sum()),
+                     "gap_opens_before_grokking": int(before.sum())})
+    return pd.DataFrame(rows)
