@@ -1,6 +1,7 @@
 """Benchmark: the reproduction of the published grokking results (issue 22) on the published preset.
 
     python benchmarks/bench_curv_published.py run    [--out results/curv_published] [--workers 2] [--stages 1,2,3]
+                                                     [--priority]
     python benchmarks/bench_curv_published.py report [--out results/curv_published]
     python benchmarks/bench_curv_published.py speed  [--steps 300] [--threads 2]
 
@@ -53,7 +54,33 @@ def stage_runs(stage: int) -> dict:
     raise ValueError(f"stage {stage} is unknown; use 1, 2 or 3")
 
 
-def run(out: Path, workers: int, stages: list[int]) -> None:
+PRIORITY = ("sub_wd1_lr0.001_seed137", "sub_wd1_lr0.001_seed2024", "add_wd0_lr0.001_seed42", "add_wd1_lr0.01_seed42",
+            "sub_wd1_lr0.01_seed42", "mul_wd1_lr0.001_seed42", "sq_wd1_lr0.001_seed42", "x2_xy_y2_wd1_lr0.001_seed42",
+            "x3_xy_wd1_lr0.001_seed42")
+
+
+def priority_order(stages: list[int]) -> dict:
+    """Every run of `stages`, the PRIORITY runs first (the controls and one run per setting before the
+    remaining seeds: what a time-limited session most needs), then the rest in stage order."""
+    runs = {}
+    for stage in stages:
+        runs.update(stage_runs(stage))
+    first = {n: runs[n] for n in PRIORITY if n in runs}
+    return {**first, **{n: c for n, c in runs.items() if n not in first}}
+
+
+def run(out: Path, workers: int, stages: list[int], priority: bool = False) -> None:
+    if priority:
+        from headscreen.executors import make_executor
+        from pipelines.grok import run_many
+
+        configs = priority_order(stages)
+        print(f"[{time.strftime('%H:%M:%S')}] {len(configs)} runs, priority order; load {os.getloadavg()}", flush=True)
+        with make_executor("process", workers=workers) as ex:
+            results, errors = run_many(configs, out / "runs", workers=workers, progress=False, analyse=False,
+                                       executor=ex)
+        print(f"[{time.strftime('%H:%M:%S')}] done: {len(results)} ok, errors {errors}", flush=True)
+        return
     from headscreen.executors import make_executor
     from pipelines.grok import run_many
 
@@ -162,12 +189,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/curv_published")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--stages", default="1,2,3")
+    ap.add_argument("--priority", action="store_true", help="controls and one run per setting first (PRIORITY)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.part == "run":
-        run(out, args.workers, [int(s) for s in args.stages.split(",")])
+        run(out, args.workers, [int(s) for s in args.stages.split(",")], args.priority)
     elif args.part == "speed":
         speed(args.steps, args.threads)
     else:

@@ -181,6 +181,11 @@ def test_short_preset_run_memorises_resumes_and_compares(tmp_path):
     assert curves["train_acc"].iloc[-1] >= 0.99  # memorised
     comp = json.loads((whole / "comparison.json").read_text())  # written by the pipeline
     assert comp["op"] == "add" and comp["published"]["seeds"] == [] and comp["published"]["band"] is None
+    from pipelines.cli import main as cli
+
+    (whole / "comparison.json").unlink()
+    assert cli(["grok", "compare", str(whole), "--figure", str(tmp_path / "cmp.png")]) == 0
+    assert (whole / "comparison.json").is_file() and (tmp_path / "cmp.png").stat().st_size > 1000
     # against records of this setting (the published add/lr 1e-3 rows relabelled): the band is theirs
     from headscreen.grokking.compare import write_comparison
     from headscreen.grokking.published import published_records

@@ -56,7 +56,8 @@ def test_tables_and_split_are_correct_and_deterministic():
     a, b = d.inputs[:, 0], d.inputs[:, 1]
     assert (d.inputs[:, 2] == p).all() and d.vocab_size == p + 1
     assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(i, j) for i in range(p) for j in range(p)]
-    expected = {"add": (a + b) % p, "sub": (a - b) % p, "mul": (a * b) % p, "sq": (a * a + b * b) % p}
+    expected = {"add": (a + b) % p, "sub": (a - b) % p, "mul": (a * b) % p, "sq": (a * a + b * b) % p,
+                "x2_xy_y2": (a * a + a * b + b * b) % p, "x3_xy": (a * a * a + a * b) % p}
     for t, task in enumerate(d.tasks):
         assert torch.equal(d.labels[:, t], expected[task])
     assert len(d.train_idx) == round(0.3 * p * p)
