@@ -208,3 +208,30 @@ def test_short_preset_run_memorises_resumes_and_compares(tmp_path):
     sec = comparison_section(Run())
     assert sec.tables[0].rows[0][0] == "this run" and len(sec.tables[0].rows) == 4 and sec.figures
     assert any("mod 23" in n for n in sec.notices)
+
+
+def test_sweep_of_the_preset_writes_its_comparison(tmp_path):
+    """`headscreen grok sweep` on a (tiny) published-preset YAML: task axis + an extra run, every run's
+    comparison.json and the sweep's sweep_comparison.json are written."""
+    import json
+
+    import yaml
+
+    from headscreen.executors import make_executor
+    from pipelines.grok import sweep
+
+    torch.set_num_threads(1)
+    cfg = yaml.safe_load(open("model_configs/grok-curv-published.yaml"))
+    cfg["grok"].update(p=11, steps=20, eval_every=10, snapshot_every=10, defect_every=10, defect_pairs=2,
+                       defect_batch_size=16, batch_size=32)
+    cfg["sweep"] = {"task": ["add", "sub"], "seed": [1], "extra": [{"task": "x3_xy", "steps": 10}], "workers": 1}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with make_executor("local") as ex:
+        sweep(path, tmp_path / "out", progress=False, analyse=False, executor=ex)
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    assert runs == ["add_wd1_lr0.001_seed1", "sub_wd1_lr0.001_seed1", "x3_xy_wd1_lr0.001_seed42"]  # extra: base seed
+    assert all((tmp_path / "out" / "runs" / r / "comparison.json").is_file() for r in runs)
+    comp = json.loads((tmp_path / "out" / "sweep_comparison.json").read_text())
+    assert [r["run"] for r in comp["runs"]] == runs
+    assert comp["groups"][0]["published"]["runs"] == 9  # add, sub, x3_xy at lr 1e-3, wd 1: 3 seeds each
