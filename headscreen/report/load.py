@@ -154,22 +154,36 @@ def _read_table(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def load_run(path: Path | str) -> RunResults:
-    """Read the run at `path`. Raises NotARunDirectoryError if it has no manifest.json."""
+def load_run(path: Path | str, *, with_validation: bool = True) -> RunResults:
+    """Read the run at `path`. Raises NotARunDirectoryError if it has no manifest.json.
+    `with_validation=False` leaves the validation outputs out (validate, replacing them)."""
     path = check_run_dir(Path(path))
     manifest = _read_json(path / MANIFEST)
     if not isinstance(manifest, dict):
         raise RunFileError(f"{path / MANIFEST} holds a {type(manifest).__name__}, expected a JSON object.")
     check_current(path, manifest)
+    from headscreen.staged import pending_stages
+
+    pending = pending_stages(path)
+    if pending:
+        raise StaleRunError(
+            f"{path}: a {pending[0]} was interrupted while publishing its results (they are complete, in "
+            f"{path}/.staged/{pending[0]}); rerun `headscreen {pending[0]} {path}` or any command that writes the run "
+            "to publish them first")
     run = RunResults(path=path, manifest=manifest)
+    skip = () if with_validation else ("validation.parquet", "patching.parquet", "validation.json")
     for name, (attr, required) in TABLES.items():
         file = path / name
+        if name in skip:
+            continue
         if file.is_file():
             setattr(run, attr, _read_table(file, required))
         else:
             run.missing.append(name)
     for name, attr in DOCUMENTS.items():
         file = path / name
+        if name in skip:
+            continue
         if file.is_file():
             setattr(run, attr, _read_json(file))
         else:
