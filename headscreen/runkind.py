@@ -71,7 +71,9 @@ def _inferred(path: Path) -> str | None:
     if (path / "sweep.json").is_file() or ((path / "sweep.parquet").is_file() and (path / "runs").is_dir()):
         return "grok-sweep"
     doc = _read_json(path / "series.json") if (path / "series.json").is_file() else None
-    if isinstance(doc, dict) and str(doc.get("format", "")).startswith("headscreen-grok-trajectory"):
+    if (isinstance(doc, dict) and str(doc.get("format", "")).startswith("headscreen-grok-trajectory")) or (
+            path.name == "trajectory" and (path.parent / "manifest.json").is_file()
+            and directory_kind(path.parent) in ("grok", "li2")):
         return "grok-trajectory"
     if doc is not None or any((p / "config.json").is_file() for p in _subdirs(path)):
         return "series"
@@ -146,6 +148,20 @@ def refuse_run_as_series(path: str | Path, command: str) -> None:
                 "report": ""}.get(found, f"; render it with `headscreen report {path}`")
         raise WrongKind(f"{path} is {KINDS[found]}, not a checkpoint series of a transformer language model, which "
                         f"{command} reads{hint}")
+
+
+def check_reportable(path: str | Path) -> None:
+    """`headscreen report` reads screen runs, grok runs (Li2 ones too) and grok sweeps: any other kind of
+    directory, or a run holding the files of two kinds, is refused in one line."""
+    found = directory_kind(path)
+    if found in ("series", "grok-trajectory", "report"):
+        fix = {"series": f"screen it first (`headscreen screen {path} --out <run>`), then report the run",
+               "grok-trajectory": f"report the grok run itself (`headscreen report {Path(path).parent}`)",
+               "report": "give the run directory it was rendered from"}[found]
+        raise WrongKind(f"{path} is {KINDS[found]}, not a run; `headscreen report` reads screen runs, grok runs and "
+                        f"grok sweeps: {fix}")
+    if found in ("screen", "grok", "li2"):
+        check_not_mixed(path, found)
 
 
 def _plural(kind: str) -> str:

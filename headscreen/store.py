@@ -123,7 +123,6 @@ class RunStore:
         `tables: {"status": "stale"}` marks the tables stale before the records change.
         """
         from headscreen.binding import series_refusal
-
         from headscreen.runkind import WRITERS, manifest_kind, require_kind
 
         store = cls(root)

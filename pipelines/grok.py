@@ -142,12 +142,14 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     import pandas as pd
 
     from headscreen.provenance import provenance
+    from headscreen.runkind import require_kind
     from headscreen.store import atomic_write, write_json
 
     mc, base, grid_cfg = load_grok_config(config, overrides)
     if grid_cfg is None:
         raise ConfigError(f"config {mc.name!r} has no sweep: section; add one with weight_decay/lr/seed lists")
     out = Path(out)
+    require_kind(out, "grok-sweep", "`headscreen grok sweep`")
     grid = grid_cfg.grid(base)
     runs = out / "runs"
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),

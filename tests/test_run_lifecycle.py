@@ -150,3 +150,106 @@ def test_a_validate_killed_while_publishing_is_finished_by_the_next_one(run, val
 
 
 # --- 2. run kinds --------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def grok_run(tmp_path):
+    from tests.grok_fixtures import make_run
+
+    return make_run(tmp_path / "grok", n_snap=4, every=10, switch=2, grok_at=None, onset_at=None)
+
+
+def _li2_run(root: Path) -> Path:
+    from headscreen.store import RunStore
+
+    with RunStore.open(root, {"kind": "grok", "config": {"family": "li2", "m": 7}}):
+        pass
+    pd.DataFrame({"epoch": [0], "sigma_1": [1.0]}).to_parquet(root / "li2.parquet")
+    return root
+
+
+def _sweep(root: Path) -> Path:
+    (root / "runs").mkdir(parents=True)
+    (root / "sweep.json").write_text(json.dumps({"config": "grok-modadd", "runs": []}))
+    return root
+
+
+def test_screen_never_writes_into_a_grok_run_even_with_force(grok_run, validated, capsys):
+    series, cfg, _ = validated
+    before = digest(grok_run, ("manifest.json", "curves.parquet", "defect.parquet"))
+    for extra in ([], ["--force"]):
+        rc, err = cli(capsys, "screen", series, "--config", cfg, "--out", grok_run, "--no-progress", *extra)
+        record(f"screen --out <grok run> {extra}",
+               one_line(rc, err, f"{grok_run} is a grok run; `headscreen screen` writes screen runs: choose another --out")
+               and digest(grok_run, before) == before and not (grok_run / "records").exists())
+
+
+def test_grok_never_writes_into_a_screen_run_even_with_force(run, capsys):
+    before = digest(run)
+    for extra in ([], ["--force"]):
+        rc, err = cli(capsys, "grok", "modadd", "--p", "7", "--steps", "10", "--out", run, "--no-progress", *extra)
+        record(f"grok --out <screen run> {extra}",
+               one_line(rc, err, f"{run} is a screen run; `headscreen grok` writes grok runs")
+               and digest(run) == before and not (run / "trajectory").exists())
+
+
+@pytest.mark.parametrize("make", ["li2", "sweep"])
+def test_grok_and_li2_and_sweep_refuse_each_other(tmp_path, grok_run, capsys, make):
+    target = _li2_run(tmp_path / "li2") if make == "li2" else _sweep(tmp_path / "sweep")
+    before = sorted(p.name for p in target.iterdir())
+    what = "a Li2 grok run" if make == "li2" else "a grok sweep"
+    rc, err = cli(capsys, "grok", "modadd", "--p", "7", "--steps", "10", "--out", target, "--force", "--no-progress")
+    ok = one_line(rc, err, f"{target} is {what}; `headscreen grok` writes grok runs")
+    rc, err = cli(capsys, "grok", "sweep", "modadd", "--steps", "10", "--out", grok_run, "--no-progress")
+    ok &= one_line(rc, err, f"{grok_run} is a grok run; `headscreen grok sweep` writes grok sweeps")
+    record(f"grok into a {make}; sweep into a grok run", ok and sorted(p.name for p in target.iterdir()) == before
+           and not (grok_run / "sweep.json").exists())
+
+
+def test_li2_never_overwrites_a_modular_grok_run(grok_run, capsys):
+    before = digest(grok_run, ("manifest.json", "curves.parquet"))
+    rc, err = cli(capsys, "grok", "li2", "--epochs", "12", "--out", grok_run, "--force", "--no-progress")
+    record("grok li2 --force --out <grok run>",
+           one_line(rc, err, f"{grok_run} is a grok run; `headscreen grok li2` writes Li2 grok runs")
+           and digest(grok_run, before) == before)
+
+
+def test_readers_name_what_the_directory_is(grok_run, run, validated, tmp_path, capsys):
+    series = validated[0]
+    cases = [
+        (["validate", grok_run], f"{grok_run} is a grok run; `headscreen validate` reads screen runs"),
+        (["screen", grok_run / "trajectory", "--out", tmp_path / "s"], "is the trajectory of a grok run"),
+        (["screen", grok_run, "--out", tmp_path / "s"], f"{grok_run} is a grok run, not a checkpoint series"),
+        (["screen", run, "--out", tmp_path / "s"], f"{run} is a screen run, not a checkpoint series"),
+        (["series", run], f"{run} is a screen run, not a checkpoint series"),
+        (["report", grok_run / "trajectory"], "is the trajectory of a grok run, not a run"),
+        (["report", series], f"{series} is a checkpoint series, not a run"),
+        (["train", "--out", run], f"{run} is a screen run; `headscreen train` writes checkpoint series"),
+        (["validate", series], f"{series} is a checkpoint series; `headscreen validate` reads screen runs"),
+    ]
+    before = digest(run)
+    for argv, needle in cases:
+        rc, err = cli(capsys, *argv)
+        record(f"{argv[0]} {Path(argv[1]).name if len(argv) > 1 else ''}: {needle[-40:]}", one_line(rc, err, needle))
+    assert digest(run) == before and not (tmp_path / "s").exists()
+
+
+def test_a_mixed_directory_is_refused_by_every_reader(run, grok_run, capsys):
+    """An older headscreen let `grok --force` write into a screen run; such a directory is named, not read."""
+    shutil.copytree(grok_run / "trajectory", run / "trajectory")
+    shutil.copy(grok_run / "curves.parquet", run / "curves.parquet")
+    before = digest(run)
+    for argv in (["validate", run, *VALIDATE], ["report", run, "--out", run.parent / "rep"]):
+        rc, err = cli(capsys, *argv)
+        record(f"{argv[0]} <mixed dir>", one_line(rc, err, f"{run} is a screen run but also holds files of a grok run",
+                                                  "trajectory") and digest(run) == before)
+
+
+def test_kind_is_inferred_for_runs_without_the_field(run, grok_run):
+    from headscreen.runkind import directory_kind
+
+    for path, kind in ((run, "screen"), (grok_run, "grok")):
+        m = json.loads((path / "manifest.json").read_text())
+        assert directory_kind(path) == kind
+        m.pop("kind")
+        (path / "manifest.json").write_text(json.dumps(m))
+        assert directory_kind(path) == kind

@@ -38,6 +38,7 @@ from headscreen.report.screen_sections import (
     emergence_section,
     selectivity_section,
 )
+from headscreen.runkind import check_reportable
 
 LEAD_BUILDERS = (summary_section, findings_section)  # what was found, first
 SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fingerprints_section,
@@ -72,6 +73,8 @@ def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = 
     """Load the runs and build the renderer-neutral report (no file is written)."""
     if not run_dirs:
         raise ValueError("no run directory given; pass at least one, e.g. results/<config>/<run>/.")
+    for p in run_dirs:  # a series, a trajectory or a mixed directory is named as what it is
+        check_reportable(p)
     if any(grok_kind(p) for p in run_dirs):  # grokking runs and sweeps have their own sections
         return grok_report([Path(p) for p in run_dirs], _generated_by())
     dirs = [check_run_dir(Path(p)) for p in run_dirs]  # fail on a bad path before loading anything
