@@ -61,6 +61,8 @@ def publish(stage: Path, root: Path) -> None:
     except OSError as e:
         raise write_fault(root, e) from e
     _discard(stage)
+    with contextlib.suppress(OSError):  # the stage area itself, once no other stage is in it
+        stage.parent.rmdir()
 
 
 def _discard(stage: Path) -> None:

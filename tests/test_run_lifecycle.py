@@ -253,3 +253,55 @@ def test_kind_is_inferred_for_runs_without_the_field(run, grok_run):
         m.pop("kind")
         (path / "manifest.json").write_text(json.dumps(m))
         assert directory_kind(path) == kind
+
+
+# --- 3. missing shards, hand-edited tables ------------------------------------------------------------
+
+@pytest.fixture()
+def sharded(tmp_path):
+    root = save_tiny_series(tmp_path / "sharded", "llama", [0, 1], n_layers=2, d_model=32, n_heads=4, vocab=128,
+                            n_ctx=64, max_shard_size="30KB")
+    index = json.loads((root / "step1" / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = sorted(set(index.values()))[-1]
+    (root / "step1" / shard).unlink()
+    return root, shard
+
+
+def test_a_missing_shard_is_named_by_series_and_screen(sharded, validated, tmp_path, capsys):
+    root, shard = sharded
+    for argv in (["series", root, "--quick"], ["series", root],
+                 ["screen", root, "--config", validated[1], "--out", tmp_path / "s", "--no-progress"]):
+        rc, err = cli(capsys, *argv)
+        # `series` lists the checkpoints first, then names each problem; screen names it in one line
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        named = f"shard {shard} named by its model.safetensors.index.json is missing" in err and "step1" in err
+        ok = rc == 2 and named and "Errno" not in err and "Traceback" not in err
+        if argv[0] == "screen":
+            ok &= one_line(rc, err, shard)
+        record(f"{' '.join(map(str, argv[:1]))} {argv[-1] if argv[-1] == '--quick' else ''} missing shard", ok and lines)
+
+
+def _edit(run: Path, name: str, edit) -> None:
+    df = pd.read_parquet(run / name)
+    edit(df).to_parquet(run / name, index=False)
+
+
+@pytest.mark.parametrize(("name", "edit", "needle"), [
+    ("selectivity.parquet", lambda d: d.assign(selectivity=d["selectivity"].where(d.index != 3)),
+     "column 'selectivity' holds 1 NaN value(s)"),
+    ("selectivity.parquet", lambda d: d.drop(columns=["probe"]), "lacks the column(s) ['probe']"),
+    ("classes.parquet", lambda d: d.assign(best_selectivity=d["best_selectivity"].map("{:.3f}".format)),
+     "column 'best_selectivity' holds str values"),
+    ("participation.parquet", lambda d: d.assign(pr=d["pr"].where(d.index != 0, float("inf"))),
+     "column 'pr' holds 1 NaN/Inf value(s)"),
+    ("copying.parquet", lambda d: d.assign(step=d["step"] + 0.5), "column 'step' holds non-integer values"),
+    ("head_scores.parquet", lambda d: d.drop(columns=["value"]), "lacks the column(s) ['value']"),
+])
+def test_a_hand_edited_table_is_named_when_the_run_is_opened(run, capsys, name, edit, needle):
+    _edit(run, name, edit)
+    before = digest(run, (*RESULTS, name))
+    ok = True
+    for argv in (["report", run, "--out", run.parent / "rep"], ["validate", run, *VALIDATE]):
+        rc, err = cli(capsys, *argv)
+        ok &= one_line(rc, err, str(run / name), needle)
+    record(f"edited {name}: {needle[:30]}", ok and digest(run, before) == before and not (run.parent / "rep").exists())
