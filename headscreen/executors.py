@@ -25,6 +25,11 @@ from typing import Any
 EXECUTORS = ("local", "process", "ray")
 
 
+class WorkerDied(RuntimeError):
+    """A worker process (process pool or Ray) died under a task: an environment fault the CLI reports in
+    one line (exit code 2); what the driver had written is kept, so a rerun resumes."""
+
+
 @dataclass(frozen=True)
 class TaskFailed:
     """A task that raised (`error` is its exception) or whose worker died (`crashed`)."""

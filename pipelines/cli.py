@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C in exit code 130 (every finished record is kept: rerun the command to resume)."""
     cpu = _plan_cpu(argv)  # before anything imports torch
     from headscreen.config import ConfigError
+    from headscreen.executors import WorkerDied
     from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headscreen {args.command}: interrupted; finished records are kept — rerun the same command to "
               "resume", file=sys.stderr)
         return 130
-    except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
+    except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError, WorkerDied) as e:
         print(f"headscreen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a fault of the environment (disk, permissions) outside the run store's own writes

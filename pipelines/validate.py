@@ -21,7 +21,7 @@ from headscreen.causal.ablation import Scoring
 from headscreen.causal.settings import ValidationSettings
 from headscreen.causal.validate import ablate_blocks, probe_source
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
-from headscreen.executors import TaskFailed, chunks
+from headscreen.executors import TaskFailed, WorkerDied, chunks
 from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
@@ -261,7 +261,7 @@ def _block_runner(executor, series, step, suite, ablation, seed, layers, device:
             if isinstance(done[i], TaskFailed):
                 if not done[i].crashed:
                     raise done[i].error
-                raise RuntimeError(f"validate: a worker died computing the null ({done[i].describe()}); nothing was "
+                raise WorkerDied(f"a worker died computing the null ({done[i].describe()}); nothing was "
                                    "written — rerun the same command")
         return [done[i] for i in range(len(tasks))]
     return run

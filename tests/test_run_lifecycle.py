@@ -305,3 +305,73 @@ def test_a_hand_edited_table_is_named_when_the_run_is_opened(run, capsys, name, 
         rc, err = cli(capsys, *argv)
         ok &= one_line(rc, err, str(run / name), needle)
     record(f"edited {name}: {needle[:30]}", ok and digest(run, before) == before and not (run.parent / "rep").exists())
+
+
+# --- 4. raw tracebacks that became one-line errors ----------------------------------------------------
+
+LAUGHS = """name: laughs
+source: {{kind: local, local_path: {root}}}
+architecture:
+  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+  i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_a_billion_laughs_config_is_refused_before_it_expands(validated, tmp_path, capsys):
+    import tracemalloc
+
+    series = validated[0]
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text(LAUGHS.format(root=series))
+    tracemalloc.start()
+    ok = True
+    for argv in (["screen", series, "--config", cfg, "--out", tmp_path / "s", "--no-progress"],
+                 ["grok", "modadd", "--config", cfg, "--out", tmp_path / "g", "--no-progress"],
+                 ["train", "--config", cfg, "--out", tmp_path / "t"]):
+        rc, err = cli(capsys, *argv)
+        ok &= one_line(rc, err, f"{cfg}: its aliases (&anchor / *alias) expand it to more than 100,000 values")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    record("billion laughs config (screen, grok, train)", ok and peak < 50e6 and not (tmp_path / "s").exists()
+           and not (tmp_path / "g").exists())
+
+
+def test_a_config_with_fewer_aliases_still_loads(tmp_path):
+    from headscreen.config import load_config
+
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("name: ok\nsource: {kind: synthetic}\narchitecture:\n  a: &a [1, 2, 3]\n  b: [*a, *a, *a]\n")
+    assert load_config(cfg).architecture["b"] == [[1, 2, 3]] * 3
+
+
+def test_a_dead_worker_is_one_line_and_keeps_the_records(validated, tmp_path, capsys, monkeypatch):
+    """A process-pool or Ray worker killed under a chunk (TaskFailed with crashed=True, as the executors
+    report a BrokenProcessPool or a Ray WorkerCrashedError; tests/test_executors.py kills real ones)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pipelines.screen as screen_module
+    from headscreen.executors import Executor, TaskFailed
+
+    class DiesOnSecondChunk(Executor):
+        kind = "process"
+
+        def run(self, fn, tasks):
+            for i, args in enumerate(tasks):
+                yield i, (fn(*args) if i == 0 else
+                          TaskFailed(BrokenProcessPool("A child process terminated abruptly"), crashed=True))
+
+    monkeypatch.setattr(screen_module, "executor_from_args", lambda args: DiesOnSecondChunk(2))
+    series, cfg, _ = validated
+    out = tmp_path / "s"
+    rc, err = cli(capsys, "screen", series, "--config", cfg, "--out", out, "--no-progress", "--executor", "process")
+    kept = sorted(p.name for p in (out / "records" / "sketch").iterdir())
+    record("screen with a dead worker", one_line(rc, err, "a worker died while screening steps 2..3",
+                                                 "rerun the same command to resume")
+           and kept == ["step_000000000.safetensors", "step_000000001.safetensors"])
