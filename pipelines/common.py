@@ -59,6 +59,8 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
     from headscreen.series import LocalSeries
 
     path = Path(spec)
+    if path.is_symlink() and not path.exists():  # a loop or a dangling link: named as such, not as a config
+        return LocalSeries(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), None
     if path.is_dir():
         if not (trajectories and directory_kind(path) == "grok-trajectory"):
             refuse_run_as_series(path, command)

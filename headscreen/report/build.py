@@ -86,6 +86,32 @@ def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = 
                   generated_by=_generated_by())
 
 
+class ReportOutError(ValueError):
+    """The report folder (--out) cannot be written."""
+
+
+def check_out_dir(out: Path) -> None:
+    """The report folder can be written: not a file, and a folder (or its nearest existing parent) in
+    which a file can be created (tried, then removed); checked before anything is rendered."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ReportOutError(f"--out {out} is an existing file, not a folder; give a folder for the report files")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ReportOutError(f"--out {out}: {probe} is a file, so the report folder cannot be made there; "
+                             "choose another --out")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".headscreen-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ReportOutError(f"--out {out}: cannot write into {probe} ({e.strerror or e}); choose another --out "
+                             "or fix its permissions") from e
+
+
 def _generated_by() -> dict:
     return {
         "headscreen_version": headscreen.__version__, "python": platform.python_version(),
@@ -105,8 +131,9 @@ def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | 
     figures are written beside report.md.
     """
     run_dirs = [Path(p) for p in run_dirs]
-    report = assemble(run_dirs, step, probe)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
+    check_out_dir(out)  # before anything is rendered
+    report = assemble(run_dirs, step, probe)
     out.mkdir(parents=True, exist_ok=True)
     return {"html": write_html(report, out / "report.html"), "md": write_markdown(report, out),
             "json": write_json(report, out / "report.json")}

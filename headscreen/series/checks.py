@@ -106,4 +106,5 @@ def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
     for name, t in module.named_parameters():
         if not t.is_floating_point():
             continue
+        name = name.replace("_original_component.", "")  # the bridge's wrapper, not the checkpoint's name
         require_finite(t, f"{where}: {name}", fix="drop it from the series (or screen with --skip-bad)")
