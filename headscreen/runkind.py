@@ -34,7 +34,7 @@ RUN_KINDS = ("screen", "grok", "li2", "grok-sweep")
 # files that only one kind of run writes (for runs without a recorded kind, and for mixed directories)
 _MARKERS = {
     "screen": ("records", "circuits.json", "classes.parquet", "selectivity.parquet", "validation.json"),
-    "grok": ("trajectory", "curves.parquet", "grok.json", "resume.safetensors"),
+    "grok": ("trajectory", "curves.parquet", "grok.json"),
 }
 
 
@@ -63,6 +63,14 @@ def _read_json(path: Path):
 
 def _inferred(path: Path) -> str | None:
     """The kind of a directory from the files it holds (no manifest, or one that names no kind)."""
+    doc = _read_json(path / "series.json") if (path / "series.json").is_file() else None
+    fmt = str(doc.get("format", "")) if isinstance(doc, dict) else ""
+    if fmt.startswith("headscreen-grok-trajectory") or (
+            path.name == "trajectory" and (path.parent / "manifest.json").is_file()
+            and directory_kind(path.parent) in ("grok", "li2")):
+        return "grok-trajectory"
+    if fmt.startswith("headscreen-series"):  # a trained series (it may hold resume.safetensors)
+        return "series"
     has = {name for names in _MARKERS.values() for name in names if (path / name).exists()}
     if has & set(_MARKERS["grok"]):
         return "li2" if (path / "li2.parquet").exists() else "grok"
@@ -70,11 +78,6 @@ def _inferred(path: Path) -> str | None:
         return "screen"
     if (path / "sweep.json").is_file() or ((path / "sweep.parquet").is_file() and (path / "runs").is_dir()):
         return "grok-sweep"
-    doc = _read_json(path / "series.json") if (path / "series.json").is_file() else None
-    if (isinstance(doc, dict) and str(doc.get("format", "")).startswith("headscreen-grok-trajectory")) or (
-            path.name == "trajectory" and (path.parent / "manifest.json").is_file()
-            and directory_kind(path.parent) in ("grok", "li2")):
-        return "grok-trajectory"
     if doc is not None or any((p / "config.json").is_file() for p in _subdirs(path)):
         return "series"
     if (path / "report.html").is_file() and (path / "report.json").is_file():
