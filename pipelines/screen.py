@@ -217,7 +217,7 @@ def screen(
                 raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
                                   f"{store.root}/manifest.json `skipped`")
             _summarise(store, settings, good, sorted(probe_steps & set(good)))
-            record_attention(store, series, settings, device=plan.device, progress=progress)  # the report's viewer
+            record_attention(store, series, settings.probes, device=plan.device, progress=progress)  # the report's viewer
     finally:
         if own:
             executor.close()

@@ -16,7 +16,7 @@ from headscreen.series import LocalSeries
 from headscreen.spectral import SpectralConfig
 from headscreen.store import RunStore
 from headscreen.testing import save_tiny_series
-from pipelines.attention import record_attention
+from pipelines.attention import probes_of_manifest, record_attention
 from pipelines.screen import ScreenSettings, screen
 
 torch.set_num_threads(1)
@@ -67,8 +67,8 @@ def test_the_screen_writes_the_file_and_stored_patterns_equal_eager_attention(sc
     assert index.tables_id == json.loads((out / "manifest.json").read_text())["tables"]["id"]
     # plant a circuit so that heads at two checkpoints are stored, then redo the screen's last step
     (out / "circuits.json").write_text(json.dumps(circuits_doc(20, 10)))
-    with RunStore.locked(out, "test") as store:
-        record_attention(store, LocalSeries(series_dir), settings, rows=2, progress=False)
+    with RunStore.locked(out, "test") as store:  # the probes as the screen fitted them to the model
+        record_attention(store, LocalSeries(series_dir), probes_of_manifest(store.manifest()), rows=2, progress=False)
     index, tensors = read_attention(out / FILE)
     assert index.rows == 2 and set(index.probes) == {"retrieval", "repeated"}
     stored = {(e["probe"], e["step"], e["layer"], e["head"]) for e in index.entries}
@@ -103,5 +103,27 @@ def test_a_run_without_circuits_json_gets_no_file(screened, tmp_path):
     shutil.copytree(out, copy)
     (copy / "circuits.json").unlink()
     with RunStore.locked(copy, "test") as store:
-        assert record_attention(store, LocalSeries(series_dir), settings, progress=False) is None
+        assert record_attention(store, LocalSeries(series_dir), settings.probes, progress=False) is None
     assert not (copy / FILE).exists()
+
+
+def test_the_attention_command_adds_the_file_to_an_older_run(screened, tmp_path):
+    """A run screened before attention.safetensors existed gets it from `headscreen attention RUN`, from
+    its manifest alone, with the same patterns; its tables are untouched."""
+    import shutil
+
+    from pipelines.attention import attention
+    from pipelines.cli import main
+
+    series_dir, out, settings = screened
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    (copy / FILE).unlink()
+    tables = {p.name: p.read_bytes() for p in copy.glob("*.parquet")}
+    assert attention(copy, device="cpu", rows=2, progress=False) == copy / FILE
+    a_index, a = read_attention(out / FILE)
+    b_index, b = read_attention(copy / FILE)
+    assert a_index.entries == b_index.entries and set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tables == {p.name: p.read_bytes() for p in copy.glob("*.parquet")}
+    assert main(["attention", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
