@@ -249,3 +249,31 @@ def test_chromium_without_javascript_shows_the_static_report(explore_run):
         finally:
             p.close()
 
+
+
+def test_notebook_run_view(explore_run, tmp_path):
+    from headscreen.report.notebook import load_run_view
+
+    view = load_run_view(explore_run["run"])
+    summary = view._repr_html_()
+    assert "L1H2, L2H1" in summary and "14 patterns of 5 heads" in summary and "top-1 drop" in summary
+    assert view.circuits()["previous"] == [(0, 1)]
+    assert torch.equal(view.pattern("L1H2", probe="repeated", step=500),
+                       explore_run["stored"][pattern_key("repeated", 500, (1, 2))])
+    shown = view.attention("L2H1", probe="repeated", step=500, row=1)
+    frame = shown._repr_html_()
+    assert frame.startswith("<iframe srcdoc=") and "<script>" not in frame  # the page is attribute-escaped
+    page = shown.save(tmp_path / "viewer.html")
+    if _chromium() is None or _playwright() is None:
+        pytest.skip("the inline viewer's browser check needs Chromium and Playwright")
+    with _playwright()() as pw:
+        p = Page(pw, page)
+        try:
+            assert [p.page.input_value(f".hs-att-{k}") for k in ("probe", "head", "step", "row")] == [
+                "repeated", "L2H1", "500", "1"]
+            stored = explore_run["stored"][pattern_key("repeated", 500, (2, 1))][1].float().numpy()
+            lower = np.tril(np.ones((T, T), dtype=bool))
+            assert np.abs(_drawn_pattern(p.page)[lower] - stored[lower]).max() <= 0.5 / 255 + 1e-6
+            assert p.errors == [] and p.foreign_requests() == []
+        finally:
+            p.close()

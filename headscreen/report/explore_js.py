@@ -205,6 +205,11 @@ EXPLORE_JS = r"""
     stepSel.addEventListener('change', draw);
     rowSel.addEventListener('change', draw);
     fillHeads();
+    const init = data.initial || {}, has = (sel, v) => [...sel.options].some(o => o.value === String(v));
+    if (init.head && has(headSel, init.head)) { headSel.value = init.head; fillSteps(); }
+    if (init.step !== null && init.step !== undefined && has(stepSel, init.step)) stepSel.value = String(init.step);
+    if (init.row && has(rowSel, init.row)) rowSel.value = String(init.row);
+    draw();
   }
 
   // ---- sortable, filterable long tables
