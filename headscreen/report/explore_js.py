@@ -60,6 +60,7 @@ EXPLORE_JS = r"""
       step: 1, value: sel.steps.length - 1, class: 'hs-sel-slider'}));
     const stepText = el('strong', {class: 'hs-sel-step'}); controls.appendChild(stepText);
     const play = el('button', {type: 'button', class: 'hs-sel-play'}, 'Play'); controls.appendChild(play);
+    const legend = el('div', {class: 'hs-why hs-sel-legend'}); box.appendChild(legend);
     const grids = el('div', {class: 'hs-grids'}); box.appendChild(grids);
     let cells = {}, timer = null;
     function build() {
@@ -83,6 +84,8 @@ EXPLORE_JS = r"""
       for (const cls in classes) for (const row of classes[cls]) for (const v of row) if (v !== null && v > 0) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
       const vmin = Math.max(0.1, Math.min(1, lo === Infinity ? 1 : lo));
       cells._norm = v => (Math.log(Math.max(v, vmin)) - Math.log(vmin)) / (Math.log(hi) - Math.log(vmin));
+      legend.textContent = 'Colour: log scale from ' + vmin.toPrecision(2) + '\u00d7 (black) to ' + hi.toPrecision(3)
+        + '\u00d7 (pale yellow), over every checkpoint of this probe; outlined: \u2265 ' + thr + '\u00d7. Hover a cell for its value.';
       draw();
     }
     function draw() {
@@ -127,7 +130,9 @@ EXPLORE_JS = r"""
     const canvas = el('canvas', {class: 'hs-att-canvas'}); viewer.appendChild(canvas);
     const tip = el('div', {class: 'hs-tip'}); viewer.appendChild(tip);
     Object.keys(att.probes).forEach(p => option(probeSel, p, p));
-    if (data.probe && att.probes[data.probe]) probeSel.value = data.probe;
+    // the repeated probe first: an induction head's stripe and a previous-token head's diagonal show on every row
+    const first = (data.initial && data.initial.probe) || (att.probes.repeated ? 'repeated' : data.probe);
+    if (first && att.probes[first]) probeSel.value = first;
     for (let r = 0; r < att.rows; r++) option(rowSel, r, 'row ' + r);
     const rank = w => /^induction/.test(w) ? 0 : /^previous/.test(w) ? 1 : /^bos/.test(w) ? 2 : 3;
     let cur = null;

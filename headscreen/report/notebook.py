@@ -100,7 +100,7 @@ class RunView:
         payload = explore_payload(self.results, thresholds=thresholds(self.results), probe=probe or self.probe, slug=slug)
         if payload["attention"] is None:
             raise ValueError(payload["attention_notice"])
-        payload["initial"] = {"probe": probe or self.probe, "head": head_label(_head(head)) if head is not None else None,
+        payload["initial"] = {"probe": probe, "head": head_label(_head(head)) if head is not None else None,
                               "step": step, "row": row}
         from headscreen.report.content import RunReport
 
