@@ -55,3 +55,16 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
     clean = top[top.condition == "clean"].value.item()
     null_drops = clean - top[top.condition == "matched_random"].value
     assert len(null_drops) == zero["n_null"] and null_drops.max() < test["observed_drop"]
+
+    # the report's attention viewer (issue 25): the screen stored every induction-circuit head at the last
+    # checkpoint and at its emergence checkpoint, and the page carries them
+    from headscreen.attention_file import FILE, read_index
+
+    index = read_index(run / FILE)
+    final = circuits["steps"][str(int(last))]["retrieval"]
+    stored = {(e["probe"], e["step"], e["layer"], e["head"]) for e in index.entries}
+    assert {("repeated", int(last), h[0], h[1]) for h in final["induction"] + final["previous"]} <= stored
+    assert {("retrieval", int(e["emergence_step"]), e["layer"], e["head"]) for e in emerged
+            if [e["layer"], e["head"]] in final["induction"]} <= stored
+    html = paths["html"].read_text()
+    assert 'class="hs-attention"' in html and 'class="hs-slider"' in html

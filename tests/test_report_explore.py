@@ -113,9 +113,10 @@ def test_page_embeds_the_stored_patterns_and_every_checkpoints_selectivity(explo
 def test_a_run_without_the_file_still_reports_and_says_why(tmp_path):
     run = tmp_path / "tiny-b" / "run1"
     make_run(run, "b", validated=False)
-    paths = build_report([run])
+    paths = build_report([run], step=500)
     data = _payload(paths["html"], "tiny-b")
     assert data["attention"] is None and FILE in data["attention_notice"]
+    assert data["step"] == 500  # the slider starts at the report's step
     assert data["selectivity"] is not None
     assert FILE in paths["html"].read_text()  # the notice is shown
 

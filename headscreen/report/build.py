@@ -66,7 +66,7 @@ def run_report(run: RunResults, name: str, slug: str, step: int | None, probe: s
                   probe=probe, circuits=circuits)
     sections = ([build(ctx) for build in LEAD_BUILDERS] + [build(ctx) for build in SECTION_BUILDERS]
                 + [provenance_section(run)])  # provenance last
-    explore = explore_payload(run, thresholds=ctx.thresholds, probe=probe, slug=slug)
+    explore = explore_payload(run, thresholds=ctx.thresholds, probe=probe, slug=slug, step=chosen)
     return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe,
                      explore=explore)
 

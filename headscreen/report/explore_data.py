@@ -87,10 +87,10 @@ def attention_view(run: RunResults) -> tuple[dict | None, str | None]:
     return {"rows": index.rows, "probes": probes, "entries": entries}, None
 
 
-def explore_payload(run: RunResults, *, thresholds: dict, probe: str | None, slug: str) -> dict:
-    """Everything the page's script needs for one run."""
+def explore_payload(run: RunResults, *, thresholds: dict, probe: str | None, slug: str, step: int | None = None) -> dict:
+    """Everything the page's script needs for one run (`step`: where the slider starts; default the last)."""
     attention, notice = attention_view(run)
-    return {"slug": slug, "probe": probe, "thresholds": {k: thresholds.get(k) for k in ("class", "induction_circuit")},
+    return {"slug": slug, "probe": probe, "step": step, "thresholds": {k: thresholds.get(k) for k in ("class", "induction_circuit")},
             "selectivity": selectivity_frames(run), "attention": attention, "attention_notice": notice}
 
 

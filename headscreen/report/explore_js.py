@@ -57,7 +57,7 @@ EXPLORE_JS = r"""
     probes.forEach(p => option(probeSel, p, p));
     if (data.probe && probes.includes(data.probe)) probeSel.value = data.probe;
     const slider = labelled(controls, 'Checkpoint', el('input', {type: 'range', min: 0, max: sel.steps.length - 1,
-      step: 1, value: sel.steps.length - 1, class: 'hs-sel-slider'}));
+      step: 1, value: sel.steps.includes(data.step) ? sel.steps.indexOf(data.step) : sel.steps.length - 1, class: 'hs-sel-slider'}));
     const stepText = el('strong', {class: 'hs-sel-step'}); controls.appendChild(stepText);
     const play = el('button', {type: 'button', class: 'hs-sel-play'}, 'Play'); controls.appendChild(play);
     const legend = el('div', {class: 'hs-why hs-sel-legend'}); box.appendChild(legend);
