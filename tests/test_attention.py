@@ -88,6 +88,7 @@ def test_the_screen_writes_the_file_and_stored_patterns_equal_eager_attention(sc
                 want = att[e["layer"]][:, e["head"]]
                 worst = max(worst, (got.float() - want).abs().max().item())
                 assert torch.allclose(got.float().sum(-1), torch.ones(2, toks.shape[1]), atol=0.02)
+    print(f"stored float16 vs eager float32: max |diff| = {worst:.3g}")
     assert 0 < worst <= TOL, worst
     # a decoded token text for every stored token
     text = index.probes["retrieval"]["text"]
