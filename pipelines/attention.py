@@ -46,7 +46,7 @@ def record_attention(store: RunStore, series, probes: ProbeSuite, *, device: str
     patterns: dict[str, torch.Tensor] = {}
     for step, heads in plan.items():
         if progress:
-            print(f"screen: attention of {len(heads)} head(s) at step {step}", file=sys.stderr)
+            print(f"attention: {len(heads)} head(s) at step {step}", file=sys.stderr)
         ckpt = series.checkpoint(step)
         if check is not None:
             check(ckpt)
