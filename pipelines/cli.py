@@ -13,13 +13,14 @@ from pipelines.common import positive_int
 
 def commands():
     """(name, module, one-line help). A workflow is listed only once it works end to end."""
-    from pipelines import demo, grok, report, screen, series_info, train, validate
+    from pipelines import attention, demo, grok, report, screen, series_info, train, validate
 
     return [
         ("demo", demo, "the embedded default end to end: train, screen, validate, report"),
         ("series", series_info, "list the checkpoints of a series and its attention geometry"),
         ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
         ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
+        ("attention", attention, "store the circuit and BOS heads' attention patterns of a screened run (report viewer)"),
         ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
         ("grok", grok, "train a toy grokking task with its trajectory captured, and analyse it; or a sweep"),
         ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),

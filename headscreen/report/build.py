@@ -15,6 +15,7 @@ from headscreen.report.causal_sections import ablation_section, patching_section
 from headscreen.report.compare import comparison_section
 from headscreen.report.content import Report, RunReport
 from headscreen.report.dynamics_sections import copying_section, fingerprints_section, lead_times_section
+from headscreen.report.explore_data import explore_payload
 from headscreen.report.findings_sections import findings_section, preid_section, summary_section
 from headscreen.report.grok_sections import grok_kind, grok_report
 from headscreen.report.load import RunResults, check_run_dir, load_run
@@ -66,7 +67,9 @@ def run_report(run: RunResults, name: str, slug: str, step: int | None, probe: s
                   probe=probe, circuits=circuits)
     sections = ([build(ctx) for build in LEAD_BUILDERS] + [build(ctx) for build in SECTION_BUILDERS]
                 + [provenance_section(run)])  # provenance last
-    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe)
+    explore = explore_payload(run, thresholds=ctx.thresholds, probe=probe, slug=slug, step=chosen)
+    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe,
+                     explore=explore)
 
 
 def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = None) -> Report:
