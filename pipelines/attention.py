@@ -92,7 +92,7 @@ def attention(run_dir: str | Path, *, device: str | None = "cpu", rows: int = DE
     from pipelines.validate import _series_of
 
     plan = plan_device(device, mixed_precision=False)
-    with RunStore.locked(run_dir, "attention") as store:
+    with RunStore.locked(run_dir, "attention", kind="screen", command="`headscreen attention`") as store:
         store.check_tables_current("storing attention patterns")
         manifest = store.manifest()
         probes = probes_of_manifest(manifest)

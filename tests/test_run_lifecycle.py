@@ -225,6 +225,7 @@ def test_readers_name_what_the_directory_is(grok_run, run, validated, tmp_path, 
         (["report", series], f"{series} is a checkpoint series, not a run"),
         (["train", "--out", run], f"{run} is a screen run; `headscreen train` writes checkpoint series"),
         (["validate", series], f"{series} is a checkpoint series; `headscreen validate` reads screen runs"),
+        (["attention", grok_run], f"{grok_run} is a grok run; `headscreen attention` reads screen runs"),
         (["grok", "compare", run], f"{run} is a screen run; `headscreen grok compare` reads grok runs and grok sweeps"),
     ]
     before = digest(run)
