@@ -31,6 +31,7 @@ from headscreen.series import LOADING_MODE, Series, SeriesError
 from headscreen.series.identity import series_identity
 from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
+from headscreen.spectral.duplicates import drop_duplicates
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.common import (
     add_device_argument,
@@ -45,6 +46,7 @@ from pipelines.screen_chunks import (
     PROBE_TABLES,
     head_weights_from_bridge,
     record_checkpoints,
+    record_duplicates,
     sketches_from_records,
 )
 
@@ -271,10 +273,12 @@ def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], prob
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
     sketches = sketches_from_records(tensors)  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
+    duplicates = record_duplicates(store, steps, norms)
+    sketches, steps_w, norms = drop_duplicates(sketches, steps, norms, duplicates)  # windows skip zero updates
     need = settings.spectral.window + 1
     onset_table = pd.DataFrame(columns=["layer", "head", "metric", "onset_step"])
-    if len(steps) >= need:
-        fp = fingerprint(sketches, steps, config=settings.spectral, update_norms=norms)
+    if len(steps_w) >= need:
+        fp = fingerprint(sketches, steps_w, config=settings.spectral, update_norms=norms)
         store.write_table("fingerprints", fp)
         found = []
         for metric in settings.onsets.metrics:
@@ -289,7 +293,8 @@ def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], prob
         store.update_manifest(fingerprints={"status": "done", "windows": int(fp["step"].nunique())})
     else:
         msg = (f"fingerprints need at least W+1 = {need} checkpoints (window W = {settings.spectral.window}); "
-               f"this series has {len(steps)}. Add checkpoints or lower spectral.window.")
+               f"this series has {len(steps_w)}{' distinct' if duplicates else ''}. Add checkpoints or lower "
+               "spectral.window.")
         print(f"screen: {msg}", file=sys.stderr)
         store.remove_outputs(("fingerprints.parquet", "onsets.parquet"))
         store.update_manifest(fingerprints={"status": "skipped", "reason": msg})

@@ -300,3 +300,16 @@ def sketches_from_records(tensors: list[dict]) -> torch.Tensor:
             s = s + t["increment"]
         out.append(s)
     return torch.stack(out)
+
+
+def record_duplicates(store: RunStore, steps: list[int], norms: torch.Tensor) -> list[dict]:
+    """Find the checkpoints of `steps` that repeat their predecessor's attention weights exactly
+    (headscreen.spectral.duplicates), record them in the manifest's `duplicates` (an empty list when
+    none) and say so on stderr. Returns them."""
+    from headscreen.spectral.duplicates import RULE, describe, find_duplicates
+
+    found = find_duplicates(steps, norms, store.manifest().get("checkpoints"))
+    store.update_manifest(duplicates=found, duplicates_rule=RULE)
+    if found:
+        print(f"screen: {describe(found)}", file=sys.stderr)
+    return found
