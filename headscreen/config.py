@@ -117,7 +117,7 @@ class ModelConfig:
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
 SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis", "li2",
-            "li2_controls")
+            "li2_controls", "boot")
 
 
 def _section_owners() -> dict[str, type | None]:
@@ -127,12 +127,13 @@ def _section_owners() -> dict[str, type | None]:
     from headscreen.probes.classify import ScreenThresholds
     from headscreen.probes.preid import PreidSettings
     from headscreen.probes.suite import ProbeSuite
+    from headscreen.series.precision import BootSettings
     from headscreen.spectral.config import OnsetSettings, SpectralConfig
     from headscreen.synthetic.config import TrainConfig
 
     return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
             "onsets": OnsetSettings, "validation": ValidationSettings, "preid": PreidSettings,
-            "report": None}
+            "boot": BootSettings, "report": None}
 
 
 def check_sections(sections: dict[str, dict], where: str) -> None:
