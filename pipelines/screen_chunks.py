@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headscreen.executors import Executor, TaskFailed, chunks
+from headscreen.probes.budget import micro_batch_for
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint
 from headscreen.series import HeadWeights, NonFiniteOutputs, Series, SeriesError
 from headscreen.spectral import HeadSketcher
@@ -55,8 +56,9 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
     if batches is None:
         tok = getattr(bridge, "tokenizer", None)
         batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
+    micro = micro_batch_for(bridge, batches, settings.probes.micro_batch, device=device)  # capped to the memory budget
     with torch.no_grad():
-        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=settings.probes.micro_batch,
+        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=micro,
                                    step=ckpt.step, tokens=ckpt.tokens)
     bad = non_finite_outputs(tables)
     if bad:
