@@ -80,3 +80,27 @@ def test_screen_records_the_boot_dtype(tmp_path):
     m32 = json.loads((tmp_path / "run32" / "manifest.json").read_text())
     assert m32["device"]["param_dtype"] == "float32" and m32["probe_defaults"]["dtype"].startswith("auto: float32")
     assert "boot_dtype" not in m32["results_config"]  # float32 runs hash as before
+
+
+@pytest.mark.slow  # trains the demo's series (minutes on 2 cores), then screens it twice
+def test_demo_series_classes_and_circuits_are_the_same_in_bfloat16(tmp_path):
+    import dataclasses
+
+    import pandas as pd
+
+    from headscreen.config import load_config
+    from pipelines.screen import ScreenSettings, screen
+    from pipelines.train import train
+
+    cfg = load_config("synthetic-tiny")
+    series = train(cfg, tmp_path / "series", progress=False, device="cpu")
+    runs = {}
+    for dt in ("float32", "bfloat16"):
+        settings = dataclasses.replace(ScreenSettings.from_config(cfg), boot=BootSettings(dtype=dt))
+        runs[dt] = screen(series, tmp_path / dt, config=cfg, settings=settings, progress=False, device="cpu")
+    a, b = (pd.read_parquet(runs[d] / "classes.parquet") for d in runs)
+    pd.testing.assert_frame_equal(a, b)
+    ca, cb = (json.loads((runs[d] / "circuits.json").read_text()) for d in runs)
+    assert ca == cb and any(ca["steps"][s]["retrieval"]["induction"] for s in ca["steps"])
+    sa, sb = (pd.read_parquet(runs[d] / "selectivity.parquet") for d in runs)
+    assert ((sa.selectivity - sb.selectivity).abs() / sa.selectivity.abs()).max() <= SELECTIVITY_RTOL
