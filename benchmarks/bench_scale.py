@@ -79,7 +79,8 @@ def run_stage(name: str, cmd: list[str], cap_bytes: int, env: dict) -> dict:
     _, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     th.join(timeout=1)
-    res = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2),
+    res = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+           "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2),
            "read_bytes_gb": round(io["read_bytes"] / 1e9, 2), "rchar_gb": round(io["rchar"] / 1e9, 2),
            "exit": proc.returncode, "loadavg_before": load0, "loadavg_after": loadavg(),
            "killed_at_rss_gb": round(killed[0] / 2**30, 2) if killed else None}
@@ -87,7 +88,23 @@ def run_stage(name: str, cmd: list[str], cap_bytes: int, env: dict) -> dict:
     return res
 
 
-def components(root: str, n_retrieval: int, seq_len: int, n_repeated: int, span: int, micro: int) -> None:
+class _timed:
+    """Wall seconds (`<name>_s`) and this process's CPU seconds (`<name>_cpu_s`, user + system: far less
+    sensitive to the host's load than the wall time) of a block, into `rec`."""
+
+    def __init__(self, rec: dict, name: str):
+        self.rec, self.name = rec, name
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.rec[f"{self.name}_s"] = round(time.perf_counter() - self.t, 2)
+        self.rec[f"{self.name}_cpu_s"] = round(time.process_time() - self.c, 2)
+
+
+def components(root: str, n_retrieval: int, seq_len: int, n_repeated: int, span: int, micro: int,
+               weights_only: bool = False) -> None:
     """In a stage process: per-checkpoint costs of the weight pass, the boot and each probe (JSON on stdout)."""
     import torch
 
@@ -106,22 +123,21 @@ def components(root: str, n_retrieval: int, seq_len: int, n_repeated: int, span:
     out = {"boot_dtype": boot.dtype, "boot_dtype_rule": how, "checkpoints": []}
     for ckpt in series:
         rec = {"step": ckpt.step}
-        t = time.perf_counter()
-        hw = series.head_weights(ckpt, dtype=None)
-        rec["weight_read_s"] = round(time.perf_counter() - t, 2)
-        t = time.perf_counter()
-        sk.update(hw, ckpt.step, retain=True)
-        rec["weight_sketch_s"] = round(time.perf_counter() - t, 2)
+        with _timed(rec, "weight_read"):
+            hw = series.head_weights(ckpt, dtype=None)
+        with _timed(rec, "weight_sketch"):
+            sk.update(hw, ckpt.step, retain=True)
         del hw
-        t = time.perf_counter()
-        bridge = series.boot(ckpt)
-        rec["boot_s"] = round(time.perf_counter() - t, 2)
+        if weights_only:
+            out["checkpoints"].append(rec)
+            continue
+        with _timed(rec, "boot"):
+            bridge = series.boot(ckpt)
         rec["booted_weights_gb"] = round(sum(p.numel() * p.element_size() for p in bridge.parameters()) / 1e9, 2)
         batches = suite.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=bridge.tokenizer)
         for name, b in batches.items():
-            t = time.perf_counter()
-            run_probe(bridge, b, micro_batch=micro)
-            rec[f"probe_{name}_s"] = round(time.perf_counter() - t, 2)
+            with _timed(rec, f"probe_{name}"):
+                run_probe(bridge, b, micro_batch=micro)
             rec[f"probe_{name}_tokens"] = int(b.n * b.seq_len)
         del bridge
         out["checkpoints"].append(rec)
@@ -154,10 +170,13 @@ def main() -> int:
     p.add_argument("--n-null", type=int, default=2)
     p.add_argument("--stages", default="write,components,screen,validate")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--weights-only", action="store_true",
+                   help="components: the weight pass only (no boot, no probes), for a host without the memory")
     p.add_argument("--components", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.components:
-        components(args.root, args.n_retrieval, args.seq_len, args.n_repeated, args.span, args.micro_batch)
+        components(args.root, args.n_retrieval, args.seq_len, args.n_repeated, args.span, args.micro_batch,
+                   args.weights_only)
         return 0
     from scale_geometry import check_keys, write_series
 
@@ -186,7 +205,8 @@ def main() -> int:
             results.append(run_stage("components", [*py, __file__, "--components", "--geometry", args.geometry,
                                                     "--root", str(root), "--n-retrieval", str(args.n_retrieval),
                                                     "--seq-len", str(args.seq_len), "--n-repeated", str(args.n_repeated),
-                                                    "--span", str(args.span), "--micro-batch", str(args.micro_batch)],
+                                                    "--span", str(args.span), "--micro-batch", str(args.micro_batch),
+                                                    *(["--weights-only"] if args.weights_only else [])],
                                      cap, env))
             print(json.dumps(results[-1]), flush=True)
         cfg = write_config(root.parent / (root.name + ".yaml"), root, args)
