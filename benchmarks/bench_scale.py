@@ -168,6 +168,10 @@ def main() -> int:
     p.add_argument("--span", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--n-null", type=int, default=2)
+    p.add_argument("--validate-dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None,
+                   help="validate's --dtype (default: the screen's)")
+    p.add_argument("--shard-gb", type=float, default=1.0, help="shard size of the written checkpoints (GB); "
+                   "the writer holds about 2x one shard")
     p.add_argument("--stages", default="write,components,screen,validate")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--weights-only", action="store_true",
@@ -195,7 +199,8 @@ def main() -> int:
             check_keys(args.geometry, root.parent / (root.name + "-keys"))
             shutil.rmtree(root.parent / (root.name + "-keys"), ignore_errors=True)
             t, load0 = time.perf_counter(), loadavg()
-            write_series(root, args.geometry, [1000 * i for i in range(args.checkpoints)])
+            write_series(root, args.geometry, [1000 * i for i in range(args.checkpoints)],
+                         shard_bytes=int(args.shard_gb * 1e9))
             size = sum(f.stat().st_size for f in root.rglob("*.safetensors"))
             results.append({"stage": "write", "seconds": round(time.perf_counter() - t, 1),
                             "bytes_written_gb": round(size / 1e9, 2), "loadavg_before": load0, "loadavg_after": loadavg()})
@@ -218,7 +223,9 @@ def main() -> int:
         if "validate" in stages:
             results.append(run_stage("validate", [*py, "-m", "pipelines.cli", "--threads", "1", "validate", str(run),
                                                   "--heads", "L1H0,L3H1", "--ablation", "zero",
-                                                  "--n-null", str(args.n_null)], cap, env))
+                                                  "--n-null", str(args.n_null),
+                                                  *(["--dtype", args.validate_dtype] if args.validate_dtype else [])],
+                                     cap, env))
             print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep:

@@ -3,12 +3,13 @@
 `write_series(root, geometry, steps)` writes one folder per step: config.json, sharded bfloat16
 safetensors (keys in the hub's per-expert layout) and model.safetensors.index.json (`metadata.total_size`,
 `weight_map`), plus a word-level tokenizer with the real vocabulary size at the series root. Nothing
-is materialised as a model: each tensor is drawn, cast and written shard by shard (peak memory ≈ one
-shard), so OLMoE-1B-7B (13.8 GB per checkpoint in bfloat16) is written in ~2 GB of memory.
+is materialised as a model: each tensor is drawn, cast and written shard by shard (peak memory ≈ two
+shards: safetensors serialises a shard in memory), so OLMoE-1B-7B (13.8 GB per checkpoint in bfloat16)
+is written in ~2–3 GB of memory with the default 1 GB shards.
 
 Checkpoint k's tensor = checkpoint 0's (σ·N(0, 1) values read from a fixed pool of 2^24 draws at an
 offset given by the tensor's name; redrawn rather than held) + k·σ_δ·N(0, 1) (the pool at an offset
-given by name and step), so consecutive checkpoints differ in every weight, as training would make them. `check_keys` proves the key list and shapes equal those HF's own `save_pretrained` writes,
+given by name and step), so consecutive checkpoints differ in almost every weight (96%; bfloat16 rounding absorbs the rest). `check_keys` proves the key list and shapes equal those HF's own `save_pretrained` writes,
 on a miniature of the same architecture.
 """
 
@@ -132,14 +133,14 @@ def write_checkpoint(folder: Path, cfg: dict, step_index: int, shard_bytes: int 
     return total
 
 
-def write_series(root: Path, geometry: str, steps: list[int]) -> list[Path]:
+def write_series(root: Path, geometry: str, steps: list[int], shard_bytes: int = 10**9) -> list[Path]:
     from headscreen.testing import save_word_tokenizer
 
     cfg = GEOMETRIES[geometry]
     folders = []
     for i, step in enumerate(steps):
         folders.append(root / f"step{step}")
-        write_checkpoint(folders[-1], cfg, i)
+        write_checkpoint(folders[-1], cfg, i, shard_bytes)
     save_word_tokenizer(root, vocab=cfg["vocab_size"])
     return folders
 
