@@ -22,6 +22,9 @@ SUITE = ProbeSuite(seq_len=48, token_range=(4, 500), n_retrieval=64, pair_range=
 #: measured: max |sel_bf16 - sel_fp32| / sel_fp32 over every head and probe class was 0.12-0.13% (gpt2,
 #: gpt_neox, llama, olmo), 0.57% (olmo2) and 0.98% (olmoe) on these models; the bound leaves 2x room
 SELECTIVITY_RTOL = 0.02
+#: measured on the demo's trained series (41 checkpoints to step 1600): max 4.1% over selectivities >= 10
+#: (99th percentile 2.3%); 10% on a selectivity of 0.003 (a head that does not attend there at all)
+TRAINED_RTOL = 0.06
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -83,7 +86,7 @@ def test_screen_records_the_boot_dtype(tmp_path):
 
 
 @pytest.mark.slow  # trains the demo's series (minutes on 2 cores), then screens it twice
-def test_demo_series_classes_and_circuits_are_the_same_in_bfloat16(tmp_path):
+def test_demo_series_classes_agree_in_bfloat16_and_circuits_up_to_threshold_ties(tmp_path):
     import dataclasses
 
     import pandas as pd
@@ -99,8 +102,15 @@ def test_demo_series_classes_and_circuits_are_the_same_in_bfloat16(tmp_path):
         settings = dataclasses.replace(ScreenSettings.from_config(cfg), boot=BootSettings(dtype=dt))
         runs[dt] = screen(series, tmp_path / dt, config=cfg, settings=settings, progress=False, device="cpu")
     a, b = (pd.read_parquet(runs[d] / "classes.parquet") for d in runs)
-    pd.testing.assert_frame_equal(a, b)
+    same = ["step", "layer", "head", "probe", "best_class", "in_induction_circuit", "is_bos"]
+    pd.testing.assert_frame_equal(a[same], b[same])  # measured: identical on all 3008 rows (41 checkpoints)
+    # circuit membership may flip only for a head within TRAINED_RTOL of its threshold (measured: one head,
+    # previous-token selectivity 100.59 in float32 against the threshold 100, at one of 41 steps)
+    flips = a[a.in_previous_circuit != b.in_previous_circuit]
+    assert (abs(flips.best_selectivity / 100.0 - 1) <= TRAINED_RTOL).all(), flips
     ca, cb = (json.loads((runs[d] / "circuits.json").read_text()) for d in runs)
-    assert ca == cb and any(ca["steps"][s]["retrieval"]["induction"] for s in ca["steps"])
+    assert ca["emergence"] == cb["emergence"] and ca["lead_times"] == cb["lead_times"]
+    assert any(ca["steps"][s]["retrieval"]["induction"] for s in ca["steps"])
     sa, sb = (pd.read_parquet(runs[d] / "selectivity.parquet") for d in runs)
-    assert ((sa.selectivity - sb.selectivity).abs() / sa.selectivity.abs()).max() <= SELECTIVITY_RTOL
+    big = sa.selectivity >= 10  # the range classes are decided in (class_min = 30)
+    assert ((sa.selectivity - sb.selectivity).abs() / sa.selectivity)[big].max() <= TRAINED_RTOL
