@@ -78,6 +78,12 @@ def test_screen_records_the_boot_dtype(tmp_path):
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["device"]["param_dtype"] == "bfloat16" and m["probe_defaults"]["dtype"] == "given"
     assert m["results_config"]["boot_dtype"] == "bfloat16"
+    from pipelines.validate import validate
+
+    for given, want in ((None, "bfloat16"), ("float32", "float32")):  # the screen's dtype unless given
+        path = validate(tmp_path / "run", circuit=[[1, 0]], ablations=("zero",), n_null=2, progress=False,
+                        dtype=given)
+        assert json.loads(path.read_text())["device"]["param_dtype"] == want
     screen(root, tmp_path / "run32", settings=ScreenSettings(spectral=SpectralConfig(window=3), probes=SUITE),
            progress=False)
     m32 = json.loads((tmp_path / "run32" / "manifest.json").read_text())
