@@ -77,6 +77,10 @@ class GrokConfig:
                 fail(name, "use an integer >= 0")
         if not self.defect_eta > 0:
             fail("defect_eta", "use a positive step size such as 0.001")
+        if self.intervention.active and self.intervention.start >= self.steps:
+            raise ConfigError(f"intervention.start = {self.intervention.start} is not before the last step (steps = "
+                              f"{self.steps}): the intervention would never act; use a start below {self.steps} "
+                              "(--intervention-start) or more --steps")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
