@@ -156,6 +156,8 @@ def check_task_config(task: str, config: str | Path | ModelConfig) -> None:
     def tasks(section: dict) -> list:
         return [section["task"]] if "task" in section else list(section.get("tasks") or ["add"])
 
+    if task == "multitask" and len(tasks(other)) > 1:  # any set of tasks sharing a trunk
+        return
     if tasks(own) != tasks(other):
         raise ConfigError(f"`grok {task} --config {config}`: that config trains {tasks(other)}, not {task}'s "
                           f"{tasks(own)}; use the subcommand of its task, or a config of {task}")
@@ -256,14 +258,14 @@ def _check_threads(args: argparse.Namespace) -> None:
     resumed trajectory would match no uninterrupted run); an automatic choice yields to the run's."""
     from headscreen.grokking.sessions import resume_threads
 
-    cpu = getattr(args, "cpu", None)
-    if cpu is None or cpu.auto or args.force:
+    threads = getattr(args, "threads", None)  # the top-level --threads; None = chosen automatically
+    if threads is None or args.force:
         return
     recorded = resume_threads(args.out)
-    if recorded is not None and recorded != cpu.threads:
+    if recorded is not None and recorded != threads:
         raise ConfigError(f"run {args.out} was trained at {recorded} torch thread(s) and resumes only at that count "
                           f"(a trajectory is bit-reproducible at one thread count); rerun with --threads {recorded}, "
-                          f"or without --threads, or with --force to start over at {cpu.threads}")
+                          f"or without --threads, or with --force to start over at {threads}")
 
 
 def main(args: argparse.Namespace) -> int:

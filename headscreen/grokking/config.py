@@ -156,6 +156,12 @@ class SweepConfig:
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
+            for v in values or ():
+                whole = key == "seed"
+                if isinstance(v, bool) or not isinstance(v, int | float) or (whole and v != int(v)):
+                    raise ConfigError(f"sweep field {key!r} has the value {v!r}, which is not "
+                                      f"{'an integer' if whole else 'a number'}: give a list of "
+                                      f"{'integers, e.g. [0, 1, 2]' if whole else 'numbers, e.g. [0.0, 1.0]'}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "sweep") -> SweepConfig:
