@@ -298,6 +298,63 @@ def test_report_of_a_no_analysis_sweep(cfg, tmp_path, capsys):
            and all((r / "grok.json").exists() for r in (out / "runs").iterdir()))
 
 
+def count_writes(monkeypatch, capsys, argv) -> int:
+    """Atomic writes (renames) of one in-process CLI call."""
+    from headscreen import atomic
+
+    n, real = [0], atomic._fault_point
+
+    def count(where):
+        n[0] += where == "renamed"
+        real(where)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic, "_fault_point", count)
+        assert cli(capsys, *argv)[0] == 0
+    return n[0]
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_or_analysis_then_report_then_rerun(cfg, reference, tmp_path, capsys, monkeypatch):
+    """A real SIGKILL (subprocess) at seeded points of training and of the analysis after it: the report in
+    between never writes an analysis, and the rerun ends byte-identical to the uninterrupted run."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    total = count_writes(monkeypatch, capsys, grok_args(cfg, tmp_path / "count"))
+    rng = random.Random(26)
+    kills = [f"renamed:{rng.randint(3, total // 2)}", f"write:{rng.randint(total // 2, total - 8)}",
+             f"renamed:{total - 3}", f"write:{total}"]  # training ... the analysis tables and grok.json
+    root = Path(__file__).resolve().parents[1]
+    for point in kills:
+        run = tmp_path / point.replace(":", "_")
+        env = {**os.environ, "HEADSCREEN_KILL_AT": point}
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", "--threads", "1", *map(str, grok_args(cfg, run))],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        record(f"SIGKILL at {point} of {total}", r.returncode == -9)
+        before = current_analysis(run) is not None
+        rc, err = cli(capsys, "report", run)
+        finished = json.loads((run / "trajectory" / "series.json").read_text()).get("complete", False)
+        record(f"report after SIGKILL at {point}: rendered; grok.json only for a finished run",
+               rc == 0 and (finished or not any((run / f).exists() for f in ANALYSIS_FILES))
+               and (not before or current_analysis(run) is not None))
+        rc, _ = cli(capsys, *grok_args(cfg, run))
+        sessions = json.loads((run / "trajectory" / "series.json").read_text())["training"]["sessions"]
+        record(f"rerun after SIGKILL at {point}: byte-identical, every session recorded",
+               rc == 0 and same_bytes(run, reference) == [] and sessions[-1]["status"] == "finished"
+               and all(s["status"] in ("stopped", "finished") for s in sessions))
+
+
+def test_report_of_a_run_without_snapshots(cfg, tmp_path, capsys):
+    run = tmp_path / "run"
+    with RunStore.open(run, {"kind": "grok", "config": {"tasks": ["add"], "p": 11}}):
+        pass
+    rc, err = cli(capsys, "report", run)
+    record("report of a run with no snapshot yet: one named line", rc == 2 and one_line_error(err, "no trajectory snapshot"))
+
+
 def test_every_case_ended_as_expected():
     if not CASES:
         pytest.skip("run with the cases above")
