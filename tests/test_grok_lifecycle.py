@@ -187,6 +187,25 @@ def test_force_removes_every_derived_file(cfg, reference, tmp_path, capsys, no_a
     record(f"--force{' --no-analysis' if no_analysis else ''} leaves no derived file of the old run", rc == 0 and ok)
 
 
+def test_a_force_killed_before_it_cleared_the_old_trajectory_does_not_resume_it(cfg, tmp_path, capsys, monkeypatch):
+    """--force writes the new manifest, then clears the old run: killed in between, the next run of the new
+    config must not resume the old config's trajectory."""
+    from headscreen.grokking.config import config_defaults
+    from headscreen.grokking.train import run_manifest
+    from pipelines.grok import load_grok_config
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        Interrupt(m, 4)
+        assert cli(capsys, *grok_args(cfg, run))[0] == 130
+    _, new, _ = load_grok_config(str(cfg), {"seed": 5})
+    with RunStore.open(run, run_manifest(new, {"device": "cpu"}), force=True, defaults=config_defaults()):
+        pass  # the new manifest is on disk; the old trajectory and resume point are still there
+    rc, _ = cli(capsys, *grok_args(cfg, run, "--seed", "5", "--no-analysis"))
+    sessions = json.loads((run / "trajectory" / "series.json").read_text())["training"]["sessions"]
+    record("a half-done --force: the new config trains from step 0", rc == 0 and [s["from_step"] for s in sessions] == [0])
+
+
 # --- item 5: one thread count per run; every session recorded --------------------------------------------
 def test_a_resume_trains_at_the_recorded_thread_count(cfg, reference, tmp_path, capsys, monkeypatch):
     """A run trained at 1 thread, killed, resumed by a process at 2 threads: the resume trains at 1."""

@@ -53,9 +53,18 @@ def keep_threads():
             torch.set_num_threads(before)
 
 
-def start_session(traj, start: int, device: str) -> dict:
+def foreign_trajectory(traj, config_hash: str) -> bool:
+    """Whether `traj` was trained under another config than the manifest's (a `--force` killed between its
+    new manifest and the removal of the old trajectory): it must not be resumed."""
+    recorded = (traj.meta.get("training") or {}).get("config_hash")
+    return recorded is not None and recorded != config_hash
+
+
+def start_session(traj, start: int, device: str, config_hash: str | None = None) -> dict:
     """Record a new session of `traj` (saved at once) and train at the trajectory's thread count."""
     training = traj.meta.setdefault("training", {"sessions": []})
+    if config_hash is not None:
+        training["config_hash"] = config_hash
     sessions = training.setdefault("sessions", [])
     for s in sessions:
         if s.get("status") == "running":  # its process ended without closing it

@@ -30,7 +30,7 @@ from headscreen.grokking.config import GrokConfig, config_defaults
 from headscreen.grokking.defect import commutator_defect, defect_summary
 from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientIntervention
 from headscreen.grokking.lifecycle import check_fits, clear_run
-from headscreen.grokking.sessions import finish_session, keep_threads, start_session
+from headscreen.grokking.sessions import finish_session, foreign_trajectory, keep_threads, start_session
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
 from headscreen.grokking.task import make_task
 from headscreen.grokking.task import modular_loss as loss_fn  # noqa: F401 - the modular loss, as before
@@ -132,7 +132,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
         model = task.build_model(cfg.seed).train().to(plan.device)  # initialised on the CPU, as on every device
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        start = resume_step(run / RESUME)
+        config_hash = store.manifest()["config_hash"]
+        start = None if foreign_trajectory(traj, config_hash) else resume_step(run / RESUME)
         if start is not None and start in traj.steps:
             model.load_state_dict(traj.load(start))
             load_optimizer(run / RESUME, optimizer)
@@ -141,7 +142,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             start = 0
             traj.reset()
             (run / BASIS_FILE).unlink(missing_ok=True)
-        session = start_session(traj, start, plan.device)  # recorded now: a killed session is kept too
+        session = start_session(traj, start, plan.device, config_hash)  # recorded now: a killed session is kept too
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
         defect_fn = commutator_defect if cfg.defect_every else None
