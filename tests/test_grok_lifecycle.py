@@ -258,6 +258,28 @@ def test_a_sweep_grid_value_that_is_not_a_number(tmp_path, capsys):
            rc == 2 and one_line_error(err, "'weight_decay'", "'abc'", "not a number"))
 
 
+def test_sweep_summary_recomputes_stale_analyses_and_never_writes_for_unfinished_runs(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from grok_fixtures import make_run
+
+    from headscreen.grokking.summary import summarise_sweep
+
+    done = make_run(tmp_path / "runs" / "wd1_lr0.001_seed0", n_snap=12, every=40)  # groks at 400
+    (done / "grok.json").write_text(json.dumps({"grok_step": 7, "trajectory": {"fingerprint": "elsewhere"}}))
+    todo = make_run(tmp_path / "runs" / "wd1_lr0.001_seed1", n_snap=12, every=40, seed=1)
+    series = todo / "trajectory" / "series.json"
+    series.write_text(json.dumps({**json.loads(series.read_text()), "complete": False}))
+    df = summarise_sweep(tmp_path, progress=False).set_index("run")
+    fresh = json.loads((done / "grok.json").read_text())
+    record("sweep summary: a stale grok.json is recomputed, an unfinished run gets an empty row and no grok.json",
+           fresh["trajectory"] == trajectory_state(done) and fresh["grok_step"] == 400
+           and df.loc[done.name, "grok_step"] == 400
+           and not df.loc[todo.name, "complete"] and pd.isna(df.loc[todo.name, "grok_step"])
+           and not (todo / "grok.json").exists())
+
+
 # --- item 8: damaged files, failed sweeps ------------------------------------------------------------------
 def truncate(path: Path, keep: int = 100) -> None:
     path.write_bytes(path.read_bytes()[:keep])
