@@ -228,7 +228,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="intervention strength: s in [0, 1] (suppress) or a >= 0 (amplify)")
     p.add_argument("--intervention-start", type=int, help="step from which the intervention acts (basis built there)")
     p.add_argument("--split", choices=("simple", "addjump"), help="SCAN split")
-    p.add_argument("--config", help="a YAML path or config name to use instead of the task's own")
+    p.add_argument("--config", help="a YAML path or config name (of the same task) to use instead of the task's "
+                                    "own; `grok sweep` takes its config as CONFIG only")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a run of the same config)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-analysis", action="store_true", help="train only; do not write grok.json")
