@@ -7,7 +7,7 @@
   else (a resume that added snapshots, a `--force` restart, an older grok.json without the record) is
   recomputed. Analysis results are written only for a finished run, under its lock (`analyse_run`).
 * `--force` removes every file derived from the old run (`clear_run`): trajectory, resume state, training
-  tables, analysis tables, grok.json and the default report folder.
+  tables, analysis tables, grok.json, comparison.json and the default report folder.
 * A damaged file (a truncated snapshot or resume state) is a `DamagedRunFile` naming the file and the
   way back; a run too large for the machine is a `RunTooLarge` before anything is allocated or written.
 """
@@ -26,6 +26,7 @@ ANALYSIS_TABLES = ("edge", "portrait", "fourier", "progress", "pca")
 GROK_JSON = "grok.json"
 ANALYSIS_FILES = (GROK_JSON, *(f"{t}.parquet" for t in ANALYSIS_TABLES))
 REPORT_DIR = "report"  # `headscreen report <run>`'s default output folder
+COMPARISON = "comparison.json"  # the published-recipe comparison (headscreen.grokking.compare), rewritten per run
 
 
 class GrokRunError(StoreError):
@@ -180,7 +181,7 @@ def clear_run(run: str | Path) -> None:
 
     run = Path(run)
     remove_analysis(run)
-    for name in (RESUME, BASIS_FILE, *(f"{t}.parquet" for t in TRAINING_TABLES), REPORT_DIR, TRAJECTORY):
+    for name in (RESUME, BASIS_FILE, *(f"{t}.parquet" for t in TRAINING_TABLES), COMPARISON, REPORT_DIR, TRAJECTORY):
         _remove(run / name)
 
 
