@@ -180,7 +180,7 @@ class SweepConfig:
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
-            for v in values or ():
+            for v in (values or ()) if key != "task" else ():  # the task axis holds names (checked per run)
                 whole = key == "seed"
                 if isinstance(v, bool) or not isinstance(v, int | float) or (whole and v != int(v)):
                     raise ConfigError(f"sweep field {key!r} has the value {v!r}, which is not "
