@@ -176,6 +176,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     import pandas as pd
 
     from headscreen.provenance import provenance
+    from headscreen.runkind import require_kind
     from headscreen.store import atomic_write, write_json
 
     mc, base, grid_cfg = load_grok_config(config, overrides)
@@ -183,6 +184,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
         raise ConfigError(f"config {mc.name!r} has no sweep: section; add one with weight_decay/lr/seed lists")
     _check_grid_overrides(mc.name, grid_cfg, overrides or {})
     out = Path(out)
+    require_kind(out, "grok-sweep", "`headscreen grok sweep`")
     grid = grid_cfg.grid(base)
     runs = out / "runs"
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
@@ -321,6 +323,7 @@ def compare(target: str | Path, reference: str | Path | None = None, figure: str
     from headscreen.store import atomic_write
 
     target = Path(target)
+    _require_compare_target(target)
     if (target / "manifest.json").is_file():
         comp = write_comparison(target, reference)
         if figure is not None:
@@ -336,10 +339,23 @@ def compare(target: str | Path, reference: str | Path | None = None, figure: str
                       "of `headscreen grok` or `headscreen grok sweep`")
 
 
+def _require_compare_target(target: Path) -> None:
+    """`grok compare` writes its comparison into a grok run or a grok sweep only (headscreen/runkind.py)."""
+    from headscreen.runkind import KINDS, WrongKind, check_not_mixed, directory_kind
+
+    kind = directory_kind(target)
+    if kind in ("screen", "series", "grok-trajectory", "report"):
+        raise WrongKind(f"{target} is {KINDS[kind]}; `headscreen grok compare` reads grok runs and grok sweeps: give a "
+                        "--out directory of `headscreen grok` or `headscreen grok sweep`")
+    if kind in ("grok", "li2"):
+        check_not_mixed(target, kind)
+
+
 def compare_main(args: argparse.Namespace) -> int:
     from headscreen.grokking.compare import comparison_table, print_sweep_report
 
     target = Path(args.target)
+    _require_compare_target(target)
     if (target / "manifest.json").is_file():
         comp = compare(target, args.reference, args.figure)
         print(comparison_table(comp).to_string(index=False))

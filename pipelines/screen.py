@@ -32,6 +32,7 @@ from headscreen.series.identity import series_identity
 from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
+from pipelines.attention import record_attention
 from pipelines.common import (
     add_device_argument,
     add_executor_arguments,
@@ -216,6 +217,7 @@ def screen(
                 raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
                                   f"{store.root}/manifest.json `skipped`")
             _summarise(store, settings, good, sorted(probe_steps & set(good)))
+            record_attention(store, series, settings.probes, device=plan.device, progress=progress)  # the report's viewer
     finally:
         if own:
             executor.close()

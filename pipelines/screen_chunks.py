@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from headscreen.executors import Executor, TaskFailed, chunks
+from headscreen.executors import Executor, TaskFailed, WorkerDied, chunks
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint
 from headscreen.series import HeadWeights, NonFiniteOutputs, Series, SeriesError
 from headscreen.spectral import HeadSketcher
@@ -225,7 +225,7 @@ class _Writer:
             first, last = ckpts[self.kept[chunk.lo]], ckpts[self.kept[chunk.hi - 1]]
             if not out.crashed:
                 raise out.error
-            raise RuntimeError(f"screen: a worker died while screening steps {first.step}..{last.step} "
+            raise WorkerDied(f"a worker died while screening steps {first.step}..{last.step} "
                                f"({out.describe()}); every earlier record is kept — rerun the same command to resume")
         self.begin(chunk)
         for rec in out["records"]:

@@ -23,7 +23,8 @@ def series_info(spec: str, *, allow_pickle: bool = False, trust_remote_code: boo
     """A description of the series `spec` (folder or config): checkpoints and, for local series, the
     geometry groups (`geometries`: one entry per distinct geometry with its steps) and `problems`
     (one line per bad checkpoint, and one when the geometry is not the same throughout)."""
-    series, cfg = resolve_series(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    series, cfg = resolve_series(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                 command="`headscreen series`", trajectories=True)
     info = series.describe()
     info["checkpoints"] = [{"step": c.step, "tokens": c.tokens, "name": c.name, **c.meta} for c in series]
     info["problems"] = []

@@ -21,15 +21,16 @@ from headscreen.causal.ablation import Scoring
 from headscreen.causal.settings import ValidationSettings
 from headscreen.causal.validate import ablate_blocks, probe_source
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
-from headscreen.executors import TaskFailed, chunks
+from headscreen.executors import TaskFailed, WorkerDied, chunks
 from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
-from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
+from headscreen.staged import Stage
+from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, atomic_write, write_json
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
-from pipelines.preid import preidentify_run
+from pipelines.preid import preid_tables, write_preid
 
 __all__ = ["ValidationSettings", "validate"]
 
@@ -106,7 +107,8 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     from headscreen.device import plan_device
 
     plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
-    with RunStore.locked(run_dir, "validate") as run:
+    _check_arguments(circuit, ablations, n_null)
+    with RunStore.locked(run_dir, "validate", kind="screen", command="`headscreen validate`") as run:
         run.check_tables_current("validate")
         return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
                                 n_null=n_null, seed=seed, config=config, progress=progress,
@@ -131,9 +133,12 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     step = steps[-1] if checkpoint is None else int(checkpoint)
     if step not in steps:
         raise ConfigError(f"checkpoint {step} was not screened in {run.root}; screened: {steps}")
-    run.remove_outputs(VALIDATION_OUTPUTS)  # validation.json first: it is what marks a validation as done
+    screened = sorted((circuits["steps"].get(str(step)) or {}).keys())
+    if screened and probe not in screened:
+        raise ConfigError(f"probe {probe!r} was not screened in {run.root}; screened probes: {screened}")
     found = _circuit_at(circuits, step, probe)
     heads = [list(map(int, h)) for h in (circuit if circuit is not None else found["induction"])]
+    _check_heads_in_run(run, heads)
     summary: dict = {"format": "headscreen-validation-run/1", "step": step, "probe": probe,
                      "circuit": heads, "circuit_source": "given" if circuit is not None else "screened induction circuit",
                      "n_null": n_null, "seed": seed, "ablations": {},
@@ -145,7 +150,10 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
         summary["reason"] = (f"no head reaches the induction-circuit threshold at step {step} on the {probe} probe; "
                              "nothing to validate")
         print(f"validate: {summary['reason']}", file=sys.stderr)
-        return write_json(run.root / "validation.json", summary)
+        stage = Stage(run.root, "validate")
+        write_json(stage.path("validation.json"), summary)
+        stage.commit(["validation.json"], remove=VALIDATION_OUTPUTS)
+        return run.root / "validation.json"
 
     recorded = (manifest.get("config") or {}).get("probes") or {}  # the run's probes, as screened
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
@@ -184,11 +192,51 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     # the primary ablation's per-checkpoint summary, in the list form the report reads
     summary["checkpoints"] = [summary["ablations"][ablations[0]]]
     summary["status"] = "done"
-    run.write_table("validation", pd.concat(rows, ignore_index=True))
-    run.write_table("patching", pdf)
-    path = write_json(run.root / "validation.json", summary)
-    preidentify_run(run.root)  # the pre-identification tables now use the validated circuit
-    return path
+    return _publish(run, summary, pd.concat(rows, ignore_index=True), pdf)
+
+
+def _publish(run: RunStore, summary: dict, long: pd.DataFrame, patching: pd.DataFrame) -> Path:
+    """Replace the run's validation outputs and pre-identification tables (computed with the validated
+    circuit) in one step: every new file is written aside first, the old ones are kept until all are
+    (headscreen/staged.py); validation.json is published after the tables it describes."""
+    preid_table, preid_doc = preid_tables(run.root, validation=summary)
+    stage = Stage(run.root, "validate")
+    atomic_write(stage.path("validation.parquet"), lambda p: long.to_parquet(p, index=False))
+    atomic_write(stage.path("patching.parquet"), lambda p: patching.to_parquet(p, index=False))
+    write_json(stage.path("validation.json"), summary)
+    write_preid(stage.dir, preid_table, preid_doc)
+    stage.commit(["validation.parquet", "patching.parquet", "validation.json", "preid.parquet", "preid.json"])
+    return run.root / "validation.json"
+
+
+def _check_arguments(circuit, ablations, n_null) -> None:
+    """The arguments that need no run: refused before the run is opened."""
+    if circuit is not None:
+        seen = set()
+        for h in circuit:
+            key = tuple(int(x) for x in h)
+            if key in seen:
+                raise ValueError(f"--heads names head L{key[0]}H{key[1]} twice; list each head once")
+            seen.add(key)
+    if ablations is not None:
+        dup = sorted({a for a in ablations if list(ablations).count(a) > 1})
+        if dup:
+            raise ValueError(f"--ablation names {', '.join(dup)} twice; list each kind once")
+        ValidationSettings(ablations=tuple(ablations), n_null=100 if n_null is None else n_null)
+    elif n_null is not None:
+        ValidationSettings(n_null=n_null)
+
+
+def _check_heads_in_run(run: RunStore, heads: list[list[int]]) -> None:
+    """Every head of the circuit exists in the screened model (the run's classes table lists every head)."""
+    classes = run.read_table("classes")
+    if classes is None or not len(classes) or not heads:
+        return
+    n_layers, n_heads = int(classes["layer"].max()) + 1, int(classes["head"].max()) + 1
+    outside = [f"L{layer}H{head}" for layer, head in heads if not (0 <= layer < n_layers and 0 <= head < n_heads)]
+    if outside:
+        raise ValueError(f"--heads {', '.join(outside)} is outside the screened model ({n_layers} layers x {n_heads} "
+                         "heads, 0-indexed); nothing was changed in the run")
 
 
 def _null_blocks_task(series, step: int, suite: ProbeSuite, probe: str, ablation: str, seed: int, layers: list[int],
@@ -213,7 +261,7 @@ def _block_runner(executor, series, step, suite, ablation, seed, layers, device:
             if isinstance(done[i], TaskFailed):
                 if not done[i].crashed:
                     raise done[i].error
-                raise RuntimeError(f"validate: a worker died computing the null ({done[i].describe()}); nothing was "
+                raise WorkerDied(f"a worker died computing the null ({done[i].describe()}); nothing was "
                                    "written — rerun the same command")
         return [done[i] for i in range(len(tasks))]
     return run
@@ -241,6 +289,8 @@ def _parse_heads(text: str) -> list[list[int]]:
         head = parse_head_label(item)
         if head is None:
             raise ValueError(f"--heads item {item.strip()!r} is not like L1H3")
+        if list(head) in out:
+            raise ValueError(f"--heads names {item.strip()} twice; list each head once")
         out.append(list(head))
     return out
 

@@ -26,6 +26,8 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict[str, Path]] = {}  # repo -> branch -> folder
         self.requests: list[tuple[str, str]] = []  # (method, path)
+        # "<file>" or "<branch>/<file>" -> bytes sent before the connection drops (GET only)
+        self.cut: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo: str, branch: str, folder: str | Path) -> str:
@@ -108,9 +110,24 @@ class FakeHub:
             data = f.read_bytes()
             headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": self.sha(repo, branch),
                        "Content-Type": "application/octet-stream"}
+            cut = next((self.cut[k] for k in (f"{branch}/{name}", name) if k in self.cut), None)
+            if body and cut is not None:  # announce every byte, send a part, drop the connection
+                self._send_cut(h, data, headers, cut)
+                return
             self._send(h, 200, data, headers, body)
             return
         self._send(h, 404, b"", {"X-Error-Code": "RepoNotFound"}, body)
+
+    @staticmethod
+    def _send_cut(h: BaseHTTPRequestHandler, data: bytes, headers: dict, n: int) -> None:
+        h.send_response(200)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[:n])
+        h.wfile.flush()
+        h.close_connection = True
 
     def _find(self, h, repo: str, rev: str) -> str | None:
         if repo not in self.repos:

@@ -228,7 +228,7 @@ def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None =
     points, fourier_rows, progress_rows = {}, [], []
     for ckpt in tqdm(ckpts, desc=f"analyse {root.name}", disable=not progress, leave=False):
         tensors = _load_tensors(ckpt.path)
-        vec = trunk_vector(tensors)
+        vec = trunk_vector(tensors, where=f"snapshot {ckpt.path}")
         trunk_sk.update(vec.view(1, 1, -1), ckpt.step)
         if exact is not None:
             exact.append(vec)

@@ -104,7 +104,8 @@ class Series:
         key = (ckpt.step, folder)
         if key not in self._checked:
             self._checked[key] = check_checkpoint(folder, allow_pickle=self.allow_pickle,
-                                                  label=f"{ckpt.label()} at {folder}", src=src)
+                                                  label=f"{ckpt.label()} at {folder}", src=src,
+                                                  all_shards=purpose == "full" or self.source_kind != "hub")
         return self._checked[key]
 
     def geometry(self, ckpt: Checkpoint | None = None) -> AttentionGeometry:
