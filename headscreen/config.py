@@ -176,7 +176,7 @@ class ModelConfig:
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
 SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis", "li2",
-            "li2_controls")
+            "li2_controls", "boot")
 
 
 def _section_owners() -> dict[str, type | None]:
@@ -186,12 +186,13 @@ def _section_owners() -> dict[str, type | None]:
     from headscreen.probes.classify import ScreenThresholds
     from headscreen.probes.preid import PreidSettings
     from headscreen.probes.suite import ProbeSuite
+    from headscreen.series.precision import BootSettings
     from headscreen.spectral.config import OnsetSettings, SpectralConfig
     from headscreen.synthetic.config import TrainConfig
 
     return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
             "onsets": OnsetSettings, "validation": ValidationSettings, "preid": PreidSettings,
-            "report": None}
+            "boot": BootSettings, "report": None}
 
 
 def check_sections(sections: dict[str, dict], where: str) -> None:
@@ -278,5 +279,27 @@ def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cac
         )
     assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
     revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
-    return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
-                     trust_remote_code=trust_remote_code, config_name=cfg.name)
+    revs, rec = _with_hub_names(cfg.source.repo, revs)
+    series = HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
+                       trust_remote_code=trust_remote_code, config_name=cfg.name)
+    series.hub_reconcile = rec
+    return series
+
+
+def _with_hub_names(repo: str, revs: list):
+    """The config's revisions under the hub's own branch names when the hub answers (one API call;
+    headscreen.series.hub_refs), with the reconciliation record; offline, the config's names and None."""
+    import sys
+
+    from headscreen.series.hub import hub_offline
+    from headscreen.series.hub_refs import hub_names, hub_revisions, reconcile
+
+    if hub_offline():
+        return revs, None
+    try:
+        hub = hub_revisions(repo)
+    except Exception as e:  # no network, a dead endpoint, an unknown repo: the screen's own checks say which
+        print(f"warning: could not list the branches of {repo} ({type(e).__name__}); using the config's revision "
+              "names unverified", file=sys.stderr)
+        return revs, {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+    return hub_names(revs, hub), reconcile(revs, hub)

@@ -27,6 +27,8 @@ from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
+from headscreen.series.precision import CHOICES as DTYPE_CHOICES
+from headscreen.series.precision import boot_dtype_for_validate
 from headscreen.staged import Stage
 from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, atomic_write, write_json
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
@@ -89,7 +91,8 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
              seed: int | None = None, config: str | Path | None = None, progress: bool = True,
-             trust_remote_code: bool = False, executor=None, device: str | None = "cpu") -> Path:
+             trust_remote_code: bool = False, executor=None, device: str | None = "cpu",
+             dtype: str | None = None) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
     `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the
@@ -102,7 +105,8 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     `executor` (headscreen.executors; default: this process) splits the ablated head sets (the
     matched-random null) across its workers in whole blocks: the numbers do not change.
     `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the checkpoint runs (float32); recorded
-    in validation.json's `device`.
+    in validation.json's `device`. `dtype` (auto|float32|bfloat16|float16): the precision the checkpoint
+    is booted in; None: the screen's (the manifest's `device.param_dtype`), recorded in `device.param_dtype`.
     """
     from headscreen.device import plan_device
 
@@ -112,11 +116,11 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
         run.check_tables_current("validate")
         return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
                                 n_null=n_null, seed=seed, config=config, progress=progress,
-                                trust_remote_code=trust_remote_code, executor=executor, plan=plan)
+                                trust_remote_code=trust_remote_code, executor=executor, plan=plan, dtype=dtype)
 
 
 def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
-                     progress, trust_remote_code: bool = False, executor=None, plan=None) -> Path:
+                     progress, trust_remote_code: bool = False, executor=None, plan=None, dtype=None) -> Path:
     from headscreen.device import plan_device
 
     plan = plan or plan_device("cpu")
@@ -158,6 +162,7 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     recorded = (manifest.get("config") or {}).get("probes") or {}  # the run's probes, as screened
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     series = _series_of(manifest, trust_remote_code=trust_remote_code)
+    summary["device"]["param_dtype"] = boot_dtype_for_validate(series, manifest, dtype, plan.device, step)
     ckpt = series.checkpoint(step)
     bridge = series.boot(ckpt, device=plan.device)  # its checks first: a corrupt checkpoint is named as such
     refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
@@ -280,6 +285,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
     add_device_argument(p, what="the checkpoint's ablations and patching")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="precision the checkpoint is booted in (default: the screen's, manifest device.param_dtype)")
     add_executor_arguments(p)
 
 
@@ -300,6 +307,6 @@ def main(args: argparse.Namespace) -> int:
         path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
                         ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
                         n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code,
-                        executor=executor, device=args.device)
+                        executor=executor, device=args.device, dtype=args.dtype)
     print(f"validation written to {path}")
     return 0

@@ -4,6 +4,7 @@
 huggingface_hub's `model_info`, `list_repo_tree`, `hf_hub_download` and `snapshot_download`:
 
     GET  /api/models/{repo}/revision/{rev}        {"id", "sha", "siblings": [{"rfilename"}]}
+    GET  /api/models/{repo}/refs                  {"branches": [{"name", "ref", "targetCommit"}], ...}
     GET  /api/models/{repo}/tree/{rev}[/{path}]   [{"type": "file", "path", "size", "oid"}, ...]
     HEAD|GET /{repo}/resolve/{rev}/{file}          the bytes, with ETag, X-Repo-Commit, Content-Length
 
@@ -82,6 +83,15 @@ class FakeHub:
         path = unquote(urlsplit(h.path).path)
         self.requests.append((h.command, path))
         parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) == 5 and parts[4] == "refs":  # list_repo_refs
+            repo = "/".join(parts[2:4])
+            if repo not in self.repos:
+                self._send(h, 404, b"", {"X-Error-Code": "RepoNotFound"}, body)
+                return
+            data = {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": self.sha(repo, b)}
+                                 for b in sorted(self.repos[repo])], "converts": [], "tags": []}
+            self._send(h, 200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body)
+            return
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo, rev = "/".join(parts[2:4]), parts[5]
             branch = self._find(h, repo, rev)
