@@ -36,6 +36,7 @@ from headscreen.series.adapters import GROK
 MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snapshots
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 N_CTX = 3  # [a, b, '=']
+INITS = ("normal", "pytorch-layer", "pytorch-transformer")  # the last two: the Dyck and SCAN models only
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ModelSpec:
     layer_norm: bool = True
     freeze_biases: bool = False
     init_std: float | None = None  # None: 0.8 / sqrt(d_model), TransformerLens's default initializer range
+    init: str = "normal"  # normal: N(0, std²); pytorch-layer / pytorch-transformer: seqmodels.init_pytorch
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
@@ -57,6 +59,8 @@ class ModelSpec:
                 raise ConfigError(f"model.{name} = {v!r} is invalid: use a positive integer")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"model.act = {self.act!r} is invalid: use one of {sorted(ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise ConfigError(f"model.init = {self.init!r} is unknown; use one of {', '.join(INITS)}")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"model.init_std = {self.init_std!r} is invalid: use a positive number or null")
 
@@ -179,6 +183,9 @@ class GrokTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Weights ~ N(0, spec.std²), biases 0, LayerNorm gains 1; frozen biases (nanda) stay 0."""
+        if self.spec.init != "normal":
+            raise ConfigError(f"model.init = {self.spec.init!r} applies to the dyck and scan models only; "
+                              "the modular-arithmetic model uses init: normal (with init_std)")
         for name, prm in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf.startswith("W_"):
@@ -253,7 +260,8 @@ def load_model(folder, *, dtype: torch.dtype = torch.float32) -> GrokTransformer
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("model_type") != MODEL_TYPE:
         raise ConfigError(f"{folder / 'config.json'}: model_type {cfg.get('model_type')!r} is not {MODEL_TYPE!r}")
-    spec = ModelSpec(**{k: cfg[k] for k in ModelSpec.__dataclass_fields__})
+    defaults = ModelSpec().to_dict()  # fields added later (init) take their default in older snapshots
+    spec = ModelSpec(**{k: cfg.get(k, defaults[k]) for k in ModelSpec.__dataclass_fields__})
     model = GrokTransformer(spec, int(cfg["p"]), cfg["tasks"])
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.to(dtype)
