@@ -32,15 +32,9 @@ class GrokConfig:
     weight_decay: float = 1.0
     betas: tuple[float, float] = (0.9, 0.98)
     batch_size: int | None = 512  # None (or >= the training set): full batch
-    batch_replacement: bool = False  # draw batch rows (training and defect) with replacement, as the Dyck/SCAN study
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     warmup: int = 0  # linear learning-rate warm-up steps
     steps: int = 2000
-    # early stop (the Dyck/SCAN study's): once test accuracy >= stop_test_acc at stop_patience evaluations in a
-    # row, train stop_after more steps and finish there; None: always train `steps`
-    stop_test_acc: float | None = None
-    stop_patience: int = 10
-    stop_after: int = 1000
     seed: int = 0  # model init, split and batches (batches depend only on (seed, step))
     # trajectory capture
     eval_every: int = 50  # rows of curves.parquet
@@ -49,7 +43,6 @@ class GrokConfig:
     defect_pairs: int = 9  # K batch pairs per measurement
     defect_batch_size: int = 128
     defect_eta: float = 1e-3
-    defect_form: str = "difference"  # exact (defect.commutator_defect) or "direct": the study's float32 numerics
     # causal intervention on the gradient (headscreen.grokking.interventions); kind "none" by default
     intervention: Intervention = field(default_factory=Intervention)
 
@@ -76,17 +69,12 @@ class GrokConfig:
             fail("batch_size", "use a positive integer, or null for full batch")
         if self.grad_clip is not None and self.grad_clip <= 0:
             fail("grad_clip", "use a positive max norm, or null for no clipping")
-        if self.stop_test_acc is not None and not 0 < self.stop_test_acc <= 1:
-            fail("stop_test_acc", "use an accuracy in (0, 1], or null for no early stop")
-        for name in ("steps", "eval_every", "snapshot_every", "defect_pairs", "defect_batch_size", "stop_patience",
-                     "stop_after"):
+        for name in ("steps", "eval_every", "snapshot_every", "defect_pairs", "defect_batch_size"):
             if getattr(self, name) < 1:
                 fail(name, "use a positive integer")
         for name in ("warmup", "seed", "defect_every"):
             if getattr(self, name) < 0:
                 fail(name, "use an integer >= 0")
-        if self.defect_form not in ("difference", "direct"):
-            fail("defect_form", "use 'difference' (exact) or 'direct' (the Dyck/SCAN study's float32 numerics)")
         if not self.defect_eta > 0:
             fail("defect_eta", "use a positive step size such as 0.001")
 

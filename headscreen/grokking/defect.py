@@ -281,55 +281,6 @@ def commutator_defect(
     return out
 
 
-FORMS = ("difference", "direct")
-ADAPTIVE_MIN_STEP = 1e-6  # the direct form's floor on min(‖η g_A‖, ‖η g_B‖), as in the Dyck/SCAN study's code
-
-
-@torch.no_grad()
-def _flat(ts: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-def _write(params: Sequence[nn.Parameter], flat: Tensor) -> None:
-    i = 0
-    with torch.no_grad():
-        for p in params:
-            p.copy_(flat[i:i + p.numel()].view_as(p))
-            i += p.numel()
-
-
-def direct_defect(
-    model: nn.Module, loss_fn: LossFn, pairs: Sequence[tuple[Batch, Batch]], *, eta: float = 1e-3,
-    params: Sequence[nn.Parameter] | None = None,
-) -> Tensor:  # [K] float64
-    """D with the Dyck/SCAN study's numerics (`defect_form: direct`): θ_AB and θ_BA are formed as parameter
-    vectors in the model's dtype and subtracted, and η is raised to ADAPTIVE_MIN_STEP / min(‖g_A‖, ‖g_B‖)
-    (at most 1) when a step would be shorter than that. In float32 the subtraction keeps only the digits
-    θ ≈ O(1) leaves, so once the gradients shrink D measures rounding as well as curvature (docs/methods.md,
-    "the published recipes"); `commutator_defect` is the exact form. Parameters and grads are restored."""
-    moving = _moving_params(model, params)
-    saved = [p.detach().clone() for p in moving]
-    theta0 = _flat(saved)
-    out = torch.empty(len(pairs), dtype=torch.float64)
-    try:
-        for k, (a, b) in enumerate(pairs):
-            g_a, g_b = _flat(_grads(loss_fn, model, a, moving)), _flat(_grads(loss_fn, model, b, moving))
-            na, nb = g_a.norm().item(), g_b.norm().item()
-            e = eta
-            if na > 0 and nb > 0 and min(eta * na, eta * nb) < ADAPTIVE_MIN_STEP:
-                e = min(ADAPTIVE_MIN_STEP / min(na, nb), 1.0)
-            _write(moving, theta0 - e * g_a)
-            th_ab = theta0 - e * g_a - e * _flat(_grads(loss_fn, model, b, moving))
-            _write(moving, theta0 - e * g_b)
-            th_ba = theta0 - e * g_b - e * _flat(_grads(loss_fn, model, a, moving))
-            _restore(moving, saved)
-            denom = (e * g_a).norm() * (e * g_b).norm() + 1e-12
-            out[k] = ((th_ab - th_ba).norm() / denom).item()
-    finally:
-        _restore(moving, saved)
-    return out
-
-
 def defect_summary(values: Tensor) -> dict[str, float | int]:
     """Median, quartiles and count of the finite per-pair defects (the defect.parquet row fields)."""
     v = values.double()

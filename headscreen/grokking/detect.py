@@ -25,7 +25,6 @@ GROK_THRESHOLD = 0.95  # test accuracy (THESIS scripts; CURV uses 0.90)
 MEMORISATION_THRESHOLD = 0.99  # train accuracy
 RATIO_FACTOR, RATIO_FLOOR, RATIO_BASELINE = 10.0, 20.0, 3
 Z_SIGMAS, Z_BASELINE, Z_CONSECUTIVE = 3.0, 10, 2
-PUBLISHED_RATIO = {"search_from": 2, "baseline_floor": 0.1}  # the Dyck/SCAN study's onset code (onset_ratio)
 
 
 class SeriesTooShort(ValueError):
@@ -77,14 +76,11 @@ def memorisation_step(steps, train_acc, threshold: float = MEMORISATION_THRESHOL
 
 
 def onset_ratio(steps, defect, *, factor: float = RATIO_FACTOR, floor: float = RATIO_FLOOR,
-                n_baseline: int = RATIO_BASELINE, search_from: int | None = None,
-                baseline_floor: float = 0.0) -> int | None:
+                n_baseline: int = RATIO_BASELINE) -> int | None:
     """Ratio rule: first step after the baseline with D > factor × median(first n_baseline D) and D > floor.
 
     The baseline measurements themselves are not candidates (an interpretation: the source states
-    the rule without saying where the search starts). `search_from` (an index) and `baseline_floor`
-    (the median is raised to at least this) give the Dyck/SCAN study's code: search_from=2 (its last
-    baseline measurement is a candidate), baseline_floor=0.1 (`PUBLISHED_RATIO`).
+    the rule without saying where the search starts).
     """
     s, d = _series(steps, defect, "defect")
     if n_baseline < 1:
@@ -95,9 +91,9 @@ def onset_ratio(steps, defect, *, factor: float = RATIO_FACTOR, floor: float = R
     base = d[:n_baseline]
     if not np.isfinite(base).any():
         raise ValueError(f"the first {n_baseline} defect measurements are all NaN; no baseline for the ratio rule")
-    thr = max(factor * max(float(np.nanmedian(base)), baseline_floor), floor)
+    thr = max(factor * float(np.nanmedian(base)), floor)
     hit = np.nan_to_num(d, nan=-np.inf) > thr
-    hit[: n_baseline if search_from is None else search_from] = False
+    hit[:n_baseline] = False
     i = _first_run(hit, 1)
     return None if i is None else int(s[i])
 

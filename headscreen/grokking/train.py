@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from headscreen.grokking.config import GrokConfig, config_defaults
-from headscreen.grokking.defect import commutator_defect, defect_summary, direct_defect
+from headscreen.grokking.defect import commutator_defect, defect_summary
 from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientIntervention
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
 from headscreen.grokking.task import make_task
@@ -45,51 +45,23 @@ def generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _rows(n: int, size: int, g: torch.Generator, replacement: bool) -> Tensor:
-    """`size` row indices of n: distinct (a random permutation's head), or drawn with replacement."""
-    if replacement:
-        return torch.randint(n, (size,), generator=g)
-    return torch.randperm(n, generator=g)[: min(size, n)]
-
-
 def batch_indices(cfg: GrokConfig, n_train: int, step: int) -> Tensor | None:
-    """Rows of the training set used by update step+1; None = the full batch (never with replacement:
-    then a batch of batch_size rows, or n_train rows when batch_size is None, is drawn every step)."""
-    if cfg.batch_replacement:
-        size = n_train if cfg.batch_size is None else cfg.batch_size
-        return _rows(n_train, size, generator(cfg.seed, step, STREAM_TRAIN), True)
+    """Rows of the training set used by update step+1; None = the full batch."""
     if cfg.batch_size is None or cfg.batch_size >= n_train:
         return None
-    return _rows(n_train, cfg.batch_size, generator(cfg.seed, step, STREAM_TRAIN), False)
+    return torch.randperm(n_train, generator=generator(cfg.seed, step, STREAM_TRAIN))[: cfg.batch_size]
 
 
 def defect_pairs(cfg: GrokConfig, train: Batch, step: int) -> list[tuple[Batch, Batch]]:
     """K pairs of training minibatches for the defect at `step` (their own seeded stream)."""
     x, y = train
     g, n = generator(cfg.seed, step, STREAM_DEFECT), len(x)
-    bs = cfg.defect_batch_size if cfg.batch_replacement else min(cfg.defect_batch_size, n)
+    bs = min(cfg.defect_batch_size, n)
     out = []
     for _ in range(cfg.defect_pairs):
-        ia, ib = _rows(n, bs, g, cfg.batch_replacement), _rows(n, bs, g, cfg.batch_replacement)
+        ia, ib = torch.randperm(n, generator=g)[:bs], torch.randperm(n, generator=g)[:bs]
         out.append(((x[ia], y[ia]), (x[ib], y[ib])))
     return out
-
-
-def early_stop_step(cfg: GrokConfig, curves: list[dict]) -> int | None:
-    """The step the run finishes at under the early-stop rule (GrokConfig.stop_*), or None: the first
-    evaluation at which test accuracy has been >= stop_test_acc for stop_patience evaluations in a row
-    (every task's row must pass), plus stop_after."""
-    if cfg.stop_test_acc is None:
-        return None
-    by_step: dict[int, bool] = {}
-    for r in curves:
-        by_step[r["step"]] = by_step.get(r["step"], True) and r["test_acc"] >= cfg.stop_test_acc
-    run = 0
-    for step in sorted(by_step):
-        run = run + 1 if by_step[step] else 0
-        if run >= cfg.stop_patience:
-            return step + cfg.stop_after
-    return None
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -167,22 +139,19 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             (run / BASIS_FILE).unlink(missing_ok=True)
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
-        defect_fn = ((direct_defect if cfg.defect_form == "direct" else commutator_defect)
-                     if cfg.defect_every else None)
+        defect_fn = commutator_defect if cfg.defect_every else None
         train = task.train()
         steer = GradientIntervention(cfg.intervention, params, run, cfg.seed) if cfg.intervention.active else None
         if steer is not None:
             steer.rows = _previous_rows(store, "intervention", start)
         timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
-        halt = early_stop_step(cfg, curves)
         for step in range(start, cfg.steps + 1):
-            last = step == cfg.steps or (halt is not None and step >= halt)
+            last = step == cfg.steps
             t0 = time.perf_counter()
             if step % cfg.eval_every == 0 or last:
                 rows = task.evaluate(model)
                 curves.extend({"step": step, **r} for r in rows)
-                halt = early_stop_step(cfg, curves) if halt is None else halt
                 bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
                                              for r in rows))
             t1 = time.perf_counter()
@@ -228,10 +197,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
                    "load_average": list(os.getloadavg()), "seconds": {k: round(v, 3) for k, v in timers.items()},
                    "defect_measured": defect_fn is not None}
         traj.meta.setdefault("training", {"sessions": []})["sessions"].append(session)
-        if last:
+        if step == cfg.steps:
             traj.meta["complete"] = True
-            if step < cfg.steps:
-                traj.meta["stopped_early"] = step
             (run / RESUME).unlink(missing_ok=True)
         traj.save()
     return run
