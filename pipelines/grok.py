@@ -14,6 +14,7 @@ A run directory resumes where it stopped; the run layout is in docs/run-format.m
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,10 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
 
     out = Path(out)
     train_run(cfg, out, progress=progress, force=force, device=device)
+    if cfg.model.arch == "encoder" and cfg.defect_every and len(cfg.tasks) == 1:  # the published preset
+        from headscreen.grokking.compare import write_comparison
+
+        write_comparison(out)  # comparison.json: the run beside the published records (the report renders it)
     fn = _analyse_run() if analyse else None
     if fn is not None:
         if force or not (out / "grok.json").exists():
@@ -165,6 +170,11 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
                 for name, cfg in grid]
         table = pd.DataFrame(rows)
         atomic_write(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
+    if base.model.arch == "encoder" and base.defect_every:  # the published preset: the sweep beside the records
+        from headscreen.grokking.compare import SWEEP_COMPARISON, sweep_comparison
+
+        comp = sweep_comparison(out)
+        atomic_write(out / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept; rerun to "
                            f"resume): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
@@ -210,6 +220,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         _run_flags(sp)
         sp.add_argument("--force", action="store_true", help="discard what --out holds and start over")
     grok_li2.add_parser(sub)
+    sp = sub.add_parser("compare", help="a run or sweep beside the published records (curves band, events, law)")
+    sp.add_argument("target", metavar="RUN_OR_SWEEP", help="a grok run directory or a sweep's --out directory")
+    sp.add_argument("--reference", help="published records CSV (default: the packaged copy)")
+    sp.add_argument("--figure", help="also write the run's comparison figure (PNG) here (a run only)")
     sp = sub.add_parser("sweep", help="the weight-decay / lr / seed grid of a config's sweep: section")
     sp.add_argument("sweep_config", metavar="CONFIG", help="a task (modadd), config name (grok-modadd) or YAML path")
     _run_flags(sp)
@@ -223,6 +237,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.grok_command == "li2":
         return grok_li2.main(args)
+    if args.grok_command == "compare":
+        return compare_main(args)
     progress, analyse = not args.no_progress, not args.no_analysis
     if args.grok_command == "sweep":
         _, _, grid_cfg = load_grok_config(args.config or args.sweep_config, _overrides(args))
@@ -241,4 +257,42 @@ def main(args: argparse.Namespace) -> int:
         if key in result:
             print(f"{key}: {result[key]}")
     print(f"run written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def compare(target: str | Path, reference: str | Path | None = None, figure: str | Path | None = None) -> dict:
+    """`headscreen grok compare`: a run's comparison.json (and figure), or a sweep's sweep_comparison.json."""
+    from headscreen.grokking.compare import SWEEP_COMPARISON, sweep_comparison, write_comparison
+    from headscreen.store import atomic_write
+
+    target = Path(target)
+    if (target / "manifest.json").is_file():
+        comp = write_comparison(target, reference)
+        if figure is not None:
+            from headscreen.report.grok_compare import comparison_figure
+
+            comparison_figure(comp, title=target.name).savefig(figure, dpi=110)
+        return comp
+    if (target / "runs").is_dir():
+        comp = sweep_comparison(target, reference)
+        atomic_write(target / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))
+        return comp
+    raise ConfigError(f"{target} is neither a grok run (manifest.json) nor a sweep (runs/); give a --out directory "
+                      "of `headscreen grok` or `headscreen grok sweep`")
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    from headscreen.grokking.compare import comparison_table, print_sweep_report
+
+    target = Path(args.target)
+    if (target / "manifest.json").is_file():
+        comp = compare(target, args.reference, args.figure)
+        print(comparison_table(comp).to_string(index=False))
+        print(f"comparison written to {target / 'comparison.json'}", file=sys.stderr)
+    else:
+        from headscreen.grokking.compare import SWEEP_COMPARISON
+        from headscreen.store import atomic_write
+
+        comp = print_sweep_report(target, args.reference)
+        atomic_write(target / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))
     return 0

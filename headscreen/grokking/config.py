@@ -43,6 +43,13 @@ class GrokConfig:
     defect_pairs: int = 9  # K batch pairs per measurement
     defect_batch_size: int = 128
     defect_eta: float = 1e-3
+    defect_form: str = "exact"  # or "float32_direct": the published evaluation (defect.commutator_defect)
+    # the published recipe's data and stop rule (docs/methods.md, "Reproducing the published grokking results")
+    split: str = "torch_permutation"  # or "python_shuffle" (tasks.make_dataset)
+    batch_sampling: str = "without_replacement"  # or "with_replacement" (sampling.ReplacementStream)
+    stop_acc: float | None = None  # stop `stop_after` steps after `stop_patience` evaluations in a row at
+    stop_patience: int = 3  # test accuracy >= stop_acc (every task); None: run all `steps`
+    stop_after: int = 1000
     # causal intervention on the gradient (headscreen.grokking.interventions); kind "none" by default
     intervention: Intervention = field(default_factory=Intervention)
 
@@ -77,6 +84,21 @@ class GrokConfig:
                 fail(name, "use an integer >= 0")
         if not self.defect_eta > 0:
             fail("defect_eta", "use a positive step size such as 0.001")
+        choices = {"defect_form": ("exact", "float32_direct"), "split": ("torch_permutation", "python_shuffle"),
+                   "batch_sampling": ("without_replacement", "with_replacement")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                fail(name, f"use one of {', '.join(allowed)}")
+        if self.stop_acc is not None and not 0.0 < self.stop_acc <= 1.0:
+            fail("stop_acc", "use a test accuracy in (0, 1], e.g. 0.98, or null to run all steps")
+        if self.stop_patience < 1:
+            fail("stop_patience", "use a positive integer")
+        if self.stop_after < 0:
+            fail("stop_after", "use an integer >= 0")
+        if self.batch_sampling == "with_replacement" and self.batch_size is None:
+            fail("batch_sampling", "with_replacement needs a batch_size")
+        if self.batch_sampling == "with_replacement" and self.intervention.active:
+            fail("batch_sampling", "a gradient intervention needs the stateless without_replacement batches")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -143,12 +165,14 @@ class SweepConfig:
     lr: tuple[float, ...] | None = None
     seed: tuple[int, ...] | None = None
     intervention_strength: tuple[float, ...] | None = None
+    task: tuple[str, ...] | None = None  # one run per task (outermost axis); names then start with the task
+    extra: tuple[dict, ...] = ()  # single runs after the grid, each a mapping of GrokConfig fields (task: allowed)
     workers: int = 2  # runs at once, one process each (1 torch thread per process)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"sweep field 'workers' = {self.workers!r} is invalid: use a positive integer")
-        for key in (*GRID_KEYS, "intervention_strength"):
+        for key in (*GRID_KEYS, "intervention_strength", "task"):
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
@@ -158,21 +182,45 @@ class SweepConfig:
         return from_mapping(cls, data, where)
 
     def grid(self, base: GrokConfig) -> list[tuple[str, GrokConfig]]:
-        """(run name, config) for every grid point, in a fixed order (weight decay, then lr, then seed)."""
+        """(run name, config) for every grid point, in a fixed order (task, weight decay, lr, seed), then
+        the `extra` runs in their order."""
         axes = [getattr(self, k) or (getattr(base, k),) for k in GRID_KEYS]
         out = []
         strengths = self.intervention_strength
         if strengths is not None and not base.intervention.active:
             raise ConfigError("sweep field 'intervention_strength' needs the grok section's intervention.kind "
                               "(suppress or amplify)")
-        for wd, lr, seed, s in itertools.product(*axes, strengths or (None,)):
-            cfg = base.replace(weight_decay=float(wd), lr=float(lr), seed=int(seed))
-            name = f"wd{wd:g}_lr{lr:g}_seed{seed}"
-            if s is not None:
-                cfg = cfg.replace(intervention=dataclasses.replace(base.intervention, strength=float(s)))
-                name += f"_s{s:g}"
-            out.append((name, cfg))
+        for task in self.task or (None,):
+            root = base if task is None else _with_task(base, task, "sweep.task")
+            prefix = "" if task is None else f"{task}_"
+            for wd, lr, seed, s in itertools.product(*axes, strengths or (None,)):
+                cfg = root.replace(weight_decay=float(wd), lr=float(lr), seed=int(seed))
+                name = f"{prefix}wd{wd:g}_lr{lr:g}_seed{seed}"
+                if s is not None:
+                    cfg = cfg.replace(intervention=dataclasses.replace(base.intervention, strength=float(s)))
+                    name += f"_s{s:g}"
+                out.append((name, cfg))
+        for i, fields in enumerate(self.extra):
+            out.append(extra_run(base, fields, f"sweep.extra[{i}]"))
+        names = [n for n, _ in out]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"sweep: runs {dup} appear twice (grid and extra); remove the duplicate extra entry")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _with_task(base: GrokConfig, task: str, where: str) -> GrokConfig:
+    return GrokConfig.from_dict({**base.to_dict(), "tasks": [task]}, where)
+
+
+def extra_run(base: GrokConfig, fields: dict, where: str) -> tuple[str, GrokConfig]:
+    """(name, config) of one `extra` sweep run: the base with `fields` (GrokConfig fields; `task` for the
+    task), named <task>_wd<wd>_lr<lr>_seed<seed>."""
+    if not isinstance(fields, dict) or not fields:
+        raise ConfigError(f"{where}: give a mapping of grok fields, e.g. {{task: add, weight_decay: 0.0}}")
+    cfg = GrokConfig.from_dict({**base.to_dict(), **{k: v for k, v in fields.items() if k != "task"},
+                                **({"tasks": [fields["task"]]} if "task" in fields else {})}, where)
+    return f"{cfg.task_name}_wd{cfg.weight_decay:g}_lr{cfg.lr:g}_seed{cfg.seed}", cfg

@@ -81,7 +81,7 @@ def _restore(params: Sequence[nn.Parameter], saved: Sequence[Tensor]) -> None:
 
 def _pair_defect(
     model: nn.Module, loss_fn: LossFn, a: Batch, b: Batch, params: Sequence[nn.Parameter],
-    saved: Sequence[Tensor], eta: float,
+    saved: Sequence[Tensor], eta: float, form: str = "exact",
 ) -> tuple[Tensor, bool]:
     """(D, resolved): resolved is False when a perturbed point could not be represented."""
     g_a = _grads(loss_fn, model, a, params)
@@ -91,6 +91,8 @@ def _pair_defect(
     ok_a = _shift(params, saved, g_a, eta)
     g_b_after_a = _grads(loss_fn, model, b, params)  # g_B(θ₀ − η g_A)
     _restore(params, saved)
+    if form == "float32_direct":
+        return _direct(saved, g_a, g_b, g_a_after_b, g_b_after_a, eta), True
     diff = [
         eta * ((ga2.double() - ga.double()) - (gb2.double() - gb.double()))
         for ga, gb, ga2, gb2 in zip(g_a, g_b, g_a_after_b, g_b_after_a, strict=True)
@@ -99,6 +101,25 @@ def _pair_defect(
     if denom == 0:
         return torch.tensor(float("nan"), dtype=torch.float64), True
     return _norm(diff) / denom, ok_a and ok_b
+
+
+FORMS = ("exact", "float32_direct")
+
+
+def _direct(saved: Sequence[Tensor], g_a: Sequence[Tensor], g_b: Sequence[Tensor], g_a1: Sequence[Tensor],
+            g_b1: Sequence[Tensor], eta: float) -> Tensor:
+    """The published evaluation, in the model's dtype: θ_AB = θ₀ − η g_A − η g_B(θ₀ − η g_A) and θ_BA
+    formed as vectors and subtracted, D = ‖θ_AB − θ_BA‖ / (‖η g_A‖ ‖η g_B‖ + 1e-12). In float32 the
+    subtraction of two vectors near θ₀ adds the rounding of θ₀'s entries (≈ 6e-8 |θ|) to the result,
+    which the exact form avoids (module docstring); kept to reproduce the published values."""
+    cat = torch.cat
+    theta0 = cat([t.flatten() for t in saved])
+    ga, gb = cat([t.flatten() for t in g_a]), cat([t.flatten() for t in g_b])
+    ga1, gb1 = cat([t.flatten() for t in g_a1]), cat([t.flatten() for t in g_b1])
+    t_ab = theta0 - eta * ga - eta * gb1
+    t_ba = theta0 - eta * gb - eta * ga1
+    d = (t_ab - t_ba).norm() / ((eta * ga).norm() * (eta * gb).norm() + 1e-12)
+    return d.double()
 
 
 class _LossOf(nn.Module):
@@ -161,7 +182,7 @@ def _per_entry_sq(ts: Sequence[Tensor]) -> Tensor:  # [n] float64: Σ over the p
 
 def _batched_defects(
     model: nn.Module, loss_fn: LossFn, pairs: Sequence[tuple[Batch, Batch]], moving: Sequence[nn.Parameter],
-    saved: Sequence[Tensor], eta: float,
+    saved: Sequence[Tensor], eta: float, form: str = "exact",
 ) -> tuple[Tensor, list[int]] | None:
     """(D [K], unresolved pair indices) from two vectorised gradient calls; None when the batches cannot
     be stacked or the loss cannot be traced by vmap (the caller then goes pair by pair)."""
@@ -173,7 +194,10 @@ def _batched_defects(
         g0, loss0 = _vmapped_grads(model, loss_fn, moving, stacked)
         # entry i < K (batch A_i) is evaluated after the step on B_i, entry K + i (B_i) after the step on A_i
         steps = [torch.cat([g[k:], g[:k]]) for g in g0]
-        points = [torch.sub(s.unsqueeze(0), st, alpha=eta) for s, st in zip(saved, steps, strict=True)]
+        if form == "float32_direct":  # θ₀ − (η·g), rounded as the published code forms it
+            points = [s.unsqueeze(0) - eta * st for s, st in zip(saved, steps, strict=True)]
+        else:
+            points = [torch.sub(s.unsqueeze(0), st, alpha=eta) for s, st in zip(saved, steps, strict=True)]
         g1, loss1 = _vmapped_grads(model, loss_fn, moving, stacked, points)
     except Exception:  # noqa: BLE001 - anything vmap cannot trace; the pair-by-pair path re-raises real errors
         return None
@@ -181,6 +205,10 @@ def _batched_defects(
     if not torch.isfinite(losses).all():
         bad = losses[~torch.isfinite(losses)][0].item()
         raise ValueError(f"loss_fn returned a non-finite loss ({bad}); the defect is undefined here")
+    if form == "float32_direct":
+        d = torch.stack([_direct(saved, [g[i] for g in g0], [g[k + i] for g in g0], [h[i] for h in g1],
+                                 [h[k + i] for h in g1], eta) for i in range(k)])
+        return d, []
     with torch.no_grad():
         # the realised displacement of each shifted point against −η·step (as _shift checks in place)
         err = _per_entry_sq([(pt.double() - s.double().unsqueeze(0)) + eta * st.double()
@@ -232,6 +260,7 @@ def commutator_defect(
     dtype: torch.dtype | None = None,
     fallback_float64: bool = True,
     vectorize: bool = True,
+    form: str = "exact",
 ) -> Tensor:  # [K] float64, one D per pair
     """D = ‖θ_AB − θ_BA‖ / (‖η g_A‖ · ‖η g_B‖) for each (A, B) in `pairs` (docs/methods.md).
 
@@ -244,7 +273,11 @@ def commutator_defect(
     the step rounds away, as after perfect memorisation without weight decay), that pair is
     recomputed on a float64 copy (`fallback_float64`, default) or returned as NaN; it would otherwise
     come out as a spurious 0. `vectorize=False` forces the pair-by-pair evaluation (module docstring).
+    `form="float32_direct"`: the published study's evaluation (`_direct`: θ_AB − θ_BA subtracted as
+    vectors in the model's dtype, no resolution check); "exact" (default): the cancellation-free form.
     """
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is unknown; use one of {FORMS}")
     if not eta > 0:
         raise ValueError(f"eta must be > 0; got {eta}")
     if len(pairs) == 0:
@@ -258,7 +291,7 @@ def commutator_defect(
         moving = [all_params[i] for i in wanted]
         pairs = [(_cast_batch(a, dtype), _cast_batch(b, dtype)) for a, b in pairs]
     saved = [p.detach().clone() for p in moving]
-    batched = _batched_defects(model, loss_fn, pairs, moving, saved, eta) if vectorize else None
+    batched = _batched_defects(model, loss_fn, pairs, moving, saved, eta, form) if vectorize else None
     if batched is not None:
         out, unresolved = batched
     else:
@@ -266,7 +299,7 @@ def commutator_defect(
         unresolved = []
         try:
             for k, (a, b) in enumerate(pairs):
-                out[k], ok = _pair_defect(model, loss_fn, a, b, moving, saved, eta)
+                out[k], ok = _pair_defect(model, loss_fn, a, b, moving, saved, eta, form)
                 if not ok:
                     unresolved.append(k)
         finally:

@@ -25,6 +25,7 @@ GROK_THRESHOLD = 0.95  # test accuracy (THESIS scripts; CURV uses 0.90)
 MEMORISATION_THRESHOLD = 0.99  # train accuracy
 RATIO_FACTOR, RATIO_FLOOR, RATIO_BASELINE = 10.0, 20.0, 3
 Z_SIGMAS, Z_BASELINE, Z_CONSECUTIVE = 3.0, 10, 2
+PUBLISHED_ONSET = {"search_from": 2, "baseline_floor": 0.1}  # onset_ratio as the published study's code runs it
 
 
 class SeriesTooShort(ValueError):
@@ -76,11 +77,14 @@ def memorisation_step(steps, train_acc, threshold: float = MEMORISATION_THRESHOL
 
 
 def onset_ratio(steps, defect, *, factor: float = RATIO_FACTOR, floor: float = RATIO_FLOOR,
-                n_baseline: int = RATIO_BASELINE) -> int | None:
-    """Ratio rule: first step after the baseline with D > factor × median(first n_baseline D) and D > floor.
+                n_baseline: int = RATIO_BASELINE, search_from: int | None = None,
+                baseline_floor: float = 0.0) -> int | None:
+    """Ratio rule: first step with D > factor × max(median(first n_baseline D), baseline_floor) and D > floor.
 
-    The baseline measurements themselves are not candidates (an interpretation: the source states
-    the rule without saying where the search starts).
+    The search starts at measurement index `search_from` (None: n_baseline, i.e. the baseline
+    measurements themselves are not candidates: our reading of the thesis). The published study's code
+    starts at index 2 (the third measurement, part of its baseline) with baseline_floor 0.1
+    (`PUBLISHED_ONSET`).
     """
     s, d = _series(steps, defect, "defect")
     if n_baseline < 1:
@@ -91,9 +95,12 @@ def onset_ratio(steps, defect, *, factor: float = RATIO_FACTOR, floor: float = R
     base = d[:n_baseline]
     if not np.isfinite(base).any():
         raise ValueError(f"the first {n_baseline} defect measurements are all NaN; no baseline for the ratio rule")
-    thr = max(factor * float(np.nanmedian(base)), floor)
+    start = n_baseline if search_from is None else search_from
+    if start < 0:
+        raise ValueError(f"search_from={search_from} must be >= 0")
+    thr = max(factor * max(float(np.nanmedian(base)), baseline_floor), floor)
     hit = np.nan_to_num(d, nan=-np.inf) > thr
-    hit[:n_baseline] = False
+    hit[:start] = False
     i = _first_run(hit, 1)
     return None if i is None else int(s[i])
 

@@ -39,7 +39,9 @@ from headscreen.spectral import (
     onsets,
 )
 
-TRUNK_PATTERN = re.compile(r"^blocks\.\d+\.(attn|cross_attn|mlp)\.W_[A-Za-z_]+$")  # cross_attn: SCAN decoder
+# cross_attn: SCAN decoder; layers.*: the published encoder (torch layout: packed in-projection, linear1/2)
+TRUNK_PATTERN = re.compile(r"^(blocks\.\d+\.(attn|cross_attn|mlp)\.W_[A-Za-z_]+"
+                           r"|layers\.\d+\.(self_attn\.in_proj_weight|self_attn\.out_proj\.weight|linear[12]\.weight))$")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""The grokking models: one small decoder-only transformer class, two presets.
+"""The grokking models: one small decoder-only transformer class, its presets, and the published encoder.
 
 - `curv`: 2 layers, pre-norm (LayerNorm before attention, before the MLP and before the unembedding),
   d_model 128, 4 heads of 32, d_mlp 256, GELU, trained biases.
 - `nanda`: 1 layer, no LayerNorm, d_model 128, 4 heads of 32, d_mlp 512, ReLU, every bias frozen at 0.
+- `published`: the published study's bidirectional encoder read at position 0 (`arch: encoder`,
+  headscreen/grokking/encoder.py; the fields below describe the decoder only).
 
 Parameter names (the contract of docs/run-format.md; shapes follow TransformerLens):
     embed.W_E [vocab, d_model]    pos.W_pos [n_ctx, d_model]
@@ -36,6 +38,7 @@ from headscreen.series.adapters import GROK
 MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snapshots
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 N_CTX = 3  # [a, b, '=']
+ARCHES = ("decoder", "encoder")
 INITS = ("normal", "pytorch-layer", "pytorch-transformer")  # the last two: the Dyck and SCAN models only
 
 
@@ -50,6 +53,7 @@ class ModelSpec:
     layer_norm: bool = True
     freeze_biases: bool = False
     init_std: float | None = None  # None: 0.8 / sqrt(d_model), TransformerLens's default initializer range
+    arch: str = "decoder"  # "decoder": GrokTransformer below; "encoder": the published model (encoder.py)
     init: str = "normal"  # normal: N(0, std²); pytorch-layer / pytorch-transformer: seqmodels.init_pytorch
 
     def __post_init__(self) -> None:
@@ -59,8 +63,13 @@ class ModelSpec:
                 raise ConfigError(f"model.{name} = {v!r} is invalid: use a positive integer")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"model.act = {self.act!r} is invalid: use one of {sorted(ACTIVATIONS)}")
+        if self.arch not in ARCHES:
+            raise ConfigError(f"model.arch = {self.arch!r} is invalid: use one of {list(ARCHES)}")
         if self.init not in INITS:
             raise ConfigError(f"model.init = {self.init!r} is unknown; use one of {', '.join(INITS)}")
+        if self.init != "normal" and self.arch != "decoder":
+            raise ConfigError(f"model.init = {self.init!r} applies to the dyck and scan models; the encoder "
+                              "(arch: encoder) has its own initialisation: remove init")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"model.init_std = {self.init_std!r} is invalid: use a positive number or null")
 
@@ -75,6 +84,8 @@ class ModelSpec:
 PRESETS = {
     "curv": ModelSpec(),
     "nanda": ModelSpec(n_layers=1, d_mlp=512, act="relu", layer_norm=False, freeze_biases=True),
+    # the published study's 2-token bidirectional encoder read at position 0 (encoder.py)
+    "published": ModelSpec(arch="encoder"),
 }
 
 
@@ -236,20 +247,30 @@ class GrokTransformer(nn.Module):
 
     def hf_config(self) -> dict:
         """The config.json of a snapshot: what `headscreen.series` needs to read the attention weights."""
-        s = self.spec
-        return {"model_type": MODEL_TYPE, "architectures": [type(self).__name__], **s.to_dict(),
+        s = self.spec.to_dict()
+        s.pop("arch")  # the decoder's config.json is as it was before the encoder existed
+        s.pop("init")  # (and before the Dyck/SCAN models' PyTorch inits, which it refuses)
+        return {"model_type": MODEL_TYPE, "architectures": [type(self).__name__], **s,
                 "vocab_size": self.p + 1, "n_ctx": N_CTX, "n_out": self.p, "p": self.p,
                 "tasks": list(self.tasks), "task": self.tasks[0] if len(self.tasks) == 1 else "multitask"}
 
 
-def build_model(spec: ModelSpec, p: int, tasks: Sequence[str], seed: int) -> GrokTransformer:
+def model_class(spec: ModelSpec) -> type[nn.Module]:
+    if spec.arch == "encoder":
+        from headscreen.grokking.encoder import EncoderTransformer
+
+        return EncoderTransformer
+    return GrokTransformer
+
+
+def build_model(spec: ModelSpec, p: int, tasks: Sequence[str], seed: int) -> nn.Module:
     """A freshly initialised model; the same (spec, p, tasks, seed) always gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GrokTransformer(spec, p, tasks)
+        return model_class(spec)(spec, p, tasks)
 
 
-def load_model(folder, *, dtype: torch.dtype = torch.float32) -> GrokTransformer:
+def load_model(folder, *, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild a snapshot folder (config.json + model.safetensors) as a GrokTransformer."""
     import json
     from pathlib import Path
@@ -260,8 +281,7 @@ def load_model(folder, *, dtype: torch.dtype = torch.float32) -> GrokTransformer
     cfg = json.loads((folder / "config.json").read_text())
     if cfg.get("model_type") != MODEL_TYPE:
         raise ConfigError(f"{folder / 'config.json'}: model_type {cfg.get('model_type')!r} is not {MODEL_TYPE!r}")
-    defaults = ModelSpec().to_dict()  # fields added later (init) take their default in older snapshots
-    spec = ModelSpec(**{k: cfg.get(k, defaults[k]) for k in ModelSpec.__dataclass_fields__})
-    model = GrokTransformer(spec, int(cfg["p"]), cfg["tasks"])
+    spec = ModelSpec(**{k: cfg[k] for k in ModelSpec.__dataclass_fields__ if k in cfg})
+    model = model_class(spec)(spec, int(cfg["p"]), cfg["tasks"])
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.to(dtype)

@@ -68,7 +68,7 @@ class ModularTask:
         from headscreen.grokking.tasks import make_dataset
 
         self.cfg, self.name = cfg, cfg.task_name
-        self.data = make_dataset(cfg.tasks, cfg.p, cfg.train_frac, cfg.seed)
+        self.data = make_dataset(cfg.tasks, cfg.p, cfg.train_frac, cfg.seed, cfg.split)
 
     def train(self) -> Batch:
         return self.data.train()

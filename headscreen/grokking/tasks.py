@@ -7,6 +7,9 @@ single task).
 
 Operations (definitions in docs/methods.md, "Grokking: toy tasks and models"):
     add  (a + b) mod p        sub  (a − b) mod p        mul  (a · b) mod p        sq  (a² + b²) mod p
+    x2_xy_y2  (a² + ab + b²) mod p                      x3_xy  (a³ + ab) mod p
+Splits: `torch_permutation` (default: a seeded torch permutation, rows sorted) or `python_shuffle` (the
+published study's: sampling.python_shuffle_split; `mul` then leaves out the pairs with a or b = 0).
 `mul` needs a field (p prime), as any division would; the others only need p >= 3.
 """
 
@@ -26,7 +29,11 @@ OPERATIONS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
     "sub": lambda a, b, p: (a - b) % p,
     "mul": lambda a, b, p: (a * b) % p,
     "sq": lambda a, b, p: (a * a + b * b) % p,
+    # the published study's two operations that do not grok (a² + ab + b², a³ + ab)
+    "x2_xy_y2": lambda a, b, p: (a * a + a * b + b * b) % p,
+    "x3_xy": lambda a, b, p: (a * a * a + a * b) % p,
 }
+SPLITS = ("torch_permutation", "python_shuffle")
 NEEDS_FIELD = frozenset({"mul"})  # tasks whose table is only a group/field table when p is prime
 
 
@@ -97,15 +104,24 @@ class ModularData(SplitTable):
 
 
 
-def make_dataset(tasks: str | Sequence[str], p: int, train_frac: float, seed: int) -> ModularData:
+def make_dataset(tasks: str | Sequence[str], p: int, train_frac: float, seed: int,
+                 split: str = "torch_permutation") -> ModularData:
     """The p² examples of `tasks`, split by a permutation drawn from `seed` (the same seed always
-    gives the same split); round(train_frac · p²) examples go to the training set (at least 1 each)."""
+    gives the same split); round(train_frac · p²) examples go to the training set (at least 1 each).
+    split="python_shuffle": the published split instead (module docstring)."""
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
     check_task(tasks, p, train_frac)
+    if split not in SPLITS:
+        raise ConfigError(f"split = {split!r} is unknown; use one of {', '.join(SPLITS)}")
     a = torch.arange(p).repeat_interleave(p)  # [p²]: a varies slowest
     b = torch.arange(p).repeat(p)
     inputs = torch.stack([a, b, torch.full_like(a, p)], dim=1)
     labels = torch.stack([OPERATIONS[t](a, b, p) for t in tasks], dim=1)
+    if split == "python_shuffle":
+        from headscreen.grokking.sampling import python_shuffle_split
+
+        train_idx, test_idx = python_shuffle_split(p, train_frac, seed, restrict_nonzero="mul" in tasks)
+        return ModularData(tasks, p, inputs, labels, train_idx, test_idx)
     n = p * p
     n_train = min(max(round(train_frac * n), 1), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -64,6 +64,47 @@ def defect_pairs(cfg: GrokConfig, train: Batch, step: int) -> list[tuple[Batch, 
     return out
 
 
+class _Batches:
+    """A run's training and defect batches: stateless per-step draws (`without_replacement`), or the
+    published stream with replacement (sampling.ReplacementStream, replayed up to `start` on resume)."""
+
+    def __init__(self, cfg: GrokConfig, train: Batch, start: int):
+        self.cfg, self.train, self.stream = cfg, train, None
+        if cfg.batch_sampling == "with_replacement":
+            from headscreen.grokking.sampling import ReplacementStream
+
+            self.stream = ReplacementStream(cfg.seed, len(train[0]), cfg.batch_size, defect_every=cfg.defect_every,
+                                            defect_pairs=cfg.defect_pairs, defect_batch_size=cfg.defect_batch_size)
+            self.stream.advance_to(start)
+
+    def defect(self, step: int) -> list[tuple[Batch, Batch]]:
+        if self.stream is None:
+            return defect_pairs(self.cfg, self.train, step)
+        x, y = self.train
+        return [((x[a], y[a]), (x[b], y[b])) for a, b in self.stream.defect_indices(step)]
+
+    def indices(self, step: int) -> Tensor | None:
+        if self.stream is None:
+            return batch_indices(self.cfg, len(self.train[0]), step)
+        return self.stream.train_indices(step)
+
+
+def stop_step(cfg: GrokConfig, curves: list[dict]) -> int | None:
+    """The step the stop rule ends the run at: `stop_after` steps after the evaluation that completes
+    `stop_patience` evaluations in a row with every task's test accuracy >= stop_acc; None: not yet / no rule."""
+    if cfg.stop_acc is None:
+        return None
+    worst: dict[int, float] = {}
+    for r in curves:
+        worst[r["step"]] = min(worst.get(r["step"], 1.0), r["test_acc"])
+    run = 0
+    for step in sorted(worst):
+        run = run + 1 if worst[step] >= cfg.stop_acc else 0
+        if run >= cfg.stop_patience:
+            return step + cfg.stop_after
+    return None
+
+
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
@@ -145,18 +186,21 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
         if steer is not None:
             steer.rows = _previous_rows(store, "intervention", start)
         timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
+        batches = _Batches(cfg, train, start)
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
         for step in range(start, cfg.steps + 1):
-            last = step == cfg.steps
+            last = step in (cfg.steps, stop_step(cfg, curves))
             t0 = time.perf_counter()
             if step % cfg.eval_every == 0 or last:
                 rows = task.evaluate(model)
                 curves.extend({"step": step, **r} for r in rows)
                 bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
                                              for r in rows))
+                last = step in (cfg.steps, stop_step(cfg, curves))
             t1 = time.perf_counter()
             if defect_fn is not None and step % cfg.defect_every == 0:
-                d = defect_fn(model, task.loss_fn, defect_pairs(cfg, train, step), eta=cfg.defect_eta, params=params)
+                d = defect_fn(model, task.loss_fn, batches.defect(step), eta=cfg.defect_eta, params=params,
+                              form=cfg.defect_form)
                 defects.append({"step": step, **defect_summary(d)})
             t2 = time.perf_counter()
             if step % cfg.snapshot_every == 0 or last:
@@ -177,7 +221,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
                 break
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
-            idx = batch_indices(cfg, len(train[0]), step)
+            idx = batches.indices(step)
             idx = idx if idx is None or plan.device == "cpu" else idx.to(plan.device)
             batch = train if idx is None else (train[0][idx], train[1][idx])
             optimizer.zero_grad(set_to_none=True)
@@ -197,8 +241,10 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
                    "load_average": list(os.getloadavg()), "seconds": {k: round(v, 3) for k, v in timers.items()},
                    "defect_measured": defect_fn is not None}
         traj.meta.setdefault("training", {"sessions": []})["sessions"].append(session)
-        if step == cfg.steps:
+        if last:
             traj.meta["complete"] = True
+            if step < cfg.steps:
+                traj.meta["stopped_at"] = step  # the stop rule ended the run
             (run / RESUME).unlink(missing_ok=True)
         traj.save()
     return run

@@ -228,8 +228,15 @@ def _intervention_section(run: GrokRun) -> Section | None:
     return intervention_section(run)
 
 
+def _published_section(run: GrokRun) -> Section | None:
+    from headscreen.report.grok_compare import comparison_section
+
+    return comparison_section(run)
+
+
 RUN_SECTIONS = (settings_section, summary_section, curves_section, edge_section, portrait_section,
-                fourier_section, pca_section, _intervention_section, *_li2_sections())  # a section may be None: left out
+                fourier_section, pca_section, _intervention_section, *_li2_sections(),
+                _published_section)  # a section may be None: left out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +322,11 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
     from headscreen.report.grok_interventions import dose_response_section
 
     dose = dose_response_section(df, slug)
-    return [table, scaling, pair_section(runs, prefix=slug), *([dose] if dose is not None else [])]
+    from headscreen.report.grok_compare import sweep_comparison_section
+
+    published = sweep_comparison_section(sweep_dir)
+    return [table, scaling, pair_section(runs, prefix=slug), *([dose] if dose is not None else []),
+            *([published] if published is not None else [])]
 
 
 def grok_report(paths: list[Path], generated_by: dict) -> Report:

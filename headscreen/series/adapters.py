@@ -13,7 +13,8 @@ Layouts (verified against `TransformerBridge.W_*` in tests/test_series.py):
   per head do not fully determine QK there; they are still the head's parameters.
 - headscreen-grok (the toy models of headscreen.grokking): `blocks.{l}.attn.W_Q/W_K/W_V/W_O` and
   `b_Q/b_K/b_V/b_O` are stored in TransformerLens shapes already; config.json names n_layers,
-  n_heads, d_model, d_head.
+  n_heads, d_model, d_head. The published encoder (grokking/encoder.py) keeps torch's packed layout
+  `layers.{l}.self_attn.in_proj_weight` [Q; K; V rows] and `out_proj.weight`, split per head on read.
 """
 
 from __future__ import annotations
@@ -135,10 +136,26 @@ def _read_llama_like(src: TensorSource, g: AttentionGeometry, layer: int) -> dic
 
 
 def _read_grok(src: TensorSource, g: AttentionGeometry, layer: int) -> dict[str, torch.Tensor]:
-    p = f"blocks.{layer}.attn."
     keys = set(src.keys())
+    packed = f"layers.{layer}.self_attn."
+    if packed + "in_proj_weight" in keys:
+        return _read_packed(src, g, packed)
+    p = f"blocks.{layer}.attn."
     return {n: src.read(p + n) for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
             if n.startswith("W_") or p + n in keys}
+
+
+def _read_packed(src: TensorSource, g: AttentionGeometry, p: str) -> dict[str, torch.Tensor]:
+    """torch.nn.MultiheadAttention layout (the published encoder): in_proj_weight [3·H·dh, D] = [W_q; W_k; W_v]
+    as nn.Linear weights, head h in rows h·dh..(h+1)·dh of each block; out_proj.weight [D, H·dh]."""
+    H, dh = g.n_heads, g.d_head
+    q, k, v = src.read(p + "in_proj_weight").split(H * dh, dim=0)
+    out = {n: rearrange(t, "(h k) d -> h d k", h=H, k=dh) for n, t in zip(("W_Q", "W_K", "W_V"), (q, k, v), strict=True)}
+    out["W_O"] = rearrange(src.read(p + "out_proj.weight"), "d (h k) -> h k d", h=H, k=dh)
+    bq, bk, bv = src.read(p + "in_proj_bias").split(H * dh)
+    out.update({n: rearrange(b, "(h k) -> h k", h=H, k=dh) for n, b in (("b_Q", bq), ("b_K", bk), ("b_V", bv))})
+    out["b_O"] = src.read(p + "out_proj.bias")
+    return out
 
 
 _READERS: dict[str, Callable[[TensorSource, AttentionGeometry, int], dict[str, torch.Tensor]]] = {
