@@ -17,15 +17,15 @@ import yaml
 
 from headscreen.config import ConfigError
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.defect import commutator_defect, direct_defect
-from headscreen.grokking.detect import PUBLISHED_RATIO, onset_ratio
+from headscreen.grokking.defect import _grads, _norm, commutator_defect
+from headscreen.grokking.detect import PUBLISHED_ONSET, onset_ratio
 from headscreen.grokking.dyck import IGNORE, PAD, DyckSpec, make_dyck, sample_published
 from headscreen.grokking.models import ModelSpec
 from headscreen.grokking.scan import N_COMMANDS, ScanSpec, all_commands, make_scan
 from headscreen.grokking.seqmodels import DyckTransformer, ScanTransformer, _pytorch_bounds
 from headscreen.grokking.snapshots import Trajectory
 from headscreen.grokking.task import _sequence_metrics, make_task
-from headscreen.grokking.train import batch_indices, defect_pairs, early_stop_step, train_run
+from headscreen.grokking.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"dyck": "grok-dyck-published.yaml", "scan": "grok-scan-published.yaml"}
@@ -130,22 +130,7 @@ def test_pytorch_inits_follow_the_module_defaults():
         ModelSpec(init="kaiming")
 
 
-def test_draws_with_replacement_and_the_early_stop_rule():
-    cfg = GrokConfig.from_dict({"task": "dyck", "task_options": {"n_train": 50, "n_test": 10}, "batch_size": 50,
-                                "batch_replacement": True, "defect_batch_size": 50, "defect_pairs": 2,
-                                "stop_test_acc": 0.9, "stop_patience": 2, "stop_after": 30})
-    idx = batch_indices(cfg, 50, 0)
-    assert len(idx) == 50 and len(set(idx.tolist())) < 50  # 50 of 50 with replacement repeats rows
-    assert torch.equal(idx, batch_indices(cfg, 50, 0)) and not torch.equal(idx, batch_indices(cfg, 50, 1))
-    assert batch_indices(cfg.replace(batch_replacement=False), 50, 0) is None
-    (a, _), _ = defect_pairs(cfg, (torch.arange(50)[:, None], torch.arange(50)[:, None]), 0)
-    assert a[0].shape[0] == 50
-    rows = [{"step": s, "test_acc": acc} for s, acc in ((0, .1), (10, .95), (20, .5), (30, .92), (40, .95), (50, .99))]
-    assert early_stop_step(cfg, rows) == 40 + 30
-    assert early_stop_step(cfg, rows[:4]) is None and early_stop_step(cfg.replace(stop_test_acc=None), rows) is None
-
-
-def test_direct_defect_equals_the_exact_form_in_float64():
+def _tiny_problem():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
 
@@ -154,21 +139,41 @@ def test_direct_defect_equals_the_exact_form_in_float64():
 
     pairs = [((torch.randn(6, 4, dtype=torch.float64), torch.randint(3, (6,))),
               (torch.randn(6, 4, dtype=torch.float64), torch.randint(3, (6,)))) for _ in range(3)]
+    return model, loss_fn, pairs
+
+
+def test_direct_defect_equals_the_exact_form_in_float64_and_its_adaptive_eta():
+    model, loss_fn, pairs = _tiny_problem()
     before = [p.detach().clone() for p in model.parameters()]
     exact = commutator_defect(model, loss_fn, pairs, eta=1e-3)
-    direct = direct_defect(model, loss_fn, pairs, eta=1e-3)
-    assert torch.allclose(direct, exact, rtol=1e-4)
+    direct = commutator_defect(model, loss_fn, pairs, eta=1e-3, form="float32_direct", min_step=1e-9)
+    assert torch.allclose(direct, exact, rtol=1e-4)  # no rounding to speak of in float64; 1e-9 never binds
+    # a step floor that binds: each pair's eta becomes floor / min(|g_A|, |g_B|), as if given directly
+    params = list(model.parameters())
+    floor = 0.5
+    adaptive = commutator_defect(model, loss_fn, pairs, eta=1e-3, form="float32_direct", min_step=floor)
+    for k, (a, b) in enumerate(pairs):
+        smaller = float(min(_norm(_grads(loss_fn, model, a, params)), _norm(_grads(loss_fn, model, b, params))))
+        eta_k = min(floor / smaller, 1.0)
+        assert eta_k > 1e-3
+        one = commutator_defect(model, loss_fn, [(a, b)], eta=eta_k, form="float32_direct")
+        assert adaptive[k].item() == pytest.approx(one.item(), rel=1e-9)
+    assert not torch.allclose(adaptive, direct)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    with pytest.raises(ValueError, match="min_step"):
+        commutator_defect(model, loss_fn, pairs, min_step=0.0)
+    with pytest.raises(ConfigError, match="defect_min_step"):
+        GrokConfig(defect_min_step=-1.0)
 
 
 def test_published_onset_rule_floors_the_baseline_and_starts_at_the_third_measurement():
     steps = [0, 100, 200, 300]
-    assert onset_ratio(steps, [0.01, 0.02, 25.0, 30.0], **PUBLISHED_RATIO) == 200  # third measurement counts
+    assert onset_ratio(steps, [0.01, 0.02, 25.0, 30.0], **PUBLISHED_ONSET) == 200  # third measurement counts
     assert onset_ratio(steps, [0.01, 0.02, 25.0, 30.0]) == 300  # our default starts after the baseline
-    assert onset_ratio(steps, [3.0, 3.0, 3.0, 25.0], **PUBLISHED_RATIO) is None  # 10 x median 3 = 30 > 25
+    assert onset_ratio(steps, [3.0, 3.0, 3.0, 25.0], **PUBLISHED_ONSET) is None  # 10 x median 3 = 30 > 25
     # a zero baseline is floored at 0.1 (bar max(10 x 0.1, 20) = 20); a baseline of 2.5 raises the bar to 25
-    assert onset_ratio(steps, [0.0, 0.0, 0.0, 21.0], **PUBLISHED_RATIO) == 300
-    assert onset_ratio(steps, [2.5, 2.5, 2.5, 24.0], **PUBLISHED_RATIO) is None
+    assert onset_ratio(steps, [0.0, 0.0, 0.0, 21.0], **PUBLISHED_ONSET) == 300
+    assert onset_ratio(steps, [2.5, 2.5, 2.5, 24.0], **PUBLISHED_ONSET) is None
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -6,26 +6,25 @@ The study (arXiv 2602.16967; its code is the dyck_scan repository) defines, per 
 * grokking step: the first evaluation of `GROK_SUSTAINED` (3) in a row with test accuracy >= `GROK_ACC`
   (0.98): token accuracy on Dyck, sequence accuracy on SCAN (the run's own `test_acc` column);
 * defect onset: the ratio rule with the study's baseline floor and search start
-  (`detect.onset_ratio(..., **detect.PUBLISHED_RATIO)`: D > max(10 × max(median of the first 3, 0.1), 20),
+  (`detect.onset_ratio(..., **detect.PUBLISHED_ONSET)`: D > max(10 × max(median of the first 3, 0.1), 20),
   the third measurement included);
 * lead ℓ = t_grok − t_onset, and the law ℓ ∝ t_grok^α fitted over the runs with ℓ > 0
   (`detect.fit_power_law`, least squares in log–log space as the study's `linregress`).
 
 `lead_table` reads a sweep's run directories (curves.parquet, defect.parquet, manifest.json) and gives one
-row per run; `lead_law` fits α and puts the fixed-onset null of `headscreen.grokking.leadlaw` beside it
-when that module is present (it is written on another branch; until it is merged the null is reported as
-pending, never replaced by a copy).
+row per run; `lead_law` fits α and puts beside it the fixed-onset null and the rank statistic of
+`headscreen.grokking.leadlaw` (the one implementation of both).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from headscreen.grokking.detect import PUBLISHED_RATIO, fit_power_law, grok_step, lead_time, onset_ratio
+from headscreen.grokking import leadlaw
+from headscreen.grokking.detect import PUBLISHED_ONSET, grok_step, lead_time, onset_ratio
 
 GROK_ACC, GROK_SUSTAINED = 0.98, 3
 PUBLISHED_LAW = {"dyck": {"alpha": 1.13, "r2": 0.908, "n": 14}, "scan": {"alpha": 1.18, "r2": 0.990, "n": 11}}
@@ -44,8 +43,8 @@ def run_events(run_dir: str | Path) -> dict:
     t_grok = grok_step(curves["step"].to_numpy(), curves["test_acc"].to_numpy(), GROK_ACC,
                        consecutive=GROK_SUSTAINED) if len(curves) else None
     t_onset = None
-    if defect is not None and len(defect) > PUBLISHED_RATIO["search_from"]:
-        t_onset = onset_ratio(defect["step"].to_numpy(), defect["defect_median"].to_numpy(), **PUBLISHED_RATIO)
+    if defect is not None and len(defect) > PUBLISHED_ONSET["search_from"]:
+        t_onset = onset_ratio(defect["step"].to_numpy(), defect["defect_median"].to_numpy(), **PUBLISHED_ONSET)
     lead = lead_time(t_grok, t_onset)
     meta = run / "trajectory" / "series.json"
     complete = bool(json.loads(meta.read_text()).get("complete")) if meta.exists() else False
@@ -66,31 +65,20 @@ def lead_table(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LEAD_COLUMNS)
 
 
-def fixed_onset_null(table: pd.DataFrame) -> dict:
-    """The fixed-onset null of `headscreen.grokking.leadlaw` on the table's (t_grok, t_onset) pairs, or a
-    pending note while that module is not on this branch."""
-    try:
-        leadlaw = importlib.import_module("headscreen.grokking.leadlaw")
-    except ModuleNotFoundError:
-        return {"status": "pending", "why": "headscreen.grokking.leadlaw (the fixed-onset null) is not merged yet"}
-    ok = table.dropna(subset=["grok_step", "onset_step"])
-    fn = getattr(leadlaw, "fixed_onset_null", None) or getattr(leadlaw, "lead_law", None)
-    if fn is None:
-        return {"status": "pending", "why": "headscreen.grokking.leadlaw has no fixed_onset_null / lead_law function"}
-    out = fn(ok["grok_step"].to_numpy(dtype=float), ok["onset_step"].to_numpy(dtype=float))
-    return {"status": "done", **(out if isinstance(out, dict) else out.to_dict())}
-
-
 def lead_law(table: pd.DataFrame, task: str) -> dict:
-    """α, R², n over the runs with a positive lead, beside the published figures and the null."""
+    """α, R², n over the grokking runs with an onset (the fit keeps those with a positive lead), beside the
+    published figures; `null` (fixed-onset fit), `rank` (Spearman of onset with t_grok) and `verdict` from
+    leadlaw.lead_law."""
     grokked = table.dropna(subset=["grok_step"])
     with_onset = grokked.dropna(subset=["onset_step"])
     out = {"task": task, "published": PUBLISHED_LAW.get(task), "runs": len(table), "grokked": len(grokked),
            "onset_before_grok": int((with_onset["lead"] > 0).sum()), "with_onset": len(with_onset)}
     try:
-        out["fit"] = fit_power_law(with_onset["grok_step"].to_numpy(dtype=float),
-                                   with_onset["lead"].to_numpy(dtype=float)).to_dict()
+        law = leadlaw.lead_law(with_onset["grok_step"].to_numpy(dtype=float),
+                               with_onset["onset_step"].to_numpy(dtype=float))
     except ValueError as e:
         out["fit"] = {"status": "cannot fit", "why": str(e)}
-    out["null"] = fixed_onset_null(table)
+        return out
+    out.update(law.to_dict())
+    out["fit"] = law.fit.to_dict()
     return out

@@ -333,7 +333,7 @@ def grok_findings_section(path, kind: str) -> Section | None:
     import json as _json
     from pathlib import Path as _Path
 
-    from headscreen.grokking import published
+    from headscreen.grokking import seqpublished as published
 
     path = _Path(path)
     if kind == "run":
@@ -361,10 +361,8 @@ def grok_findings_section(path, kind: str) -> Section | None:
         if "alpha" not in fit:
             rows.append([finding, "cannot test", fit["why"]])
         else:
-            null = law["null"]
             rows.append([finding, "held" if fit["alpha"] > 1 and fit["r2"] >= 0.8 else "not held",
-                         f"α {fit['alpha']:.2f}, R² {fit['r2']:.3f}, n {fit['n']}; fixed-onset null: "
-                         + (null.get("why", "") if null["status"] != "done" else _json.dumps(null, default=str))])
+                         f"α {fit['alpha']:.2f}, R² {fit['r2']:.3f}, n {fit['n']}; {law['verdict']}"])
     sec = Section(key="findings", title="Findings check",
                   intro="Each published Dyck/SCAN finding this run's data can test (docs/methods.md, 'Grokking II: "
                         "the published recipes'), with the verdict and the figure behind it. 'cannot test' says why.")
