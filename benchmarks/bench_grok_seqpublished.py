@@ -48,12 +48,10 @@ def _numerics(run: Path, steps: list[int], pairs: int) -> None:
     from headscreen.grokking.defect import commutator_defect
     from headscreen.grokking.snapshots import Trajectory
     from headscreen.grokking.task import make_task
-    from headscreen.grokking.train import defect_pairs
 
     raw = json.loads((run / "manifest.json").read_text())["config"]
     known = set(GrokConfig.__dataclass_fields__)
-    cfg = GrokConfig.from_dict({k: v for k, v in raw.items() if k in known and k != "defect_form"}).replace(
-        defect_pairs=pairs, batch_sampling="without_replacement")
+    cfg = GrokConfig.from_dict({k: v for k, v in raw.items() if k in known and k != "defect_form"})
     task = make_task(cfg)
     model = task.build_model(cfg.seed)
     traj = Trajectory(run)
@@ -61,7 +59,10 @@ def _numerics(run: Path, steps: list[int], pairs: int) -> None:
     print(f"{'step':>6} {'direct f32 (adaptive)':>22} {'exact':>10} {'direct f64':>11}")
     for step in steps:
         model.load_state_dict(traj.load(step))
-        batch_pairs = defect_pairs(cfg, train, step)
+        g = torch.Generator().manual_seed(step)  # pairs drawn with replacement, as the study draws them
+        rows = [torch.randint(len(train[0]), (cfg.defect_batch_size,), generator=g) for _ in range(2 * pairs)]
+        batch_pairs = [((train[0][rows[2 * i]], train[1][rows[2 * i]]), (train[0][rows[2 * i + 1]],
+                        train[1][rows[2 * i + 1]])) for i in range(pairs)]
         d32 = commutator_defect(model, task.loss_fn, batch_pairs, eta=cfg.defect_eta, form="float32_direct",
                                 min_step=1e-6).median().item()
         ex = commutator_defect(model, task.loss_fn, batch_pairs, eta=cfg.defect_eta).median().item()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from headscreen.grokking import leadlaw
-from headscreen.grokking.detect import PUBLISHED_ONSET, grok_step, lead_time, onset_ratio
+from headscreen.grokking.detect import PUBLISHED_ONSET, SeriesTooShort, grok_step, lead_time, onset_ratio
 
 GROK_ACC, GROK_SUSTAINED = 0.98, 3
 PUBLISHED_LAW = {"dyck": {"alpha": 1.13, "r2": 0.908, "n": 14}, "scan": {"alpha": 1.18, "r2": 0.990, "n": 11}}
@@ -43,8 +43,11 @@ def run_events(run_dir: str | Path) -> dict:
     t_grok = grok_step(curves["step"].to_numpy(), curves["test_acc"].to_numpy(), GROK_ACC,
                        consecutive=GROK_SUSTAINED) if len(curves) else None
     t_onset = None
-    if defect is not None and len(defect) > PUBLISHED_ONSET["search_from"]:
-        t_onset = onset_ratio(defect["step"].to_numpy(), defect["defect_median"].to_numpy(), **PUBLISHED_ONSET)
+    if defect is not None and len(defect):
+        try:
+            t_onset = onset_ratio(defect["step"].to_numpy(), defect["defect_median"].to_numpy(), **PUBLISHED_ONSET)
+        except SeriesTooShort:  # fewer measurements than the baseline and one more: no onset yet
+            t_onset = None
     lead = lead_time(t_grok, t_onset)
     meta = run / "trajectory" / "series.json"
     complete = bool(json.loads(meta.read_text()).get("complete")) if meta.exists() else False
