@@ -358,10 +358,13 @@ def main() -> None:
     p.add_argument("--big-root", default="/tmp/headscreen-bench-extraction-1b")
     p.add_argument("--demo", help="also measure the default sketch's gap-ratio error on this series (the demo's)")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--big-only", action="store_true",
+                   help="only the Pythia-1B-geometry row: plain read, update floor, default sketch and its stages")
     p.add_argument("--worker")
     a = p.parse_args()
     if a.worker == "build":  # in a subprocess: the workers' peak RSS would otherwise count its memory
-        build_series(Path(a.root), a.checkpoints)
+        if a.checkpoints:
+            build_series(Path(a.root), a.checkpoints)
         if a.big:
             build_attention_series(Path(a.big_root), a.big, 2048, 16, 8)
         return
@@ -371,6 +374,9 @@ def main() -> None:
     from headscreen.spectral import SpectralConfig
 
     default = SpectralConfig()
+    if a.big_only:
+        big_row(a)
+        return
     n = a.checkpoints
     root, big_root = Path(a.root), (Path(a.big_root) if a.big else None)
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "build", "--root", str(root),
@@ -436,6 +442,26 @@ def main() -> None:
               f"a 154-revision sweep: ~{154 * bs['wall_s'] / a.big / 60:.1f} min of sketching (reads from a warm "
               "page cache; downloads not counted)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def big_row(a) -> None:
+    """The Pythia-1B attention geometry alone, in one run: plain read, update floor, the default sketch
+    and its stages (check, read with the finite check, fused pass), at --threads."""
+    big_root = Path(a.big_root)
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "build", "--root", str(a.root),
+                    "--checkpoints", "0", "--big", str(a.big), "--big-root", str(big_root)], check=True)
+    print(f"threads={a.threads}, nice={os.nice(0)}, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    k = a.big
+    fl, fu, st = (run_worker(m, big_root, k, a.threads) for m in ("floor", "floor_update", "stream"))
+    pr = run_worker("profile", big_root, k, a.threads)["profile_s"]
+    ms = {name: 1e3 * r["wall_s"] / k for name, r in (("plain read", fl), ("update floor", fu), ("default", st))}
+    print(f"Pythia-1B attention geometry, {k} checkpoints ({st['attention_mb_per_ckpt']:.0f} MB fp16 each), "
+          f"threads={a.threads}: " + ", ".join(f"{n} {v:.0f} ms/ckpt" for n, v in ms.items()))
+    print("  default stages (mean over checkpoints 2..N, ms): " + "  ".join(f"{s} {1e3 * v:.1f}" for s, v in pr.items()))
+    print(f"BIG: default {ms['default'] / ms['update floor']:.2f}x the update floor "
+          f"({ms['default'] / ms['plain read']:.2f}x the plain read), threads={a.threads}; peak RSS "
+          f"+{st['peak_above_base_mb']:.0f} MB; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _law(sweep: Path) -> None:
 
 
 def _lifecycle(runs: list[Path]) -> None:
-    from headscreen.grokking.lifecycle import g23_compression, gradient_share
+    from headscreen.grokking.edge_lifecycle import g23_compression, gradient_share
 
     for run in runs:
         task = json.loads((run / "manifest.json").read_text())["config"]["tasks"][0]

@@ -24,6 +24,64 @@ class ConfigError(ValueError):
     pass
 
 
+#: the most values a config may expand to through its YAML aliases (the largest shipped config has ~300)
+MAX_YAML_VALUES = 100_000
+
+
+def read_yaml(path: str | Path, limit: int = MAX_YAML_VALUES):
+    """The YAML document in `path`, refused (ConfigError) when it is not valid YAML or when its aliases
+    would expand it beyond `limit` values ("billion laughs": a few lines of nested aliases that grow to
+    gigabytes once the config is written into a manifest). The expanded size is counted on the composed
+    node graph, where an alias is one shared node, before anything is constructed or expanded."""
+    path = Path(path)
+    try:
+        loader = yaml.SafeLoader(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e}); save the config as UTF-8") from e
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, limit)
+        if size > limit:
+            raise ConfigError(f"{path}: its aliases (&anchor / *alias) expand it to more than {limit:,} values, far "
+                              "beyond any config; write the values out or remove the nested aliases")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """Values `node` stands for once every alias is expanded (memoised per shared node; capped above `limit`)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a node reached again while being counted is a cycle: too large
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(child, memo, limit) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
+    else:
+        total = 1
+    memo[key] = min(total, limit + 1)
+    return memo[key]
+
+
+def _number_hint(value, tp) -> str:
+    """For a number YAML read as a string (YAML 1.1 reads 1e9 as text: it wants a dot and a sign)."""
+    if not isinstance(value, str) or not (_type_ok(1, tp) or _type_ok(1.0, tp)):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    whole = f"{int(number)} or " if number.is_integer() and abs(number) < 1e18 else ""
+    return (f"; YAML reads {value!r} as text, not a number: write {whole}{number:.1e}"
+            .replace("e+0", "e+").replace("e-0", "e-"))
+
+
 def _type_ok(value, tp) -> bool:
     origin = typing.get_origin(tp)
     if tp is typing.Any:
@@ -64,6 +122,7 @@ def from_mapping(cls, data: dict | None, where: str):
         if not _type_ok(data[name], hints[name]):
             raise ConfigError(
                 f"{where}.{name}: expected {hints[name]}, got {data[name]!r} ({type(data[name]).__name__})"
+                f"{_number_hint(data[name], hints[name])}"
             )
         if typing.get_origin(hints[name]) is tuple and isinstance(data[name], list):
             data[name] = tuple(data[name])
@@ -117,7 +176,7 @@ class ModelConfig:
 
 TOP_LEVEL = ("name", "description", "source", "architecture")
 SECTIONS = ("train", "probes", "thresholds", "spectral", "onsets", "validation", "report", "grok", "sweep", "analysis", "li2",
-            "li2_controls")
+            "li2_controls", "boot")
 
 
 def _section_owners() -> dict[str, type | None]:
@@ -127,12 +186,13 @@ def _section_owners() -> dict[str, type | None]:
     from headscreen.probes.classify import ScreenThresholds
     from headscreen.probes.preid import PreidSettings
     from headscreen.probes.suite import ProbeSuite
+    from headscreen.series.precision import BootSettings
     from headscreen.spectral.config import OnsetSettings, SpectralConfig
     from headscreen.synthetic.config import TrainConfig
 
     return {"train": TrainConfig, "probes": ProbeSuite, "thresholds": ScreenThresholds, "spectral": SpectralConfig,
             "onsets": OnsetSettings, "validation": ValidationSettings, "preid": PreidSettings,
-            "report": None}
+            "boot": BootSettings, "report": None}
 
 
 def check_sections(sections: dict[str, dict], where: str) -> None:
@@ -164,10 +224,7 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"config {path_or_name!r} not found; give a YAML path or one of {known}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     unknown = sorted(set(data) - set(TOP_LEVEL) - set(SECTIONS))
@@ -222,5 +279,27 @@ def config_series(cfg: ModelConfig, *, local_path: str | Path | None = None, cac
         )
     assert cfg.source.repo and cfg.source.revision_format and cfg.source.schedule
     revs = revisions(cfg.source.schedule, cfg.source.revision_format, cfg.source.tokens_per_step)
-    return HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
-                     trust_remote_code=trust_remote_code, config_name=cfg.name)
+    revs, rec = _with_hub_names(cfg.source.repo, revs)
+    series = HubSeries(cfg.source.repo, revs, cache_dir=cache_dir, allow_pickle=cfg.source.allow_pickle,
+                       trust_remote_code=trust_remote_code, config_name=cfg.name)
+    series.hub_reconcile = rec
+    return series
+
+
+def _with_hub_names(repo: str, revs: list):
+    """The config's revisions under the hub's own branch names when the hub answers (one API call;
+    headscreen.series.hub_refs), with the reconciliation record; offline, the config's names and None."""
+    import sys
+
+    from headscreen.series.hub import hub_offline
+    from headscreen.series.hub_refs import hub_names, hub_revisions, reconcile
+
+    if hub_offline():
+        return revs, None
+    try:
+        hub = hub_revisions(repo)
+    except Exception as e:  # no network, a dead endpoint, an unknown repo: the screen's own checks say which
+        print(f"warning: could not list the branches of {repo} ({type(e).__name__}); using the config's revision "
+              "names unverified", file=sys.stderr)
+        return revs, {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+    return hub_names(revs, hub), reconcile(revs, hub)

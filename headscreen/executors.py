@@ -25,6 +25,11 @@ from typing import Any
 EXECUTORS = ("local", "process", "ray")
 
 
+class WorkerDied(RuntimeError):
+    """A worker process (process pool or Ray) died under a task: an environment fault the CLI reports in
+    one line (exit code 2); what the driver had written is kept, so a rerun resumes."""
+
+
 @dataclass(frozen=True)
 class TaskFailed:
     """A task that raised (`error` is its exception) or whose worker died (`crashed`)."""
@@ -119,9 +124,24 @@ class ProcessExecutor(Executor):
             self._pool = None
 
 
+def _local_ray_settings() -> None:
+    """Before Ray is imported: its usage reporting off, and its node address the loopback one (Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import as "no multi-node cluster": every gRPC server and agent
+    of the local cluster then listens on 127.0.0.1 only, measured with `ss -ltnp` on Ray 2.60)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def _loopback_after_import(ray) -> None:
+    """Where Ray was imported before the environment was set (a library caller), the same switch."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 class RayExecutor(Executor):
-    """Tasks on a Ray cluster: `address=None` starts a local one (`workers` CPUs) unless this process is
-    already connected; "auto" joins the running cluster; "ray://host:port" a remote one. Every task asks
+    """Tasks on a Ray cluster: `address=None` starts a local one (`workers` CPUs, listening on 127.0.0.1
+    only, with Ray's usage reporting off: `_local_ray_settings`) unless this process is already connected; "auto" joins the running cluster; "ray://host:port" a remote one. Every task asks
     for `threads` CPUs, so Ray runs at most CPUs/threads of them at once. Tasks are not retried: a
     dead worker is reported to the driver, which keeps what finished (rerun to resume)."""
 
@@ -129,6 +149,8 @@ class RayExecutor(Executor):
 
     def __init__(self, workers: int = 2, threads: int = 1, address: str | None = None) -> None:
         super().__init__(workers, threads)
+        if address is None:  # a local cluster of our own: loopback only, no usage reporting
+            _local_ray_settings()
         try:
             import ray
         except ImportError as e:
@@ -137,6 +159,8 @@ class RayExecutor(Executor):
         self._started = False
         if not ray.is_initialized():
             kwargs = {"num_cpus": workers * threads} if address is None else {"address": address}
+            if address is None:
+                _loopback_after_import(ray)
             # workers import headscreen/pipelines from where this process does (a checkout, not a stale install)
             here = str(Path(__file__).resolve().parent.parent)
             path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)

@@ -123,11 +123,15 @@ class RunStore:
         `tables: {"status": "stale"}` marks the tables stale before the records change.
         """
         from headscreen.binding import series_refusal
+        from headscreen.runkind import WRITERS, manifest_kind, require_kind
 
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
             raise NotARun(f"--out {store.root} is an existing file, not a run directory; give a new or existing "
                           "directory instead")
+        kind = manifest_kind(manifest)
+        if kind is not None:  # before --force is considered: force never turns one kind into another
+            require_kind(store.root, kind, WRITERS.get(kind, "this command"))
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -135,6 +139,7 @@ class RunStore:
         store.acquire(manifest.get("kind", "write"))
         try:
             store._clean_temporaries()
+            store.finish_staged()
             hashed = manifest.get("results_config", manifest.get("config", {}))
             new_hash = config_hash(hashed)
             old = store.manifest() if (store.root / MANIFEST).exists() else None
@@ -166,16 +171,29 @@ class RunStore:
         return store
 
     @classmethod
-    def locked(cls, root: str | Path, purpose: str) -> RunStore:
-        """An existing run, with its lock held (for a writer that adds to a finished run, e.g. validate)."""
-        store = cls.existing(root)
+    def locked(cls, root: str | Path, purpose: str, *, kind: str | None = None,
+               command: str | None = None) -> RunStore:
+        """An existing run, with its lock held (for a writer that adds to a finished run, e.g. validate).
+        Outputs of an earlier writer that were staged and committed but not all published are
+        published first (`finish_staged`)."""
+        store = cls.existing(root, kind=kind, command=command)
         store.acquire(purpose)
+        try:
+            store.finish_staged()
+        except BaseException:
+            store.release()
+            raise
         return store
 
     @classmethod
-    def existing(cls, root: str | Path) -> RunStore:
-        """A finished or running run, for reading (no lock)."""
+    def existing(cls, root: str | Path, *, kind: str | None = None, command: str | None = None) -> RunStore:
+        """A finished or running run, for reading (no lock). With `kind`, a directory of another kind
+        (or one holding the files of two kinds) is refused in one line naming what it is."""
+        from headscreen.runkind import require_kind
+
         store = cls(root)
+        if kind is not None and store.root.is_dir():
+            require_kind(store.root, kind, command or "this command", reading=True)
         if not (store.root / MANIFEST).exists():
             raise NotARun(
                 f"{store.root} is not a headscreen run (no {MANIFEST}); give a directory written by "
@@ -218,6 +236,12 @@ class RunStore:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def finish_staged(self) -> list[str]:
+        """Publish the committed, unpublished outputs of an earlier writer (headscreen/staged.py)."""
+        from headscreen.staged import finish_staged
+
+        return finish_staged(self.root)
 
     def _clean_temporaries(self) -> None:
         for tmp in self.root.rglob(".*.tmp-*"):

@@ -13,13 +13,14 @@ from pipelines.common import positive_int
 
 def commands():
     """(name, module, one-line help). A workflow is listed only once it works end to end."""
-    from pipelines import demo, grok, report, screen, series_info, train, validate
+    from pipelines import attention, demo, grok, report, screen, series_info, train, validate
 
     return [
         ("demo", demo, "the embedded default end to end: train, screen, validate, report"),
         ("series", series_info, "list the checkpoints of a series and its attention geometry"),
         ("train", train, "train a synthetic recipe (model_configs/synthetic-*.yaml) into a checkpoint series"),
         ("screen", screen, "fingerprint and screen every head of every checkpoint (one pass)"),
+        ("attention", attention, "store the circuit and BOS heads' attention patterns of a screened run (report viewer)"),
         ("validate", validate, "ablate and patch a screened run's circuits against matched-random nulls"),
         ("grok", grok, "train a toy grokking task with its trajectory captured, and analyse it; or a sweep"),
         ("report", report, "render HTML / Markdown / JSON circuit reports from run directories"),
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C in exit code 130 (every finished record is kept: rerun the command to resume)."""
     cpu = _plan_cpu(argv)  # before anything imports torch
     from headscreen.config import ConfigError
+    from headscreen.executors import WorkerDied
     from headscreen.runtime import tune_allocator
     from headscreen.series import SeriesError
     from headscreen.store import StoreError
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headscreen {args.command}: interrupted; finished records are kept — rerun the same command to "
               "resume", file=sys.stderr)
         return 130
-    except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
+    except (SeriesError, StoreError, ConfigError, ValueError, FileExistsError, FileNotFoundError, WorkerDied) as e:
         print(f"headscreen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a fault of the environment (disk, permissions) outside the run store's own writes

@@ -46,17 +46,24 @@ def set_threads(n: int | None) -> None:
 
 
 def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                   cache_dir: str | None = None):
+                   cache_dir: str | None = None, command: str = "`headscreen screen`", trajectories: bool = False):
     """(series, config or None) for a series folder, a model config name, or a YAML path.
 
     A path that exists is a local series (no hub call is made). Otherwise `spec` names a config
     from model_configs/ (e.g. `pythia-160m`) whose source says where the checkpoints are.
     Remote code is granted by `trust_remote_code` alone (a config asking for it without it is refused).
+    A run directory (and, unless `trajectories`, a grok run's trajectory) is refused in one line naming
+    what it is (headscreen/runkind.py); `command` names the command in that line.
     """
+    from headscreen.runkind import directory_kind, refuse_run_as_series
     from headscreen.series import LocalSeries
 
     path = Path(spec)
+    if path.is_symlink() and not path.exists():  # a loop or a dangling link: named as such, not as a config
+        return LocalSeries(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), None
     if path.is_dir():
+        if not (trajectories and directory_kind(path) == "grok-trajectory"):
+            refuse_run_as_series(path, command)
         return LocalSeries(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), None
     if path.suffix in (".yaml", ".yml") or not path.exists():
         try:

@@ -71,9 +71,9 @@ def _analyse_run():
 def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True,
                     device: str | None = "cpu") -> dict:
     """Train (or resume) one run on `device` (headscreen/device.py), then write grok.json; returns grok.json's
-    dict (or the final curve row where no analysis is available)."""
-    import json
-
+    dict (or the final curve row where no analysis is available). grok.json is reused only while it was
+    computed from the trajectory now on disk (headscreen.grokking.lifecycle), else recomputed."""
+    from headscreen.grokking.lifecycle import current_analysis, remove_analysis
     from headscreen.grokking.train import train_run
 
     out = Path(out)
@@ -84,9 +84,10 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
         write_comparison(out)  # comparison.json: the run beside the published records (the report renders it)
     fn = _analyse_run() if analyse else None
     if fn is not None:
-        if force or not (out / "grok.json").exists():
-            return fn(out, progress=progress)
-        return json.loads((out / "grok.json").read_text())
+        current = current_analysis(out)  # grok.json of exactly this trajectory, or None
+        return current if current is not None else fn(out, progress=progress)
+    if current_analysis(out, any_settings=True) is None:  # --no-analysis: no analysis of an older
+        remove_analysis(out)  # trajectory outlives this training; a current one is kept
     import pandas as pd
 
     last = pd.read_parquet(out / "curves.parquet").groupby("task").last()
@@ -139,6 +140,34 @@ def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int =
     return results, errors
 
 
+def _check_grid_overrides(name: str, grid_cfg, overrides: dict) -> None:
+    """A flag may not set a field the sweep's grid varies: the grid would silently win."""
+    axes = {"weight_decay": "--wd", "lr": "--lr", "seed": "--seed", "intervention.strength": "--strength"}
+    for field, flag in axes.items():
+        values = getattr(grid_cfg, field.replace(".", "_"))
+        if overrides.get(field) is not None and values is not None:
+            raise ConfigError(f"{flag} {overrides[field]} sets a field that the sweep of {name!r} varies "
+                              f"({field.replace('.', '_')}: {list(values)}); edit the sweep: section instead, or "
+                              f"drop {flag}")
+
+
+def check_task_config(task: str, config: str | Path | ModelConfig) -> None:
+    """`grok <task> --config X` trains X's tasks: refuse an X whose tasks are not <task>'s."""
+    if task not in TASK_CONFIGS:
+        return
+    own = load_config(TASK_CONFIGS[task]).section("grok")
+    other = (config if isinstance(config, ModelConfig) else load_config(config)).section("grok")
+
+    def tasks(section: dict) -> list:
+        return [section["task"]] if "task" in section else list(section.get("tasks") or ["add"])
+
+    if task == "multitask" and len(tasks(other)) > 1:  # any set of tasks sharing a trunk
+        return
+    if tasks(own) != tasks(other):
+        raise ConfigError(f"`grok {task} --config {config}`: that config trains {tasks(other)}, not {task}'s "
+                          f"{tasks(own)}; use the subcommand of its task, or a config of {task}")
+
+
 def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None,
           workers: int | None = None, progress: bool = True, analyse: bool = True, executor=None,
           device: str | None = "cpu"):
@@ -147,22 +176,25 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     import pandas as pd
 
     from headscreen.provenance import provenance
+    from headscreen.runkind import require_kind
     from headscreen.store import atomic_write, write_json
 
     mc, base, grid_cfg = load_grok_config(config, overrides)
     if grid_cfg is None:
         raise ConfigError(f"config {mc.name!r} has no sweep: section; add one with weight_decay/lr/seed lists")
+    _check_grid_overrides(mc.name, grid_cfg, overrides or {})
     out = Path(out)
+    require_kind(out, "grok-sweep", "`headscreen grok sweep`")
     grid = grid_cfg.grid(base)
     runs = out / "runs"
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
                                progress=progress, analyse=analyse, executor=executor, device=device)
-    if analyse and not errors and _analyse_run() is not None:
+    if analyse and _analyse_run() is not None:
         from headscreen.grokking.summary import write_sweep_summary
 
-        table = write_sweep_summary(out, analyse_missing=False, progress=False)  # + the lead-time power law
+        table = write_sweep_summary(out, progress=False)  # + the lead-time power law; unfinished runs: empty rows
     else:  # the grid and each run's final accuracies, or its error
         rows = [{"run": name, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "seed": cfg.seed,
                  "error": errors.get(name), **{k: v for k, v in results.get(name, {}).items()
@@ -176,8 +208,11 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
         comp = sweep_comparison(out)
         atomic_write(out / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))
     if errors:
-        raise RuntimeError(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept; rerun to "
-                           f"resume): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        from headscreen.grokking.lifecycle import SweepRunsFailed
+
+        raise SweepRunsFailed(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept and "
+                              f"summarised in {out / 'sweep.parquet'}; rerun the same command to resume the others): "
+                              + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     return table
 
 
@@ -205,7 +240,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="intervention strength: s in [0, 1] (suppress) or a >= 0 (amplify)")
     p.add_argument("--intervention-start", type=int, help="step from which the intervention acts (basis built there)")
     p.add_argument("--split", choices=("simple", "addjump"), help="SCAN split")
-    p.add_argument("--config", help="a YAML path or config name to use instead of the task's own")
+    p.add_argument("--config", help="a YAML path or config name (of the same task) to use instead of the task's "
+                                    "own; `grok sweep` takes its config as CONFIG only")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a run of the same config)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-analysis", action="store_true", help="train only; do not write grok.json")
@@ -234,6 +270,21 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {field: getattr(args, flag) for flag, field in FLAGS.items()}
 
 
+def _check_threads(args: argparse.Namespace) -> None:
+    """An explicit --threads that differs from the thread count of the run it would resume: refuse (the
+    resumed trajectory would match no uninterrupted run); an automatic choice yields to the run's."""
+    from headscreen.grokking.sessions import resume_threads
+
+    threads = getattr(args, "threads", None)  # the top-level --threads; None = chosen automatically
+    if threads is None or args.force:
+        return
+    recorded = resume_threads(args.out)
+    if recorded is not None and recorded != threads:
+        raise ConfigError(f"run {args.out} was trained at {recorded} torch thread(s) and resumes only at that count "
+                          f"(a trajectory is bit-reproducible at one thread count); rerun with --threads {recorded}, "
+                          f"or without --threads, or with --force to start over at {threads}")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.grok_command == "li2":
         return grok_li2.main(args)
@@ -241,15 +292,21 @@ def main(args: argparse.Namespace) -> int:
         return compare_main(args)
     progress, analyse = not args.no_progress, not args.no_analysis
     if args.grok_command == "sweep":
-        _, _, grid_cfg = load_grok_config(args.config or args.sweep_config, _overrides(args))
+        if args.config is not None:
+            raise ConfigError(f"`grok sweep {args.sweep_config} --config {args.config}` names two configs; give the "
+                              "sweep's config once, as CONFIG")
+        _, _, grid_cfg = load_grok_config(args.sweep_config, _overrides(args))
         args.workers = args.workers or (grid_cfg.workers if grid_cfg else None)
         with executor_from_args(args) as executor:
-            table = sweep(args.config or args.sweep_config, args.out, overrides=_overrides(args),
+            table = sweep(args.sweep_config, args.out, overrides=_overrides(args),
                           workers=args.workers, progress=progress, analyse=analyse, executor=executor,
                           device=args.device)
         print(table.to_string(index=False))
         print(f"sweep written to {args.out} (sweep.parquet, sweep.json, runs/)")
         return 0
+    if args.config is not None:
+        check_task_config(args.grok_command, args.config)
+    _check_threads(args)
     result = grok(args.config or args.grok_command, args.out, overrides=_overrides(args), progress=progress,
                   force=args.force, analyse=analyse, device=args.device)
     for key in ("grok_step", "memorisation_step", "defect_onset_step", "gap_open_step", "final_train_acc",
@@ -266,6 +323,7 @@ def compare(target: str | Path, reference: str | Path | None = None, figure: str
     from headscreen.store import atomic_write
 
     target = Path(target)
+    _require_compare_target(target)
     if (target / "manifest.json").is_file():
         comp = write_comparison(target, reference)
         if figure is not None:
@@ -281,10 +339,23 @@ def compare(target: str | Path, reference: str | Path | None = None, figure: str
                       "of `headscreen grok` or `headscreen grok sweep`")
 
 
+def _require_compare_target(target: Path) -> None:
+    """`grok compare` writes its comparison into a grok run or a grok sweep only (headscreen/runkind.py)."""
+    from headscreen.runkind import KINDS, WrongKind, check_not_mixed, directory_kind
+
+    kind = directory_kind(target)
+    if kind in ("screen", "series", "grok-trajectory", "report"):
+        raise WrongKind(f"{target} is {KINDS[kind]}; `headscreen grok compare` reads grok runs and grok sweeps: give a "
+                        "--out directory of `headscreen grok` or `headscreen grok sweep`")
+    if kind in ("grok", "li2"):
+        check_not_mixed(target, kind)
+
+
 def compare_main(args: argparse.Namespace) -> int:
     from headscreen.grokking.compare import comparison_table, print_sweep_report
 
     target = Path(args.target)
+    _require_compare_target(target)
     if (target / "manifest.json").is_file():
         comp = compare(target, args.reference, args.figure)
         print(comparison_table(comp).to_string(index=False))

@@ -29,9 +29,13 @@ from headscreen.probes.suite import ProbeSuite
 from headscreen.provenance import provenance
 from headscreen.series import LOADING_MODE, Series, SeriesError
 from headscreen.series.identity import series_identity
+from headscreen.series.precision import CHOICES as DTYPE_CHOICES
+from headscreen.series.precision import BootSettings, resolve_for_series
 from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
+from headscreen.spectral.duplicates import drop_duplicates
 from headscreen.store import VALIDATION_OUTPUTS, RunStore
+from pipelines.attention import record_attention
 from pipelines.common import (
     add_device_argument,
     add_executor_arguments,
@@ -45,6 +49,7 @@ from pipelines.screen_chunks import (
     PROBE_TABLES,
     head_weights_from_bridge,
     record_checkpoints,
+    record_duplicates,
     sketches_from_records,
 )
 
@@ -66,6 +71,7 @@ class ScreenSettings:
     onsets: OnsetSettings = field(default_factory=OnsetSettings)
     preid: PreidSettings = field(default_factory=PreidSettings)  # summary only: not in the config hash (preid.json)
     probe_every: int = 1  # run the probes on every k-th checkpoint (and always the last)
+    boot: BootSettings = field(default_factory=BootSettings)  # the probed checkpoints' precision (--dtype)
 
     def __post_init__(self):
         if not isinstance(self.probe_every, int) or isinstance(self.probe_every, bool) or self.probe_every < 1:
@@ -87,12 +93,13 @@ class ScreenSettings:
             probes=from_mapping(ProbeSuite, probes, f"{where}: probes"),
             onsets=from_mapping(OnsetSettings, cfg.section("onsets"), f"{where}: onsets"),
             preid=from_mapping(PreidSettings, cfg.section("preid"), f"{where}: preid"),
+            boot=from_mapping(BootSettings, cfg.section("boot"), f"{where}: boot"),
         )
 
     def to_dict(self) -> dict:
         return {"spectral": self.spectral.to_dict(), "thresholds": dataclasses.asdict(self.thresholds),
                 "probes": self.probes.to_dict(), "onsets": dataclasses.asdict(self.onsets),
-                "probe_every": self.probe_every}
+                "probe_every": self.probe_every, "boot": dataclasses.asdict(self.boot)}
 
     def results_dict(self) -> dict:
         """The settings that change a screen's results (the run's config hash covers these only):
@@ -100,6 +107,9 @@ class ScreenSettings:
         d = self.to_dict()
         d["spectral"] = {k: v for k, v in d["spectral"].items() if k not in NO_RESULT_FIELDS["spectral"]}
         d["probes"] = {k: v for k, v in d["probes"].items() if k not in NO_RESULT_FIELDS["probes"]}
+        boot = d.pop("boot")  # the resolved dtype changes results; float32 (every older run's) hashes as before
+        if boot["dtype"] != "float32":
+            d["boot_dtype"] = boot["dtype"]
         return d
 
 
@@ -180,6 +190,8 @@ def screen(
         config = config or config_from_spec
     identities = series_identity(series)
     settings, chosen = fit_probes(series, settings or ScreenSettings.from_config(config))
+    boot, chosen["dtype"] = resolve_for_series(series, settings.boot, plan.device, _last_good(series))  # sets series.boot_dtype
+    settings = dataclasses.replace(settings, boot=boot)
     manifest = {
         "kind": "screen",
         "model": config.name if config else series.name,
@@ -193,7 +205,7 @@ def screen(
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
-        "device": plan.record(),
+        "device": {**plan.record(), "param_dtype": boot.dtype},
         "probe_defaults": chosen,
         **provenance(),
     }
@@ -216,6 +228,7 @@ def screen(
                 raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
                                   f"{store.root}/manifest.json `skipped`")
             _summarise(store, settings, good, sorted(probe_steps & set(good)))
+            record_attention(store, series, settings.probes, device=plan.device, progress=progress)  # the report's viewer
     finally:
         if own:
             executor.close()
@@ -271,10 +284,12 @@ def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], prob
     tensors = [store.read_tensors("sketch", s)[0] for s in steps]
     sketches = sketches_from_records(tensors)  # [T, layer, head, d]
     norms = torch.stack([t["update_norm"] for t in tensors])  # [T, layer, head]
+    duplicates = record_duplicates(store, steps, norms)
+    sketches, steps_w, norms = drop_duplicates(sketches, steps, norms, duplicates)  # windows skip zero updates
     need = settings.spectral.window + 1
     onset_table = pd.DataFrame(columns=["layer", "head", "metric", "onset_step"])
-    if len(steps) >= need:
-        fp = fingerprint(sketches, steps, config=settings.spectral, update_norms=norms)
+    if len(steps_w) >= need:
+        fp = fingerprint(sketches, steps_w, config=settings.spectral, update_norms=norms)
         store.write_table("fingerprints", fp)
         found = []
         for metric in settings.onsets.metrics:
@@ -289,7 +304,8 @@ def _summarise(store: RunStore, settings: ScreenSettings, steps: list[int], prob
         store.update_manifest(fingerprints={"status": "done", "windows": int(fp["step"].nunique())})
     else:
         msg = (f"fingerprints need at least W+1 = {need} checkpoints (window W = {settings.spectral.window}); "
-               f"this series has {len(steps)}. Add checkpoints or lower spectral.window.")
+               f"this series has {len(steps_w)}{' distinct' if duplicates else ''}. Add checkpoints or lower "
+               "spectral.window.")
         print(f"screen: {msg}", file=sys.stderr)
         store.remove_outputs(("fingerprints.parquet", "onsets.parquet"))
         store.update_manifest(fingerprints={"status": "skipped", "reason": msg})
@@ -324,6 +340,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let transformers run Python code shipped with the checkpoints (a config cannot grant it)")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p, what="the probes' forward passes")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="precision the probed checkpoints are booted in (default: the config's boot.dtype, else "
+                        "auto: float32 when it fits the memory budget, else the stored dtype; "
+                        "headscreen/series/precision.py)")
     add_executor_arguments(p)
 
 
@@ -335,6 +355,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         require_remote_code_flag(cfg, args.trust_remote_code)
     settings = dataclasses.replace(ScreenSettings.from_config(cfg), probe_every=args.probe_every)
+    if args.dtype is not None:
+        settings = dataclasses.replace(settings, boot=dataclasses.replace(settings.boot, dtype=args.dtype))
     with executor_from_args(args) as executor:
         out = screen(series, args.out, config=cfg, settings=settings, force=args.force, skip_bad=args.skip_bad,
                      progress=not args.no_progress, executor=executor, device=args.device)

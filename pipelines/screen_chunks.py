@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from headscreen.executors import Executor, TaskFailed, chunks
+from headscreen.executors import Executor, TaskFailed, WorkerDied, chunks
+from headscreen.probes.budget import micro_batch_for
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint
 from headscreen.series import HeadWeights, NonFiniteOutputs, Series, SeriesError
 from headscreen.spectral import HeadSketcher
@@ -55,8 +56,9 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
     if batches is None:
         tok = getattr(bridge, "tokenizer", None)
         batches = settings.probes.build(n_ctx=bridge.cfg.n_ctx, d_vocab=bridge.cfg.d_vocab, tokenizer=tok)
+    micro = micro_batch_for(bridge, batches, settings.probes.micro_batch, device=device)  # capped to the memory budget
     with torch.no_grad():
-        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=settings.probes.micro_batch,
+        tables = screen_checkpoint(bridge, batches, settings.thresholds, micro_batch=micro,
                                    step=ckpt.step, tokens=ckpt.tokens)
     bad = non_finite_outputs(tables)
     if bad:
@@ -225,7 +227,7 @@ class _Writer:
             first, last = ckpts[self.kept[chunk.lo]], ckpts[self.kept[chunk.hi - 1]]
             if not out.crashed:
                 raise out.error
-            raise RuntimeError(f"screen: a worker died while screening steps {first.step}..{last.step} "
+            raise WorkerDied(f"a worker died while screening steps {first.step}..{last.step} "
                                f"({out.describe()}); every earlier record is kept — rerun the same command to resume")
         self.begin(chunk)
         for rec in out["records"]:
@@ -300,3 +302,16 @@ def sketches_from_records(tensors: list[dict]) -> torch.Tensor:
             s = s + t["increment"]
         out.append(s)
     return torch.stack(out)
+
+
+def record_duplicates(store: RunStore, steps: list[int], norms: torch.Tensor) -> list[dict]:
+    """Find the checkpoints of `steps` that repeat their predecessor's attention weights exactly
+    (headscreen.spectral.duplicates), record them in the manifest's `duplicates` (an empty list when
+    none) and say so on stderr. Returns them."""
+    from headscreen.spectral.duplicates import RULE, describe, find_duplicates
+
+    found = find_duplicates(steps, norms, store.manifest().get("checkpoints"))
+    store.update_manifest(duplicates=found, duplicates_rule=RULE)
+    if found:
+        print(f"screen: {describe(found)}", file=sys.stderr)
+    return found

@@ -23,11 +23,13 @@ def series_info(spec: str, *, allow_pickle: bool = False, trust_remote_code: boo
     """A description of the series `spec` (folder or config): checkpoints and, for local series, the
     geometry groups (`geometries`: one entry per distinct geometry with its steps) and `problems`
     (one line per bad checkpoint, and one when the geometry is not the same throughout)."""
-    series, cfg = resolve_series(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    series, cfg = resolve_series(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                 command="`headscreen series`", trajectories=True)
     info = series.describe()
     info["checkpoints"] = [{"step": c.step, "tokens": c.tokens, "name": c.name, **c.meta} for c in series]
     info["problems"] = []
     if series.source_kind == "hub":
+        info["hub_revisions"] = getattr(series, "hub_reconcile", None)
         avail = series.availability()
         info["availability"] = avail
         if avail["hub"] is not None and not avail["cached"]:
@@ -90,6 +92,14 @@ def main(args: argparse.Namespace) -> int:
         a = info["availability"]
         hub = f"reachable at {a['endpoint']}" if a["hub"] is None else f"not usable ({a['hub']})"
         print(f"  hub: {hub}; cached: {len(a['cached'])} of {info['n_checkpoints']} revisions (config.json) in {a['cache']}")
+    rec = info.get("hub_revisions")
+    if rec and "error" not in rec:
+        from headscreen.series.hub_refs import describe
+
+        for line in describe(rec):
+            print(f"  {line}")
+    elif rec:
+        print(f"  hub branches: not listed ({rec['error']})")
     if "tokenizer_dir" in info:
         print(f"  tokenizer: {info['tokenizer_dir'] or 'none (token-id probes only)'}")
     rows = info["checkpoints"]

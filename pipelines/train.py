@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from headscreen.runkind import require_kind
+
+    require_kind(args.out, "series", "`headscreen train`")  # never into a run directory
     corpus = _UNSET if args.corpus is None else (None if args.corpus == "builtin" else args.corpus)
     out = train(args.config, args.out, threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress,
                 max_threads=auto_threads(args), device=args.device, corpus=corpus, seed=args.seed)

@@ -21,15 +21,18 @@ from headscreen.causal.ablation import Scoring
 from headscreen.causal.settings import ValidationSettings
 from headscreen.causal.validate import ablate_blocks, probe_source
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
-from headscreen.executors import TaskFailed, chunks
+from headscreen.executors import TaskFailed, WorkerDied, chunks
 from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
-from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, write_json
+from headscreen.series.precision import CHOICES as DTYPE_CHOICES
+from headscreen.series.precision import boot_dtype_for_validate
+from headscreen.staged import Stage
+from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, atomic_write, write_json
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
-from pipelines.preid import preidentify_run
+from pipelines.preid import preid_tables, write_preid
 
 __all__ = ["ValidationSettings", "validate"]
 
@@ -88,7 +91,8 @@ def _previous_senders(run: RunStore, step: int, probe: str, found: list) -> tupl
 def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: list[list[int]] | None = None,
              probe: str = "retrieval", ablations: tuple[str, ...] | None = None, n_null: int | None = None,
              seed: int | None = None, config: str | Path | None = None, progress: bool = True,
-             trust_remote_code: bool = False, executor=None, device: str | None = "cpu") -> Path:
+             trust_remote_code: bool = False, executor=None, device: str | None = "cpu",
+             dtype: str | None = None) -> Path:
     """Validate the induction circuit of a screened run (default: at its last screened checkpoint).
 
     `circuit` overrides the screened circuit. `ablations`, `n_null` and `seed` default to the
@@ -101,20 +105,22 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     `executor` (headscreen.executors; default: this process) splits the ablated head sets (the
     matched-random null) across its workers in whole blocks: the numbers do not change.
     `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the checkpoint runs (float32); recorded
-    in validation.json's `device`.
+    in validation.json's `device`. `dtype` (auto|float32|bfloat16|float16): the precision the checkpoint
+    is booted in; None: the screen's (the manifest's `device.param_dtype`), recorded in `device.param_dtype`.
     """
     from headscreen.device import plan_device
 
     plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
-    with RunStore.locked(run_dir, "validate") as run:
+    _check_arguments(circuit, ablations, n_null)
+    with RunStore.locked(run_dir, "validate", kind="screen", command="`headscreen validate`") as run:
         run.check_tables_current("validate")
         return _validate_locked(run, checkpoint=checkpoint, circuit=circuit, probe=probe, ablations=ablations,
                                 n_null=n_null, seed=seed, config=config, progress=progress,
-                                trust_remote_code=trust_remote_code, executor=executor, plan=plan)
+                                trust_remote_code=trust_remote_code, executor=executor, plan=plan, dtype=dtype)
 
 
 def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
-                     progress, trust_remote_code: bool = False, executor=None, plan=None) -> Path:
+                     progress, trust_remote_code: bool = False, executor=None, plan=None, dtype=None) -> Path:
     from headscreen.device import plan_device
 
     plan = plan or plan_device("cpu")
@@ -131,9 +137,12 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     step = steps[-1] if checkpoint is None else int(checkpoint)
     if step not in steps:
         raise ConfigError(f"checkpoint {step} was not screened in {run.root}; screened: {steps}")
-    run.remove_outputs(VALIDATION_OUTPUTS)  # validation.json first: it is what marks a validation as done
+    screened = sorted((circuits["steps"].get(str(step)) or {}).keys())
+    if screened and probe not in screened:
+        raise ConfigError(f"probe {probe!r} was not screened in {run.root}; screened probes: {screened}")
     found = _circuit_at(circuits, step, probe)
     heads = [list(map(int, h)) for h in (circuit if circuit is not None else found["induction"])]
+    _check_heads_in_run(run, heads)
     summary: dict = {"format": "headscreen-validation-run/1", "step": step, "probe": probe,
                      "circuit": heads, "circuit_source": "given" if circuit is not None else "screened induction circuit",
                      "n_null": n_null, "seed": seed, "ablations": {},
@@ -145,11 +154,15 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
         summary["reason"] = (f"no head reaches the induction-circuit threshold at step {step} on the {probe} probe; "
                              "nothing to validate")
         print(f"validate: {summary['reason']}", file=sys.stderr)
-        return write_json(run.root / "validation.json", summary)
+        stage = Stage(run.root, "validate")
+        write_json(stage.path("validation.json"), summary)
+        stage.commit(["validation.json"], remove=VALIDATION_OUTPUTS)
+        return run.root / "validation.json"
 
     recorded = (manifest.get("config") or {}).get("probes") or {}  # the run's probes, as screened
     suite = ProbeSuite(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     series = _series_of(manifest, trust_remote_code=trust_remote_code)
+    summary["device"]["param_dtype"] = boot_dtype_for_validate(series, manifest, dtype, plan.device, step)
     ckpt = series.checkpoint(step)
     bridge = series.boot(ckpt, device=plan.device)  # its checks first: a corrupt checkpoint is named as such
     refusal = checkpoint_refusal(run.root, manifest, checkpoint_identity(series, ckpt))
@@ -184,11 +197,51 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
     # the primary ablation's per-checkpoint summary, in the list form the report reads
     summary["checkpoints"] = [summary["ablations"][ablations[0]]]
     summary["status"] = "done"
-    run.write_table("validation", pd.concat(rows, ignore_index=True))
-    run.write_table("patching", pdf)
-    path = write_json(run.root / "validation.json", summary)
-    preidentify_run(run.root)  # the pre-identification tables now use the validated circuit
-    return path
+    return _publish(run, summary, pd.concat(rows, ignore_index=True), pdf)
+
+
+def _publish(run: RunStore, summary: dict, long: pd.DataFrame, patching: pd.DataFrame) -> Path:
+    """Replace the run's validation outputs and pre-identification tables (computed with the validated
+    circuit) in one step: every new file is written aside first, the old ones are kept until all are
+    (headscreen/staged.py); validation.json is published after the tables it describes."""
+    preid_table, preid_doc = preid_tables(run.root, validation=summary)
+    stage = Stage(run.root, "validate")
+    atomic_write(stage.path("validation.parquet"), lambda p: long.to_parquet(p, index=False))
+    atomic_write(stage.path("patching.parquet"), lambda p: patching.to_parquet(p, index=False))
+    write_json(stage.path("validation.json"), summary)
+    write_preid(stage.dir, preid_table, preid_doc)
+    stage.commit(["validation.parquet", "patching.parquet", "validation.json", "preid.parquet", "preid.json"])
+    return run.root / "validation.json"
+
+
+def _check_arguments(circuit, ablations, n_null) -> None:
+    """The arguments that need no run: refused before the run is opened."""
+    if circuit is not None:
+        seen = set()
+        for h in circuit:
+            key = tuple(int(x) for x in h)
+            if key in seen:
+                raise ValueError(f"--heads names head L{key[0]}H{key[1]} twice; list each head once")
+            seen.add(key)
+    if ablations is not None:
+        dup = sorted({a for a in ablations if list(ablations).count(a) > 1})
+        if dup:
+            raise ValueError(f"--ablation names {', '.join(dup)} twice; list each kind once")
+        ValidationSettings(ablations=tuple(ablations), n_null=100 if n_null is None else n_null)
+    elif n_null is not None:
+        ValidationSettings(n_null=n_null)
+
+
+def _check_heads_in_run(run: RunStore, heads: list[list[int]]) -> None:
+    """Every head of the circuit exists in the screened model (the run's classes table lists every head)."""
+    classes = run.read_table("classes")
+    if classes is None or not len(classes) or not heads:
+        return
+    n_layers, n_heads = int(classes["layer"].max()) + 1, int(classes["head"].max()) + 1
+    outside = [f"L{layer}H{head}" for layer, head in heads if not (0 <= layer < n_layers and 0 <= head < n_heads)]
+    if outside:
+        raise ValueError(f"--heads {', '.join(outside)} is outside the screened model ({n_layers} layers x {n_heads} "
+                         "heads, 0-indexed); nothing was changed in the run")
 
 
 def _null_blocks_task(series, step: int, suite: ProbeSuite, probe: str, ablation: str, seed: int, layers: list[int],
@@ -213,7 +266,7 @@ def _block_runner(executor, series, step, suite, ablation, seed, layers, device:
             if isinstance(done[i], TaskFailed):
                 if not done[i].crashed:
                     raise done[i].error
-                raise RuntimeError(f"validate: a worker died computing the null ({done[i].describe()}); nothing was "
+                raise WorkerDied(f"a worker died computing the null ({done[i].describe()}); nothing was "
                                    "written — rerun the same command")
         return [done[i] for i in range(len(tasks))]
     return run
@@ -232,6 +285,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run Python code shipped with the checkpoints (the manifest cannot grant it)")
     add_device_argument(p, what="the checkpoint's ablations and patching")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="precision the checkpoint is booted in (default: the screen's, manifest device.param_dtype)")
     add_executor_arguments(p)
 
 
@@ -241,6 +296,8 @@ def _parse_heads(text: str) -> list[list[int]]:
         head = parse_head_label(item)
         if head is None:
             raise ValueError(f"--heads item {item.strip()!r} is not like L1H3")
+        if list(head) in out:
+            raise ValueError(f"--heads names {item.strip()} twice; list each head once")
         out.append(list(head))
     return out
 
@@ -250,6 +307,6 @@ def main(args: argparse.Namespace) -> int:
         path = validate(args.run, checkpoint=args.checkpoint, circuit=_parse_heads(args.heads) if args.heads else None,
                         ablations=tuple(a.strip() for a in args.ablation.split(",") if a.strip()) if args.ablation else None,
                         n_null=args.n_null, seed=args.seed, config=args.config, trust_remote_code=args.trust_remote_code,
-                        executor=executor, device=args.device)
+                        executor=executor, device=args.device, dtype=args.dtype)
     print(f"validation written to {path}")
     return 0

@@ -4,6 +4,7 @@
 huggingface_hub's `model_info`, `list_repo_tree`, `hf_hub_download` and `snapshot_download`:
 
     GET  /api/models/{repo}/revision/{rev}        {"id", "sha", "siblings": [{"rfilename"}]}
+    GET  /api/models/{repo}/refs                  {"branches": [{"name", "ref", "targetCommit"}], ...}
     GET  /api/models/{repo}/tree/{rev}[/{path}]   [{"type": "file", "path", "size", "oid"}, ...]
     HEAD|GET /{repo}/resolve/{rev}/{file}          the bytes, with ETag, X-Repo-Commit, Content-Length
 
@@ -26,6 +27,8 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict[str, Path]] = {}  # repo -> branch -> folder
         self.requests: list[tuple[str, str]] = []  # (method, path)
+        # "<file>" or "<branch>/<file>" -> bytes sent before the connection drops (GET only)
+        self.cut: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo: str, branch: str, folder: str | Path) -> str:
@@ -80,6 +83,15 @@ class FakeHub:
         path = unquote(urlsplit(h.path).path)
         self.requests.append((h.command, path))
         parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) == 5 and parts[4] == "refs":  # list_repo_refs
+            repo = "/".join(parts[2:4])
+            if repo not in self.repos:
+                self._send(h, 404, b"", {"X-Error-Code": "RepoNotFound"}, body)
+                return
+            data = {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": self.sha(repo, b)}
+                                 for b in sorted(self.repos[repo])], "converts": [], "tags": []}
+            self._send(h, 200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body)
+            return
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo, rev = "/".join(parts[2:4]), parts[5]
             branch = self._find(h, repo, rev)
@@ -108,9 +120,24 @@ class FakeHub:
             data = f.read_bytes()
             headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": self.sha(repo, branch),
                        "Content-Type": "application/octet-stream"}
+            cut = next((self.cut[k] for k in (f"{branch}/{name}", name) if k in self.cut), None)
+            if body and cut is not None:  # announce every byte, send a part, drop the connection
+                self._send_cut(h, data, headers, cut)
+                return
             self._send(h, 200, data, headers, body)
             return
         self._send(h, 404, b"", {"X-Error-Code": "RepoNotFound"}, body)
+
+    @staticmethod
+    def _send_cut(h: BaseHTTPRequestHandler, data: bytes, headers: dict, n: int) -> None:
+        h.send_response(200)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[:n])
+        h.wfile.flush()
+        h.close_connection = True
 
     def _find(self, h, repo: str, rev: str) -> str | None:
         if repo not in self.repos:

@@ -26,7 +26,8 @@ def test_screen_without_config_fits_the_model(arch, tmp_path):
     assert probes["token_range"] == [2, 300]  # ids 0, 1 are <bos>/<eos>
     assert probes["bos_id"] is None  # the word tokenizer does not prepend its BOS
     assert probes["repeated_span"] == 20
-    assert set(m["probe_defaults"]) == {"seq_len", "token_range", "bos_id", "repeated_span"}
+    assert set(m["probe_defaults"]) == {"seq_len", "token_range", "bos_id", "repeated_span", "dtype"}
+    assert m["probe_defaults"]["dtype"].startswith("auto: float32") and m["device"]["param_dtype"] == "float32"
     assert m["probes"]["retrieval"]["seq_len"] == 40 and m["probes"]["repeated"]["seq_len"] == 40
     assert (out / "selectivity.parquet").exists()
 
@@ -41,7 +42,7 @@ def test_a_config_still_overrides(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["probes"]["seq_len"] == 24 and m["config"]["probes"]["bos_id"] == 0
     assert m["config"]["probes"]["repeated_span"] == 11  # (24 - 1 BOS) // 2, from the configured seq_len
-    assert set(m["probe_defaults"]) == {"token_range", "repeated_span"}
+    assert set(m["probe_defaults"]) == {"token_range", "repeated_span", "dtype"}  # dtype: auto
 
 
 def test_defaults_for_natural_vocabularies_and_bos_tokenizers(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -55,3 +56,39 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
     clean = top[top.condition == "clean"].value.item()
     null_drops = clean - top[top.condition == "matched_random"].value
     assert len(null_drops) == zero["n_null"] and null_drops.max() < test["observed_drop"]
+
+    # the report's attention viewer (issue 25): the screen stored every induction-circuit head at the last
+    # checkpoint and at its emergence checkpoint, and the page carries them
+    from headscreen.attention_file import FILE, read_index
+
+    index = read_index(run / FILE)
+    final = circuits["steps"][str(int(last))]["retrieval"]
+    stored = {(e["probe"], e["step"], e["layer"], e["head"]) for e in index.entries}
+    assert {("repeated", int(last), h[0], h[1]) for h in final["induction"] + final["previous"]} <= stored
+    assert {("retrieval", int(e["emergence_step"]), e["layer"], e["head"]) for e in emerged
+            if [e["layer"], e["head"]] in final["induction"]} <= stored
+    html = paths["html"].read_text()
+    assert 'class="hs-attention"' in html and 'class="hs-slider"' in html
+
+    # ... and Chromium draws them: every induction head's stored pattern on the repeated probe, no console
+    # error, no request leaving the page (skipped without Chromium / Playwright)
+    from test_report_explore import Page, _chromium, _drawn_pattern, _playwright
+
+    from headscreen.attention_file import pattern_key, read_attention
+
+    if _chromium() is None or _playwright() is None:
+        pytest.skip("the demo page's browser check needs Chromium and Playwright")
+    _, tensors = read_attention(run / FILE)
+    with _playwright()() as pw:
+        page = Page(pw, paths["html"])
+        try:
+            assert page.page.input_value(".hs-att-probe") == "repeated"
+            for layer, head in final["induction"]:
+                page.page.select_option(".hs-att-head", f"L{layer}H{head}")
+                page.page.select_option(".hs-att-step", str(int(last)))
+                stored = tensors[pattern_key("repeated", int(last), (layer, head))][0].float().numpy()
+                lower = np.tril(np.ones(stored.shape, dtype=bool))
+                assert np.abs(_drawn_pattern(page.page)[lower] - stored[lower]).max() <= 0.5 / 255 + 1e-6
+            assert page.errors == [] and page.foreign_requests() == []
+        finally:
+            page.close()

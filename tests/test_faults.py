@@ -142,20 +142,24 @@ def test_sigkill_during_a_validate_then_rerun_gives_the_same_bytes(setup, tmp_pa
     done = tmp_path / "validated"
     shutil.copytree(ref, done)
     writes = counted(lambda: cli(["--threads", "1", "validate", str(done), *VALIDATE_ARGS]))
-    # validation.json is published third (it marks the validation done); the pre-identification tables
-    # are then rewritten with the validated circuit
+    # every new file is staged aside (headscreen/staged.py), then COMMIT.json marks them complete and they
+    # are renamed into place (validation.json after its tables); the pre-identification tables are
+    # staged with them, computed with the validated circuit
     outputs = ("validation.parquet", "patching.parquet", "validation.json", "preid.parquet", "preid.json")
-    assert writes == len(outputs)
-    published = outputs.index("validation.json") + 1
-    for point in points(random.Random(17), writes, 3):
+    assert writes == len(outputs) + 1
+    for point in points(random.Random(17), writes, 3) + [f"renamed:{writes}"]:
         run = tmp_path / point.replace(":", "_")
         shutil.copytree(ref, run)
         killed(["--threads", "1", "validate", str(run), *VALIDATE_ARGS], point)
-        loaded = load_run(run)  # never a validation.json without its tables, nor tables shown without it
-        kind, n = point.split(":")
-        assert (loaded.validation is not None) == (int(n) > published or (kind == "renamed" and int(n) == published))
-        if loaded.validation is None:
-            assert loaded.validation_long is None and loaded.patching is None
+        if point == f"renamed:{writes}":  # committed, not published: refused until a writer publishes it
+            with pytest.raises(StaleRunError, match="interrupted while publishing"):
+                load_run(run)
+        else:  # never a validation.json without its tables, nor tables shown without it: nothing changed
+            loaded = load_run(run)
+            assert loaded.validation is None and loaded.validation_long is None and loaded.patching is None
+            for name in SCREEN_OUTPUTS:
+                assert (run / name).read_bytes() == (ref / name).read_bytes(), (point, name)
         assert cli(["--threads", "1", "validate", str(run), *VALIDATE_ARGS]) == 0
         for name in outputs:
             assert (run / name).read_bytes() == (done / name).read_bytes(), (point, name)
+        assert not (run / ".staged").exists()

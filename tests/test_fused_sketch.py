@@ -172,3 +172,32 @@ def test_every_finite_half_precision_value_is_read_exactly(dtype):
     for bad in vals[~torch.isfinite(vals)][:: 97]:
         with pytest.raises(ValueError, match="NaN/inf weights"):
             HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "vectors"])
+def test_records_are_bit_identical_at_every_thread_count(layout, monkeypatch):
+    """The fused pass splits (layer, K/V group) pairs across threads (fused.pass_threads follows torch's
+    thread count); each head's float64 sums keep the serial element order, so the records are the same bits."""
+    import numba
+
+    from headscreen.spectral import fused
+
+    hws = [_cast(h, torch.bfloat16) for h in _series()]
+    feed = {"contiguous": hws, "strided": [_transposed_storage(h) for h in hws],
+            "vectors": [h.head_vectors(torch.float32) for h in hws]}[layout]
+    calls = []
+    for name in ("_scatter_part", "_scatter_part_threads"):
+        kernel = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, one = _run(feed)
+        assert set(calls) == {"_scatter_part"}
+        for n in range(2, min(4, numba.config.NUMBA_NUM_THREADS) + 1):
+            calls.clear()
+            torch.set_num_threads(n)
+            _same(one, _run(feed)[1])
+            assert set(calls) == {"_scatter_part_threads"}  # the threaded kernel ran
+    finally:
+        torch.set_num_threads(before)

@@ -11,6 +11,7 @@ from grok_fixtures import make_run
 
 from headscreen.grokking.analyse import summarise_sweep
 from headscreen.grokking.detect import fit_power_law
+from headscreen.grokking.lifecycle import trajectory_state
 from headscreen.grokking.summary import power_law_by_weight_decay, write_sweep_summary
 
 
@@ -19,7 +20,8 @@ def _fake_grok(run, grok_step, lead):
     (run / "grok.json").write_text(json.dumps({
         "grok_step": grok_step, "memorisation_step": 100, "defect_onset_step": onset, "gap_open_step": None,
         "lead_time": lead, "final_train_acc": 1.0, "final_test_acc": 0.99 if grok_step else 0.1,
-        "key_frequencies": [3, 5], "commutator_peak_step": None, "pca": {"pc1_share": 0.7}}))
+        "key_frequencies": [3, 5], "commutator_peak_step": None, "pca": {"pc1_share": 0.7},
+        "trajectory": trajectory_state(run)}))  # an analysis of exactly this trajectory (else it is recomputed)
 
 
 def test_sweep_table_and_power_law(tmp_path):

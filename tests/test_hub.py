@@ -225,3 +225,36 @@ def test_series_listing_says_where_hub_revisions_can_come_from(served, online, m
                         lambda spec, **kw: (_series(hub, cache_dir=empty), None))
     info = series_info("tiny")
     assert len(info["problems"]) == 1 and REPO in info["problems"][0] and "local_path" in info["problems"][0]
+
+
+def test_a_download_cut_off_mid_file_is_named_and_a_rerun_resumes(served, online, tmp_path, monkeypatch, capsys):
+    """The connection drops after 1000 bytes of an attention shard of step10: one line naming the repo,
+    the revision and the file (exit 2, no traceback); the files already fetched stay in the cache and
+    the rerun, with the connection whole again, finishes the screen (issue 26)."""
+    from pipelines.cli import main
+
+    hub, root = served
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    cfg = tmp_path / "fake-tiny.yaml"
+    cfg.write_text(
+        "name: fake-tiny\n"
+        f"source: {{kind: hub, repo: {REPO}, revision_format: 'step{{step}}', schedule: {{steps: {STEPS}}}}}\n"
+        "probes: {seq_len: 32, token_range: [2, 512], bos_id: 0, n_retrieval: 8, pair_range: [2, 16],\n"
+        "         n_repeated: 4, repeated_span: 8, micro_batch: 8}\n"
+    )
+    weight_map = json.loads((root / "step10" / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = attention_shards(weight_map, "attention")[0]
+    out = tmp_path / "run"
+    argv = ["--threads", "1", "screen", str(cfg), "--out", str(out), "--probe-every", "2", "--no-progress"]
+    hub.cut[f"step10/{shard}"] = 1000
+    try:
+        rc = main(argv)
+    finally:
+        hub.cut.clear()
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("headscreen ")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"the download of {shard} from {REPO} at revision 'step10'" in lines[0] and "rerun the same command" in lines[0]
+    assert (out / "records" / "sketch" / "step_000000000.safetensors").is_file()  # step 0 was recorded before
+    assert main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["tables"]["status"] == "current"

@@ -313,7 +313,7 @@ class _Collector(HTMLParser):
             self.hrefs.append(a["href"])
         if tag == "img":
             self.imgs.append(a)
-        if tag in ("link", "script", "iframe", "object", "embed"):
+        if tag in ("link", "iframe", "object", "embed") or (tag == "script" and "src" in a):  # inline scripts only
             self.external_tags.append(tag)
 
 

@@ -97,9 +97,9 @@ def _combine_tasks(events: dict[str, dict]) -> dict:
 
 
 def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from headscreen.grokking.lifecycle import read_safetensors, restart_fix
 
-    return load_file(str(folder / "model.safetensors"))
+    return read_safetensors(folder / "model.safetensors", restart_fix(folder.parent.parent))
 
 
 def _p_of(config: dict, hf: dict) -> int:
@@ -149,13 +149,48 @@ def _nullable(x) -> int | None:
 
 
 def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None, progress: bool = True) -> dict:
-    """Write the analysis tables and grok.json of a grok run; return grok.json's dict."""
+    """Write the analysis tables and grok.json of a finished grok run, under its lock; return grok.json's
+    dict. grok.json is bound to the trajectory it was computed from (headscreen.grokking.lifecycle); an
+    unfinished run raises `UnfinishedRun` (its analysis, in memory only, is `compute_analysis`)."""
+    from headscreen.grokking.lifecycle import UnfinishedRun
+
+    root = Path(run_dir)
+    with RunStore.locked(root, "analyse") as store:
+        out, tables = compute_analysis(root, settings=settings, progress=progress)
+        if not out["trajectory"]["complete"]:
+            raise UnfinishedRun(f"run {root} has not finished training (last snapshot at step "
+                                f"{out['trajectory']['last_step']}); rerun its `headscreen grok` command to "
+                                "finish it, then analyse it")
+        write_analysis(root, store, out, tables)
+    return out
+
+
+def write_analysis(root: Path, store: RunStore, out: dict, tables: dict[str, pd.DataFrame]) -> None:
+    """Replace the run's analysis (the caller holds `store`'s lock): old grok.json and tables go first,
+    so a half-replaced analysis never looks current; grok.json is written last."""
+    from headscreen.grokking.lifecycle import remove_analysis
+
+    remove_analysis(root)
+    for name, df in tables.items():
+        store.write_table(name, df)
+    store.write_json("grok", out)
+
+
+def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None = None,
+                     progress: bool = True) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """(grok.json's dict, the analysis tables by name) of a grok run, finished or not; nothing is written."""
     from tqdm.auto import tqdm
 
+    from headscreen.grokking.lifecycle import trajectory_state
     from headscreen.series import LocalSeries
 
     settings = settings or AnalysisSettings()
     root = Path(run_dir)
+    state = trajectory_state(root)  # first: what the numbers below are computed from
+    if not state["n_snapshots"]:
+        from headscreen.grokking.lifecycle import UnfinishedRun
+
+        raise UnfinishedRun(f"run {root} has no trajectory snapshot yet; rerun its `headscreen grok` command to train it")
     manifest, curves, defect = _read_run(root)
     config = manifest.get("config", {})
     notes: list[str] = []
@@ -193,7 +228,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     points, fourier_rows, progress_rows = {}, [], []
     for ckpt in tqdm(ckpts, desc=f"analyse {root.name}", disable=not progress, leave=False):
         tensors = _load_tensors(ckpt.path)
-        vec = trunk_vector(tensors)
+        vec = trunk_vector(tensors, where=f"snapshot {ckpt.path}")
         trunk_sk.update(vec.view(1, 1, -1), ckpt.step)
         if exact is not None:
             exact.append(vec)
@@ -215,7 +250,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
             row["excluded_loss"] = excluded_loss(logits, keys, mask, sign=sign)
         progress_rows.append(row)
 
-    store = RunStore(root)
+    tables: dict[str, pd.DataFrame] = {}
     # --- spectral edge ------------------------------------------------------------------------
     w = settings.spectral.window
     mem = top["memorisation_step"]
@@ -224,8 +259,7 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     if len(ckpts) >= w + 1:
         trunk: EdgeResult = edge_from_sketcher(trunk_sk, transient=transient, rule=settings.gap)
         heads: EdgeResult = edge_from_sketcher(head_sk, transient=transient, rule=settings.gap)
-        store.write_table("edge", pd.concat([edge_frame(trunk, "trunk"), edge_frame(heads, "head")],
-                                            ignore_index=True))
+        tables["edge"] = pd.concat([edge_frame(trunk, "trunk"), edge_frame(heads, "head")], ignore_index=True)
         ts = phase_summary(trunk).iloc[0]
         edge_json.update(peak_step=int(ts["peak_step"]), collapse_step=_nullable(ts["collapse_step"]),
                          heads=json.loads(phase_summary(heads).to_json(orient="records")))
@@ -242,15 +276,15 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         acc = df.sort_values("step")[["step", "test_acc"]].rename(columns={"test_acc": f"test_acc_{task}"})
         pf = pd.merge_asof(pf.sort_values("step"), acc, on="step", direction="backward")
     pf = pf.sort_values(["step", "head"]).reset_index(drop=True)
-    store.write_table("portrait", pf)
+    tables["portrait"] = pf
     if fourier_rows:
-        store.write_table("fourier", pd.DataFrame(fourier_rows))
-    store.write_table("progress", pd.DataFrame(progress_rows))
+        tables["fourier"] = pd.DataFrame(fourier_rows)
+    tables["progress"] = pd.DataFrame(progress_rows)
     if len(ckpts) >= 3:
         vectors = torch.stack(exact) if exact is not None else trunk_sk.sketches[:, 0, 0]
         pca_df, pca_json = _pca(vectors, steps, w)
         pca_json["basis"] = "exact" if exact is not None else f"sketch (d={vectors.shape[-1]})"
-        store.write_table("pca", pca_df)
+        tables["pca"] = pca_df
     else:
         pca_json = {"pc1_share": None, "basis": None}
         notes.append("fewer than 3 snapshots: no trajectory PCA")
@@ -281,9 +315,9 @@ def analyse_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         "intervention": intervention_summary(root, top["grok_step"]),
         "settings": {"training": config, "analysis": settings.to_dict(), "device": manifest.get("device")},
         "notes": notes,
+        "trajectory": state,
     }
-    store.write_json("grok", out)
-    return out
+    return out, tables
 
 
 def summarise_sweep(sweep_dir: str | Path, **kwargs) -> pd.DataFrame:

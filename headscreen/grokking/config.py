@@ -85,6 +85,10 @@ class GrokConfig:
                 fail(name, "use an integer >= 0")
         if not self.defect_eta > 0:
             fail("defect_eta", "use a positive step size such as 0.001")
+        if self.intervention.active and self.intervention.start >= self.steps:
+            raise ConfigError(f"intervention.start = {self.intervention.start} is not before the last step (steps = "
+                              f"{self.steps}): the intervention would never act; use a start below {self.steps} "
+                              "(--intervention-start) or more --steps")
         choices = {"defect_form": ("exact", "float32_direct"), "split": ("torch_permutation", "python_shuffle"),
                    "batch_sampling": ("without_replacement", "with_replacement")}
         for name, allowed in choices.items():
@@ -179,6 +183,12 @@ class SweepConfig:
             values = getattr(self, key)
             if values is not None and len(values) == 0:
                 raise ConfigError(f"sweep field {key!r} is an empty list: give at least one value or leave it out")
+            for v in (values or ()) if key != "task" else ():  # the task axis holds names (checked per run)
+                whole = key == "seed"
+                if isinstance(v, bool) or not isinstance(v, int | float) or (whole and v != int(v)):
+                    raise ConfigError(f"sweep field {key!r} has the value {v!r}, which is not "
+                                      f"{'an integer' if whole else 'a number'}: give a list of "
+                                      f"{'integers, e.g. [0, 1, 2]' if whole else 'numbers, e.g. [0.0, 1.0]'}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "sweep") -> SweepConfig:

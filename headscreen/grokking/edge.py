@@ -66,13 +66,21 @@ def trunk_names(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if TRUNK_PATTERN.match(n))
 
 
-def trunk_vector(tensors: Mapping[str, Tensor]) -> Float[Tensor, " P"]:
-    """The flattened trunk of one snapshot (float32, tensors in sorted-name order)."""
+def trunk_vector(tensors: Mapping[str, Tensor], where: str = "the snapshot") -> Float[Tensor, " P"]:
+    """The flattened trunk of one snapshot (float32, tensors in sorted-name order). A NaN/Inf is named by
+    its tensor (`where`: the snapshot, for the message), not by the pseudo-head the trunk becomes."""
     names = trunk_names(tensors)
     if not names:
         raise ValueError("no trunk tensor (blocks.<l>.attn.W_* / blocks.<l>.mlp.W_*) in the snapshot; "
                          f"got names like {sorted(tensors)[:4]}")
-    return torch.cat([tensors[n].detach().reshape(-1).to(torch.float32) for n in names])
+    vec = torch.cat([tensors[n].detach().reshape(-1).to(torch.float32) for n in names])
+    if not bool(torch.isfinite(vec).all()):
+        for n in names:
+            bad = int((~torch.isfinite(tensors[n].detach())).sum())
+            if bad:
+                raise ValueError(f"{where}: tensor {n} has {bad} NaN/Inf value(s); the run diverged or the file "
+                                 "is corrupt — retrain from an earlier snapshot or drop this one")
+    return vec
 
 
 def transient_windows(checkpoint_steps: Iterable[int], window: int, memorisation_step: int | None) -> int:

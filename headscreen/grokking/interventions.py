@@ -53,6 +53,12 @@ class Intervention:
                               f"{self.window} updates before it; use start >= window")
         if self.random_bases < 0:
             raise ConfigError(f"intervention.random_bases = {self.random_bases} is invalid: use an integer >= 0")
+        if self.kind == "none":  # settings without an intervention would only change the config hash
+            unused = [f"{f.name} = {getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                      if f.name != "kind" and getattr(self, f.name) != f.default]
+            if unused:
+                raise ConfigError(f"intervention {', '.join(unused)} has no effect while intervention.kind is none: "
+                                  "add --intervention suppress|amplify (intervention.kind), or leave it out")
 
     @property
     def active(self) -> bool:

@@ -1,113 +1,268 @@
-"""Lifecycle-of-the-spectral-edge measures from a run's snapshots (arXiv 2604.07380 and the spectral-edge
-replication on Dyck/SCAN; docs/methods.md, "Grokking II: the published recipes").
+"""The life cycle of a grok run: analysis bound to its trajectory, what `--force` removes, named faults.
 
-Both measures read the attention matrices only (every W_Q, W_K, W_V, W_O, cross-attention included),
-flattened into one vector θ per snapshot, and the updates δ_t = θ_t − θ_{t−1} between snapshots; the
-window Gram statistics come from `headscreen.spectral.gram` (no second Gram implementation).
-
-* `g23_compression`: g₂₃ = λ₂ − λ₃ of the rolling update Gram (window W: 3 on Dyck, 5 on SCAN in the
-  study) at every window; with t_grok the first evaluation with test accuracy ≥ 0.95 (the replication's
-  rule), the compression is max g₂₃ over windows ending at or before t_grok divided by g₂₃ of the last such
-  window (published: 33× Dyck, 43× SCAN). A run that never groks gives peak / final, as the study does.
-  Windows are full (the study also uses shorter windows at the very start).
-* `gradient_share`: AdamW's update splits into θ_{t+1} = θ_t(1 − ηλ) − η·u_t; over N steps between two
-  snapshots the weight-decay part is approximated by −ηλN(θ_prev + θ_cur)/2 (trapezoid) and the gradient
-  part is the rest. v₁ = the top right singular vector of the window's stacked total updates; the share is
-  mean⟨δ_grad, v₁⟩² / (mean⟨δ_grad, v₁⟩² + mean⟨δ_wd, v₁⟩²) over the window (published on Dyck: 97.6%
-  before grokking, 5.3% at grokking).
+* Binding. grok.json records `trajectory` = `trajectory_state(run)`: the last snapshot step, the number of
+  snapshots, whether training finished, and a fingerprint of the trajectory (the snapshot list, the last
+  snapshot's bytes, the content of curves/defect/intervention.parquet and the config hash). The analysis
+  of a run is current only while that record equals the run's state now (`current_analysis`); anything
+  else (a resume that added snapshots, a `--force` restart, an older grok.json without the record) is
+  recomputed. Analysis results are written only for a finished run, under its lock (`analyse_run`).
+* `--force` removes every file derived from the old run (`clear_run`): trajectory, resume state, training
+  tables, analysis tables, grok.json, comparison.json and the default report folder.
+* A damaged file (a truncated snapshot or resume state) is a `DamagedRunFile` naming the file and the
+  way back; a run too large for the machine is a `RunTooLarge` before anything is allocated or written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+from headscreen.atomic import StoreError, _json_default, write_fault
 
-from headscreen.grokking.detect import grok_step
-from headscreen.grokking.snapshots import Trajectory
-from headscreen.spectral.gram import gram_stats, update_gram
-
-ATTENTION_LEAVES = ("W_Q", "W_K", "W_V", "W_O")
-LIFECYCLE_GROK_ACC = 0.95
-PUBLISHED = {"g23_compression": {"dyck": 33.0, "scan": 43.0},
-             "gradient_share": {"dyck": {"before": 0.976, "at": 0.053}, "scan": {"before": 0.887, "at": 0.002}}}
+TRAINING_TABLES = ("curves", "defect", "intervention")
+ANALYSIS_TABLES = ("edge", "portrait", "fourier", "progress", "pca")
+GROK_JSON = "grok.json"
+ANALYSIS_FILES = (GROK_JSON, *(f"{t}.parquet" for t in ANALYSIS_TABLES))
+REPORT_DIR = "report"  # `headscreen report <run>`'s default output folder
+COMPARISON = "comparison.json"  # the published-recipe comparison (headscreen.grokking.compare), rewritten per run
 
 
-def attention_vector(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Every attention matrix of a snapshot's state dict, flattened in name order (float64)."""
-    keys = sorted(k for k in state if k.rsplit(".", 1)[-1] in ATTENTION_LEAVES)
-    if not keys:
-        raise ValueError("the snapshot holds no attention matrices (W_Q/W_K/W_V/W_O); is it a grok model?")
-    return torch.cat([state[k].reshape(-1).double() for k in keys])
+class GrokRunError(StoreError):
+    """A grok run's user-facing fault (one line, exit 2 in the CLI)."""
 
 
-def _trajectory(run_dir: Path) -> tuple[list[int], torch.Tensor]:
-    traj = Trajectory(run_dir)
+class DamagedRunFile(GrokRunError):
+    """A file of the run cannot be read (truncated or corrupted outside headscreen's atomic writes)."""
+
+
+class UnfinishedRun(GrokRunError):
+    """Analysis results are asked for a run whose training has not finished."""
+
+
+class RunTooLarge(GrokRunError):
+    """The run would need more memory than the machine has."""
+
+
+class SweepRunsFailed(GrokRunError):
+    """Some runs of a sweep failed; the finished ones are kept and summarised."""
+
+
+# --- reading files of a run -----------------------------------------------------------------------
+def read_safetensors(path: Path, fix: str):
+    """`safetensors.torch.load_file(path)`, or `DamagedRunFile` naming the file and `fix`."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DamagedRunFile(f"{path} is missing; {fix}") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError, a bad header, a short read: one named fault
+        raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
+
+
+def read_safetensors_metadata(path: Path, fix: str) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001
+        raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
+
+
+def restart_fix(run: Path) -> str:
+    return (f"the run cannot resume exactly from it: rerun the same `headscreen grok` command with --force to "
+            f"retrain {run} from step 0 (a resume needs the optimizer state of its last snapshot, which only "
+            "resume.safetensors holds)")
+
+
+# --- the trajectory an analysis belongs to ------------------------------------------------------
+def _digest_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+
+
+def trajectory_state(run: str | Path) -> dict:
+    """{last_step, n_snapshots, complete, fingerprint} of the run's trajectory as it is on disk now."""
+    import pandas as pd
+
+    from headscreen.grokking.snapshots import TRAJECTORY, Trajectory
+
+    run = Path(run)
+    traj = Trajectory(run)
     steps = traj.steps
-    if len(steps) < 3:
-        raise ValueError(f"{run_dir}: {len(steps)} snapshots; the lifecycle measures need at least 3")
-    return steps, torch.stack([attention_vector(traj.load(s)) for s in steps])
+    h = hashlib.sha256(json.dumps({"steps": steps, "complete": traj.complete}).encode())
+    manifest = run / "manifest.json"
+    if manifest.is_file():
+        h.update(str(json.loads(manifest.read_text()).get("config_hash")).encode())
+    if steps:
+        last = run / TRAJECTORY / traj.meta["checkpoints"][-1]["path"] / "model.safetensors"
+        if last.is_file():
+            _digest_file(h, last)
+    for name in TRAINING_TABLES:
+        path = run / f"{name}.parquet"
+        if path.is_file():
+            df = pd.read_parquet(path)
+            h.update(f"{name}:{','.join(map(str, df.columns))}".encode())
+            h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return {"last_step": steps[-1] if steps else None, "n_snapshots": len(steps), "complete": traj.complete,
+            "fingerprint": h.hexdigest()[:16]}
 
 
-def _grok(run_dir: Path) -> int | None:
-    c = pd.read_parquet(run_dir / "curves.parquet").sort_values("step")
-    return grok_step(c["step"].to_numpy(), c["test_acc"].to_numpy(), LIFECYCLE_GROK_ACC)
+def _normal(obj):
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
-def g23_series(steps: list[int], thetas: torch.Tensor, window: int) -> pd.DataFrame:
-    """g₂₃ of every full window of `window` updates, keyed by the step its last update ends at."""
-    deltas = thetas[1:] - thetas[:-1]  # [T-1, P]
-    if len(deltas) < window:
-        raise ValueError(f"{len(deltas)} updates cannot fill a window of {window}; take more snapshots")
-    windows = torch.stack([deltas[i - window:i] for i in range(window, len(deltas) + 1)])  # [n, W, P]
-    g23 = gram_stats(update_gram(windows)).g_23
-    return pd.DataFrame({"step": steps[window:], "g23": g23.numpy()})
+def current_analysis(run: str | Path, settings=None, *, any_settings: bool = False) -> dict | None:
+    """grok.json when it was computed from the trajectory on disk now (and with `settings`, default
+    AnalysisSettings(), unless `any_settings`); None when it is missing or stale. A Li2 run's grok.json is written by its
+    trainer at the end of training and is current whenever the run is complete."""
+    run = Path(run)
+    path = run / GROK_JSON
+    if not path.is_file():
+        return None
+    grok = json.loads(path.read_text())
+    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+    if manifest.get("config", {}).get("family") == "li2":
+        return grok
+    if grok.get("trajectory") != trajectory_state(run):
+        return None
+    if any_settings:
+        return grok
+    if settings is None:
+        from headscreen.grokking.analyse import AnalysisSettings
+
+        settings = AnalysisSettings()
+    if _normal((grok.get("settings") or {}).get("analysis")) != _normal(settings.to_dict()):
+        return None
+    return grok
 
 
-def g23_compression(run_dir: str | Path, window: int) -> dict:
-    run = Path(run_dir)
-    steps, thetas = _trajectory(run)
-    series = g23_series(steps, thetas, window)
-    t = _grok(run)
-    before = series[series["step"] <= t] if t is not None else series
-    if before.empty:
-        return {"status": "cannot test", "why": f"grokking at step {t} precedes the first full window "
-                f"(step {int(series['step'].iloc[0])})", "grok_step": t}
-    peak = before.loc[before["g23"].idxmax()]
-    at = before.iloc[-1]
-    ratio = float(peak["g23"] / at["g23"]) if at["g23"] > 0 else float("inf")
-    return {"status": "done", "grok_step": t, "window": window, "peak_step": int(peak["step"]),
-            "peak_g23": float(peak["g23"]), "at_step": int(at["step"]), "at_g23": float(at["g23"]),
-            "compression": ratio}
+def lock_holder(run: str | Path) -> str | None:
+    """None when nobody holds the run's lock, else who holds it ("process 123 (grok)")."""
+    from headscreen.store import RunLocked, RunStore
+
+    store = RunStore(run)
+    try:
+        store.acquire("probe")
+    except RunLocked as e:
+        return str(e).split(" is in use by ", 1)[-1].split(";")[0]
+    except StoreError:  # a read-only run: no writer can hold it
+        return None
+    store.release()
+    return None
 
 
-def _share_at(steps: list[int], thetas: torch.Tensor, end: int, window: int, lr: float, wd: float) -> dict:
-    """The gradient share of v₁'s update energy in the window of `window` intervals ending at index `end`."""
-    lo = max(1, end - window + 1)
-    idx = list(range(lo, end + 1))
-    total = torch.stack([thetas[i] - thetas[i - 1] for i in idx])  # [w, P]
-    n = torch.tensor([steps[i] - steps[i - 1] for i in idx], dtype=torch.float64)[:, None]
-    wd_part = -lr * wd * n * (torch.stack([thetas[i - 1] for i in idx]) + torch.stack([thetas[i] for i in idx])) / 2
-    grad_part = total - wd_part
-    v1 = torch.linalg.svd(total, full_matrices=False).Vh[0]
-    ge, we = float((grad_part @ v1).pow(2).mean()), float((wd_part @ v1).pow(2).mean())
-    return {"step": steps[end], "grad_share": ge / (ge + we) if ge + we > 0 else float("nan")}
+# --- removing derived files -----------------------------------------------------------------------
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError as e:
+        raise write_fault(path, e) from e
 
 
-def gradient_share(run_dir: str | Path, window: int = 5) -> dict:
-    """The share before grokking (the window ending at the snapshot nearest t_grok / 2) and at grokking
-    (the window ending at the snapshot nearest t_grok); t_grok: first test accuracy ≥ 0.95."""
-    run = Path(run_dir)
-    cfg = json.loads((run / "manifest.json").read_text())["config"]
-    steps, thetas = _trajectory(run)
-    t = _grok(run)
-    if t is None:
-        return {"status": "cannot test", "why": "the run did not reach test accuracy 0.95", "grok_step": None}
-    near = [int(np.argmin([abs(s - x) for s in steps])) for x in (t / 2, t)]
-    if near[0] < 1:
-        return {"status": "cannot test", "why": f"no update interval before step {t / 2:g}", "grok_step": t}
-    before, at = (_share_at(steps, thetas, i, window, float(cfg["lr"]), float(cfg["weight_decay"])) for i in near)
-    return {"status": "done", "grok_step": t, "window": window, "before": before, "at": at}
+def remove_analysis(run: str | Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete grok.json (first: a half-replaced analysis never looks current) and the analysis tables."""
+    for name in ANALYSIS_FILES:
+        if name not in keep:
+            _remove(Path(run) / name)
+
+
+def clear_run(run: str | Path) -> None:
+    """Everything a grok run derived from its old config (for `--force`); manifest and lock stay."""
+    from headscreen.grokking.interventions import BASIS_FILE
+    from headscreen.grokking.snapshots import RESUME, TRAJECTORY
+
+    run = Path(run)
+    remove_analysis(run)
+    for name in (RESUME, BASIS_FILE, *(f"{t}.parquet" for t in TRAINING_TABLES), COMPARISON, REPORT_DIR, TRAJECTORY):
+        _remove(run / name)
+
+
+# --- the memory a run needs -----------------------------------------------------------------------
+def modular_bytes(cfg) -> int:
+    """A lower bound on the bytes of a modular run's largest allocations: the p² table (int64 inputs,
+    labels, split indices) and one whole-table evaluation (float32 logits [p², tasks, p] with its
+    log-softmax, and the widest activation [p², 3, max(d_model, d_mlp)] twice)."""
+    p, t = int(cfg.p), len(cfg.tasks)
+    table = p * p * 8 * (3 + t + 2)
+    logits = 3 * 4 * p * p * t * p
+    width = max(cfg.model.d_model, cfg.model.d_mlp)
+    return table + logits + 2 * 4 * p * p * 3 * width
+
+
+def available_bytes(device: str = "cpu") -> int | None:
+    """Memory available now: MemAvailable (/proc/meminfo) on the CPU, the free memory of a CUDA device."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(cfg, device: str = "cpu") -> None:
+    """Raise `RunTooLarge` (before anything is allocated or written) when a modular run's table and
+    evaluation need more memory than is available; sequence tasks size their own data and pass."""
+    from headscreen.grokking.task import is_registered
+
+    if cfg.tasks and is_registered(cfg.tasks[0]):
+        return
+    need, have = modular_bytes(cfg), available_bytes(device)
+    if have is not None and need > have:
+        raise RunTooLarge(
+            f"p = {cfg.p} needs at least {need / 2**30:.1f} GiB for its p² = {cfg.p * cfg.p:,} examples and a "
+            f"whole-table evaluation, more than the {have / 2**30:.1f} GiB available on {device}; use a smaller "
+            f"--p (memory grows as p³)")
+
+
+# --- the analysis a reader (report, sweep summary) may use ---------------------------------------
+def load_analysis(run: str | Path, *, progress: bool = False, settings=None, write: bool = True):
+    """(grok.json's dict, tables or None, how) for a reader of a grok run, under the run's lock.
+
+    how = "current": grok.json matches the trajectory (tables: None, read them from the run);
+    "analysed": the run is finished and was analysed now (and written, unless `write` is False or
+    the directory is read-only: then tables are in memory); "unfinished": training has not finished,
+    so the analysis is in memory only and nothing is written. A run locked by a running trainer is
+    refused (`RunLocked`): it would be read mid-write."""
+    from headscreen.grokking.analyse import compute_analysis, write_analysis
+    from headscreen.store import RunLocked, RunStore, RunWriteError
+
+    run = Path(run)
+    try:
+        store = RunStore.locked(run, "report")
+    except RunLocked as e:
+        who = str(e).split(" is in use by ", 1)[-1].split(";")[0]
+        raise RunLocked(f"run {run} is in use by {who}; report it after that process finishes or stops "
+                        "(its files are being written)") from None
+    except RunWriteError:  # a read-only run: nobody trains it, and nothing can be written
+        store, write = None, False
+    try:
+        grok = current_analysis(run, settings)
+        if grok is not None:
+            return grok, None, "current"
+        manifest = json.loads((run / "manifest.json").read_text())
+        if manifest.get("config", {}).get("family") == "li2":
+            raise UnfinishedRun(f"Li2 run {run} has no grok.json: its training has not finished; rerun its "
+                                "`headscreen grok li2` command to finish it")
+        grok, tables = compute_analysis(run, settings=settings, progress=progress)
+        if not grok["trajectory"]["complete"]:
+            return grok, tables, "unfinished"
+        if write:
+            write_analysis(run, store, grok, tables)
+        return grok, (None if write else tables), "analysed"
+    finally:
+        if store is not None:
+            store.release()

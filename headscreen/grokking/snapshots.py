@@ -61,9 +61,9 @@ class Trajectory:
         self.save()
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        from headscreen.grokking.lifecycle import read_safetensors, restart_fix
 
-        return load_file(str(self.root / step_dirname(step) / "model.safetensors"))
+        return read_safetensors(self.root / step_dirname(step) / "model.safetensors", restart_fix(self.root.parent))
 
     def truncate(self, last_step: int) -> None:
         """Forget snapshots after `last_step` (written after the resume point) and stray folders."""
@@ -91,20 +91,23 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> N
 
 
 def resume_step(path: Path) -> int | None:
-    from safetensors import safe_open
+    """The step resume.safetensors names; None without one; `DamagedRunFile` when it cannot be read."""
+    from headscreen.grokking.lifecycle import DamagedRunFile, read_safetensors_metadata, restart_fix
 
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        return int(f.metadata()["step"])
+    step = read_safetensors_metadata(path, restart_fix(path.parent)).get("step", "")
+    if not step.isdigit():
+        raise DamagedRunFile(f"{path} names no step (metadata step = {step!r}); {restart_fix(path.parent)}")
+    return int(step)
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
-    from safetensors.torch import load_file
+    from headscreen.grokking.lifecycle import read_safetensors, restart_fix
 
     sd = optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(path)).items():
+    for key, value in read_safetensors(path, restart_fix(path.parent)).items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     sd["state"] = state

@@ -69,20 +69,23 @@ def power_law_by_weight_decay(df: pd.DataFrame) -> pd.DataFrame:
 def summarise_sweep(sweep_dir: str | Path, *, analyse_missing: bool = True, settings=None,
                     progress: bool = True) -> pd.DataFrame:
     """One row per run (settings + grok.json's scalar fields) with the power-law fit of its weight
-    decay's group in the power_law_* columns. Runs without grok.json are analysed first
-    (`analyse_missing`) or raise."""
+    decay's group in the power_law_* columns. A finished run without a current grok.json (missing, or
+    computed from another trajectory: headscreen.grokking.lifecycle) is analysed first
+    (`analyse_missing`) or raises; an unfinished run (a failed or killed worker, training in progress)
+    gets its settings, complete = False and empty results."""
     from headscreen.grokking.analyse import analyse_run
+    from headscreen.grokking.lifecycle import current_analysis, lock_holder
+    from headscreen.grokking.snapshots import Trajectory
 
     rows = []
     for run in sweep_runs(sweep_dir):
-        path = run / "grok.json"
-        if path.is_file():
-            grok = json.loads(path.read_text())
-        elif analyse_missing:
+        grok = current_analysis(run, settings, any_settings=settings is None)
+        if grok is None and Trajectory(run).complete and lock_holder(run) is None:
+            if not analyse_missing:
+                raise FileNotFoundError(f"{run / 'grok.json'} is missing or stale; run analyse_run on it or pass "
+                                        "analyse_missing=True")
             grok = analyse_run(run, settings=settings, progress=progress)
-        else:
-            raise FileNotFoundError(f"{path} is missing; run analyse_run on it or pass analyse_missing=True")
-        rows.append(_row(run, grok, json.loads((run / "manifest.json").read_text())))
+        rows.append(_row(run, grok or {}, json.loads((run / "manifest.json").read_text())))
     df = pd.DataFrame(rows)
     for col in STEP_FIELDS:
         df[col] = pd.array(df[col].to_numpy(), dtype="Int64")

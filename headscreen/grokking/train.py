@@ -10,7 +10,8 @@ by (seed, step, stream) alone, so nothing random is carried from step to step ex
 AdamW state; the defect draws from its own stream and leaves parameters and gradients as it found
 them, so measuring it does not change the trajectory. A run resumes from its last snapshot (weights
 from the snapshot, AdamW state from resume.safetensors) and gives bit-identical snapshots and tables
-to an uninterrupted run at the same torch thread count (tests/test_grok.py).
+to an uninterrupted run at the same torch thread count; a resume trains at the thread count the run
+recorded (headscreen.grokking.sessions), and every session is recorded when it starts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from torch import Tensor
 from headscreen.grokking.config import GrokConfig, config_defaults
 from headscreen.grokking.defect import commutator_defect, defect_summary
 from headscreen.grokking.interventions import BASIS_FILE, RHO_COLUMNS, GradientIntervention
+from headscreen.grokking.lifecycle import check_fits, clear_run
+from headscreen.grokking.sessions import finish_session, foreign_trajectory, keep_threads, start_session
 from headscreen.grokking.snapshots import RESUME, Trajectory, load_optimizer, resume_step, save_optimizer
 from headscreen.grokking.task import make_task
 from headscreen.grokking.task import modular_loss as loss_fn  # noqa: F401 - the modular loss, as before
@@ -155,12 +158,13 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
     if plan.device != "cpu" and cfg.intervention.active:
         raise DeviceError("a gradient intervention (intervention.kind) runs on the CPU only: use --device cpu")
     run = Path(run_dir)
+    check_fits(cfg, plan.device)  # before a manifest is written or a table allocated
     with (RunStore.open(run, run_manifest(cfg, plan.record()), force=force, defaults=config_defaults()) as store,
-          deterministic_algorithms()):
+          deterministic_algorithms(), keep_threads()):
         traj = Trajectory(run)
-        if force:
+        if force:  # every file derived from the old run goes (lifecycle.clear_run)
+            clear_run(run)
             traj.reset()
-            (run / RESUME).unlink(missing_ok=True)
         if traj.complete:
             return run
         task = make_task(cfg)
@@ -169,7 +173,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
         model = task.build_model(cfg.seed).train().to(plan.device)  # initialised on the CPU, as on every device
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        start = resume_step(run / RESUME)
+        config_hash = store.manifest()["config_hash"]
+        start = None if foreign_trajectory(traj, config_hash) else resume_step(run / RESUME)
         if start is not None and start in traj.steps:
             model.load_state_dict(traj.load(start))
             load_optimizer(run / RESUME, optimizer)
@@ -178,6 +183,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             start = 0
             traj.reset()
             (run / BASIS_FILE).unlink(missing_ok=True)
+        session = start_session(traj, start, plan.device, config_hash)  # recorded now: a killed session is kept too
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
         defect_fn = commutator_defect if cfg.defect_every else None
@@ -204,6 +210,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
                 defects.append({"step": step, **defect_summary(d)})
             t2 = time.perf_counter()
             if step % cfg.snapshot_every == 0 or last:
+                session["to_step"] = step
                 traj.add(step, model, model.hf_config())
                 if on_snapshot is not None:
                     on_snapshot(step, model)
@@ -237,10 +244,8 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             timers["update"] += time.perf_counter() - t3
             bar.update(1)
         bar.close()
-        session = {"from_step": start, "to_step": step, "threads": torch.get_num_threads(), "device": plan.device,
-                   "load_average": list(os.getloadavg()), "seconds": {k: round(v, 3) for k, v in timers.items()},
-                   "defect_measured": defect_fn is not None}
-        traj.meta.setdefault("training", {"sessions": []})["sessions"].append(session)
+        finish_session(traj, session, step, last, load_average=list(os.getloadavg()),
+                       seconds={k: round(v, 3) for k, v in timers.items()}, defect_measured=defect_fn is not None)
         if last:
             traj.meta["complete"] = True
             if step < cfg.steps:

@@ -15,6 +15,7 @@ from headscreen.report.causal_sections import ablation_section, patching_section
 from headscreen.report.compare import comparison_section
 from headscreen.report.content import Report, RunReport
 from headscreen.report.dynamics_sections import copying_section, fingerprints_section, lead_times_section
+from headscreen.report.explore_data import explore_payload
 from headscreen.report.findings_sections import findings_section, preid_section, summary_section
 from headscreen.report.grok_sections import grok_kind, grok_report
 from headscreen.report.load import RunResults, check_run_dir, load_run
@@ -38,6 +39,7 @@ from headscreen.report.screen_sections import (
     emergence_section,
     selectivity_section,
 )
+from headscreen.runkind import check_reportable
 
 LEAD_BUILDERS = (summary_section, findings_section)  # what was found, first
 SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fingerprints_section,
@@ -65,13 +67,17 @@ def run_report(run: RunResults, name: str, slug: str, step: int | None, probe: s
                   probe=probe, circuits=circuits)
     sections = ([build(ctx) for build in LEAD_BUILDERS] + [build(ctx) for build in SECTION_BUILDERS]
                 + [provenance_section(run)])  # provenance last
-    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe)
+    explore = explore_payload(run, thresholds=ctx.thresholds, probe=probe, slug=slug, step=chosen)
+    return RunReport(name=name, slug=slug, path=str(run.path), step=chosen, sections=sections, probe=probe,
+                     explore=explore)
 
 
 def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = None) -> Report:
     """Load the runs and build the renderer-neutral report (no file is written)."""
     if not run_dirs:
         raise ValueError("no run directory given; pass at least one, e.g. results/<config>/<run>/.")
+    for p in run_dirs:  # a series, a trajectory or a mixed directory is named as what it is
+        check_reportable(p)
     if any(grok_kind(p) for p in run_dirs):  # grokking runs and sweeps have their own sections
         return grok_report([Path(p) for p in run_dirs], _generated_by())
     dirs = [check_run_dir(Path(p)) for p in run_dirs]  # fail on a bad path before loading anything
@@ -81,6 +87,32 @@ def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = 
     reports = [run_report(r, n, s, step, probe) for r, n, s in zip(runs, names, slugs, strict=True)]
     return Report(runs=reports, comparison=comparison_section(reports) if len(reports) > 1 else None,
                   generated_by=_generated_by())
+
+
+class ReportOutError(ValueError):
+    """The report folder (--out) cannot be written."""
+
+
+def check_out_dir(out: Path) -> None:
+    """The report folder can be written: not a file, and a folder (or its nearest existing parent) in
+    which a file can be created (tried, then removed); checked before anything is rendered."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ReportOutError(f"--out {out} is an existing file, not a folder; give a folder for the report files")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ReportOutError(f"--out {out}: {probe} is a file, so the report folder cannot be made there; "
+                             "choose another --out")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".headscreen-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ReportOutError(f"--out {out}: cannot write into {probe} ({e.strerror or e}); choose another --out "
+                             "or fix its permissions") from e
 
 
 def _generated_by() -> dict:
@@ -102,8 +134,9 @@ def build_report(run_dirs: list[Path], out_dir: Path | None = None, step: int | 
     figures are written beside report.md.
     """
     run_dirs = [Path(p) for p in run_dirs]
-    report = assemble(run_dirs, step, probe)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
+    check_out_dir(out)  # before anything is rendered
+    report = assemble(run_dirs, step, probe)
     out.mkdir(parents=True, exist_ok=True)
     return {"html": write_html(report, out / "report.html"), "md": write_markdown(report, out),
             "json": write_json(report, out / "report.json")}

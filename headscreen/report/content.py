@@ -61,6 +61,7 @@ class RunReport:
     sections: list[Section]
     probe: str | None = None
     meta: str | None = None  # replaces the "per-checkpoint sections show step" line (grok runs and sweeps)
+    explore: dict | None = None  # the HTML's interactive views' data (report/explore_data.py); HTML only
 
 
 @dataclass

@@ -292,7 +292,7 @@ def _onset_row(ev: dict, task: str) -> list:
 
 
 def _g23_row(path, task: str) -> list:
-    from headscreen.grokking.lifecycle import PUBLISHED, g23_compression
+    from headscreen.grokking.edge_lifecycle import PUBLISHED, g23_compression
 
     pub = PUBLISHED["g23_compression"][task]
     finding = f"g₂₃ compresses {pub:g}× by grokking"
@@ -308,7 +308,7 @@ def _g23_row(path, task: str) -> list:
 
 
 def _share_row(path, task: str) -> list:
-    from headscreen.grokking.lifecycle import PUBLISHED, gradient_share
+    from headscreen.grokking.edge_lifecycle import PUBLISHED, gradient_share
 
     pub = PUBLISHED["gradient_share"][task]
     finding = f"gradient share of v₁'s update energy {pub['before']:.1%} before → {pub['at']:.1%} at grokking"

@@ -51,6 +51,7 @@ class GrokRun:
     grok: dict
     tables: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     analysed_now: bool = False
+    unfinished: bool = False  # training has not finished: the analysis is in memory, nothing was written
     slug: str = "run"  # prefix of this run's figure names (unique within a report)
 
     @property
@@ -66,17 +67,26 @@ class GrokRun:
 
 
 def load_grok_run(path: str | Path, *, progress: bool = False) -> GrokRun:
+    """A grok run's analysis: grok.json when it is current, else analysed now (headscreen.grokking.
+    lifecycle.load_analysis: written for a finished run, in memory only for an unfinished one)."""
+    from headscreen.grokking.lifecycle import load_analysis
+
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
-    analysed = False
-    if not (path / "grok.json").is_file():
-        from headscreen.grokking.analyse import analyse_run
-
-        analyse_run(path, progress=progress)
-        analysed = True
-    grok = json.loads((path / "grok.json").read_text())
+    grok, computed, how = load_analysis(path, progress=progress)
     tables = {n: pd.read_parquet(path / f"{n}.parquet") if (path / f"{n}.parquet").is_file() else None for n in TABLES}
-    return GrokRun(path=path, manifest=manifest, grok=grok, tables=tables, analysed_now=analysed)
+    if computed is not None:  # in memory: the analysis tables come from it, the training tables from disk
+        tables.update({n: computed.get(n) for n in TABLES if n not in ("curves", "defect")})
+    return GrokRun(path=path, manifest=manifest, grok=grok, tables=tables, analysed_now=how != "current",
+                   unfinished=how == "unfinished")
+
+
+def unfinished_note(run: GrokRun) -> str:
+    """The line that marks an unfinished run's report (title, findings)."""
+    t = run.grok.get("trajectory") or {}
+    return (f"UNFINISHED: trained to step {t.get('last_step')} of {run.config.get('steps')}; every section covers "
+            "only the steps trained so far, and the 'final' accuracies are the last evaluated ones. Nothing "
+            "was written to the run; rerun its `headscreen grok` command to finish it.")
 
 
 def _label(run: GrokRun) -> str:
@@ -95,7 +105,8 @@ def settings_section(run: GrokRun) -> Section:
             "analysis": run.grok.get("settings", {}).get("analysis"), "provenance": prov}
     rows = [[k, v] for k, v in data["training"].items()] + [["model", run.config.get("model")]]
     rows += [[k, prov.get(k)] for k in ("git_commit", "python", "created", "torch") if k in prov]
-    notices = ["grok.json was missing; the run was analysed while building this report."] if run.analysed_now else []
+    notices = (["grok.json was missing or computed from another trajectory; the run was analysed while building "
+                "this report."] if run.analysed_now and not run.unfinished else [])
     return Section(key="grok_settings", title="Run settings and provenance", notices=notices,
                    intro=f"Run directory {run.path}.", tables=[Table(["Setting", "Value"], rows)],
                    data=json_safe(data))
@@ -112,7 +123,8 @@ def summary_section(run: GrokRun) -> Section:
         cols = ["grok_step", "memorisation_step", "lead_time", "final_test_acc"]
         tables.append(Table(["task", *cols], [[t, *[e.get(c) for c in cols]] for t, e in tasks.items()],
                             caption="per task"))
-    notes = [f"analysis note: {n}" for n in run.grok.get("notes", [])]
+    notes = [unfinished_note(run)] if run.unfinished else []
+    notes += [f"analysis note: {n}" for n in run.grok.get("notes", [])]
     return Section(key="grok_summary", title="Grokking events", notices=notes, tables=tables, data=json_safe(data))
 
 
@@ -286,12 +298,19 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
     from headscreen.grokking.summary import power_law_by_weight_decay, sweep_runs, write_sweep_summary
 
     path = sweep_dir / "sweep.parquet"
-    df = pd.read_parquet(path) if path.is_file() else write_sweep_summary(sweep_dir, progress=False)
+    df = pd.read_parquet(path) if path.is_file() else None
+    if df is None or not {"complete", "grok_step", "key_frequencies"} <= set(df.columns) or not df["complete"].all():
+        # no summary yet (a --no-analysis sweep, failed runs) or unfinished runs that may have finished since
+        df = write_sweep_summary(sweep_dir, progress=False)
     fits = power_law_by_weight_decay(df)
     cols = ["run", "weight_decay", "lr", "seed", "grok_step", "defect_onset_step", "gap_open_step", "lead_time",
             "final_test_acc", "key_frequencies"]
     rows = [[None if pd.isna(v) else v for v in r] for r in df[cols].astype(object).values.tolist()]
-    table = Section(key="grok_sweep", title="Sweep runs", tables=[Table(cols, rows)],
+    unfinished = df.loc[~df["complete"].astype(bool), "run"].tolist()
+    notices = ([f"UNFINISHED: {len(unfinished)} of {len(df)} runs have not finished training ({', '.join(unfinished)}): "
+                "their rows are empty and they are left out of the fits and pairs; rerun the sweep to resume them."]
+               if unfinished else [])
+    table = Section(key="grok_sweep", title="Sweep runs", tables=[Table(cols, rows)], notices=notices,
                     data={"runs": json_safe(df[cols].astype(object).where(df[cols].notna(), None).to_dict("records"))})
     wd = df["weight_decay"].astype(float)
     grokked = df["grok_step"].notna()
@@ -318,7 +337,7 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
         scaling.notices.append(title)
     scaling.figures.append(figure_to_png(gf.lead_time_scaling(df, fits, title=title), f"{slug}-lead-scaling",
                                          "lead time against grokking step, log-log, with the fitted power law"))
-    runs = [load_grok_run(p) for p in sweep_runs(sweep_dir)]
+    runs = [load_grok_run(p) for p in sweep_runs(sweep_dir) if p.name not in unfinished]
     from headscreen.report.grok_interventions import dose_response_section
 
     dose = dose_response_section(df, slug)
@@ -353,6 +372,11 @@ def grok_report(paths: list[Path], generated_by: dict) -> Report:
         sections = ([findings] if findings is not None else []) + sections
         meta = ("a grokking sweep: one row per run, the lead-time scaling and the grok/memorise pairs."
                 if kind == "sweep" else "a grokking run: every section covers the whole trajectory.")
+        if kind == "run" and run.unfinished:
+            name, meta = f"{name} (UNFINISHED)", unfinished_note(run)
         reports.append(RunReport(name=name, slug=slug, path=str(p), step=step, sections=sections, meta=meta))
     comparison = pair_section(grok_runs, prefix="comparison") if len(grok_runs) > 1 else None
-    return Report(runs=reports, comparison=comparison, generated_by=generated_by, title="headscreen grokking report")
+    title = "headscreen grokking report"
+    if any(r.unfinished for r in grok_runs):
+        title += " (UNFINISHED run: not every run has finished training)"
+    return Report(runs=reports, comparison=comparison, generated_by=generated_by, title=title)

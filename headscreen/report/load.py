@@ -25,13 +25,30 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "participation.parquet": ("participation", ("step", "layer", "head", "probe", "pr")),
     "selectivity.parquet": ("selectivity", ("step", "layer", "head", "probe", "class", "selectivity")),
     "head_scores.parquet": ("head_scores", ("step", "layer", "head", "probe", "metric", "value")),
-    "classes.parquet": ("classes", ("step", "layer", "head", "best_class", "best_selectivity")),
-    "copying.parquet": ("copying", ("step", "loss_gap")),
+    "classes.parquet": ("classes", ("step", "layer", "head", "probe", "best_class", "best_selectivity",
+                                    "in_induction_circuit")),
+    "copying.parquet": ("copying", ("step", "loss_first", "loss_second", "loss_gap")),
     "onsets.parquet": ("onsets", ("layer", "head", "metric", "onset_step")),
     "validation.parquet": ("validation_long", ("step", "condition", "metric", "value")),
     "patching.parquet": ("patching", ("step", "score")),
     "preid.parquet": ("preid", ("metric", "scope", "step", "auc", "p_value", "separates")),
 }
+# file -> columns that must be numeric; of those, which must be finite ("finite") or only not NaN ("not nan").
+# The keys step/layer/head are integers wherever they are required. Columns not listed may hold NaN by
+# design (a z-score without baseline, an onset that never came, a test that could not be run).
+VALUES: dict[str, dict[str, str]] = {
+    "fingerprints.parquet": {"value": "any"},
+    "participation.parquet": {"pr": "finite"},
+    "selectivity.parquet": {"selectivity": "not nan"},
+    "head_scores.parquet": {"value": "any"},
+    "classes.parquet": {"best_selectivity": "any"},
+    "copying.parquet": {"loss_first": "finite", "loss_second": "finite", "loss_gap": "finite"},
+    "onsets.parquet": {"onset_step": "any"},
+    "validation.parquet": {"value": "any"},
+    "patching.parquet": {"score": "any"},
+    "preid.parquet": {"auc": "any", "p_value": "any"},
+}
+KEYS = ("step", "layer", "head")
 DOCUMENTS: dict[str, str] = {"circuits.json": "circuits", "validation.json": "validation", "preid.json": "preid_doc"}
 
 
@@ -151,25 +168,69 @@ def _read_table(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
             f"{file} lacks the column(s) {lacking} that docs/run-format.md requires (it has "
             f"{list(df.columns)}). It was written by an incompatible version; re-run the step that writes it."
         )
+    _check_values(file, df, required)
     return df
 
 
-def load_run(path: Path | str) -> RunResults:
-    """Read the run at `path`. Raises NotARunDirectoryError if it has no manifest.json."""
+def _check_values(file: Path, df: pd.DataFrame, required: tuple[str, ...]) -> None:
+    """The required key columns are integers and the value columns numbers, finite where the screen
+    writes only finite ones: a hand-edited or damaged table is named, never rendered as if it were sound."""
+    import numpy as np
+
+    fix = "it was edited or damaged; re-run the step that writes it (screen or validate)"
+    rules = {**{k: "finite" for k in KEYS if k in required}, **VALUES.get(file.name, {})}
+    for col, rule in rules.items():
+        if col not in df.columns or not len(df):
+            continue
+        column = df[col]
+        if column.dtype == object:  # None-filled columns are object; any other object is not a number
+            odd = [v for v in column if v is not None and not isinstance(v, int | float | np.number)]
+            if odd or isinstance(next((v for v in column if v is not None), 0), bool):
+                raise RunFileError(f"{file}: column {col!r} holds {type(odd[0]).__name__ if odd else 'bool'} values "
+                                   f"(e.g. {odd[0] if odd else True!r}), not numbers; {fix}")
+            column = pd.to_numeric(column.astype(float))
+        elif not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            raise RunFileError(f"{file}: column {col!r} holds {column.dtype} values, not numbers; {fix}")
+        values = column.to_numpy(dtype=float)
+        bad = np.isnan(values) if rule == "not nan" else ~np.isfinite(values) if rule == "finite" else None
+        if bad is not None and bad.any():
+            where = df.loc[bad, [c for c in KEYS if c in df.columns]].head(1).to_dict("records")
+            raise RunFileError(f"{file}: column {col!r} holds {int(bad.sum())} {'NaN' if rule == 'not nan' else 'NaN/Inf'} "
+                               f"value(s) (first at {where[0] if where else 'row ' + str(int(np.argmax(bad)))}); {fix}")
+        if col in KEYS and (values != np.round(values)).any():
+            raise RunFileError(f"{file}: column {col!r} holds non-integer values; {fix}")
+
+
+def load_run(path: Path | str, *, with_validation: bool = True) -> RunResults:
+    """Read the run at `path`. Raises NotARunDirectoryError if it has no manifest.json.
+    `with_validation=False` leaves the validation outputs out (validate, replacing them)."""
     path = check_run_dir(Path(path))
     manifest = _read_json(path / MANIFEST)
     if not isinstance(manifest, dict):
         raise RunFileError(f"{path / MANIFEST} holds a {type(manifest).__name__}, expected a JSON object.")
     check_current(path, manifest)
+    from headscreen.staged import pending_stages
+
+    pending = pending_stages(path)
+    if pending:
+        raise StaleRunError(
+            f"{path}: a {pending[0]} was interrupted while publishing its results (they are complete, in "
+            f"{path}/.staged/{pending[0]}); rerun `headscreen {pending[0]} {path}` or any command that writes the run "
+            "to publish them first")
     run = RunResults(path=path, manifest=manifest)
+    skip = () if with_validation else ("validation.parquet", "patching.parquet", "validation.json")
     for name, (attr, required) in TABLES.items():
         file = path / name
+        if name in skip:
+            continue
         if file.is_file():
             setattr(run, attr, _read_table(file, required))
         else:
             run.missing.append(name)
     for name, attr in DOCUMENTS.items():
         file = path / name
+        if name in skip:
+            continue
         if file.is_file():
             setattr(run, attr, _read_json(file))
         else:

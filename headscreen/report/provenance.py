@@ -59,6 +59,8 @@ def provenance_data(run: RunResults) -> dict:
     out["files_missing"] = list(run.missing)
     skipped = m.get("skipped")
     out["skipped_checkpoints"] = [s for s in skipped if isinstance(s, dict)] if isinstance(skipped, list) else []
+    dupes = m.get("duplicates")
+    out["duplicate_checkpoints"] = [d for d in dupes if isinstance(d, dict)] if isinstance(dupes, list) else []
     return out
 
 
@@ -84,7 +86,7 @@ _LABELS = {
     "probe_settings": "Probe settings", "thresholds": "Thresholds", "seeds": "Seeds",
     "loading_mode": "Loading mode", "package_versions": "Package versions", "git_commit": "Git commit",
     "python": "Python", "platform": "Platform", "created": "Created", "files_missing": "Files not in the run",
-    "skipped_checkpoints": "Skipped checkpoints",
+    "skipped_checkpoints": "Skipped checkpoints", "duplicate_checkpoints": "Duplicate checkpoints",
 }
 
 
@@ -103,6 +105,9 @@ def provenance_section(run: RunResults) -> Section:
             rows.append([label, ", ".join(value) if value else "none: every file of docs/run-format.md is present"])
         elif key == "skipped_checkpoints":
             rows.append([label, _skipped_cell(value)])
+        elif key == "duplicate_checkpoints":
+            rows.append([label, "; ".join(f"step {d.get('step')} ({d.get('name')}): same weights as step "
+                                          f"{d.get('same_as_step')}" for d in value) or "none"])
         else:
             rows.append([label, _cell(value)])
     absent = [_LABELS[k] for k in _FIELDS if data.get(k) is None and k not in _OPTIONAL]
@@ -114,6 +119,10 @@ def provenance_section(run: RunResults) -> Section:
             f"{', '.join(map(str, steps))}. They are absent from every table; the update of the next screened "
             "checkpoint spans the gap (reasons under Skipped checkpoints below)."
         )
+    if data["duplicate_checkpoints"]:
+        from headscreen.spectral.duplicates import describe
+
+        notices.append(describe(data["duplicate_checkpoints"]) + " (they keep their probe tables).")
     if absent:
         notices.append(
             "The manifest does not record: " + ", ".join(absent) + ". Re-screen with the current version "

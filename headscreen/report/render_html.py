@@ -1,5 +1,7 @@
-"""report.html: one self-contained file. Figures are embedded as base64 PNG, the CSS is inline, there is no
-script and nothing is fetched: it opens offline, from a mail attachment as well as from disk."""
+"""report.html: one self-contained file. Figures are embedded as base64 PNG, the CSS and the one script are
+inline and nothing is fetched: it opens offline, from a mail attachment as well as from disk. With
+JavaScript off it is the static report; the script adds each run's Explore block (attention viewer,
+checkpoint slider; report/explore_html.py) and sorting and filtering to the long tables."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from html import escape
 from pathlib import Path
 
 from headscreen.report.content import RenderedFigure, Report, RunReport, Section, Table, fmt
+from headscreen.report.explore_html import TITLE as EXPLORE_TITLE
+from headscreen.report.explore_html import explore_block
+from headscreen.report.explore_js import EXPLORE_CSS, EXPLORE_JS
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1a1a1a;
@@ -50,13 +55,17 @@ def _cell_html(v) -> str:
     return f'<td class="{css}">{escape(fmt(v))}</td>' if css else f"<td>{escape(fmt(v))}</td>"
 
 
+INTERACTIVE_ROWS = 10  # tables at least this long get a filter box and sortable columns (JavaScript)
+
+
 def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.rows:
         cells = "".join(_cell_html(v) for v in row)
         body.append(f"<tr>{cells}</tr>")
-    grid = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    css = ' class="hs-table"' if len(table.rows) >= INTERACTIVE_ROWS else ""  # sortable, filterable with JS
+    grid = f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     if table.folded:
         label = escape(table.caption or "Full table")
         return f'<details><summary>{label} ({len(table.rows)} rows)</summary>{grid}</details>'
@@ -86,12 +95,35 @@ def section_anchor(run: RunReport, sec: Section) -> str:
     return f"{run.slug}-{sec.key}"
 
 
+def explore_anchor(run: RunReport) -> str:
+    return f"{run.slug}-explore"
+
+
+LEAD_KEYS = ("summary", "findings")  # the Explore block follows these
+
+
+def _run_sections(run: RunReport) -> list[str]:
+    out, placed = [], run.explore is None
+    for s in run.sections:
+        if not placed and s.key not in LEAD_KEYS:
+            out.append(explore_block(run, explore_anchor(run)))
+            placed = True
+        out.append(section_html(s, section_anchor(run, s), 3))
+    if not placed:
+        out.append(explore_block(run, explore_anchor(run)))
+    return out
+
+
 def _nav(report: Report) -> str:
     items = []
     if report.comparison is not None:
         items.append('<li><a href="#comparison">Comparison across models</a></li>')
     for run in report.runs:
-        subs = "".join(f'<li><a href="#{escape(section_anchor(run, s))}">{escape(s.title)}</a></li>' for s in run.sections)
+        links = [(section_anchor(run, s), s.title) for s in run.sections]
+        if run.explore is not None:
+            at = next((i for i, s in enumerate(run.sections) if s.key not in LEAD_KEYS), len(links))
+            links.insert(at, (explore_anchor(run), EXPLORE_TITLE))
+        subs = "".join(f'<li><a href="#{escape(a)}">{escape(t)}</a></li>' for a, t in links)
         items.append(f'<li><a href="#{escape(run.slug)}">{escape(run.name)}</a><ul>{subs}</ul></li>')
     return f"<nav><strong>Contents</strong><ul>{''.join(items)}</ul></nav>"
 
@@ -109,12 +141,19 @@ def render_html(report: Report) -> str:
         meta = run.meta if run.meta is not None else f"per-checkpoint sections show step {step}."
         body.append(f'<article id="{escape(run.slug)}"><h2>{escape(run.name)}</h2>'
                     f'<p class="meta">Run directory <code>{escape(run.path)}</code>; {escape(meta)}</p>')
-        body += [section_html(s, section_anchor(run, s), 3) for s in run.sections]
+        body += _run_sections(run)
         body.append("</article>")
+    script = f"<script>{EXPLORE_JS}</script>" if _needs_script(report) else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>headscreen report: {escape(names)}</title><style>{CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
+            f"<title>headscreen report: {escape(names)}</title><style>{CSS}{EXPLORE_CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main>{script}</body></html>\n")
+
+
+def _needs_script(report: Report) -> bool:
+    sections = [s for r in report.runs for s in r.sections] + ([report.comparison] if report.comparison else [])
+    return (any(r.explore is not None for r in report.runs)
+            or any(len(t.rows) >= INTERACTIVE_ROWS for s in sections for t in s.tables))
 
 
 def write_html(report: Report, path: Path) -> Path:

@@ -59,6 +59,7 @@ class Series:
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
         self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
         self._pool = BufferPool()  # read buffers of head_weights(dtype=None), reused once released
+        self.boot_dtype = torch.float32  # what `boot` loads the weights as (headscreen.series.precision)
 
     def __getstate__(self) -> dict:
         """Pickled (for a worker process) without the read buffers: the worker makes its own."""
@@ -104,7 +105,8 @@ class Series:
         key = (ckpt.step, folder)
         if key not in self._checked:
             self._checked[key] = check_checkpoint(folder, allow_pickle=self.allow_pickle,
-                                                  label=f"{ckpt.label()} at {folder}", src=src)
+                                                  label=f"{ckpt.label()} at {folder}", src=src,
+                                                  all_shards=purpose == "full" or self.source_kind != "hub")
         return self._checked[key]
 
     def geometry(self, ckpt: Checkpoint | None = None) -> AttentionGeometry:
@@ -149,19 +151,20 @@ class Series:
         for ckpt in checkpoints if checkpoints is not None else self.checkpoints:
             yield ckpt, self.head_weights(ckpt)
 
-    def boot(self, ckpt: Checkpoint, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def boot(self, ckpt: Checkpoint, *, device: str = "cpu", dtype: torch.dtype | None = None):
         """A fresh `TransformerBridge` for this checkpoint, offline, in raw (non-compatibility) mode.
 
         The checkpoint passes the header and shape checks first (`check`: nothing is loaded before),
         and every parameter of the booted model, attention included, is checked for NaN/Inf; each
         failure is a `SeriesError` naming the checkpoint. The attention tensors are not read a second
-        time by the lazy reader.
+        time by the lazy reader. `dtype`: the weights' dtype (default: `self.boot_dtype`, float32 unless
+        the screen chose another; headscreen.series.precision).
         """
         from headscreen.series.boot import boot_bridge
 
         folder = self.folder(ckpt, purpose="full")
         self.check(ckpt, purpose="full")
-        bridge = boot_bridge(folder, self.tokenizer_dir(), device=device, dtype=dtype,
+        bridge = boot_bridge(folder, self.tokenizer_dir(), device=device, dtype=dtype or self.boot_dtype,
                              trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
                              checked=True)
         check_finite_parameters(bridge, f"{ckpt.label()} at {folder}")

@@ -61,7 +61,24 @@ def boot_bridge(folder: str | Path, tokenizer_dir: str | Path | None = None, *, 
         raise CorruptCheckpoint(f"checkpoint {folder}: transformers could not load it ({type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); re-save this "
                                 "checkpoint or drop it from the series") from e
+    if dtype != torch.float32:
+        _rotary_in_weight_dtype(bridge, dtype)
     return bridge.eval()
+
+
+def _rotary_in_weight_dtype(bridge, dtype: torch.dtype) -> None:
+    """Cast the rotated q/k back to the weights' dtype, as HF's own OLMo/OLMoE/Llama attention does.
+
+    TransformerLens 4.3 rotates q/k with float32 cos/sin and keeps the float32 result for OLMo-family
+    models, so a half-precision boot fails (`matmul` of a float32 pattern with half-precision values).
+    A permanent hook on `hook_rot_q`/`hook_rot_k` restores HF's order of operations: the bridge's logits
+    then equal HF eager's in bfloat16 exactly on the tiny models of each architecture (tests/test_precision.py)."""
+    def cast(t, hook):
+        return t.to(dtype)
+
+    for name in bridge.hook_dict:
+        if name.endswith(("attn.hook_rot_q", "attn.hook_rot_k")):
+            bridge.add_hook(name, cast, is_permanent=True)
 
 
 def _boot(folder: Path, tok, *, device: str, dtype: torch.dtype, trust_remote_code: bool):

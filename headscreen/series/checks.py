@@ -36,7 +36,7 @@ def read_hf_config(folder: Path, label: str | None = None) -> dict:
 
 
 def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: str | None = None,
-                     src: TensorSource | None = None) -> AttentionGeometry:
+                     src: TensorSource | None = None, all_shards: bool = True) -> AttentionGeometry:
     """Check one checkpoint folder; returns its attention geometry.
 
     Raises a `SeriesError` naming the checkpoint for: a missing or invalid config.json, an unsupported
@@ -44,6 +44,8 @@ def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: s
     it, a pickle that `torch.load(weights_only=True)` refuses), a truncated file, a crafted or damaged
     safetensors header, and a tensor whose claimed shape differs from the one config.json implies.
     `src`: the folder's TensorSource when the caller reads from it next (its checked headers are kept).
+    `all_shards`: every shard the index names must be in the folder (False: a hub folder downloaded for
+    its attention tensors only holds the shards that have them).
     """
     folder = Path(folder)
     where = label or str(folder)
@@ -53,8 +55,13 @@ def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: s
     geometry = geometry_from_config(cfg, where=f"checkpoint {where} config.json")
     try:
         claimed = src.validate()
+        missing = src.missing_shards() if all_shards else []
     finally:
         src.close()
+    if missing:
+        raise CorruptCheckpoint(f"checkpoint {where}: shard {missing[0]} named by its model.safetensors.index.json is "
+                                f"missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; restore it "
+                                "(re-download or re-save this checkpoint)")
     check_shapes(claimed, geometry, where)  # attention and embeddings, with the geometry in the message
     implied = model_shapes(json.dumps(cfg, sort_keys=True), geometry.n_layers)
     for name, shape in claimed.items():
@@ -99,4 +106,5 @@ def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
     for name, t in module.named_parameters():
         if not t.is_floating_point():
             continue
+        name = name.replace("_original_component.", "")  # the bridge's wrapper, not the checkpoint's name
         require_finite(t, f"{where}: {name}", fix="drop it from the series (or screen with --skip-bad)")

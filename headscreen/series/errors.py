@@ -41,3 +41,7 @@ class PickleRefused(SeriesError):
 
 class HubUnavailable(SeriesError):
     pass
+
+
+class DownloadInterrupted(HubUnavailable):
+    """A hub download stopped mid-file (the connection dropped); a rerun resumes it."""

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from headscreen.series.base import TOKENIZER_FILES, Checkpoint, Series
-from headscreen.series.errors import CheckpointNotFound, HubUnavailable, NoWeightsError
+from headscreen.series.errors import CheckpointNotFound, DownloadInterrupted, HubUnavailable, NoWeightsError
 from headscreen.series.schedules import Revision
 from headscreen.series.tensors import SAFETENSORS_INDEX
 
@@ -97,6 +97,17 @@ def _silent_tqdm():
     return Silent
 
 
+def _is_transport_error(e: BaseException) -> bool:
+    """A connection dropped or timed out under huggingface_hub (httpx, requests or the socket itself)."""
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    return any(c.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3", "http")
+               and c.__name__.endswith(("ProtocolError", "ConnectError", "ReadError", "TimeoutException",
+                                        "ReadTimeout", "ConnectionError", "ChunkedEncodingError", "NetworkError",
+                                        "TransportError", "IncompleteRead"))
+               for c in type(e).__mro__)
+
+
 def attention_shards(weight_map: dict[str, str], purpose: str) -> list[str]:
     """The shard files of a safetensors index that a purpose needs: those holding attention tensors, or all."""
     if purpose == "full":
@@ -154,7 +165,23 @@ class HubSeries(Series):
         except HfHubHTTPError as e:
             self._problem = f"{hub_endpoint(self.endpoint)} answered {e}"
             raise HubUnavailable(self._unavailable(revision)) from e
+        except Exception as e:
+            if not _is_transport_error(e):
+                raise
+            raise DownloadInterrupted(self._interrupted(revision, patterns, e)) from e
         return Path(path)
+
+    def _interrupted(self, revision: str, patterns: list[str], e: BaseException) -> str:
+        """The one line for a download cut off mid-file: repo, revision, the file(s) not in the cache."""
+        from huggingface_hub import try_to_load_from_cache
+
+        unfinished = [p for p in patterns if "*" not in p and not isinstance(
+            try_to_load_from_cache(self.repo, p, cache_dir=self.cache_dir, revision=revision), str)]
+        what = (f"{unfinished[0]}" + (f" (and {len(unfinished) - 1} more file(s))" if len(unfinished) > 1 else "")
+                if unfinished else "a file")
+        return (f"the download of {what} from {self.repo} at revision {revision!r} ({hub_endpoint(self.endpoint)}) "
+                f"was cut off ({type(e).__name__}: {' '.join(str(e).split())}); rerun the same command: the files "
+                "already downloaded are kept in the cache and the rest is fetched again")
 
     def _unavailable(self, revision: str) -> str:
         from huggingface_hub import constants

@@ -8,6 +8,7 @@ No hub call is ever made for a local series.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from headscreen.series.base import Checkpoint, Series, has_tokenizer
@@ -15,6 +16,17 @@ from headscreen.series.errors import CheckpointNotFound
 from headscreen.series.naming import parse_step, parse_tokens
 
 MANIFEST = "series.json"
+
+
+def _require_utf8(path: Path, what: str) -> None:
+    """One rule for every command: a folder name must be text (UTF-8), or it could not be written into
+    a run's manifest and tables; rename it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raw = bytes(str(path), "utf-8", "surrogateescape")
+        raise CheckpointNotFound(f"{what} {raw!r} is not valid UTF-8 text; rename it (headscreen records folder names "
+                                 "in the run's manifest and tables)") from None
 
 
 def _from_manifest(root: Path) -> list[Checkpoint]:
@@ -41,6 +53,11 @@ def _from_manifest(root: Path) -> list[Checkpoint]:
         if not isinstance(e["path"], str):
             raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint entry {i} has path {e['path']!r}; give the "
                                      "folder name as a string")
+        if Path(e["path"]).name != e["path"] or e["path"] in ("", ".", ".."):  # the rule of a shard index
+            raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint step {e['step']} points outside the series "
+                                     f"({e['path']!r}); a checkpoint must be a folder of the series root (it may be a "
+                                     "symlink), named without '/' or '..'")
+        _require_utf8(root / e["path"], "checkpoint folder")
         path = (root / e["path"]).resolve()
         if not path.is_dir():
             raise CheckpointNotFound(f"{root / MANIFEST}: checkpoint step {e['step']} points to {path}, which does not exist")
@@ -60,6 +77,7 @@ def _from_folders(root: Path) -> list[Checkpoint]:
         )
     out = []
     for f in folders:
+        _require_utf8(f, "checkpoint folder")
         step = parse_step(f.name)
         if step is None:
             raise CheckpointNotFound(
@@ -76,6 +94,11 @@ class LocalSeries(Series):
     def __init__(self, root: str | Path, *, name: str | None = None, allow_pickle: bool = False,
                  trust_remote_code: bool = False):
         root = Path(root).expanduser()
+        if root.is_symlink() and not root.exists():
+            raise CheckpointNotFound(f"series path {root} is a symlink that cannot be followed (it points to itself, "
+                                     f"into a loop, or to a missing target: {os.readlink(root)!r}); give the folder "
+                                     "that holds the checkpoints")
+        _require_utf8(root, "series folder")
         if not root.exists():
             raise CheckpointNotFound(f"series path {root} does not exist; give a folder of checkpoints or a model config")
         if not root.is_dir():

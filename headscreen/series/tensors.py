@@ -193,6 +193,12 @@ class TensorSource:
         """The safetensors files of this checkpoint that exist here (hub folders may hold a subset)."""
         return sorted({f for f in self._index().values() if f.exists()})
 
+    def missing_shards(self) -> list[str]:
+        """Shard files the safetensors index names that are not in the folder."""
+        if self.format != "safetensors":
+            return []
+        return sorted({f.name for f in self._index().values() if not f.exists()})
+
     def validate(self) -> dict[str, tuple[int, ...]]:
         """Check every shard's header (or load the pickle with weights_only); key -> claimed shape.
 

@@ -98,6 +98,55 @@ overload(_value, inline="always")(_from_bits(True))
 overload(_trusted, inline="always")(_from_bits(False))
 
 
+@nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _scatter_group(layer, g, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins, acc,
+                   sq):  # pragma: no cover (compiled)
+    """The heads h0 .. h0 + per_group − 1 (h0 = layer·H + g·per_group) of one part: see _scatter_part.
+    Writes only acc[h] and sq[h] of those heads, so (layer, g) pairs may run on different threads."""
+    c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
+    p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
+    unit = cs[3] == 1 and ps[3] == 1
+    buf = np.empty(n_b, dtype=np.float64)  # δ of one run of the inner dim
+    h0 = layer * n_heads + g * per_group
+    row = acc[h0]
+    s = sq[h0]  # one running sum per head, in element order (per_group == 1)
+    for a in range(n_a):
+        ua = np.uint64(a)
+        cb = np.uint64(c_off) + np.uint64(layer) * c0 + np.uint64(g) * c1 + ua * c2
+        pb = np.uint64(p_off) + np.uint64(layer) * p0 + np.uint64(g) * p1 + ua * p2
+        kb = ua * np.uint64(n_b)
+        # 1. convert and difference a run (contiguous runs: a loop the compiler vectorises)
+        if unit:
+            cur_run, prev_run = cur[cb:cb + np.uint64(n_b)], prev[pb:pb + np.uint64(n_b)]
+            if has_prev:
+                for b in range(n_b):
+                    buf[b] = _value(cur_run[b]) - _trusted(prev_run[b])
+            else:
+                for b in range(n_b):
+                    buf[b] = _value(cur_run[b])
+        else:
+            for b in range(n_b):
+                ub = np.uint64(b)
+                x = _value(cur[cb + ub * c3])
+                if has_prev:
+                    x -= _trusted(prev[pb + ub * p3])
+                buf[b] = x
+        # 2. scatter into the bins and add the squares
+        if per_group == 1:  # the common case, kept free of the inner loop
+            for b in range(n_b):
+                x = buf[b]
+                row[bins[kb + np.uint64(b)]] += x
+                s += x * x
+        else:
+            for b in range(n_b):
+                x = buf[b]
+                for h in range(h0, h0 + per_group):
+                    acc[h, bins[kb + np.uint64(b)]] += x
+                    sq[h] += x * x
+    if per_group == 1:
+        sq[h0] = s
+
+
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def _scatter_part(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups, n_a, n_b,
                   per_group, bins, acc, sq):  # pragma: no cover (compiled)
@@ -106,50 +155,27 @@ def _scatter_part(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups,
     h = g·per_group .. g·per_group + per_group − 1; δ = θ_t − θ_{t−1} (θ_t when not has_prev), float64.
     Indices are unsigned: no negative-index wraparound in the inner loop."""
     n_heads = n_groups * per_group
-    c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
-    p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
-    unit = cs[3] == 1 and ps[3] == 1
-    buf = np.empty(n_b, dtype=np.float64)  # δ of one run of the inner dim
     for layer in range(n_layers):
         for g in range(n_groups):
-            h0 = layer * n_heads + g * per_group
-            row = acc[h0]
-            s = sq[h0]  # one running sum per head, in element order (per_group == 1)
-            for a in range(n_a):
-                ua = np.uint64(a)
-                cb = np.uint64(c_off) + np.uint64(layer) * c0 + np.uint64(g) * c1 + ua * c2
-                pb = np.uint64(p_off) + np.uint64(layer) * p0 + np.uint64(g) * p1 + ua * p2
-                kb = ua * np.uint64(n_b)
-                # 1. convert and difference a run (contiguous runs: a loop the compiler vectorises)
-                if unit:
-                    cur_run, prev_run = cur[cb:cb + np.uint64(n_b)], prev[pb:pb + np.uint64(n_b)]
-                    if has_prev:
-                        for b in range(n_b):
-                            buf[b] = _value(cur_run[b]) - _trusted(prev_run[b])
-                    else:
-                        for b in range(n_b):
-                            buf[b] = _value(cur_run[b])
-                else:
-                    for b in range(n_b):
-                        ub = np.uint64(b)
-                        x = _value(cur[cb + ub * c3])
-                        if has_prev:
-                            x -= _trusted(prev[pb + ub * p3])
-                        buf[b] = x
-                # 2. scatter into the bins and add the squares
-                if per_group == 1:  # the common case, kept free of the inner loop
-                    for b in range(n_b):
-                        x = buf[b]
-                        row[bins[kb + np.uint64(b)]] += x
-                        s += x * x
-                else:
-                    for b in range(n_b):
-                        x = buf[b]
-                        for h in range(h0, h0 + per_group):
-                            acc[h, bins[kb + np.uint64(b)]] += x
-                            sq[h] += x * x
-            if per_group == 1:
-                sq[h0] = s
+            _scatter_group(layer, g, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins,
+                           acc, sq)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
+def _scatter_part_threads(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups, n_a, n_b,
+                          per_group, bins, acc, sq):  # pragma: no cover (compiled)
+    """_scatter_part with the (layer, group) pairs split across numba's threads. Each pair's sums run on
+    one thread in the same element order as the serial loop: the records are bit-identical."""
+    n_heads = n_groups * per_group
+    for lg in nb.prange(n_layers * n_groups):
+        _scatter_group(lg // n_groups, lg % n_groups, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b,
+                       per_group, bins, acc, sq)
+
+
+def pass_threads() -> int:
+    """Threads of the fused pass: torch's intra-op thread count (the CLI's --threads), capped by numba's
+    pool. 1 runs the serial kernel."""
+    return max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
 
 
 Part = tuple[Tensor, int]  # ([L, G, A, B] view, first column of the part in the head vector)
@@ -227,8 +253,12 @@ def fused_update(parts: list[Part], prev: list[Part] | None, bins: np.ndarray, n
             tables[key] = np.ascontiguousarray(cols.T if swapped else cols).reshape(-1)
         cur, c_off, cs = _flat(t)
         pv, p_off, ps = (cur, c_off, cs) if pt is None else _flat(pt)
-        _scatter_part(cur, c_off, cs, pv, p_off, ps, pt is not None, n_layers, n_groups, n_outer, n_inner,
-                      n_heads // n_groups, tables[key], acc, sq)
+        threads = pass_threads()
+        kernel = _scatter_part if threads == 1 or n_layers * n_groups == 1 else _scatter_part_threads
+        if kernel is _scatter_part_threads:
+            nb.set_num_threads(threads)
+        kernel(cur, c_off, cs, pv, p_off, ps, pt is not None, n_layers, n_groups, n_outer, n_inner,
+               n_heads // n_groups, tables[key], acc, sq)
     out = acc[:, 0::2] - acc[:, 1::2]
     finite = torch.from_numpy(np.isfinite(acc).all(-1) & np.isfinite(sq)).view(n_layers, n_heads)
     return torch.from_numpy(out).view(n_layers, n_heads, dim), torch.from_numpy(sq).view(n_layers, n_heads), finite

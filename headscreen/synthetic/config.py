@@ -96,9 +96,9 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, section: str = "train") -> TrainConfig:
         """The `section` mapping of a model_configs/*.yaml file (other top-level keys are ignored)."""
-        import yaml
+        from headscreen.config import read_yaml
 
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):
             raise ConfigError(f"{path} has no {section!r} mapping: add a top-level '{section}:' with TrainConfig fields")
         try:
