@@ -44,6 +44,7 @@ class GrokConfig:
     defect_batch_size: int = 128
     defect_eta: float = 1e-3
     defect_form: str = "exact"  # or "float32_direct": the published evaluation (defect.commutator_defect)
+    defect_min_step: float | None = None  # the Dyck/SCAN study's adaptive η: min ‖η g‖ >= this (1e-6 there)
     # the published recipe's data and stop rule (docs/methods.md, "Reproducing the published grokking results")
     split: str = "torch_permutation"  # or "python_shuffle" (tasks.make_dataset)
     batch_sampling: str = "without_replacement"  # or "with_replacement" (sampling.ReplacementStream)
@@ -93,6 +94,8 @@ class GrokConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, f"use one of {', '.join(allowed)}")
+        if self.defect_min_step is not None and not self.defect_min_step > 0:
+            fail("defect_min_step", "use a positive step norm such as 1e-6, or null for a fixed defect_eta")
         if self.stop_acc is not None and not 0.0 < self.stop_acc <= 1.0:
             fail("stop_acc", "use a test accuracy in (0, 1], e.g. 0.98, or null to run all steps")
         if self.stop_patience < 1:

@@ -81,11 +81,16 @@ def _restore(params: Sequence[nn.Parameter], saved: Sequence[Tensor]) -> None:
 
 def _pair_defect(
     model: nn.Module, loss_fn: LossFn, a: Batch, b: Batch, params: Sequence[nn.Parameter],
-    saved: Sequence[Tensor], eta: float, form: str = "exact",
+    saved: Sequence[Tensor], eta: float, form: str = "exact", min_step: float | None = None,
 ) -> tuple[Tensor, bool]:
-    """(D, resolved): resolved is False when a perturbed point could not be represented."""
+    """(D, resolved): resolved is False when a perturbed point could not be represented. `min_step`: raise
+    η for this pair so that min(‖η g_A‖, ‖η g_B‖) >= min_step (η at most 1), as the Dyck/SCAN study does."""
     g_a = _grads(loss_fn, model, a, params)
     g_b = _grads(loss_fn, model, b, params)
+    if min_step is not None:
+        smaller = float(min(_norm(g_a), _norm(g_b)))
+        if smaller > 0 and eta * smaller < min_step:
+            eta = min(min_step / smaller, 1.0)
     ok_b = _shift(params, saved, g_b, eta)
     g_a_after_b = _grads(loss_fn, model, a, params)  # g_A(θ₀ − η g_B)
     ok_a = _shift(params, saved, g_a, eta)
@@ -261,6 +266,7 @@ def commutator_defect(
     fallback_float64: bool = True,
     vectorize: bool = True,
     form: str = "exact",
+    min_step: float | None = None,
 ) -> Tensor:  # [K] float64, one D per pair
     """D = ‖θ_AB − θ_BA‖ / (‖η g_A‖ · ‖η g_B‖) for each (A, B) in `pairs` (docs/methods.md).
 
@@ -273,6 +279,7 @@ def commutator_defect(
     the step rounds away, as after perfect memorisation without weight decay), that pair is
     recomputed on a float64 copy (`fallback_float64`, default) or returned as NaN; it would otherwise
     come out as a spurious 0. `vectorize=False` forces the pair-by-pair evaluation (module docstring).
+    `min_step`: the Dyck/SCAN study's adaptive η (per pair, so pair by pair; `_pair_defect`).
     `form="float32_direct"`: the published study's evaluation (`_direct`: θ_AB − θ_BA subtracted as
     vectors in the model's dtype, no resolution check); "exact" (default): the cancellation-free form.
     """
@@ -291,7 +298,10 @@ def commutator_defect(
         moving = [all_params[i] for i in wanted]
         pairs = [(_cast_batch(a, dtype), _cast_batch(b, dtype)) for a, b in pairs]
     saved = [p.detach().clone() for p in moving]
-    batched = _batched_defects(model, loss_fn, pairs, moving, saved, eta, form) if vectorize else None
+    if min_step is not None and not min_step > 0:
+        raise ValueError(f"min_step={min_step!r} must be > 0, or None for a fixed eta")
+    batched = (_batched_defects(model, loss_fn, pairs, moving, saved, eta, form)
+               if vectorize and min_step is None else None)
     if batched is not None:
         out, unresolved = batched
     else:
@@ -299,7 +309,7 @@ def commutator_defect(
         unresolved = []
         try:
             for k, (a, b) in enumerate(pairs):
-                out[k], ok = _pair_defect(model, loss_fn, a, b, moving, saved, eta, form)
+                out[k], ok = _pair_defect(model, loss_fn, a, b, moving, saved, eta, form, min_step)
                 if not ok:
                     unresolved.append(k)
         finally:
@@ -308,7 +318,8 @@ def commutator_defect(
         if fallback_float64 and any(p.dtype != torch.float64 for p in moving):
             sub = [pairs[k] for k in unresolved]
             out[unresolved] = commutator_defect(model, loss_fn, sub, eta=eta, params=moving, dtype=torch.float64,
-                                                fallback_float64=False, vectorize=vectorize)
+                                                fallback_float64=False, vectorize=vectorize, form=form,
+                                                min_step=min_step)
         else:
             out[unresolved] = float("nan")
     return out

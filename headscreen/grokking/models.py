@@ -39,6 +39,7 @@ MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snap
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 N_CTX = 3  # [a, b, '=']
 ARCHES = ("decoder", "encoder")
+INITS = ("normal", "pytorch-layer", "pytorch-transformer")  # the last two: the Dyck and SCAN models only
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ModelSpec:
     freeze_biases: bool = False
     init_std: float | None = None  # None: 0.8 / sqrt(d_model), TransformerLens's default initializer range
     arch: str = "decoder"  # "decoder": GrokTransformer below; "encoder": the published model (encoder.py)
+    init: str = "normal"  # normal: N(0, std²); pytorch-layer / pytorch-transformer: seqmodels.init_pytorch
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
@@ -63,6 +65,11 @@ class ModelSpec:
             raise ConfigError(f"model.act = {self.act!r} is invalid: use one of {sorted(ACTIVATIONS)}")
         if self.arch not in ARCHES:
             raise ConfigError(f"model.arch = {self.arch!r} is invalid: use one of {list(ARCHES)}")
+        if self.init not in INITS:
+            raise ConfigError(f"model.init = {self.init!r} is unknown; use one of {', '.join(INITS)}")
+        if self.init != "normal" and self.arch != "decoder":
+            raise ConfigError(f"model.init = {self.init!r} applies to the dyck and scan models; the encoder "
+                              "(arch: encoder) has its own initialisation: remove init")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"model.init_std = {self.init_std!r} is invalid: use a positive number or null")
 
@@ -187,6 +194,9 @@ class GrokTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Weights ~ N(0, spec.std²), biases 0, LayerNorm gains 1; frozen biases (nanda) stay 0."""
+        if self.spec.init != "normal":
+            raise ConfigError(f"model.init = {self.spec.init!r} applies to the dyck and scan models only; "
+                              "the modular-arithmetic model uses init: normal (with init_std)")
         for name, prm in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf.startswith("W_"):
@@ -239,6 +249,7 @@ class GrokTransformer(nn.Module):
         """The config.json of a snapshot: what `headscreen.series` needs to read the attention weights."""
         s = self.spec.to_dict()
         s.pop("arch")  # the decoder's config.json is as it was before the encoder existed
+        s.pop("init")  # (and before the Dyck/SCAN models' PyTorch inits, which it refuses)
         return {"model_type": MODEL_TYPE, "architectures": [type(self).__name__], **s,
                 "vocab_size": self.p + 1, "n_ctx": N_CTX, "n_out": self.p, "p": self.p,
                 "tasks": list(self.tasks), "task": self.tasks[0] if len(self.tasks) == 1 else "multitask"}

@@ -12,6 +12,10 @@ Interpretation (`interpret`): walk/look/run/jump -> WALK/LOOK/RUN/JUMP; `turn` a
 
 Splits: `simple` (a seeded random subset for training, the rest for test) and `addjump` (training:
 commands without `jump` plus the bare command `jump`; test: every other command with `jump`).
+`pool_train` (simple split) first partitions the commands at random into a training pool of that size and
+a test pool (Lake & Baroni's simple split: 16,728 / 4,182), then draws n_train from the training pool and
+n_test from the test pool, as the Dyck/SCAN study subsamples the split's files. `data_seed` (None: the
+run's seed) fixes the data independently of the model seed.
 """
 
 from __future__ import annotations
@@ -101,8 +105,20 @@ class ScanSpec:
     split: str = "simple"
     n_train: int = 2048  # training examples (simple split: a random subset; addjump: a subset of its train part)
     n_test: int = 2000  # test examples evaluated (a random subset of the held-out commands; 0 = all)
+    pool_train: int | None = None  # simple split: size of the training pool (16728 = Lake's); None: every command
+    data_seed: int | None = None  # None: the run's seed
 
     def __post_init__(self) -> None:
+        if self.pool_train is not None:
+            if self.split != "simple":
+                raise ConfigError(f"scan.pool_train = {self.pool_train!r} applies to the simple split only; remove it")
+            if isinstance(self.pool_train, bool) or not isinstance(self.pool_train, int) or \
+                    not self.n_train <= self.pool_train < N_COMMANDS:
+                raise ConfigError(f"scan.pool_train = {self.pool_train!r} is invalid: use an integer from n_train "
+                                  f"({self.n_train}) to {N_COMMANDS - 1} (Lake's simple split: 16728), or null")
+        if self.data_seed is not None and (isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)
+                                           or self.data_seed < 0):
+            raise ConfigError(f"scan.data_seed = {self.data_seed!r} is invalid: use an integer >= 0 or null")
         if self.split not in SPLITS:
             raise ConfigError(f"scan.split = {self.split!r} is unknown; use one of {', '.join(SPLITS)}")
         if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 1:
@@ -111,6 +127,7 @@ class ScanSpec:
             raise ConfigError(f"scan.n_test = {self.n_test!r} is invalid: use an integer >= 0 (0 = every held-out command)")
 
 
+N_COMMANDS = 20910  # len(all_commands())
 SRC_VOCAB = ("<pad>", "<bos>", "<eos>", *COMMAND_WORDS)
 TGT_VOCAB = ("<pad>", "<bos>", "<eos>", *ACTIONS)
 MAX_SRC = 9  # longest command: 'walk around left thrice after run opposite right thrice'
@@ -143,8 +160,13 @@ class ScanData(SplitTable):
 def make_scan(spec: ScanSpec, seed: int) -> ScanData:
     """The chosen split, with `n_train` training and `n_test` test commands drawn from `seed`."""
     commands = all_commands()
-    g = torch.Generator().manual_seed(seed)
-    if spec.split == "simple":
+    g = torch.Generator().manual_seed(seed if spec.data_seed is None else spec.data_seed)
+    if spec.split == "simple" and spec.pool_train is not None:
+        perm = torch.randperm(len(commands), generator=g)
+        train_pool, pool = perm[: spec.pool_train], perm[spec.pool_train:]
+        train = train_pool[torch.randperm(len(train_pool), generator=g)[: spec.n_train]]
+        pool = pool[torch.randperm(len(pool), generator=g)]
+    elif spec.split == "simple":
         perm = torch.randperm(len(commands), generator=g)
         n_train = min(spec.n_train, len(commands) - 1)
         train, pool = perm[:n_train], perm[n_train:]

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -29,15 +31,77 @@ from headscreen.grokking.models import (
 )
 
 
-def _init(model: nn.Module, std: float) -> None:
+def _init(model: nn.Module, spec: ModelSpec) -> None:
+    if spec.init != "normal":
+        init_pytorch(model, spec)
+        return
     for name, prm in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if leaf.startswith("W_"):
-            nn.init.normal_(prm, std=std)
+            nn.init.normal_(prm, std=spec.std)
         elif leaf == "weight":
             nn.init.ones_(prm)
         else:
             nn.init.zeros_(prm)
+
+
+def _pytorch_bounds(spec: ModelSpec) -> dict[str, float]:
+    """Uniform bounds of PyTorch's module defaults, per parameter leaf, for our parameter layout.
+
+    pytorch-layer (nn.TransformerEncoderLayer as constructed): in_proj (W_Q, W_K, W_V stacked, [3·H·dh, d])
+    Xavier-uniform; out_proj (W_O) Kaiming-uniform with a = √5, i.e. ±1/√fan_in; linear1/linear2 (W_in,
+    W_out) and their biases ±1/√fan_in. pytorch-transformer (nn.Transformer, whose constructor re-draws every
+    matrix Xavier-uniform): in_proj, out_proj, linear1, linear2 all Xavier-uniform; biases as above.
+    Both: attention biases 0, embeddings (nn.Embedding) N(0, 1), the readout (nn.Linear) ±1/√d."""
+    d, hd, f = spec.d_model, spec.n_heads * spec.d_head, spec.d_mlp
+
+    def xavier(fan_in: int, fan_out: int) -> float:
+        return math.sqrt(6.0 / (fan_in + fan_out))
+
+    qkv = xavier(d, 3 * hd)
+    if spec.init == "pytorch-layer":
+        w_o, w_in, w_out = 1 / math.sqrt(hd), 1 / math.sqrt(d), 1 / math.sqrt(f)
+    else:
+        w_o, w_in, w_out = xavier(hd, d), xavier(d, f), xavier(f, d)
+    return {"W_Q": qkv, "W_K": qkv, "W_V": qkv, "W_O": w_o, "W_in": w_in, "W_out": w_out,
+            "b_in": 1 / math.sqrt(d), "b_out": 1 / math.sqrt(f), "W_U": 1 / math.sqrt(d)}
+
+
+@torch.no_grad()
+def _clone_blocks(blocks: list[nn.Module], leaves: tuple[str, ...] | None) -> None:
+    """Copy blocks[0]'s parameters (those whose leaf name is in `leaves`; None: all) into every later block:
+    nn.TransformerEncoder / nn.TransformerDecoder build their layers as deep copies of one layer."""
+    first = dict(blocks[0].named_parameters())
+    for block in blocks[1:]:
+        for name, prm in block.named_parameters():
+            if leaves is None or name.rsplit(".", 1)[-1] in leaves:
+                prm.copy_(first[name])
+
+
+def init_pytorch(model: nn.Module, spec: ModelSpec) -> None:
+    """The initialisation PyTorch's modules give the published models (`_pytorch_bounds`), including their
+    layer copies: pytorch-layer starts every block as a copy of the first (nn.TransformerEncoder deep-copies
+    its layer); pytorch-transformer re-draws every matrix per layer, so only the MLP biases (b_in, b_out) are
+    shared, among the encoder blocks and among the decoder blocks. Our readout has no bias (nn.Linear's
+    would be ±1/√d): docs/methods.md lists it among the differences."""
+    bounds = _pytorch_bounds(spec)
+    for name, prm in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("W_E", "W_pos"):
+            nn.init.normal_(prm, std=1.0)
+        elif leaf in bounds:
+            nn.init.uniform_(prm, -bounds[leaf], bounds[leaf])
+        elif leaf == "weight":
+            nn.init.ones_(prm)
+        else:
+            nn.init.zeros_(prm)
+    blocks, L = list(model.blocks), spec.n_layers
+    if spec.init == "pytorch-layer":
+        _clone_blocks(blocks, None)
+    else:
+        groups = [blocks[:L], blocks[L:]] if len(blocks) == 2 * L else [blocks]
+        for group in groups:
+            _clone_blocks(group, ("b_in", "b_out"))
 
 
 class DyckTransformer(nn.Module):
@@ -49,7 +113,7 @@ class DyckTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
         self.ln_final = _norm(spec)
         self.unembed = Unembed(spec.d_model, n_classes)
-        _init(self, spec.std)
+        _init(self, spec)
 
     def forward(self, tokens: Int[Tensor, "B T"]) -> Float[Tensor, "B T C"]:
         x = self.embed.W_E[tokens] + self.pos.W_pos[: tokens.shape[1]]
@@ -100,7 +164,7 @@ class ScanTransformer(nn.Module):
         self.ln_enc = _norm(spec)
         self.ln_final = _norm(spec)
         self.unembed = Unembed(spec.d_model, tgt_vocab)
-        _init(self, spec.std)
+        _init(self, spec)
 
     def encode(self, src: Int[Tensor, "B S"]) -> tuple[Float[Tensor, "B S D"], Tensor]:
         pad = src == self.pad

@@ -93,11 +93,12 @@ def sequence_loss(model: nn.Module, batch: Batch, ignore_index: int = -100) -> T
 
 
 @torch.no_grad()
-def _sequence_metrics(model: nn.Module, batch: Batch, ignore: int | None, chunk: int = 1024) -> tuple[float, float]:
-    """(mean token loss over non-ignored tokens, exact-match accuracy: the share of sequences whose every
-    non-ignored position is predicted right)."""
+def _sequence_metrics(model: nn.Module, batch: Batch, ignore: int | None, chunk: int = 1024,
+                      token: bool = False) -> tuple[float, float]:
+    """(mean token loss over non-ignored tokens, accuracy): exact match, the share of sequences whose every
+    non-ignored position is predicted right; with `token`, the share of non-ignored positions right."""
     x, y = batch
-    loss_sum, n_tok, correct = 0.0, 0, 0.0
+    loss_sum, n_tok, correct, tok_right = 0.0, 0, 0.0, 0
     for i in range(0, len(x), chunk):
         xb, yb = x[i:i + chunk], y[i:i + chunk]
         logits = model(xb, yb) if getattr(model, "teacher_forced", False) else model(xb)
@@ -106,7 +107,8 @@ def _sequence_metrics(model: nn.Module, batch: Batch, ignore: int | None, chunk:
         n_tok += int(keep.sum())
         hit = (logits.argmax(-1) == yb) | ~keep
         correct += hit.all(-1).float().sum().item()
-    return loss_sum / max(n_tok, 1), correct / len(x)
+        tok_right += int((hit & keep).sum())
+    return loss_sum / max(n_tok, 1), (tok_right / max(n_tok, 1) if token else correct / len(x))
 
 
 class SequenceTask:
@@ -116,8 +118,9 @@ class SequenceTask:
 
     ignore: int | None = None
 
-    def __init__(self, cfg, data, model_factory: Callable[[], nn.Module]):
+    def __init__(self, cfg, data, model_factory: Callable[[], nn.Module], token_accuracy: bool = False):
         self.cfg, self.name, self.data, self._factory = cfg, cfg.task_name, data, model_factory
+        self.token_accuracy = token_accuracy
 
     def train(self) -> Batch:
         return self.data.train()
@@ -129,19 +132,22 @@ class SequenceTask:
         return sequence_loss(model, batch, -100 if self.ignore is None else self.ignore)
 
     def evaluate(self, model: nn.Module) -> list[dict]:
-        tr_loss, tr_acc = _sequence_metrics(model, self.data.train(), self.ignore)
-        te_loss, te_acc = _sequence_metrics(model, self.data.test(), self.ignore)
+        tr_loss, tr_acc = _sequence_metrics(model, self.data.train(), self.ignore, token=self.token_accuracy)
+        te_loss, te_acc = _sequence_metrics(model, self.data.test(), self.ignore, token=self.token_accuracy)
         return [{"task": self.name, "train_loss": tr_loss, "test_loss": te_loss, "train_acc": tr_acc,
                  "test_acc": te_acc}]
 
 
 def _dyck(cfg) -> Task:
-    from headscreen.grokking.dyck import VOCAB, DyckSpec, make_dyck
+    from headscreen.grokking.dyck import IGNORE, DyckSpec, make_dyck
     from headscreen.grokking.seqmodels import DyckTransformer
 
     spec: DyckSpec = task_spec(cfg)
-    return SequenceTask(cfg, make_dyck(spec, cfg.seed),
-                        lambda: DyckTransformer(cfg.model, spec.n_ctx, len(VOCAB), spec.n_classes))
+    task = SequenceTask(cfg, make_dyck(spec, cfg.seed),
+                        lambda: DyckTransformer(cfg.model, spec.n_ctx, spec.vocab, spec.n_classes),
+                        token_accuracy=spec.accuracy == "token")
+    task.ignore = IGNORE  # PAD positions of the published generator (the distinct generator has none)
+    return task
 
 
 def trim_padding(batch: Batch, pad: int = 0) -> Batch:

@@ -206,7 +206,7 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             t1 = time.perf_counter()
             if defect_fn is not None and step % cfg.defect_every == 0:
                 d = defect_fn(model, task.loss_fn, batches.defect(step), eta=cfg.defect_eta, params=params,
-                              form=cfg.defect_form)
+                              form=cfg.defect_form, min_step=cfg.defect_min_step)
                 defects.append({"step": step, **defect_summary(d)})
             t2 = time.perf_counter()
             if step % cfg.snapshot_every == 0 or last:

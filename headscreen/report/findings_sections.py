@@ -270,3 +270,102 @@ def preid_section(ctx: Context) -> Section:
                 f"row; {doc['null']['n_perm']} relabellings (seed {st['seed']}). Every step's AUC, precision@k and "
                 "p are in preid.parquet. Dots in the figure: AUC ≥ bar and p < α at that checkpoint."))
     return sec
+
+
+# ------------------------------------------------------------------------------------------------ grokking runs
+# The Dyck/SCAN study's findings (docs/methods.md, "Grokking II: the published recipes"), checked on a grok run
+# or sweep of the dyck or scan task. A measured figure "holds" when it lies within a factor 3 of the published
+# one (compression), or on the published side of the stated bars (gradient share: ≥ 0.8 before, ≤ 0.2 at).
+G23_WINDOW = {"dyck": 3, "scan": 5}
+SEQ_TASKS = ("dyck", "scan")
+
+
+def _onset_row(ev: dict, task: str) -> list:
+    finding = f"defect onset precedes grokking ({'Dyck 14/15' if task == 'dyck' else 'SCAN 11/12'} grokking runs)"
+    if ev["grok_step"] is None:
+        return [finding, "cannot test", f"no grokking (test accuracy ≥ 0.98 at 3 evaluations in a row) by step "
+                f"{ev['last_step']} (final {ev['final_test_acc']:.3f})"]
+    if ev["onset_step"] is None:
+        return [finding, "not held", f"grokked at step {ev['grok_step']} with no defect onset"]
+    verdict = "held" if ev["lead"] > 0 else "not held"
+    return [finding, verdict, f"onset step {ev['onset_step']}, grokking step {ev['grok_step']} (lead {ev['lead']})"]
+
+
+def _g23_row(path, task: str) -> list:
+    from headscreen.grokking.edge_lifecycle import PUBLISHED, g23_compression
+
+    pub = PUBLISHED["g23_compression"][task]
+    finding = f"g₂₃ compresses {pub:g}× by grokking"
+    try:
+        r = g23_compression(path, G23_WINDOW[task])
+    except ValueError as e:
+        return [finding, "cannot test", str(e)]
+    if r["status"] != "done":
+        return [finding, "cannot test", r["why"]]
+    verdict = "held" if pub / 3 <= r["compression"] <= pub * 3 else "not held"
+    return [finding, verdict, f"{r['compression']:.1f}× (peak at step {r['peak_step']}, window ending {r['at_step']}; "
+            f"grokking {r['grok_step']}, window {r['window']})"]
+
+
+def _share_row(path, task: str) -> list:
+    from headscreen.grokking.edge_lifecycle import PUBLISHED, gradient_share
+
+    pub = PUBLISHED["gradient_share"][task]
+    finding = f"gradient share of v₁'s update energy {pub['before']:.1%} before → {pub['at']:.1%} at grokking"
+    try:
+        r = gradient_share(path)
+    except ValueError as e:
+        return [finding, "cannot test", str(e)]
+    if r["status"] != "done":
+        return [finding, "cannot test", r["why"]]
+    b, a = r["before"]["grad_share"], r["at"]["grad_share"]
+    verdict = "held" if b >= 0.8 and a <= 0.2 else "not held"
+    return [finding, verdict, f"{b:.1%} (window ending step {r['before']['step']}) → {a:.1%} (step {r['at']['step']}); "
+            f"grokking (test ≥ 0.95) at {r['grok_step']}"]
+
+
+ABLATION_ROW = ["ablating the top two edge directions costs −0.58 accuracy, > 4000× a random direction", "cannot test",
+                "not measured: headscreen has no edge-direction ablation of grok runs yet"]
+
+
+def grok_findings_section(path, kind: str) -> Section | None:
+    """The findings check of a dyck/scan grok run ('run') or sweep ('sweep'); None for other tasks."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from headscreen.grokking import seqpublished as published
+
+    path = _Path(path)
+    if kind == "run":
+        task = _json.loads((path / "manifest.json").read_text())["config"]["tasks"][0]
+        if task not in SEQ_TASKS:
+            return None
+        ev = published.run_events(path)
+        rows = [_onset_row(ev, task),
+                [f"lead-time law α {published.PUBLISHED_LAW[task]['alpha']}", "cannot test",
+                 "one run: the law needs a learning-rate sweep (report the sweep folder)"],
+                _g23_row(path, task), _share_row(path, task), ABLATION_ROW]
+    else:
+        table = published.lead_table(path)
+        task = str(table["task"].iloc[0])
+        if task not in SEQ_TASKS:
+            return None
+        law = published.lead_law(table, task)
+        pub, fit = law["published"], law["fit"]
+        rows = [["defect onset precedes grokking (published: every run with an onset)",
+                 "held" if law["with_onset"] and law["onset_before_grok"] == law["with_onset"] else
+                 ("cannot test" if not law["with_onset"] else "not held"),
+                 f"{law['onset_before_grok']} of {law['with_onset']} grokking runs with an onset "
+                 f"({law['grokked']} of {law['runs']} runs grokked)"]]
+        finding = f"lead-time law ℓ ∝ t_grok^α, α {pub['alpha']} (R² {pub['r2']}, n {pub['n']})"
+        if "alpha" not in fit:
+            rows.append([finding, "cannot test", fit["why"]])
+        else:
+            rows.append([finding, "held" if fit["alpha"] > 1 and fit["r2"] >= 0.8 else "not held",
+                         f"α {fit['alpha']:.2f}, R² {fit['r2']:.3f}, n {fit['n']}; {law['verdict']}"])
+    sec = Section(key="findings", title="Findings check",
+                  intro="Each published Dyck/SCAN finding this run's data can test (docs/methods.md, 'Grokking II: "
+                        "the published recipes'), with the verdict and the figure behind it. 'cannot test' says why.")
+    sec.tables.append(Table(columns=["Published finding", "Verdict", "This run"], rows=rows))
+    sec.data = {"checks": [{"finding": f, "verdict": v, "evidence": e} for f, v, e in rows]}
+    return sec

@@ -20,6 +20,7 @@ from headscreen.heads import head_label
 from headscreen.jsonsafe import json_safe
 from headscreen.report import grok_figures as gf
 from headscreen.report.content import Report, RunReport, Section, Table, figure_to_png
+from headscreen.report.findings_sections import grok_findings_section
 from headscreen.report.runinfo import slugify
 
 TABLES = ("curves", "defect", "edge", "portrait", "fourier", "progress", "pca")
@@ -365,6 +366,7 @@ def grok_report(paths: list[Path], generated_by: dict) -> Report:
     for i, (p, kind) in enumerate(zip(paths, kinds, strict=True)):
         name = p.name if kind == "run" else f"sweep {p.name}"
         slug = slugify(name) if len(paths) == 1 else f"run{i + 1}-{slugify(name)}"
+        findings = grok_findings_section(p, kind)
         if kind == "sweep":
             sections = sweep_sections(p, slug)
             step = None
@@ -374,6 +376,7 @@ def grok_report(paths: list[Path], generated_by: dict) -> Report:
             grok_runs.append(run)
             sections = [sec for build in RUN_SECTIONS if (sec := build(run)) is not None]
             step = run.grok.get("grok_step")
+        sections = ([findings] if findings is not None else []) + sections
         meta = ("a grokking sweep: one row per run, the lead-time scaling and the grok/memorise pairs."
                 if kind == "sweep" else "a grokking run: every section covers the whole trajectory.")
         if kind == "run" and run.unfinished:
