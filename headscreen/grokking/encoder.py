@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from headscreen.grokking.embed import Embed, PosEmbed
+
 N_INPUT = 2  # tokens read: a, b
 
 
@@ -86,18 +88,6 @@ def _linear_default(lin: nn.Linear) -> None:
         fan_in = lin.weight.shape[1]
         bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
         nn.init.uniform_(lin.bias, -bound, bound)
-
-
-class Embed(nn.Module):
-    def __init__(self, vocab: int, d_model: int):
-        super().__init__()
-        self.W_E = nn.Parameter(torch.empty(vocab, d_model))
-
-
-class PosEmbed(nn.Module):
-    def __init__(self, n_ctx: int, d_model: int):
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
 
 
 class EncoderTransformer(nn.Module):

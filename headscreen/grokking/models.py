@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from headscreen.config import ConfigError
+from headscreen.grokking.embed import Embed, PosEmbed
 from headscreen.series.adapters import GROK
 
 MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snapshots
@@ -156,18 +157,6 @@ class Block(nn.Module):
         h = self.attn(self.ln1(x), last_only)
         x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.ln2(x))
-
-
-class Embed(nn.Module):
-    def __init__(self, vocab: int, d_model: int):
-        super().__init__()
-        self.W_E = nn.Parameter(torch.empty(vocab, d_model))
-
-
-class PosEmbed(nn.Module):
-    def __init__(self, n_ctx: int, d_model: int):
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(n_ctx, d_model))
 
 
 class Unembed(nn.Module):
