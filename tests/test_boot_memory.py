@@ -49,10 +49,10 @@ def test_boot_peak_is_one_copy(mid_model, dtype):
                          check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     grew = r["peak"] - r["before"]
-    # measured on a 1B-like d1024 NeoX: 1.21x (float32 from bf16 files) and 1.24x (bfloat16; the bridge adds split q/k/v);
-    # two copies would be >= 2x
+    # measured on a 1B-like d1024 NeoX: 1.21x (float32 from bf16 files) and 1.24-1.31x (bfloat16; the bridge adds
+    # split q/k/v; the allocator's slack varies from run to run); two copies would be >= 2x, so 1.5x separates them
     assert r["weights"] > 100e6 if dtype == "float32" else r["weights"] > 50e6
-    assert grew <= 1.3 * r["weights"], (grew / r["weights"], r)
+    assert grew <= 1.5 * r["weights"], (grew / r["weights"], r)
 
 
 def test_micro_batch_fits_the_budget():
