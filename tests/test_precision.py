@@ -108,12 +108,19 @@ def test_demo_series_classes_agree_in_bfloat16_and_circuits_up_to_threshold_ties
         settings = dataclasses.replace(ScreenSettings.from_config(cfg), boot=BootSettings(dtype=dt))
         runs[dt] = screen(series, tmp_path / dt, config=cfg, settings=settings, progress=False, device="cpu")
     a, b = (pd.read_parquet(runs[d] / "classes.parquet") for d in runs)
-    same = ["step", "layer", "head", "probe", "best_class", "in_induction_circuit", "is_bos"]
-    pd.testing.assert_frame_equal(a[same], b[same])  # measured: identical on all 3008 rows (41 checkpoints)
-    # circuit membership may flip only for a head within TRAINED_RTOL of its threshold (measured: one head,
-    # previous-token selectivity 100.59 in float32 against the threshold 100, at one of 41 steps)
-    flips = a[a.in_previous_circuit != b.in_previous_circuit]
-    assert (abs(flips.best_selectivity / 100.0 - 1) <= TRAINED_RTOL).all(), flips
+    keys = ["step", "layer", "head", "probe"]
+    pd.testing.assert_frame_equal(a[keys], b[keys])
+    # a label may flip only for a head within TRAINED_RTOL of the threshold that decides it (measured: in one
+    # run none of the class labels and one previous-token circuit entry, 100.59 in float32 against 100; in
+    # another one class label, L1H0 at step 1640 with 29.77 against class_min 30, and no circuit entry)
+    th = ScreenSettings.from_config(cfg).thresholds
+    for label, score, threshold in (("best_class", "best_selectivity", th.class_min),
+                                    ("is_bos", "best_selectivity", th.class_min),
+                                    ("in_induction_circuit", "induction_selectivity", th.induction_circuit),
+                                    ("in_previous_circuit", "best_selectivity", th.previous_circuit)):
+        flips = a[label] != b[label]
+        assert (abs(a[score][flips] / threshold - 1) <= TRAINED_RTOL).all(), a[flips]
+        assert flips.mean() <= 1e-3, (label, int(flips.sum()))  # ties are rare: at most 1 row in 1000
     ca, cb = (json.loads((runs[d] / "circuits.json").read_text()) for d in runs)
     assert ca["emergence"] == cb["emergence"] and ca["lead_times"] == cb["lead_times"]
     assert any(ca["steps"][s]["retrieval"]["induction"] for s in ca["steps"])
