@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 from grok_fixtures import make_run
 
-from headscreen.grokking.analyse import summarise_sweep
 from headscreen.grokking.detect import fit_power_law
 from headscreen.grokking.lifecycle import trajectory_state
-from headscreen.grokking.summary import power_law_by_weight_decay, write_sweep_summary
+from headscreen.grokking.summary import power_law_by_weight_decay, summarise_sweep, write_sweep_summary
 
 
 def _fake_grok(run, grok_step, lead):

@@ -8,71 +8,36 @@ portrait, fourier, progress) or headscreen.spectral (fingerprints, phases, onset
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from headscreen.grokking.analysis_settings import ONSET_RULES, AnalysisSettings  # noqa: F401 (re-exported)
 from headscreen.grokking.detect import (
-    GROK_THRESHOLD,
-    MEMORISATION_THRESHOLD,
     curve_events,
     defect_onsets,
     lead_time,
 )
 from headscreen.grokking.edge import (
     EdgeResult,
-    GapRule,
     edge_frame,
     edge_from_sketcher,
     phase_summary,
     transient_windows,
     trunk_vector,
 )
-from headscreen.grokking.fourier import KEY_FACTOR, embedding_spectrum
+from headscreen.grokking.fourier import embedding_spectrum
 from headscreen.grokking.interventions import intervention_summary
 from headscreen.grokking.portrait import commutator_peak, portrait_frame, portrait_point
 from headscreen.grokking.progress import excluded_loss, restricted_loss, weight_norm_sq
 from headscreen.jsonsafe import json_safe
-from headscreen.spectral import HeadSketcher, SpectralConfig, backbone, pc1_rotation
+from headscreen.spectral import HeadSketcher, backbone, pc1_rotation
 from headscreen.store import RunStore
 
-ONSET_RULES = ("ratio", "z")
 PROGRESS_SIGN = {"add": 1, "sub": -1}  # tasks whose generalising circuit is a function of a ± b
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """Every knob of `analyse_run` (defaults: docs/methods.md)."""
-
-    grok_threshold: float = GROK_THRESHOLD
-    memorisation_threshold: float = MEMORISATION_THRESHOLD
-    onset_rule: str = "ratio"  # which rule gives grok.json's defect_onset_step; both are reported
-    spectral: SpectralConfig = field(default_factory=SpectralConfig)
-    gap: GapRule = field(default_factory=GapRule)
-    transient: str | int = "memorisation"  # windows skipped: 'memorisation' or a fixed count
-    key_factor: float = KEY_FACTOR
-    pca_exact_max: int = 20_000_000  # exact trunk PCA up to T·P elements, the trunk sketches above
-    progress_measures: bool = True  # restricted/excluded loss (1-layer model, single add/sub task; forwards)
-    window_analyses: bool = True  # edge-direction modes and centroid coupling at the trunk r23 peak window
-
-    def __post_init__(self) -> None:
-        if not 0 < self.grok_threshold <= 1 or not 0 < self.memorisation_threshold <= 1:
-            raise ValueError(f"grok_threshold={self.grok_threshold} and memorisation_threshold="
-                             f"{self.memorisation_threshold} must lie in (0, 1]; defaults 0.95 and 0.99")
-        if self.onset_rule not in ONSET_RULES:
-            raise ValueError(f"onset_rule={self.onset_rule!r} is unknown; use one of {ONSET_RULES}")
-        if not (self.transient == "memorisation" or (isinstance(self.transient, int) and self.transient >= 0)):
-            raise ValueError(f"transient={self.transient!r} must be 'memorisation' or a window count >= 0")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["spectral"] = self.spectral.to_dict()
-        return d
 
 
 def _read_run(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
@@ -320,8 +285,41 @@ def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None =
     return out, tables
 
 
-def summarise_sweep(sweep_dir: str | Path, **kwargs) -> pd.DataFrame:
-    """See headscreen.grokking.summary.summarise_sweep (re-exported here, as the contract names it)."""
-    from headscreen.grokking.summary import summarise_sweep as _summarise
+# --- the analysis a reader (report, sweep summary) may use ---------------------------------------
+def load_analysis(run: str | Path, *, progress: bool = False, settings=None, write: bool = True):
+    """(grok.json's dict, tables or None, how) for a reader of a grok run, under the run's lock.
 
-    return _summarise(sweep_dir, **kwargs)
+    how = "current": grok.json matches the trajectory (tables: None, read them from the run);
+    "analysed": the run is finished and was analysed now (and written, unless `write` is False or
+    the directory is read-only: then tables are in memory); "unfinished": training has not finished,
+    so the analysis is in memory only and nothing is written. A run locked by a running trainer is
+    refused (`RunLocked`): it would be read mid-write."""
+    from headscreen.grokking.lifecycle import UnfinishedRun, current_analysis
+    from headscreen.store import RunLocked, RunWriteError
+
+    run = Path(run)
+    try:
+        store = RunStore.locked(run, "report")
+    except RunLocked as e:
+        who = str(e).split(" is in use by ", 1)[-1].split(";")[0]
+        raise RunLocked(f"run {run} is in use by {who}; report it after that process finishes or stops "
+                        "(its files are being written)") from None
+    except RunWriteError:  # a read-only run: nobody trains it, and nothing can be written
+        store, write = None, False
+    try:
+        grok = current_analysis(run, settings)
+        if grok is not None:
+            return grok, None, "current"
+        manifest = json.loads((run / "manifest.json").read_text())
+        if manifest.get("config", {}).get("family") == "li2":
+            raise UnfinishedRun(f"Li2 run {run} has no grok.json: its training has not finished; rerun its "
+                                "`headscreen grok li2` command to finish it")
+        grok, tables = compute_analysis(run, settings=settings, progress=progress)
+        if not grok["trajectory"]["complete"]:
+            return grok, tables, "unfinished"
+        if write:
+            write_analysis(run, store, grok, tables)
+        return grok, (None if write else tables), "analysed"
+    finally:
+        if store is not None:
+            store.release()

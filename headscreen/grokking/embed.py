@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from headscreen.series.adapters import GROK
+
+MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads every grokking model's snapshots
+
 
 class Embed(nn.Module):
     def __init__(self, vocab: int, d_model: int):

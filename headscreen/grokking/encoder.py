@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from headscreen.grokking.embed import Embed, PosEmbed
+from headscreen.grokking.embed import MODEL_TYPE, Embed, PosEmbed
 
 N_INPUT = 2  # tokens read: a, b
 
@@ -143,8 +143,6 @@ class EncoderTransformer(nn.Module):
         return self.head(self.ln_final(x[:, 0])).unsqueeze(1)
 
     def hf_config(self) -> dict:
-        from headscreen.grokking.models import MODEL_TYPE
-
         s = self.spec
         return {"model_type": MODEL_TYPE, "architectures": [type(self).__name__], **s.to_dict(),
                 "vocab_size": self.p, "n_ctx": N_INPUT, "n_out": self.p, "p": self.p, "tasks": list(self.tasks),

@@ -133,7 +133,7 @@ def current_analysis(run: str | Path, settings=None, *, any_settings: bool = Fal
     if any_settings:
         return grok
     if settings is None:
-        from headscreen.grokking.analyse import AnalysisSettings
+        from headscreen.grokking.analysis_settings import AnalysisSettings
 
         settings = AnalysisSettings()
     if _normal((grok.get("settings") or {}).get("analysis")) != _normal(settings.to_dict()):
@@ -226,43 +226,3 @@ def check_fits(cfg, device: str = "cpu") -> None:
             f"p = {cfg.p} needs at least {need / 2**30:.1f} GiB for its p² = {cfg.p * cfg.p:,} examples and a "
             f"whole-table evaluation, more than the {have / 2**30:.1f} GiB available on {device}; use a smaller "
             f"--p (memory grows as p³)")
-
-
-# --- the analysis a reader (report, sweep summary) may use ---------------------------------------
-def load_analysis(run: str | Path, *, progress: bool = False, settings=None, write: bool = True):
-    """(grok.json's dict, tables or None, how) for a reader of a grok run, under the run's lock.
-
-    how = "current": grok.json matches the trajectory (tables: None, read them from the run);
-    "analysed": the run is finished and was analysed now (and written, unless `write` is False or
-    the directory is read-only: then tables are in memory); "unfinished": training has not finished,
-    so the analysis is in memory only and nothing is written. A run locked by a running trainer is
-    refused (`RunLocked`): it would be read mid-write."""
-    from headscreen.grokking.analyse import compute_analysis, write_analysis
-    from headscreen.store import RunLocked, RunStore, RunWriteError
-
-    run = Path(run)
-    try:
-        store = RunStore.locked(run, "report")
-    except RunLocked as e:
-        who = str(e).split(" is in use by ", 1)[-1].split(";")[0]
-        raise RunLocked(f"run {run} is in use by {who}; report it after that process finishes or stops "
-                        "(its files are being written)") from None
-    except RunWriteError:  # a read-only run: nobody trains it, and nothing can be written
-        store, write = None, False
-    try:
-        grok = current_analysis(run, settings)
-        if grok is not None:
-            return grok, None, "current"
-        manifest = json.loads((run / "manifest.json").read_text())
-        if manifest.get("config", {}).get("family") == "li2":
-            raise UnfinishedRun(f"Li2 run {run} has no grok.json: its training has not finished; rerun its "
-                                "`headscreen grok li2` command to finish it")
-        grok, tables = compute_analysis(run, settings=settings, progress=progress)
-        if not grok["trajectory"]["complete"]:
-            return grok, tables, "unfinished"
-        if write:
-            write_analysis(run, store, grok, tables)
-        return grok, (None if write else tables), "analysed"
-    finally:
-        if store is not None:
-            store.release()

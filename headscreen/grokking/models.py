@@ -33,10 +33,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from headscreen.config import ConfigError
-from headscreen.grokking.embed import Embed, PosEmbed
-from headscreen.series.adapters import GROK
+from headscreen.grokking.embed import MODEL_TYPE, Embed, PosEmbed
 
-MODEL_TYPE = GROK  # "headscreen-grok": the series adapter that reads these snapshots
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 N_CTX = 3  # [a, b, '=']
 ARCHES = ("decoder", "encoder")

@@ -68,8 +68,8 @@ class GrokRun:
 
 def load_grok_run(path: str | Path, *, progress: bool = False) -> GrokRun:
     """A grok run's analysis: grok.json when it is current, else analysed now (headscreen.grokking.
-    lifecycle.load_analysis: written for a finished run, in memory only for an unfinished one)."""
-    from headscreen.grokking.lifecycle import load_analysis
+    analyse.load_analysis: written for a finished run, in memory only for an unfinished one)."""
+    from headscreen.grokking.analyse import load_analysis
 
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
