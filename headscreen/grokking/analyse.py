@@ -62,7 +62,7 @@ def _combine_tasks(events: dict[str, dict]) -> dict:
 
 
 def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from headscreen.grokking.lifecycle import read_safetensors, restart_fix
+    from headscreen.grokking.runfiles import read_safetensors, restart_fix
 
     return read_safetensors(folder / "model.safetensors", restart_fix(folder.parent.parent))
 

@@ -20,6 +20,13 @@ import shutil
 from pathlib import Path
 
 from headscreen.atomic import StoreError, _json_default, write_fault
+from headscreen.grokking.runfiles import (  # noqa: F401 (re-exported: the run-lifecycle errors)
+    DamagedRunFile,
+    GrokRunError,
+    read_safetensors,
+    read_safetensors_metadata,
+    restart_fix,
+)
 
 TRAINING_TABLES = ("curves", "defect", "intervention")
 ANALYSIS_TABLES = ("edge", "portrait", "fourier", "progress", "pca")
@@ -27,14 +34,6 @@ GROK_JSON = "grok.json"
 ANALYSIS_FILES = (GROK_JSON, *(f"{t}.parquet" for t in ANALYSIS_TABLES))
 REPORT_DIR = "report"  # `headscreen report <run>`'s default output folder
 COMPARISON = "comparison.json"  # the published-recipe comparison (headscreen.grokking.compare), rewritten per run
-
-
-class GrokRunError(StoreError):
-    """A grok run's user-facing fault (one line, exit 2 in the CLI)."""
-
-
-class DamagedRunFile(GrokRunError):
-    """A file of the run cannot be read (truncated or corrupted outside headscreen's atomic writes)."""
 
 
 class UnfinishedRun(GrokRunError):
@@ -47,35 +46,6 @@ class RunTooLarge(GrokRunError):
 
 class SweepRunsFailed(GrokRunError):
     """Some runs of a sweep failed; the finished ones are kept and summarised."""
-
-
-# --- reading files of a run -----------------------------------------------------------------------
-def read_safetensors(path: Path, fix: str):
-    """`safetensors.torch.load_file(path)`, or `DamagedRunFile` naming the file and `fix`."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise DamagedRunFile(f"{path} is missing; {fix}") from None
-    except Exception as e:  # noqa: BLE001 - SafetensorError, a bad header, a short read: one named fault
-        raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
-
-
-def read_safetensors_metadata(path: Path, fix: str) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001
-        raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
-
-
-def restart_fix(run: Path) -> str:
-    return (f"the run cannot resume exactly from it: rerun the same `headscreen grok` command with --force to "
-            f"retrain {run} from step 0 (a resume needs the optimizer state of its last snapshot, which only "
-            "resume.safetensors holds)")
 
 
 # --- the trajectory an analysis belongs to ------------------------------------------------------

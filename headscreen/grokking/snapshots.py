@@ -61,7 +61,7 @@ class Trajectory:
         self.save()
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
-        from headscreen.grokking.lifecycle import read_safetensors, restart_fix
+        from headscreen.grokking.runfiles import read_safetensors, restart_fix
 
         return read_safetensors(self.root / step_dirname(step) / "model.safetensors", restart_fix(self.root.parent))
 
@@ -92,7 +92,7 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> N
 
 def resume_step(path: Path) -> int | None:
     """The step resume.safetensors names; None without one; `DamagedRunFile` when it cannot be read."""
-    from headscreen.grokking.lifecycle import DamagedRunFile, read_safetensors_metadata, restart_fix
+    from headscreen.grokking.runfiles import DamagedRunFile, read_safetensors_metadata, restart_fix
 
     if not path.exists():
         return None
@@ -103,7 +103,7 @@ def resume_step(path: Path) -> int | None:
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
-    from headscreen.grokking.lifecycle import read_safetensors, restart_fix
+    from headscreen.grokking.runfiles import read_safetensors, restart_fix
 
     sd = optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
