@@ -46,7 +46,7 @@ def configs() -> dict:
 
 
 def run(out: Path, workers: int) -> None:
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
     from pipelines.grok import run_many
 
     print(f"[{time.strftime('%H:%M:%S')}] training {list(configs())}; load {os.getloadavg()}", flush=True)
@@ -58,7 +58,7 @@ def run(out: Path, workers: int) -> None:
 def report(out: Path, published_run: Path | None) -> None:
     import pandas as pd
 
-    from headscreen.grokking.diagnose import onsets_by_setting, recompute_defect
+    from headscreen.grokking.published.diagnose import onsets_by_setting, recompute_defect
 
     runs = {name: out / "runs" / name for name in configs()}
     if published_run is not None:

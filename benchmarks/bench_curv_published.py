@@ -71,7 +71,7 @@ def priority_order(stages: list[int]) -> dict:
 
 def run(out: Path, workers: int, stages: list[int], priority: bool = False) -> None:
     if priority:
-        from headscreen.executors import make_executor
+        from headscreen.compute.executors import make_executor
         from pipelines.grok import run_many
 
         configs = priority_order(stages)
@@ -81,7 +81,7 @@ def run(out: Path, workers: int, stages: list[int], priority: bool = False) -> N
                                        executor=ex)
         print(f"[{time.strftime('%H:%M:%S')}] done: {len(results)} ok, errors {errors}", flush=True)
         return
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
     from pipelines.grok import run_many
 
     for stage in stages:
@@ -100,7 +100,7 @@ def speed(steps: int, threads: int) -> None:
 
     import torch
 
-    from headscreen.grokking.train import train_run
+    from headscreen.grokking.training.train import train_run
     from pipelines.grok import load_grok_config
 
     torch.set_num_threads(threads)
@@ -129,7 +129,7 @@ def update_loop_ratio(steps: int) -> tuple[float, float]:
     import torch
     from torch import nn
 
-    from headscreen.grokking.models import PRESETS, build_model
+    from headscreen.grokking.models.transformer import PRESETS, build_model
 
     class TorchModel(nn.Module):
         def __init__(self, p=97, d=128):
@@ -165,8 +165,8 @@ def update_loop_ratio(steps: int) -> tuple[float, float]:
 def report(out: Path) -> None:
     import pandas as pd
 
-    from headscreen.grokking.compare import print_sweep_report
-    from headscreen.grokking.thesis_edge import counts, sweep_table
+    from headscreen.grokking.published.compare import print_sweep_report
+    from headscreen.grokking.published.thesis_edge import counts, sweep_table
 
     print(f"loadavg {open('/proc/loadavg').read().strip()} (step counts do not depend on load)\n")
     print_sweep_report(out)

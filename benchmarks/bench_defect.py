@@ -30,9 +30,9 @@ def main() -> None:
 
     import torch
 
-    from headscreen.grokking.defect import commutator_defect
-    from headscreen.grokking.task import make_task
-    from headscreen.grokking.train import batch_indices, defect_pairs
+    from headscreen.grokking.tasks.base import make_task
+    from headscreen.grokking.training.defect import commutator_defect
+    from headscreen.grokking.training.train import batch_indices, defect_pairs
     from pipelines.grok import load_grok_config
 
     torch.set_num_threads(a.threads)

@@ -20,7 +20,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's)")
     p.add_argument("--out", default=None, help="demo directory (default: a fresh temporary one)")
     a = p.parse_args()
-    from headscreen.runtime import tune_allocator
+    from headscreen.compute.runtime import tune_allocator
     from pipelines.common import set_threads
     from pipelines.demo import demo
 

@@ -55,7 +55,7 @@ def _warm_task(seconds: float) -> int:
 
 def _started(kind: str, workers: int, label: str):
     """An executor whose workers are already started, and the seconds their start-up took."""
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
 
     ex = make_executor(kind, workers=workers)
     if kind == "local":

@@ -55,7 +55,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from headscreen.grokking.detect import fit_power_law
+    from headscreen.grokking.analysis.detect import fit_power_law
     from pipelines.grok import load_grok_config, run_and_analyse, run_many
 
     parts = [p for p in args.only.split(",") if p]

@@ -63,8 +63,8 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from headscreen.grokking.detect import fit_power_law
-    from headscreen.grokking.interventions import Intervention
+    from headscreen.grokking.analysis.detect import fit_power_law
+    from headscreen.grokking.training.interventions import Intervention
     from pipelines.grok import load_grok_config, run_many
 
     overrides = {"steps": args.steps}

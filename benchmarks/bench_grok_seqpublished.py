@@ -5,7 +5,7 @@
     python benchmarks/bench_grok_seqpublished.py numerics RUN_DIR --steps 200,800,1600 [--pairs 5]
     python benchmarks/bench_grok_seqpublished.py progress RUN_DIR...      # last step, curves, CPU-free timers
 
-`law` applies the study's rules (headscreen/grokking/seqpublished.py) to every run of a sweep; `numerics`
+`law` applies the study's rules (headscreen/grokking/published/sequence_rules.py) to every run of a sweep; `numerics`
 recomputes the defect at stored snapshots with the study's float32 direct form (with its adaptive η), our
 exact form and the direct form in float64, on the same batch pairs, to show how much of the published D is
 float32 rounding. Runs and sweeps are made with `headscreen grok` (docs/methods.md, "Grokking II: the
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _law(sweep: Path) -> None:
-    from headscreen.grokking import seqpublished
+    from headscreen.grokking.published import sequence_rules as seqpublished
 
     table = seqpublished.lead_table(sweep)
     print(table.to_string(index=False))
@@ -33,7 +33,7 @@ def _law(sweep: Path) -> None:
 
 
 def _lifecycle(runs: list[Path]) -> None:
-    from headscreen.grokking.edge_lifecycle import g23_compression, gradient_share
+    from headscreen.grokking.analysis.edge_lifecycle import g23_compression, gradient_share
 
     for run in runs:
         task = json.loads((run / "manifest.json").read_text())["config"]["tasks"][0]
@@ -45,9 +45,9 @@ def _numerics(run: Path, steps: list[int], pairs: int) -> None:
     import torch
 
     from headscreen.grokking.config import GrokConfig
-    from headscreen.grokking.defect import commutator_defect
-    from headscreen.grokking.snapshots import Trajectory
-    from headscreen.grokking.task import make_task
+    from headscreen.grokking.tasks.base import make_task
+    from headscreen.grokking.training.defect import commutator_defect
+    from headscreen.grokking.training.snapshots import Trajectory
 
     raw = json.loads((run / "manifest.json").read_text())["config"]
     known = set(GrokConfig.__dataclass_fields__)

@@ -19,9 +19,10 @@ import torch
 
 
 def main() -> None:
+    from li2_study import li2_coupling, lockin_study
+
     from headscreen.config import load_config
-    from headscreen.grokking.li2 import Li2Config, critical_fraction
-    from headscreen.grokking.li2_study import li2_coupling, lockin_study
+    from headscreen.grokking.li2.network import Li2Config, critical_fraction
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=15)
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--skip-li2", action="store_true", help="only the --grok-run part")
     args = ap.parse_args()
     for run in args.grok_run:
-        from headscreen.grokking.analyse import analyse_run
+        from headscreen.grokking.analysis.analyse import analyse_run
 
         g = analyse_run(run, progress=False)
         wa = g["window_analyses"]
@@ -84,7 +85,7 @@ def main() -> None:
         print("coupling:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in cp.items()}))
     print(f"relu fired with the same tau: {int(relu.fired.sum())}/{len(relu)}")
     # the same detector with tau calibrated on one control kind only
-    from headscreen.grokking.lockin import calibrate_tau, detect_lockin
+    from headscreen.grokking.li2.lockin import calibrate_tau, detect_lockin
 
     for kind in ("wd0", "subcritical"):
         cal = [r["r23"] for n, r in study.series.items() if n.startswith(f"cal-{kind}-")]

@@ -64,13 +64,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--no-tune-allocator", action="store_true",
-                    help="leave glibc's allocator as it is (to measure what headscreen.runtime.tune_allocator buys)")
+                    help="leave glibc's allocator as it is (to measure what headscreen.compute.runtime.tune_allocator buys)")
     args = ap.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from headscreen.runtime import tune_allocator
+    from headscreen.compute.runtime import tune_allocator
 
     tuned = False if args.no_tune_allocator else tune_allocator()  # as the CLI does; all variants share it
     from headscreen.causal.ablation import (

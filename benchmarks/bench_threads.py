@@ -4,7 +4,7 @@ machine and next to one busy competing process (a bounded CPU loop this script s
     python benchmarks/bench_threads.py [--steps 200] [--config synthetic-tiny]
 
 Each run is a fresh `python -m pipelines.cli [--threads N] train` process (OpenMP's wait policy is
-fixed when torch starts, so only a fresh process shows the automatic choice, headscreen/cpu.py) on
+fixed when torch starts, so only a fresh process shows the automatic choice, headscreen/compute/cpu.py) on
 the recipe with its training cut to --steps optimizer steps. Printed per condition: wall time, the
 ratio to --threads 1 in the same condition, the thread choice the CLI made, and the load average and
 idle cores before the run. The claim to check: busy, auto is never slower than --threads 1 (ratio
@@ -49,7 +49,7 @@ def _train(recipe: Path, threads: int | None, out: Path) -> tuple[float, str]:
     cmd = [sys.executable, "-m", "pipelines.cli", *(["--threads", str(threads)] if threads else []),
            "train", "--config", str(recipe), "--out", str(out), "--no-progress", "--overwrite"]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    probe = f"from headscreen.cpu import plan_cpu; print(plan_cpu({threads}).describe())"
+    probe = f"from headscreen.compute.cpu import plan_cpu; print(plan_cpu({threads}).describe())"
     choice = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True).stdout.strip()
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--config", default="synthetic-tiny")
     p.add_argument("--busy-limit", type=float, default=1800, help="the competing loop stops itself after this")
     a = p.parse_args()
-    from headscreen.cpu import idle_cores
+    from headscreen.compute.cpu import idle_cores
 
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         tmp = Path(tmp)

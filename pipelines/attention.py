@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from headscreen.attention_file import FILE, AttentionIndex, pattern_key, write_attention
 from headscreen.probes.attention import head_patterns, token_strings, which_heads
 from headscreen.probes.suite import ProbeSuite
-from headscreen.store import RunStore, SeriesChanged
+from headscreen.rundir.attention_file import FILE, AttentionIndex, pattern_key, write_attention
+from headscreen.rundir.store import RunStore, SeriesChanged
 from pipelines.common import add_device_argument, positive_int
 
 DEFAULT_ROWS = 3  # rows of each probe shown per head
@@ -86,8 +86,8 @@ def attention(run_dir: str | Path, *, device: str | None = "cpu", rows: int = DE
               progress: bool = True) -> Path | None:
     """(Re)write attention.safetensors of a screened run from its manifest and circuits.json, under the
     run's lock; refuses stale tables and a checkpoint changed since the screen (as validate does)."""
-    from headscreen.binding import checkpoint_refusal
-    from headscreen.device import plan_device
+    from headscreen.compute.device import plan_device
+    from headscreen.rundir.binding import checkpoint_refusal
     from headscreen.series.identity import checkpoint_identity
     from pipelines.validate import _series_of
 

@@ -8,7 +8,7 @@ import sys
 from pipelines.common import positive_int
 
 # The workflow modules import torch, so they are imported only after the CPU plan set OpenMP's wait
-# policy (headscreen/cpu.py): this module imports nothing heavy at the top.
+# policy (headscreen/compute/cpu.py): this module imports nothing heavy at the top.
 
 
 def commands():
@@ -30,7 +30,7 @@ def commands():
 def _threads_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: chosen from the idle cores at start, and OpenMP threads "
-                        "sleep instead of spinning when the machine is busy; see headscreen/cpu.py)")
+                        "sleep instead of spinning when the machine is busy; see headscreen/compute/cpu.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,18 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input and environment faults end in one line on stderr and exit code 2,
     Ctrl-C in exit code 130 (every finished record is kept: rerun the command to resume)."""
     cpu = _plan_cpu(argv)  # before anything imports torch
+    from headscreen.compute.executors import WorkerDied
+    from headscreen.compute.runtime import tune_allocator
     from headscreen.config import ConfigError
-    from headscreen.executors import WorkerDied
-    from headscreen.runtime import tune_allocator
+    from headscreen.rundir.store import StoreError
     from headscreen.series import SeriesError
-    from headscreen.store import StoreError
 
     args = build_parser().parse_args(argv)
     args.cpu = cpu
     tune_allocator()
     try:
         if getattr(args, "device", None) is not None:  # --device: a missing GPU fails before any work
-            from headscreen.device import resolve_device
+            from headscreen.compute.device import resolve_device
 
             resolve_device(args.device)
         return int(args._module.main(args) or 0)
@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan_cpu(argv):
-    """Choose threads and OpenMP's wait policy (headscreen/cpu.py) from --threads and the idle cores.
+    """Choose threads and OpenMP's wait policy (headscreen/compute/cpu.py) from --threads and the idle cores.
     In a process that already imported torch (a library caller, the tests) an automatic choice
     changes nothing: the caller's thread setting stands, and the wait policy could not change anyway."""
     import sys
 
-    from headscreen.cpu import CpuPlan, apply_cpu, plan_cpu
+    from headscreen.compute.cpu import CpuPlan, apply_cpu, plan_cpu
 
     pre = argparse.ArgumentParser(prog="headscreen", add_help=False)
     _threads_flag(pre)

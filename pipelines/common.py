@@ -23,14 +23,14 @@ def positive_int(text: str) -> int:
 
 
 def add_device_argument(p: argparse.ArgumentParser, *, what: str) -> None:
-    """--device cuda|cpu|auto (headscreen/device.py), shared by train, screen, validate and grok."""
+    """--device cuda|cpu|auto (headscreen/compute/device.py), shared by train, screen, validate and grok."""
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help=f"where {what} runs: a CUDA GPU, the CPU, or auto (the GPU when torch sees one; the "
                         "default). cuda where there is none is an error")
 
 
 def auto_threads(args: argparse.Namespace) -> int | None:
-    """The CLI's automatic thread choice (headscreen/cpu.py) when --threads was not given, else None."""
+    """The CLI's automatic thread choice (headscreen/compute/cpu.py) when --threads was not given, else None."""
     cpu = getattr(args, "cpu", None)
     return cpu.threads if cpu is not None and cpu.auto and getattr(args, "threads", None) is None else None
 
@@ -53,9 +53,9 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
     from model_configs/ (e.g. `pythia-160m`) whose source says where the checkpoints are.
     Remote code is granted by `trust_remote_code` alone (a config asking for it without it is refused).
     A run directory (and, unless `trajectories`, a grok run's trajectory) is refused in one line naming
-    what it is (headscreen/runkind.py); `command` names the command in that line.
+    what it is (headscreen/rundir/kind.py); `command` names the command in that line.
     """
-    from headscreen.runkind import directory_kind, refuse_run_as_series
+    from headscreen.rundir.kind import directory_kind, refuse_run_as_series
     from headscreen.series import LocalSeries
 
     path = Path(spec)
@@ -76,7 +76,7 @@ def resolve_series(spec: str | Path, *, allow_pickle: bool = False, trust_remote
 
 def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local",
                            default_workers: str = "1 (local) or 2") -> None:
-    """--executor, --workers, --address (headscreen/executors.py)."""
+    """--executor, --workers, --address (headscreen/compute/executors.py)."""
     p.add_argument("--executor", choices=("local", "process", "ray"), default=default,
                    help=f"where the work runs: this process (local), a process pool, or a Ray cluster "
                         f"(default: {default})")
@@ -88,7 +88,7 @@ def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local"
 
 def executor_from_args(args: argparse.Namespace):
     """The executor the flags ask for; each worker gets --threads torch threads (1 when not given)."""
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
 
     return make_executor(args.executor, workers=args.workers, address=args.address,
                          threads=getattr(args, "threads", None) or 1)

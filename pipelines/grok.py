@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from headscreen.compute.executors import TaskFailed
 from headscreen.config import ConfigError, ModelConfig, load_config
-from headscreen.executors import TaskFailed
 from pipelines import grok_li2
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
 
@@ -62,7 +62,7 @@ def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = 
 def _analyse_run():
     """grok-analysis's analyse_run, or None where this checkout lacks it."""
     try:
-        from headscreen.grokking.analyse import analyse_run
+        from headscreen.grokking.analysis.analyse import analyse_run
     except ImportError:
         return None
     return analyse_run
@@ -70,16 +70,16 @@ def _analyse_run():
 
 def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True,
                     device: str | None = "cpu") -> dict:
-    """Train (or resume) one run on `device` (headscreen/device.py), then write grok.json; returns grok.json's
+    """Train (or resume) one run on `device` (headscreen/compute/device.py), then write grok.json; returns grok.json's
     dict (or the final curve row where no analysis is available). grok.json is reused only while it was
-    computed from the trajectory now on disk (headscreen.grokking.lifecycle), else recomputed."""
-    from headscreen.grokking.lifecycle import current_analysis, remove_analysis
-    from headscreen.grokking.train import train_run
+    computed from the trajectory now on disk (headscreen.grokking.training.lifecycle), else recomputed."""
+    from headscreen.grokking.training.lifecycle import current_analysis, remove_analysis
+    from headscreen.grokking.training.train import train_run
 
     out = Path(out)
     train_run(cfg, out, progress=progress, force=force, device=device)
     if cfg.model.arch == "encoder" and cfg.defect_every and len(cfg.tasks) == 1:  # the published preset
-        from headscreen.grokking.compare import write_comparison
+        from headscreen.grokking.published.compare import write_comparison
 
         write_comparison(out)  # comparison.json: the run beside the published records (the report renders it)
     fn = _analyse_run() if analyse else None
@@ -112,12 +112,12 @@ def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool, device: str = "cp
 def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
              analyse: bool = True, executor=None, device: str | None = "cpu") -> tuple[dict[str, dict], dict[str, str]]:
     """Train (or resume) and analyse each config into root/<name>, one run per task on `executor`
-    (headscreen.executors; default: a process pool of `workers` processes, 1 torch thread each).
+    (headscreen.compute.executors; default: a process pool of `workers` processes, 1 torch thread each).
     Returns (results by name, errors by name); one failed run loses no other."""
     from tqdm.auto import tqdm
 
-    from headscreen.device import resolve_device
-    from headscreen.executors import make_executor
+    from headscreen.compute.device import resolve_device
+    from headscreen.compute.executors import make_executor
 
     device = resolve_device(device)  # once, here: a missing GPU fails before any worker starts
     root = Path(root)
@@ -175,9 +175,9 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     separate processes; finished runs are kept, unfinished ones resume. Writes sweep.parquet/sweep.json."""
     import pandas as pd
 
-    from headscreen.provenance import provenance
-    from headscreen.runkind import require_kind
-    from headscreen.store import atomic_write, write_json
+    from headscreen.rundir.kind import require_kind
+    from headscreen.rundir.provenance import provenance
+    from headscreen.rundir.store import atomic_write, write_json
 
     mc, base, grid_cfg = load_grok_config(config, overrides)
     if grid_cfg is None:
@@ -192,7 +192,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
                                progress=progress, analyse=analyse, executor=executor, device=device)
     if analyse and _analyse_run() is not None:
-        from headscreen.grokking.summary import write_sweep_summary
+        from headscreen.grokking.analysis.summary import write_sweep_summary
 
         table = write_sweep_summary(out, progress=False)  # + the lead-time power law; unfinished runs: empty rows
     else:  # the grid and each run's final accuracies, or its error
@@ -203,12 +203,12 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
         table = pd.DataFrame(rows)
         atomic_write(out / "sweep.parquet", lambda p: table.to_parquet(p, index=False))
     if base.model.arch == "encoder" and base.defect_every:  # the published preset: the sweep beside the records
-        from headscreen.grokking.compare import SWEEP_COMPARISON, sweep_comparison
+        from headscreen.grokking.published.compare import SWEEP_COMPARISON, sweep_comparison
 
         comp = sweep_comparison(out)
         atomic_write(out / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))
     if errors:
-        from headscreen.grokking.lifecycle import SweepRunsFailed
+        from headscreen.grokking.training.lifecycle import SweepRunsFailed
 
         raise SweepRunsFailed(f"{len(errors)} of {len(grid)} sweep runs failed (finished ones are kept and "
                               f"summarised in {out / 'sweep.parquet'}; rerun the same command to resume the others): "
@@ -273,7 +273,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _check_threads(args: argparse.Namespace) -> None:
     """An explicit --threads that differs from the thread count of the run it would resume: refuse (the
     resumed trajectory would match no uninterrupted run); an automatic choice yields to the run's."""
-    from headscreen.grokking.sessions import resume_threads
+    from headscreen.grokking.training.sessions import resume_threads
 
     threads = getattr(args, "threads", None)  # the top-level --threads; None = chosen automatically
     if threads is None or args.force:
@@ -319,8 +319,8 @@ def main(args: argparse.Namespace) -> int:
 
 def compare(target: str | Path, reference: str | Path | None = None, figure: str | Path | None = None) -> dict:
     """`headscreen grok compare`: a run's comparison.json (and figure), or a sweep's sweep_comparison.json."""
-    from headscreen.grokking.compare import SWEEP_COMPARISON, sweep_comparison, write_comparison
-    from headscreen.store import atomic_write
+    from headscreen.grokking.published.compare import SWEEP_COMPARISON, sweep_comparison, write_comparison
+    from headscreen.rundir.store import atomic_write
 
     target = Path(target)
     _require_compare_target(target)
@@ -340,8 +340,8 @@ def compare(target: str | Path, reference: str | Path | None = None, figure: str
 
 
 def _require_compare_target(target: Path) -> None:
-    """`grok compare` writes its comparison into a grok run or a grok sweep only (headscreen/runkind.py)."""
-    from headscreen.runkind import KINDS, WrongKind, check_not_mixed, directory_kind
+    """`grok compare` writes its comparison into a grok run or a grok sweep only (headscreen/rundir/kind.py)."""
+    from headscreen.rundir.kind import KINDS, WrongKind, check_not_mixed, directory_kind
 
     kind = directory_kind(target)
     if kind in ("screen", "series", "grok-trajectory", "report"):
@@ -352,7 +352,7 @@ def _require_compare_target(target: Path) -> None:
 
 
 def compare_main(args: argparse.Namespace) -> int:
-    from headscreen.grokking.compare import comparison_table, print_sweep_report
+    from headscreen.grokking.published.compare import comparison_table, print_sweep_report
 
     target = Path(args.target)
     _require_compare_target(target)
@@ -361,8 +361,8 @@ def compare_main(args: argparse.Namespace) -> int:
         print(comparison_table(comp).to_string(index=False))
         print(f"comparison written to {target / 'comparison.json'}", file=sys.stderr)
     else:
-        from headscreen.grokking.compare import SWEEP_COMPARISON
-        from headscreen.store import atomic_write
+        from headscreen.grokking.published.compare import SWEEP_COMPARISON
+        from headscreen.rundir.store import atomic_write
 
         comp = print_sweep_report(target, args.reference)
         atomic_write(target / SWEEP_COMPARISON, lambda p: p.write_text(json.dumps(comp, indent=1)))

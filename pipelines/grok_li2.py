@@ -22,7 +22,7 @@ FLAGS = {"m": "m", "hidden": "hidden", "activation": "activation", "loss": "loss
 
 
 def load_li2_config(config: str | Path | ModelConfig = CONFIG, overrides: dict | None = None):
-    from headscreen.grokking.li2 import Li2Config
+    from headscreen.grokking.li2.network import Li2Config
 
     mc = config if isinstance(config, ModelConfig) else load_config(config)
     if "li2" not in mc.sections:
@@ -34,7 +34,7 @@ def load_li2_config(config: str | Path | ModelConfig = CONFIG, overrides: dict |
 def li2(out: str | Path, *, config: str | Path = CONFIG, overrides: dict | None = None, progress: bool = True,
         force: bool = False) -> dict:
     """`headscreen grok li2`: one Li₂ run into `out`; returns grok.json's dict."""
-    from headscreen.grokking.li2_run import run_li2
+    from headscreen.grokking.li2.run import run_li2
 
     return run_li2(load_li2_config(config, overrides), out, progress=progress, force=force)
 

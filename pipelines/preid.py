@@ -11,7 +11,7 @@ from pathlib import Path
 
 from headscreen.config import from_mapping
 from headscreen.probes.preid import PreidSettings, analyse_run
-from headscreen.store import atomic_write, write_json
+from headscreen.rundir.store import atomic_write, write_json
 
 
 def settings_of_manifest(manifest: dict) -> PreidSettings:

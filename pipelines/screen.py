@@ -19,14 +19,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from headscreen.binding import describe_changes, plan_records
+from headscreen.compute.executors import Executor, make_executor
 from headscreen.config import ModelConfig, from_mapping
-from headscreen.executors import Executor, make_executor
 from headscreen.probes.classify import ScreenThresholds
 from headscreen.probes.preid import PreidSettings
 from headscreen.probes.screen import summarise_series
 from headscreen.probes.suite import ProbeSuite
-from headscreen.provenance import provenance
+from headscreen.rundir.binding import describe_changes, plan_records
+from headscreen.rundir.provenance import provenance
+from headscreen.rundir.store import VALIDATION_OUTPUTS, RunStore
 from headscreen.series import LOADING_MODE, Series, SeriesError
 from headscreen.series.identity import series_identity
 from headscreen.series.precision import CHOICES as DTYPE_CHOICES
@@ -34,7 +35,6 @@ from headscreen.series.precision import BootSettings, resolve_for_series
 from headscreen.spectral import SpectralConfig, fingerprint, onsets
 from headscreen.spectral.config import OnsetSettings
 from headscreen.spectral.duplicates import drop_duplicates
-from headscreen.store import VALIDATION_OUTPUTS, RunStore
 from pipelines.attention import record_attention
 from pipelines.common import (
     add_device_argument,
@@ -176,13 +176,13 @@ def screen(
     one (it spans the gap). A rerun skips it again without retrying while its identity is unchanged,
     and screens it (recomputing the records after it) once it was repaired.
 
-    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the probes' forward passes run (float32);
+    `device` ("cpu", "cuda", "auto"; headscreen/compute/device.py): where the probes' forward passes run (float32);
     recorded in the manifest's `device`. The sketches are computed on the CPU either way.
-    `executor` (headscreen.executors; default: in this process) runs the per-checkpoint work in
+    `executor` (headscreen.compute.executors; default: in this process) runs the per-checkpoint work in
     `chunks` contiguous chunks (default: one per worker); the results do not depend on either
     (pipelines/screen_chunks.py). Only this process writes into `out`.
     """
-    from headscreen.device import plan_device
+    from headscreen.compute.device import plan_device
 
     plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
     if not isinstance(series, Series):
@@ -254,7 +254,7 @@ def _still_bad(store: RunStore, identities: list[dict], *, skip_bad: bool, force
 
 
 def _drop_stale_records(store: RunStore, identities: list[dict], probed: set[int]) -> None:
-    """Delete the records that no longer match the series (headscreen/binding.py) and, when any record
+    """Delete the records that no longer match the series (headscreen/rundir/binding.py) and, when any record
     is to change, the validation outputs (they were computed on the tables the change invalidates)."""
     sketch_meta = {s: store.read_meta("sketch", s) for s in store.recorded_steps("sketch")}
     probe_meta = {s: store.read_meta("probes", s) for s in store.recorded_steps("probes")}

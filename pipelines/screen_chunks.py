@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from headscreen.executors import Executor, TaskFailed, WorkerDied, chunks
+from headscreen.compute.executors import Executor, TaskFailed, WorkerDied, chunks
 from headscreen.probes.budget import micro_batch_for
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint
+from headscreen.rundir.store import RunStore
 from headscreen.series import HeadWeights, NonFiniteOutputs, Series, SeriesError
 from headscreen.spectral import HeadSketcher
-from headscreen.store import RunStore
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
 

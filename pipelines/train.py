@@ -16,7 +16,7 @@ def train(config: str | Path | ModelConfig, out: str | Path, *, threads: int | N
           corpus=_UNSET, seed: int | None = None, overrides: dict | None = None) -> Path:
     """Train the `train:` recipe of `config` into `out` (resumes a partial series of the same recipe).
     `threads` replaces the recipe's thread count; `max_threads` only caps it (the CLI's automatic
-    choice on a busy machine, headscreen/cpu.py). `device`: headscreen/device.py. `corpus` replaces the
+    choice on a busy machine, headscreen/compute/cpu.py). `device`: headscreen/compute/device.py. `corpus` replaces the
     recipe's text corpus (a local file, a hub name, or None for the built-in stories), `seed` its seed,
     and `overrides` any other TrainConfig fields (e.g. {"steps": 2}); all of them change the recipe's
     identity (a series of the unchanged recipe in `out` is not resumed)."""
@@ -51,14 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a series of a different recipe in --out")
     p.add_argument("--corpus", default=None,
                    help="text corpus instead of the recipe's: a local .txt/.jsonl/.parquet/.arrow file or folder, a "
-                        "hub dataset name, or 'builtin' for the built-in story grammar (headscreen/corpora.py)")
+                        "hub dataset name, or 'builtin' for the built-in story grammar (headscreen/synthetic/corpora.py)")
     p.add_argument("--seed", type=int, default=None, help="seed instead of the recipe's (synthetic-51m: 42, 123, 149, 256)")
     add_device_argument(p, what="training")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
-    from headscreen.runkind import require_kind
+    from headscreen.rundir.kind import require_kind
 
     require_kind(args.out, "series", "`headscreen train`")  # never into a run directory
     corpus = _UNSET if args.corpus is None else (None if args.corpus == "builtin" else args.corpus)

@@ -15,22 +15,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from headscreen.binding import checkpoint_refusal
 from headscreen.causal import patch_checkpoint, validate_checkpoint
 from headscreen.causal.ablation import Scoring
 from headscreen.causal.settings import ValidationSettings
 from headscreen.causal.validate import ablate_blocks, probe_source
+from headscreen.compute.executors import TaskFailed, WorkerDied, chunks
 from headscreen.config import CONFIG_DIR, ConfigError, config_series, from_mapping, load_config
-from headscreen.executors import TaskFailed, WorkerDied, chunks
 from headscreen.heads import parse_head_label
 from headscreen.probes.prompts import corrupt_retrieval
 from headscreen.probes.suite import ProbeSuite
+from headscreen.rundir.binding import checkpoint_refusal
+from headscreen.rundir.staged import Stage
+from headscreen.rundir.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, atomic_write, write_json
 from headscreen.series import HubSeries, LocalSeries
 from headscreen.series.identity import checkpoint_identity
 from headscreen.series.precision import CHOICES as DTYPE_CHOICES
 from headscreen.series.precision import boot_dtype_for_validate
-from headscreen.staged import Stage
-from headscreen.store import VALIDATION_OUTPUTS, RunStore, SeriesChanged, atomic_write, write_json
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
 from pipelines.preid import preid_tables, write_preid
 
@@ -102,13 +102,13 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
     validation outputs are removed first and validation.json is written last, so a validation.json
     always belongs with the parquet files beside it. Returns the path of validation.json. A run whose
     circuit is empty at that checkpoint gets a validation.json that says so (and nothing is ablated).
-    `executor` (headscreen.executors; default: this process) splits the ablated head sets (the
+    `executor` (headscreen.compute.executors; default: this process) splits the ablated head sets (the
     matched-random null) across its workers in whole blocks: the numbers do not change.
-    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the checkpoint runs (float32); recorded
+    `device` ("cpu", "cuda", "auto"; headscreen/compute/device.py): where the checkpoint runs (float32); recorded
     in validation.json's `device`. `dtype` (auto|float32|bfloat16|float16): the precision the checkpoint
     is booted in; None: the screen's (the manifest's `device.param_dtype`), recorded in `device.param_dtype`.
     """
-    from headscreen.device import plan_device
+    from headscreen.compute.device import plan_device
 
     plan = plan_device(device, mixed_precision=False)  # a missing GPU fails before the run is touched
     _check_arguments(circuit, ablations, n_null)
@@ -121,7 +121,7 @@ def validate(run_dir: str | Path, *, checkpoint: int | None = None, circuit: lis
 
 def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_null, seed, config,
                      progress, trust_remote_code: bool = False, executor=None, plan=None, dtype=None) -> Path:
-    from headscreen.device import plan_device
+    from headscreen.compute.device import plan_device
 
     plan = plan or plan_device("cpu")
     manifest = run.manifest()
@@ -203,7 +203,7 @@ def _validate_locked(run: RunStore, *, checkpoint, circuit, probe, ablations, n_
 def _publish(run: RunStore, summary: dict, long: pd.DataFrame, patching: pd.DataFrame) -> Path:
     """Replace the run's validation outputs and pre-identification tables (computed with the validated
     circuit) in one step: every new file is written aside first, the old ones are kept until all are
-    (headscreen/staged.py); validation.json is published after the tables it describes."""
+    (headscreen/rundir/staged.py); validation.json is published after the tables it describes."""
     preid_table, preid_doc = preid_tables(run.root, validation=summary)
     stage = Stage(run.root, "validate")
     atomic_write(stage.path("validation.parquet"), lambda p: long.to_parquet(p, index=False))

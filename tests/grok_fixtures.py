@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscreen.grokking.edge import trunk_names
-from headscreen.grokking.models import ModelSpec, build_model
-from headscreen.store import RunStore, write_json
+from headscreen.grokking.analysis.edge import trunk_names
+from headscreen.grokking.models.transformer import ModelSpec, build_model
+from headscreen.rundir.store import RunStore, write_json
 
 SPEC = ModelSpec(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32)
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from headscreen.attention_file import FILE, pattern_key, read_attention
 from headscreen.probes.attention import which_heads
 from headscreen.probes.suite import ProbeSuite
+from headscreen.rundir.attention_file import FILE, pattern_key, read_attention
+from headscreen.rundir.store import RunStore
 from headscreen.series import LocalSeries
 from headscreen.spectral import SpectralConfig
-from headscreen.store import RunStore
 from headscreen.testing import save_tiny_series
 from pipelines.attention import probes_of_manifest, record_attention
 from pipelines.screen import ScreenSettings, screen

@@ -15,8 +15,8 @@ import torch
 
 from headscreen.probes.suite import ProbeSuite
 from headscreen.report.load import StaleRunError, load_run
+from headscreen.rundir.store import VALIDATION_OUTPUTS, SeriesChanged, StaleTables
 from headscreen.spectral import SpectralConfig
-from headscreen.store import VALIDATION_OUTPUTS, SeriesChanged, StaleTables
 from headscreen.testing import save_tiny_series
 from pipelines.screen import SCREEN_OUTPUTS, ScreenSettings, screen
 
@@ -236,7 +236,7 @@ def sketch_metas(ids):
 
 @pytest.mark.parametrize("case", ["same", "deleted", "inserted", "changed", "appended", "no identities"])
 def test_plan_records_keeps_exactly_the_unchanged_prefix(case):
-    from headscreen.binding import plan_records
+    from headscreen.rundir.binding import plan_records
 
     old = [ident(s) for s in (0, 10, 20, 30, 40)]
     new, meta = list(old), sketch_metas(old)

@@ -1,4 +1,4 @@
-"""Text corpora through `datasets` (headscreen/corpora.py) and the tokenizers the trainer uses for them.
+"""Text corpora through `datasets` (headscreen/synthetic/corpora.py) and the tokenizers the trainer uses for them.
 
 No test touches the network: every corpus is a local file the test writes.
 """
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.corpora import (
+from headscreen.synthetic.corpora import (
     CorpusError,
     CorpusSource,
     PackedRows,

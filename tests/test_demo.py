@@ -59,7 +59,7 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
 
     # the report's attention viewer (issue 25): the screen stored every induction-circuit head at the last
     # checkpoint and at its emergence checkpoint, and the page carries them
-    from headscreen.attention_file import FILE, read_index
+    from headscreen.rundir.attention_file import FILE, read_index
 
     index = read_index(run / FILE)
     final = circuits["steps"][str(int(last))]["retrieval"]
@@ -74,7 +74,7 @@ def test_demo_forms_and_validates_an_induction_circuit(tmp_path):
     # error, no request leaving the page (skipped without Chromium / Playwright)
     from test_report_explore import Page, _chromium, _drawn_pattern, _playwright
 
-    from headscreen.attention_file import pattern_key, read_attention
+    from headscreen.rundir.attention_file import pattern_key, read_attention
 
     if _chromium() is None or _playwright() is None:
         pytest.skip("the demo page's browser check needs Chromium and Playwright")

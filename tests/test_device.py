@@ -1,4 +1,4 @@
-"""`--device cuda|cpu|auto` (headscreen/device.py): the choice, its errors, and what the runs record.
+"""`--device cuda|cpu|auto` (headscreen/compute/device.py): the choice, its errors, and what the runs record.
 
 These machines have no GPU: the CPU paths and the errors are tested here; a GPU path is only reached
 through a faked `torch.cuda` where the test says so (nothing runs on it).
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from headscreen.device import DeviceError, plan_device, resolve_device, training_autocast
+from headscreen.compute.device import DeviceError, plan_device, resolve_device, training_autocast
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this test is about a machine without a GPU")
 
@@ -80,7 +80,7 @@ def test_cli_cuda_without_a_gpu_exits_2_with_one_line(argv, tmp_path, capsys):
 @no_gpu
 def test_library_calls_refuse_cuda_before_writing(tmp_path):
     from headscreen.grokking.config import GrokConfig
-    from headscreen.grokking.train import train_run
+    from headscreen.grokking.training.train import train_run
     from headscreen.synthetic import TrainConfig, train_series
     from pipelines.screen import screen
     from pipelines.validate import validate
@@ -114,8 +114,8 @@ def test_grok_task_data_moves_to_the_device_whole():
     """Every tensor of a task's split table goes to the device (the meta device stands in for a GPU)."""
     import dataclasses
 
-    from headscreen.grokking.tasks import make_dataset
-    from headscreen.grokking.train import _data_to
+    from headscreen.grokking.tasks.modular import make_dataset
+    from headscreen.grokking.training.train import _data_to
 
     data = make_dataset("add", 7, 0.5, seed=0)
     assert _data_to(data, "cpu") is data

@@ -67,7 +67,7 @@ def test_planted_duplicate_is_recorded_and_kept_out_of_the_windows(series_root, 
     pd.testing.assert_frame_equal(a, b)  # windows as if the copy had never been saved (bit-identical)
     # the report says so
     from headscreen.report.load import load_run
-    from headscreen.report.provenance import provenance_section
+    from headscreen.report.provenance_section import provenance_section
 
     sec = provenance_section(load_run(tmp_path / "run_dup"))
     assert any("step 4 = step 3" in n for n in sec.notices)

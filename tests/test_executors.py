@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from headscreen.executors import TaskFailed, chunks, make_executor
+from headscreen.compute.executors import TaskFailed, chunks, make_executor
 from headscreen.probes.suite import ProbeSuite
 from headscreen.series import LocalSeries
 from headscreen.spectral import HeadSketcher, SpectralConfig
@@ -174,7 +174,7 @@ def test_validation_null_split_across_workers_gives_the_same_numbers(wide_run, t
 
 
 def test_cpu_plan_follows_the_idle_cores(monkeypatch):
-    import headscreen.cpu as cpu
+    import headscreen.compute.cpu as cpu
 
     monkeypatch.setattr(cpu, "usable_cores", lambda: 2)
     quiet, busy, unknown = cpu.plan_cpu(idle=1.95), cpu.plan_cpu(idle=1.0), cpu.plan_cpu(idle=float("nan"))

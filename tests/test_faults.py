@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import headscreen.atomic as atomic_module
+import headscreen.rundir.atomic as atomic_module
 from headscreen.report.load import StaleRunError, load_run
-from headscreen.store import NotARun, RunStore
+from headscreen.rundir.store import NotARun, RunStore
 from headscreen.testing import save_tiny_series
 from pipelines.cli import main as cli
 from pipelines.screen import SCREEN_OUTPUTS
@@ -148,7 +148,7 @@ def test_sigkill_during_a_validate_then_rerun_gives_the_same_bytes(setup, tmp_pa
     done = tmp_path / "validated"
     shutil.copytree(ref, done)
     writes = counted(lambda: cli(["--threads", "1", "validate", str(done), *VALIDATE_ARGS]))
-    # every new file is staged aside (headscreen/staged.py), then COMMIT.json marks them complete and they
+    # every new file is staged aside (headscreen/rundir/staged.py), then COMMIT.json marks them complete and they
     # are renamed into place (validation.json after its tables); the pre-identification tables are
     # staged with them, computed with the validated circuit
     outputs = ("validation.parquet", "patching.parquet", "validation.json", "preid.parquet", "preid.json")

@@ -1,4 +1,4 @@
-"""headscreen.grokking.analyse: a run directory in, tables and grok.json out."""
+"""headscreen.grokking.analysis.analyse: a run directory in, tables and grok.json out."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from grok_fixtures import make_run
 from safetensors.torch import load_file
 
-from headscreen.grokking.analyse import AnalysisSettings, analyse_run
-from headscreen.grokking.edge import trunk_vector
+from headscreen.grokking.analysis.analyse import AnalysisSettings, analyse_run
+from headscreen.grokking.analysis.edge import trunk_vector
 from headscreen.series import LocalSeries
 from headscreen.spectral import HeadSketcher, SpectralConfig, compute_fingerprint, rolling_window_stats
 

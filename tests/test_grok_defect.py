@@ -1,4 +1,4 @@
-"""headscreen.grokking.defect: the commutator defect against hand computations."""
+"""headscreen.grokking.training.defect: the commutator defect against hand computations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from headscreen.grokking.defect import commutator_defect, defect_summary
+from headscreen.grokking.training.defect import commutator_defect, defect_summary
 
 torch.set_num_threads(1)
 
@@ -229,7 +229,7 @@ def _no_pair_path(*args, **kwargs):
 
 
 def test_vectorised_path_matches_literal_definition_and_loop(monkeypatch):
-    import headscreen.grokking.defect as defect_mod
+    import headscreen.grokking.training.defect as defect_mod
 
     model = _mlp(1)
     pairs = _batches(9)
@@ -243,8 +243,8 @@ def test_vectorised_path_matches_literal_definition_and_loop(monkeypatch):
 
 
 def test_grok_model_vectorised_equals_pair_by_pair():
-    from headscreen.grokking.models import ModelSpec, build_model
-    from headscreen.grokking.task import modular_loss
+    from headscreen.grokking.models.transformer import ModelSpec, build_model
+    from headscreen.grokking.tasks.base import modular_loss
 
     model = build_model(ModelSpec(d_model=32, n_heads=2, d_head=16, d_mlp=64), 7, ["add"], seed=0)
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""headscreen.grokking.detect: event detection on synthetic curves."""
+"""headscreen.grokking.analysis.detect: event detection on synthetic curves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headscreen.grokking.detect import (
+from headscreen.grokking.analysis.detect import (
     SeriesTooShort,
     curve_events,
     defect_onsets,

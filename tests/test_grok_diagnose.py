@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.diagnose import onsets_by_setting, recompute_defect
-from headscreen.grokking.train import train_run
+from headscreen.grokking.published.diagnose import onsets_by_setting, recompute_defect
+from headscreen.grokking.training.train import train_run
 
 
 def test_recompute_equals_in_run_defect(tmp_path):

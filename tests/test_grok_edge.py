@@ -1,4 +1,4 @@
-"""headscreen.grokking.edge / portrait: the spectral edge through the grokking path, and the portrait."""
+"""headscreen.grokking.analysis.edge / portrait: the spectral edge through the grokking path, and the portrait."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.grokking.edge import (
+from headscreen.grokking.analysis.edge import (
     GapRule,
     edge_frame,
     edge_from_sketcher,
@@ -17,7 +17,13 @@ from headscreen.grokking.edge import (
     trunk_sketcher,
     trunk_vector,
 )
-from headscreen.grokking.portrait import commutator_peak, in_proj, portrait_frame, portrait_point, smooth
+from headscreen.grokking.analysis.portrait import (
+    commutator_peak,
+    in_proj,
+    portrait_frame,
+    portrait_point,
+    smooth,
+)
 from headscreen.spectral import SpectralConfig, edge_phases, rolling_window_stats
 
 torch.set_num_threads(1)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.grokking.analyse import analyse_run
+from headscreen.grokking.analysis.analyse import analyse_run
+from headscreen.grokking.analysis.detect import curve_events
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.detect import curve_events
-from headscreen.grokking.models import ModelSpec
-from headscreen.grokking.train import train_run
+from headscreen.grokking.models.transformer import ModelSpec
+from headscreen.grokking.training.train import train_run
 
 torch.set_num_threads(1)
 TINY = ModelSpec(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64)
@@ -33,7 +33,7 @@ def test_tiny_multitask_run_end_to_end(tmp_path):
         assert out["tasks"][task]["final_test_acc"] == pytest.approx(ev[task]["final_test_acc"])
     assert out["final_test_acc"] == pytest.approx(min(e["final_test_acc"] for e in ev.values()))
     assert out["n_snapshots"] == 13 and out["settings"]["training"]["tasks"] == ["add", "mul"]
-    assert out["settings"]["device"]["device"] == "cpu"  # where it trained (headscreen/device.py)
+    assert out["settings"]["device"]["device"] == "cpu"  # where it trained (headscreen/compute/device.py)
     assert isinstance(out["key_frequencies"], list)
     edge = pd.read_parquet(run / "edge.parquet")
     assert set(edge.loc[edge.scope == "head", "head"]) == {0, 1}

@@ -1,4 +1,4 @@
-"""headscreen.grokking.fourier / progress: planted frequencies and direct computations."""
+"""headscreen.grokking.analysis.fourier / progress: planted frequencies and direct computations."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headscreen.grokking.fourier import embedding_spectrum, fourier_basis, gini
-from headscreen.grokking.progress import (
+from headscreen.grokking.analysis.fourier import embedding_spectrum, fourier_basis, gini
+from headscreen.grokking.analysis.progress import (
     excluded_loss,
     key_directions,
     project_logits,

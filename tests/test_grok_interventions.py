@@ -9,7 +9,7 @@ from torch import nn
 
 from headscreen.config import ConfigError
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.interventions import (
+from headscreen.grokking.training.interventions import (
     GradientIntervention,
     Intervention,
     random_bases,
@@ -17,8 +17,8 @@ from headscreen.grokking.interventions import (
     top_basis,
     transverse_ratio,
 )
-from headscreen.grokking.snapshots import Trajectory
-from headscreen.grokking.train import train_run
+from headscreen.grokking.training.snapshots import Trajectory
+from headscreen.grokking.training.train import train_run
 
 TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32}
 

@@ -1,5 +1,5 @@
-"""The lead-time law's fixed-onset null and rank statistic (headscreen.grokking.leadlaw), on planted runs
-and on the published records (headscreen.grokking.published)."""
+"""The lead-time law's fixed-onset null and rank statistic (headscreen.grokking.analysis.leadlaw), on planted runs
+and on the published records (headscreen.grokking.published.records)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from headscreen.grokking.detect import fit_power_law, onset_ratio
-from headscreen.grokking.leadlaw import fixed_onset_null, lead_law, rank_correlation
-from headscreen.grokking.published import published_events, published_records
+from headscreen.grokking.analysis.detect import fit_power_law, onset_ratio
+from headscreen.grokking.analysis.leadlaw import fixed_onset_null, lead_law, rank_correlation
+from headscreen.grokking.published.records import published_events, published_records
 
 T_GROK = np.array([2500.0, 3100, 3600, 5000, 9000, 15000, 22000, 30000, 38000])
 
@@ -111,7 +111,7 @@ def test_published_lead_law_and_null(events):
 def test_sweep_fit_carries_null_rank_and_verdict():
     import pandas as pd
 
-    from headscreen.grokking.summary import power_law_by_weight_decay
+    from headscreen.grokking.analysis.summary import power_law_by_weight_decay
 
     t = T_GROK
     df = pd.DataFrame({"weight_decay": 1.0, "tasks": "add", "grok_step": t, "lead_time": t - 2000.0})

@@ -9,15 +9,22 @@ import pytest
 import torch
 
 from headscreen.config import ConfigError
-from headscreen.grokking.coupling import coupling, random_coupling, subspace_coupling
-from headscreen.grokking.li2 import Li2Config, Li2Net, critical_fraction, li2_loss, sign_match, train_li2
-from headscreen.grokking.lockin import calibrate_tau, detect_lockin, r23_series, stack_gram_windows
-from headscreen.grokking.modes import (
+from headscreen.grokking.analysis.coupling import coupling, random_coupling, subspace_coupling
+from headscreen.grokking.analysis.modes import (
     discrete_log_basis,
     dominant_modes,
     grid_modes,
     induced_function,
     primitive_root,
+)
+from headscreen.grokking.li2.lockin import calibrate_tau, detect_lockin, r23_series, stack_gram_windows
+from headscreen.grokking.li2.network import (
+    Li2Config,
+    Li2Net,
+    critical_fraction,
+    li2_loss,
+    sign_match,
+    train_li2,
 )
 from headscreen.spectral.planted import planted_head_series
 
@@ -167,7 +174,7 @@ def test_coupling_on_a_hand_built_case():
 def test_analyse_run_writes_window_analyses(tmp_path):
     from grok_fixtures import make_run
 
-    from headscreen.grokking.analyse import analyse_run
+    from headscreen.grokking.analysis.analyse import analyse_run
 
     run = make_run(tmp_path / "run", p=11, n_snap=14, switch=6)
     out = analyse_run(run, progress=False)
@@ -206,8 +213,8 @@ def test_li2_run_directory_and_cli(tmp_path, capsys):
 
 
 def test_report_of_a_li2_run_has_the_lockin_figure(tmp_path):
-    from headscreen.grokking.li2 import Li2Config
-    from headscreen.grokking.li2_run import run_li2
+    from headscreen.grokking.li2.network import Li2Config
+    from headscreen.grokking.li2.run import run_li2
     from headscreen.report.grok_sections import grok_report
 
     run_li2(Li2Config(m=11, hidden=16, epochs=25, tau=3.0, snapshot_every=10), tmp_path / "li2", progress=False)

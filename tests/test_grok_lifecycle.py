@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.grokking.lifecycle import ANALYSIS_FILES, current_analysis, trajectory_state
-from headscreen.store import RunStore
+from headscreen.grokking.training.lifecycle import ANALYSIS_FILES, current_analysis, trajectory_state
+from headscreen.rundir.store import RunStore
 from pipelines.cli import main
 
 torch.set_num_threads(1)
@@ -90,7 +90,7 @@ class Interrupt:
     patched), i.e. after snapshot 4·(n-1) and its tables."""
 
     def __init__(self, monkeypatch, n: int):
-        from headscreen.grokking import train
+        from headscreen.grokking.training import train
 
         self.left, real = n, train.save_optimizer
 
@@ -124,7 +124,7 @@ def test_interrupted_report_resumed_run_equals_an_uninterrupted_one(cfg, referen
 
 def test_a_stale_grok_json_is_recomputed_after_a_resume(cfg, reference, tmp_path, capsys, monkeypatch):
     """An older grok.json of 3 snapshots (as older versions and reports wrote it) does not outlive a resume."""
-    from headscreen.grokking.analyse import compute_analysis, write_analysis
+    from headscreen.grokking.analysis.analyse import compute_analysis, write_analysis
 
     run = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -191,7 +191,7 @@ def test_a_force_killed_before_it_cleared_the_old_trajectory_does_not_resume_it(
     """--force writes the new manifest, then clears the old run: killed in between, the next run of the new
     config must not resume the old config's trajectory."""
     from headscreen.grokking.config import config_defaults
-    from headscreen.grokking.train import run_manifest
+    from headscreen.grokking.training.train import run_manifest
     from pipelines.grok import load_grok_config
 
     run = tmp_path / "run"
@@ -264,7 +264,7 @@ def test_sweep_summary_recomputes_stale_analyses_and_never_writes_for_unfinished
     sys.path.insert(0, str(Path(__file__).parent))
     from grok_fixtures import make_run
 
-    from headscreen.grokking.summary import summarise_sweep
+    from headscreen.grokking.analysis.summary import summarise_sweep
 
     done = make_run(tmp_path / "runs" / "wd1_lr0.001_seed0", n_snap=12, every=40)  # groks at 400
     (done / "grok.json").write_text(json.dumps({"grok_step": 7, "trajectory": {"fingerprint": "elsewhere"}}))
@@ -341,7 +341,7 @@ def test_report_of_a_no_analysis_sweep(cfg, tmp_path, capsys):
 
 def count_writes(monkeypatch, capsys, argv) -> int:
     """Atomic writes (renames) of one in-process CLI call."""
-    from headscreen import atomic
+    from headscreen.rundir import atomic
 
     n, real = [0], atomic._fault_point
 

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.defect import commutator_defect
-from headscreen.grokking.models import PRESETS, build_model
-from headscreen.grokking.sampling import ReplacementStream, python_shuffle_split
-from headscreen.grokking.task import modular_loss
-from headscreen.grokking.tasks import OPERATIONS, make_dataset
-from headscreen.grokking.train import stop_step
+from headscreen.grokking.models.transformer import PRESETS, build_model
+from headscreen.grokking.tasks.base import modular_loss
+from headscreen.grokking.tasks.modular import OPERATIONS, make_dataset
+from headscreen.grokking.tasks.sampling import ReplacementStream, python_shuffle_split
+from headscreen.grokking.training.defect import commutator_defect
+from headscreen.grokking.training.train import stop_step
 
 SPEC = PRESETS["published"]
 
@@ -62,7 +62,7 @@ def test_encoder_init_is_the_published_construction_and_forward_matches():
 
 
 def test_packed_in_projection_is_read_per_head(tmp_path):
-    from headscreen.grokking.snapshots import Trajectory
+    from headscreen.grokking.training.snapshots import Trajectory
     from headscreen.series import LocalSeries
 
     model = build_model(SPEC, 97, ["add"], 7)
@@ -160,7 +160,7 @@ def test_short_preset_run_memorises_resumes_and_compares(tmp_path):
     import pandas as pd
     from safetensors.torch import load_file
 
-    from headscreen.grokking.train import train_run
+    from headscreen.grokking.training.train import train_run
     from pipelines.grok import load_grok_config, run_and_analyse
 
     torch.set_num_threads(1)
@@ -187,8 +187,8 @@ def test_short_preset_run_memorises_resumes_and_compares(tmp_path):
     assert cli(["grok", "compare", str(whole), "--figure", str(tmp_path / "cmp.png")]) == 0
     assert (whole / "comparison.json").is_file() and (tmp_path / "cmp.png").stat().st_size > 1000
     # against records of this setting (the published add/lr 1e-3 rows relabelled): the band is theirs
-    from headscreen.grokking.compare import write_comparison
-    from headscreen.grokking.published import published_records
+    from headscreen.grokking.published.compare import write_comparison
+    from headscreen.grokking.published.records import published_records
 
     rec = published_records()
     rec = rec[(rec.study == "lr_sweep") & (rec.op == "add") & (rec.lr == 1e-3)].assign(lr=3e-3, wd=0.1)
@@ -217,7 +217,7 @@ def test_sweep_of_the_preset_writes_its_comparison(tmp_path):
 
     import yaml
 
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
     from pipelines.grok import sweep
 
     torch.set_num_threads(1)

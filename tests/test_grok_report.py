@@ -9,8 +9,8 @@ import pytest
 import torch
 from grok_fixtures import make_run
 
-from headscreen.grokking.analyse import analyse_run
-from headscreen.grokking.summary import power_law_by_weight_decay
+from headscreen.grokking.analysis.analyse import analyse_run
+from headscreen.grokking.analysis.summary import power_law_by_weight_decay
 from headscreen.report import build_report
 from headscreen.report.grok_sections import grok_kind
 

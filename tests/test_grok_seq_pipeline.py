@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from headscreen.config import ConfigError
+from headscreen.grokking.analysis.summary import write_sweep_summary
 from headscreen.grokking.config import GrokConfig, SweepConfig
-from headscreen.grokking.summary import write_sweep_summary
-from headscreen.grokking.train import train_run
+from headscreen.grokking.training.train import train_run
 from headscreen.report import build_report
 from pipelines.grok import grok, load_grok_config
 

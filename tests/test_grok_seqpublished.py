@@ -16,16 +16,16 @@ import torch
 import yaml
 
 from headscreen.config import ConfigError
+from headscreen.grokking.analysis.detect import PUBLISHED_ONSET, onset_ratio
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.defect import _grads, _norm, commutator_defect
-from headscreen.grokking.detect import PUBLISHED_ONSET, onset_ratio
-from headscreen.grokking.dyck import IGNORE, PAD, DyckSpec, make_dyck, sample_published
-from headscreen.grokking.models import ModelSpec
-from headscreen.grokking.scan import N_COMMANDS, ScanSpec, all_commands, make_scan
-from headscreen.grokking.seqmodels import DyckTransformer, ScanTransformer, _pytorch_bounds
-from headscreen.grokking.snapshots import Trajectory
-from headscreen.grokking.task import _sequence_metrics, make_task
-from headscreen.grokking.train import train_run
+from headscreen.grokking.models.sequence import DyckTransformer, ScanTransformer, _pytorch_bounds
+from headscreen.grokking.models.transformer import ModelSpec
+from headscreen.grokking.tasks.base import _sequence_metrics, make_task
+from headscreen.grokking.tasks.dyck import IGNORE, PAD, DyckSpec, make_dyck, sample_published
+from headscreen.grokking.tasks.scan import N_COMMANDS, ScanSpec, all_commands, make_scan
+from headscreen.grokking.training.defect import _grads, _norm, commutator_defect
+from headscreen.grokking.training.snapshots import Trajectory
+from headscreen.grokking.training.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"dyck": "grok-dyck-published.yaml", "scan": "grok-scan-published.yaml"}

@@ -7,8 +7,9 @@ import torch
 
 from headscreen.config import ConfigError
 from headscreen.grokking.config import GrokConfig
-from headscreen.grokking.dyck import DyckSpec, depth_labels, make_dyck
-from headscreen.grokking.scan import (
+from headscreen.grokking.tasks.base import make_task
+from headscreen.grokking.tasks.dyck import DyckSpec, depth_labels, make_dyck
+from headscreen.grokking.tasks.scan import (
     TGT_VOCAB,
     ScanGrammarError,
     ScanSpec,
@@ -16,7 +17,6 @@ from headscreen.grokking.scan import (
     interpret,
     make_scan,
 )
-from headscreen.grokking.task import make_task
 
 
 # --- Dyck -----------------------------------------------------------------------------------------

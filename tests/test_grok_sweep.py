@@ -1,4 +1,4 @@
-"""headscreen.grokking.summary: the sweep table and the lead-time power law."""
+"""headscreen.grokking.analysis.summary: the sweep table and the lead-time power law."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 from grok_fixtures import make_run
 
-from headscreen.grokking.detect import fit_power_law
-from headscreen.grokking.lifecycle import trajectory_state
-from headscreen.grokking.summary import power_law_by_weight_decay, summarise_sweep, write_sweep_summary
+from headscreen.grokking.analysis.detect import fit_power_law
+from headscreen.grokking.analysis.summary import (
+    power_law_by_weight_decay,
+    summarise_sweep,
+    write_sweep_summary,
+)
+from headscreen.grokking.training.lifecycle import trajectory_state
 
 
 def _fake_grok(run, grok_step, lead):

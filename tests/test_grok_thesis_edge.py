@@ -1,12 +1,12 @@
-"""The thesis table criteria (headscreen.grokking.thesis_edge) against an independent numpy computation."""
+"""The thesis table criteria (headscreen.grokking.published.thesis_edge) against an independent numpy computation."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from headscreen.grokking.models import PRESETS, build_model
-from headscreen.grokking.thesis_edge import select, table_row
+from headscreen.grokking.models.transformer import PRESETS, build_model
+from headscreen.grokking.published.thesis_edge import select, table_row
 
 
 def _manual(vecs: np.ndarray, w: int = 10):

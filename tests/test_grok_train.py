@@ -8,10 +8,10 @@ import torch
 
 from headscreen.config import ConfigError
 from headscreen.grokking.config import GrokConfig, SweepConfig, model_spec
-from headscreen.grokking.models import PRESETS, ModelSpec, build_model, load_model
-from headscreen.grokking.snapshots import RESUME, Trajectory
-from headscreen.grokking.tasks import OPERATIONS, make_dataset
-from headscreen.grokking.train import train_run
+from headscreen.grokking.models.transformer import PRESETS, ModelSpec, build_model, load_model
+from headscreen.grokking.tasks.modular import OPERATIONS, make_dataset
+from headscreen.grokking.training.snapshots import RESUME, Trajectory
+from headscreen.grokking.training.train import train_run
 from headscreen.series import LocalSeries
 
 torch.set_num_threads(1)
@@ -176,7 +176,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
 
 
 def test_a_changed_config_is_refused_on_the_same_run(tmp_path):
-    from headscreen.store import ConfigChanged
+    from headscreen.rundir.store import ConfigChanged
 
     train_run(tiny_config(steps=5), tmp_path / "run", progress=False)
     with pytest.raises(ConfigChanged):
@@ -260,10 +260,10 @@ def test_grok_sweep_runs_the_grid_in_processes_and_resumes(tmp_path):
     again = sweep(cfg, tmp_path / "sw", progress=False, analyse=False, workers=1)  # finished runs are kept
     assert (tmp_path / "sw" / "runs" / table.run[0] / "curves.parquet").stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again, table)
-    # the same grid in this process (headscreen.executors "local", 1 thread) trains the same runs bit for bit
+    # the same grid in this process (headscreen.compute.executors "local", 1 thread) trains the same runs bit for bit
     import torch
 
-    from headscreen.executors import make_executor
+    from headscreen.compute.executors import make_executor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -292,7 +292,7 @@ def test_every_grok_config_loads_and_keeps_its_run_under_50_mb(task):
 
 def test_two_thread_runs_are_bit_identical_and_leave_the_global_setting(tmp_path):
     # at 2 threads the embedding-gather backward accumulates in a thread-dependent order unless torch's
-    # deterministic kernels are on (headscreen.runtime.deterministic_algorithms, used by train_run)
+    # deterministic kernels are on (headscreen.compute.runtime.deterministic_algorithms, used by train_run)
     cfg = GrokConfig.from_dict({"p": 59, "steps": 20, "eval_every": 10, "snapshot_every": 10, "defect_every": 0})
     before = torch.get_num_threads()
     torch.set_num_threads(2)

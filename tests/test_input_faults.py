@@ -534,7 +534,7 @@ def _same_tables(run: Path, ref: Path) -> bool:
 
 
 def _all_records_readable(run: Path) -> bool:
-    from headscreen.store import RunStore
+    from headscreen.rundir.store import RunStore
 
     store = RunStore(run)
     try:

@@ -16,9 +16,15 @@ import pytest
 import torch
 from test_report import make_run
 
-from headscreen.attention_file import FILE, AttentionIndex, pattern_key, read_attention, write_attention
 from headscreen.report import build_report
 from headscreen.report.explore_data import quantise_lower, script_json
+from headscreen.rundir.attention_file import (
+    FILE,
+    AttentionIndex,
+    pattern_key,
+    read_attention,
+    write_attention,
+)
 
 T, ROWS, SPAN = 24, 2, 10
 HOSTILE = "</script><img src=x onerror=alert(1)>"  # a token that would break a naively embedded page

@@ -16,7 +16,7 @@ import yaml
 
 from headscreen.config import ConfigError, load_config
 from headscreen.report.load import StaleRunError, load_run
-from headscreen.store import VALIDATION_OUTPUTS, ConfigChanged, RunLocked, RunStore
+from headscreen.rundir.store import VALIDATION_OUTPUTS, ConfigChanged, RunLocked, RunStore
 from headscreen.testing import save_tiny_series
 from pipelines.screen import ScreenSettings, screen
 from pipelines.validate import validate

@@ -122,9 +122,9 @@ def test_a_validate_failing_late_keeps_the_validation(run, capsys, monkeypatch):
 def test_a_validate_killed_while_publishing_is_finished_by_the_next_one(run, validated, capsys, monkeypatch):
     """Killed between two renames of the publish: the report refuses the half-published run in one line,
     and the next process that takes the run's lock publishes the rest (same bytes as a full validate)."""
-    import headscreen.staged as staged
+    import headscreen.rundir.staged as staged
     from headscreen.report.load import StaleRunError, load_run
-    from headscreen.store import RunStore
+    from headscreen.rundir.store import RunStore
 
     (run / "validation.json").unlink()  # a fresh validate's files differ from these by nothing but must be published
     replaced = []
@@ -159,7 +159,7 @@ def grok_run(tmp_path):
 
 
 def _li2_run(root: Path) -> Path:
-    from headscreen.store import RunStore
+    from headscreen.rundir.store import RunStore
 
     with RunStore.open(root, {"kind": "grok", "config": {"family": "li2", "m": 7}}):
         pass
@@ -247,7 +247,7 @@ def test_a_mixed_directory_is_refused_by_every_reader(run, grok_run, capsys):
 
 
 def test_kind_is_inferred_for_runs_without_the_field(run, grok_run):
-    from headscreen.runkind import directory_kind
+    from headscreen.rundir.kind import directory_kind
 
     for path, kind in ((run, "screen"), (grok_run, "grok")):
         m = json.loads((path / "manifest.json").read_text())
@@ -359,7 +359,7 @@ def test_a_dead_worker_is_one_line_and_keeps_the_records(validated, tmp_path, ca
     from concurrent.futures.process import BrokenProcessPool
 
     import pipelines.screen as screen_module
-    from headscreen.executors import Executor, TaskFailed
+    from headscreen.compute.executors import Executor, TaskFailed
 
     class DiesOnSecondChunk(Executor):
         kind = "process"
@@ -462,7 +462,7 @@ def test_the_ray_executor_starts_its_cluster_on_loopback_without_usage_reporting
     import sys
     import types
 
-    from headscreen.executors import RayExecutor
+    from headscreen.compute.executors import RayExecutor
 
     seen = {}
     constants = types.SimpleNamespace(ENABLE_RAY_CLUSTER=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.store import ConfigChanged, NotARun, RunLocked, RunStore, atomic_write
+from headscreen.rundir.store import ConfigChanged, NotARun, RunLocked, RunStore, atomic_write
 
 
 def _manifest(cfg=None):
@@ -109,7 +109,7 @@ def test_fsync_tree_syncs_every_file_and_folder_and_dir_errors_surface(tmp_path,
     import errno
     import os
 
-    from headscreen.atomic import fsync_dir, fsync_tree
+    from headscreen.rundir.atomic import fsync_dir, fsync_tree
 
     root = tmp_path / "ckpt"
     (root / "a" / "b").mkdir(parents=True)
@@ -142,7 +142,7 @@ def test_fsync_tree_syncs_every_file_and_folder_and_dir_errors_surface(tmp_path,
 
 
 def test_reopen_fills_fields_added_later_from_declared_defaults(tmp_path):
-    from headscreen.store import ConfigChanged, RunStore
+    from headscreen.rundir.store import ConfigChanged, RunStore
 
     run = tmp_path / "run"
     with RunStore.open(run, {"kind": "t", "config": {"lr": 1e-3, "model": {"d": 8}}}):

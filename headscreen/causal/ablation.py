@@ -27,7 +27,7 @@ By default max_rows = MAX_TOKENS // seq_len (8192 tokens per forward), fewer whe
 [rows, heads, seq, seq] attention pattern would pass PATTERN_BYTES: on a CPU the cost per row is
 flat from ~4k to ~8k tokens per forward and grows beyond (2L d128 at seq 128: 3.1 ms/row at 64
 rows, 5.4 ms/row at 512 rows, as the attention leaves the cache), and blocks above glibc's 32 MiB
-mmap ceiling are page-faulted in afresh by every forward (see headscreen.runtime).
+mmap ceiling are page-faulted in afresh by every forward (see headscreen.compute.runtime).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ PATTERN_BYTES = 24 * 2**20  # default cap on one layer's [rows, heads, seq, seq]
 def rows_per_forward(max_rows: int | None, seq_len: int, n_heads: int | None = None, vocab: int | None = None) -> int:
     """`max_rows`, or by default MAX_TOKENS // seq_len rows, fewer if one layer's attention pattern
     (or, given `vocab`, the [rows, vocab] query logits) would exceed PATTERN_BYTES (under glibc's
-    32 MiB mmap ceiling, see headscreen.runtime); >= 1."""
+    32 MiB mmap ceiling, see headscreen.compute.runtime); >= 1."""
     if max_rows is not None:
         return int(max_rows)
     rows = MAX_TOKENS // seq_len

@@ -36,8 +36,8 @@ from headscreen.causal.patching import head_patching
 from headscreen.causal.path_patching import DIRECTIONS, path_patch_k
 from headscreen.causal.stats import null_test
 from headscreen.heads import heads_label
-from headscreen.jsonsafe import json_safe
 from headscreen.probes.batch import ProbeBatch
+from headscreen.rundir.jsonsafe import json_safe
 
 VALIDATION_COLUMNS = ["step", "probe", "condition", "draw", "metric", "value"]
 PATCHING_COLUMNS = ["step", "kind", "layer", "head", "score", "senders", "receivers"]
@@ -172,7 +172,7 @@ def validate_checkpoint(
         if block_runner is None:
             done = [ablate_blocks(bridge, scoring, source, [[sets[i] for i in b] for b in blocks],
                                   [[labels[i] for i in b] for b in blocks], max_rows=max_rows)]
-        else:  # e.g. workers of headscreen.executors, each computing whole blocks exactly as above
+        else:  # e.g. workers of headscreen.compute.executors, each computing whole blocks exactly as above
             done = block_runner(name, [[sets[i] for i in b] for b in blocks], [[labels[i] for i in b] for b in blocks])
         per_ex = {m: torch.cat([blk[m] for part in done for blk in part[0]]) for m in METRICS}
         for _, (lo_d, hi_d) in done:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headscreen.config import ConfigError, from_mapping
-from headscreen.grokking.interventions import Intervention
-from headscreen.grokking.models import PRESETS, ModelSpec
-from headscreen.grokking.task import is_registered, task_spec
-from headscreen.grokking.tasks import check_task
+from headscreen.grokking.models.transformer import PRESETS, ModelSpec
+from headscreen.grokking.tasks.base import is_registered, task_spec
+from headscreen.grokking.tasks.modular import check_task
+from headscreen.grokking.training.interventions import Intervention
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class GrokConfig:
     stop_acc: float | None = None  # stop `stop_after` steps after `stop_patience` evaluations in a row at
     stop_patience: int = 3  # test accuracy >= stop_acc (every task); None: run all `steps`
     stop_after: int = 1000
-    # causal intervention on the gradient (headscreen.grokking.interventions); kind "none" by default
+    # causal intervention on the gradient (headscreen.grokking.training.interventions); kind "none" by default
     intervention: Intervention = field(default_factory=Intervention)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscreen.jsonsafe import records
 from headscreen.probes import selectivity as sel
 from headscreen.probes.batch import ProbeBatch
 from headscreen.probes.classify import DEFAULT_THRESHOLDS, ScreenThresholds, circuits, classify
@@ -24,6 +23,7 @@ from headscreen.probes.copying import copy_losses, copying_row
 from headscreen.probes.emergence import bos_layers01, emergence_steps, lead_times
 from headscreen.probes.forward import ProbeForward, run_probe
 from headscreen.probes.participation import head_participation, pr_integral
+from headscreen.rundir.jsonsafe import records
 
 SELECTIVITY_COLUMNS = ["step", "layer", "head", "probe", "class", "selectivity", "null_z"]
 HEAD_SCORE_COLUMNS = ["step", "layer", "head", "probe", "metric", "value"]

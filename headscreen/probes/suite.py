@@ -115,7 +115,7 @@ class ProbeSuite:
             path = Path(self.text_file)
             if not path.exists():
                 raise ValueError(f"probes.text_file={self.text_file!r} does not exist; give a local .txt / .jsonl / "
-                                 ".parquet / .arrow file (headscreen/corpora.py)")
+                                 ".parquet / .arrow file (headscreen/synthetic/corpora.py)")
             docs = read_corpus(path)
             batches["text"] = text_probe(docs, tokenizer, self.seq_len, n=self.n_text, seed=self.seed,
                                          bos_id=self.bos_id)
@@ -163,10 +163,10 @@ def _default_bos(tokenizer, d_vocab: int | None) -> tuple[int | None, str]:
 
 
 def read_corpus(path: Path) -> list[str]:
-    """The documents of a local corpus file, through the training corpora's loader (headscreen/corpora.py):
+    """The documents of a local corpus file, through the training corpora's loader (headscreen/synthetic/corpora.py):
     a text file's paragraphs (separated by a blank line, blank ones dropped), or the `text` column of a
     JSON-lines / Parquet / Arrow file. Streamed offline; nothing is cached on disk."""
-    from headscreen.corpora import read_documents
+    from headscreen.synthetic.corpora import read_documents
 
     return read_documents(path)
 

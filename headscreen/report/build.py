@@ -19,7 +19,7 @@ from headscreen.report.explore_data import explore_payload
 from headscreen.report.findings_sections import findings_section, preid_section, summary_section
 from headscreen.report.grok_sections import grok_kind, grok_report
 from headscreen.report.load import RunResults, check_run_dir, load_run
-from headscreen.report.provenance import provenance_section
+from headscreen.report.provenance_section import provenance_section
 from headscreen.report.render_html import write_html
 from headscreen.report.render_json import write_json
 from headscreen.report.render_md import write_markdown
@@ -39,7 +39,7 @@ from headscreen.report.screen_sections import (
     emergence_section,
     selectivity_section,
 )
-from headscreen.runkind import check_reportable
+from headscreen.rundir.kind import check_reportable
 
 LEAD_BUILDERS = (summary_section, findings_section)  # what was found, first
 SECTION_BUILDERS = (selectivity_section, circuits_section, emergence_section, fingerprints_section,

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.jsonsafe import json_safe
 from headscreen.report import figures
 from headscreen.report.content import Section, Table, figure_to_png, head_list
 from headscreen.report.runinfo import Context
 from headscreen.report.schema import validation_records, validation_status
+from headscreen.rundir.jsonsafe import json_safe
 
 MAX_FIGURES = 4  # per section: the latest validated (checkpoint, probe, ablation) groups
 _PREFERRED_METRICS = ("top1", "top5", "logit_diff", "target_logit", "cross_entropy")

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.jsonsafe import json_safe
 from headscreen.report import figures
 from headscreen.report.content import Section, Table, figure_to_png, human_count
 from headscreen.report.runinfo import Context
 from headscreen.report.schema import emergence_records, for_probe, lead_time_records
 from headscreen.report.screen_sections import missing_notice
+from headscreen.rundir.jsonsafe import json_safe
 
 FINGERPRINT_METRICS = ("ratio_12", "ratio_23", "kstar", "pr", "update_norm")
 _PREFERRED_PR_PROBES = ("retrieval", "repeated", "synthetic")

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headscreen.attention_file import FILE, read_attention
 from headscreen.report.load import RunResults
 from headscreen.report.runinfo import grid_shape
+from headscreen.rundir.attention_file import FILE, read_attention
 
 CLASS_ORDER = ("induction", "previous", "first", "duplicate", "self", "local")
 

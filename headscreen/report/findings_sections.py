@@ -6,13 +6,13 @@ from __future__ import annotations
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.jsonsafe import json_safe
 from headscreen.probes.preid import analyse_run
 from headscreen.report import timeline_figures
 from headscreen.report.causal_sections import primary_record
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, validation_records
+from headscreen.rundir.jsonsafe import json_safe
 
 _CACHE: dict[int, tuple[object, dict, pd.DataFrame | None, str | None]] = {}
 
@@ -292,7 +292,7 @@ def _onset_row(ev: dict, task: str) -> list:
 
 
 def _g23_row(path, task: str) -> list:
-    from headscreen.grokking.edge_lifecycle import PUBLISHED, g23_compression
+    from headscreen.grokking.analysis.edge_lifecycle import PUBLISHED, g23_compression
 
     pub = PUBLISHED["g23_compression"][task]
     finding = f"g₂₃ compresses {pub:g}× by grokking"
@@ -308,7 +308,7 @@ def _g23_row(path, task: str) -> list:
 
 
 def _share_row(path, task: str) -> list:
-    from headscreen.grokking.edge_lifecycle import PUBLISHED, gradient_share
+    from headscreen.grokking.analysis.edge_lifecycle import PUBLISHED, gradient_share
 
     pub = PUBLISHED["gradient_share"][task]
     finding = f"gradient share of v₁'s update energy {pub['before']:.1%} before → {pub['at']:.1%} at grokking"
@@ -333,7 +333,7 @@ def grok_findings_section(path, kind: str) -> Section | None:
     import json as _json
     from pathlib import Path as _Path
 
-    from headscreen.grokking import seqpublished as published
+    from headscreen.grokking.published import sequence_rules as published
 
     path = _Path(path)
     if kind == "run":

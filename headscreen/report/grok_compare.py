@@ -1,7 +1,7 @@
 """Report sections for runs and sweeps on the published preset: the run beside the published records.
 
 They read <run>/comparison.json and <sweep>/sweep_comparison.json (written by the pipeline or by
-`headscreen grok compare`; headscreen/grokking/compare.py) and compute nothing.
+`headscreen grok compare`; headscreen/grokking/published/compare.py) and compute nothing.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from headscreen.jsonsafe import json_safe  # noqa: E402
 from headscreen.report.content import Section, Table, figure_to_png  # noqa: E402
 from headscreen.report.figures import _new_figure  # noqa: E402
+from headscreen.rundir.jsonsafe import json_safe  # noqa: E402
 
 
 def rho_figure(rho: pd.DataFrame, events: dict, *, title: str):

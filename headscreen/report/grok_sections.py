@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.jsonsafe import json_safe
 from headscreen.report import grok_figures as gf
 from headscreen.report.content import Report, RunReport, Section, Table, figure_to_png
 from headscreen.report.findings_sections import grok_findings_section
 from headscreen.report.runinfo import slugify
+from headscreen.rundir.jsonsafe import json_safe
 
 TABLES = ("curves", "defect", "edge", "portrait", "fourier", "progress", "pca")
 SCALARS = ("grok_step", "memorisation_step", "defect_onset_step", "defect_onset_rule", "lead_time",
@@ -69,7 +69,7 @@ class GrokRun:
 def load_grok_run(path: str | Path, *, progress: bool = False) -> GrokRun:
     """A grok run's analysis: grok.json when it is current, else analysed now (headscreen.grokking.
     analyse.load_analysis: written for a finished run, in memory only for an unfinished one)."""
-    from headscreen.grokking.analyse import load_analysis
+    from headscreen.grokking.analysis.analyse import load_analysis
 
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -295,7 +295,11 @@ def pair_section(runs: list[GrokRun], prefix: str = "grok") -> Section:
 
 
 def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
-    from headscreen.grokking.summary import power_law_by_weight_decay, sweep_runs, write_sweep_summary
+    from headscreen.grokking.analysis.summary import (
+        power_law_by_weight_decay,
+        sweep_runs,
+        write_sweep_summary,
+    )
 
     path = sweep_dir / "sweep.parquet"
     df = pd.read_parquet(path) if path.is_file() else None
@@ -333,7 +337,7 @@ def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
                                 fits.drop(columns=["verdict"]).astype(object).where(fits.drop(columns=["verdict"]).notna(),
                                                                                     None).values.tolist(),
                                 caption="null: every onset replaced by its operation's median onset "
-                                        "(headscreen.grokking.leadlaw)"))
+                                        "(headscreen.grokking.analysis.leadlaw)"))
     scaling.notices.extend(f"weight decay {r['weight_decay']:g}: {r['verdict']}" for _, r in fits.iterrows()
                            if isinstance(r["verdict"], str))
     if np.isfinite(fits["alpha"]).any():

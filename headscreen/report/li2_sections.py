@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from headscreen.jsonsafe import json_safe  # noqa: E402
 from headscreen.report.content import Section, Table, figure_to_png  # noqa: E402
 from headscreen.report.figures import _new_figure, _wrap  # noqa: E402
+from headscreen.rundir.jsonsafe import json_safe  # noqa: E402
 
 
 def lockin_figure(table, lockin: dict, grok_step, *, title: str) -> Figure:
@@ -43,7 +43,7 @@ def lockin_figure(table, lockin: dict, grok_step, *, title: str) -> Figure:
 def li2_section(run) -> Section | None:
     if run.grok.get("family") != "li2":
         return None
-    from headscreen.grokking.li2_run import read_li2_table
+    from headscreen.grokking.li2.run import read_li2_table
 
     lock, li2 = run.grok.get("lockin", {}), run.grok.get("li2", {})
     sec = Section(key="li2_lockin", title="Li₂ stage-III lock-in",

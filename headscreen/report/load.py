@@ -209,7 +209,7 @@ def load_run(path: Path | str, *, with_validation: bool = True) -> RunResults:
     if not isinstance(manifest, dict):
         raise RunFileError(f"{path / MANIFEST} holds a {type(manifest).__name__}, expected a JSON object.")
     check_current(path, manifest)
-    from headscreen.staged import pending_stages
+    from headscreen.rundir.staged import pending_stages
 
     pending = pending_stages(path)
     if pending:

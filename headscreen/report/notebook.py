@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from headscreen.attention_file import FILE, pattern_key, read_attention
 from headscreen.heads import Head, head_label, heads_label, parse_head_label
 from headscreen.report.explore_data import explore_payload
 from headscreen.report.explore_html import explore_block
@@ -27,6 +26,7 @@ from headscreen.report.load import RunResults, load_run
 from headscreen.report.render_html import CSS
 from headscreen.report.runinfo import choose_probe, model_name, screened_steps, slugify, thresholds
 from headscreen.report.schema import circuits_by_step, for_probe, validation_status
+from headscreen.rundir.attention_file import FILE, pattern_key, read_attention
 
 
 def load_run_view(path: str | Path, probe: str | None = None) -> RunView:
@@ -118,7 +118,7 @@ class RunView:
         detail = detail or self._top1()
         index = None
         if (Path(self.results.path) / FILE).is_file():
-            from headscreen.attention_file import read_index
+            from headscreen.rundir.attention_file import read_index
 
             index = read_index(Path(self.results.path) / FILE)
         stored = (f"{len(index.entries)} patterns of {len({(e['layer'], e['head']) for e in index.entries})} heads "

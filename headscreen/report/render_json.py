@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from headscreen.jsonsafe import json_safe
 from headscreen.report.content import Report, Section
+from headscreen.rundir.jsonsafe import json_safe
 
 FORMAT = "headscreen-report/1"
 

@@ -42,7 +42,7 @@ import math
 from collections.abc import Iterable
 
 from headscreen.heads import Head, parse_head_label
-from headscreen.jsonsafe import json_safe
+from headscreen.rundir.jsonsafe import json_safe
 
 
 class SchemaError(ValueError):

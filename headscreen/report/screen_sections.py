@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from headscreen.heads import head_label, heads_label
-from headscreen.jsonsafe import json_safe
 from headscreen.report import figures, timeline_figures
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, pr_ranking_records
+from headscreen.rundir.jsonsafe import json_safe
 
 CLASS_ORDER = ("induction", "duplicate", "previous", "self", "first", "bos", "local")
 CLASS_LABELS = {"first": "first token (BOS)", "bos": "BOS"}

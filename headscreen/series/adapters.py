@@ -13,7 +13,7 @@ Layouts (verified against `TransformerBridge.W_*` in tests/test_series.py):
   per head do not fully determine QK there; they are still the head's parameters.
 - headscreen-grok (the toy models of headscreen.grokking): `blocks.{l}.attn.W_Q/W_K/W_V/W_O` and
   `b_Q/b_K/b_V/b_O` are stored in TransformerLens shapes already; config.json names n_layers,
-  n_heads, d_model, d_head. The published encoder (grokking/encoder.py) keeps torch's packed layout
+  n_heads, d_model, d_head. The published encoder (grokking/models/encoder.py) keeps torch's packed layout
   `layers.{l}.self_attn.in_proj_weight` [Q; K; V rows] and `out_proj.weight`, split per head on read.
 """
 

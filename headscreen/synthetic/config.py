@@ -59,7 +59,7 @@ class TrainConfig:
     # distrust a lone match, as in the retrieval probe. Needs vocab_size - 4 >= ctx - 1 - min_span.
     distinct_filler: bool = False
     eval_batch_size: int = 32  # sequences of the fixed diagnostic batches evaluated at each checkpoint
-    # text corpus of the story rows (headscreen/corpora.py): None -> the built-in story grammar (offline
+    # text corpus of the story rows (headscreen/synthetic/corpora.py): None -> the built-in story grammar (offline
     # default); else a hub dataset name (e.g. roneneldan/TinyStories) or a local .txt / .jsonl /
     # .parquet / .arrow file or folder, streamed. Rows pack the token stream: [BOS, next ctx-1 tokens].
     corpus: str | None = None

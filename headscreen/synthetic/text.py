@@ -1,4 +1,4 @@
-"""The text rows of a synthetic series when its `corpus` is a real text corpus (headscreen/corpora.py).
+"""The text rows of a synthetic series when its `corpus` is a real text corpus (headscreen/synthetic/corpora.py).
 
 `prepare_tokenizer(cfg, out)` gives the `tokenizers.Tokenizer` the series trains with: the one already
 saved in `out` when the series is resumed, else `cfg.tokenizer` loaded, else a byte-level BPE of
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from jaxtyping import Int
 
-from headscreen.corpora import CorpusError, CorpusSource, PackedRows, iter_documents
 from headscreen.synthetic.config import TrainConfig
+from headscreen.synthetic.corpora import CorpusError, CorpusSource, PackedRows, iter_documents
 from headscreen.synthetic.tokenizer import BOS_ID, EOS_ID, load_text_tokenizer, train_bpe
 
 

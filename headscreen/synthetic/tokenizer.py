@@ -86,7 +86,7 @@ def save_tokenizer_object(tok, directory: str | Path, *, model_max_length: int |
     return directory
 
 
-# --- tokenizers for real text corpora (headscreen/corpora.py) -------------------------------------
+# --- tokenizers for real text corpora (headscreen/synthetic/corpora.py) -------------------------------------
 MIN_BPE_VOCAB = len(SPECIAL_TOKENS) + 256  # the specials and every byte
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from headscreen.atomic import fsync_dir, fsync_tree
-from headscreen.store import atomic_write, write_json
+from headscreen.rundir.atomic import fsync_dir, fsync_tree
+from headscreen.rundir.store import atomic_write, write_json
 from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics
@@ -51,7 +51,7 @@ def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *
                  name: str | None = None, device: str | None = "cpu") -> Path:
     """Train `cfg` into `out_dir` and return it; resumes or returns at once if it is a series of `cfg`.
 
-    `device` ("cpu", "cuda", "auto"; headscreen/device.py): where the steps run; on a GPU the forward
+    `device` ("cpu", "cuda", "auto"; headscreen/compute/device.py): where the steps run; on a GPU the forward
     runs under bf16 autocast (float32 weights and optimizer state). It is recorded in series.json
     `device` and is not part of the recipe's identity (a series may be resumed on another device).
 
@@ -61,7 +61,7 @@ def train_series(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, *
     - A series of another config raises FileExistsError unless `overwrite=True`, which deletes it.
     - A non-empty directory that is not a headscreen series is never deleted: FileExistsError.
     """
-    from headscreen.device import plan_device
+    from headscreen.compute.device import plan_device
 
     out = Path(out_dir)
     plan = plan_device(device)  # a missing GPU fails here, before anything is written
@@ -100,7 +100,7 @@ def _corpus(cfg: TrainConfig, out: Path, series: dict) -> SyntheticCorpus:
 def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> None:
     from tqdm.auto import tqdm
 
-    from headscreen.device import training_autocast
+    from headscreen.compute.device import training_autocast
 
     corpus = _corpus(cfg, out, series)
     torch.manual_seed(cfg.seed)
