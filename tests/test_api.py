@@ -49,6 +49,22 @@ def test_no_api_name_is_shadowed_by_a_subpackage():
     assert not [n for n in api.__all__ if (pkg / n).is_dir() or (pkg / f"{n}.py").is_file()]
 
 
+def test_only_the_api_imports_pipelines():
+    """The library never imports pipelines/ (DESIGN: imports point down); headscreen/api.py is the top floor
+    that opens the pipelines to notebook users, so it is the one exception."""
+    import ast
+
+    pkg = Path(headscreen.__file__).parent
+    offenders = []
+    for path in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "pipelines" or n.startswith("pipelines.") for n in names):
+                offenders.append(str(path.relative_to(pkg)))
+    assert sorted(set(offenders)) == ["api.py"]
+
+
 def test_import_headscreen_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, headscreen; print('torch' in sys.modules)"],
                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
