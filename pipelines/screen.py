@@ -192,7 +192,26 @@ def screen(
     settings, chosen = fit_probes(series, settings or ScreenSettings.from_config(config))
     boot, chosen["dtype"] = resolve_for_series(series, settings.boot, plan.device, _last_good(series))  # sets series.boot_dtype
     settings = dataclasses.replace(settings, boot=boot)
-    manifest = {
+    manifest = _manifest(series, config, settings, identities, plan, chosen)
+    own = executor is None
+    executor = executor or make_executor("local")
+    try:
+        with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
+            good, probe_steps = _record_series(store, series, settings, identities, skip_bad=skip_bad, force=force,
+                                               progress=progress, device=plan.device, executor=executor,
+                                               chunks=chunks)
+            _summarise(store, settings, good, sorted(probe_steps & set(good)))
+            record_attention(store, series, settings.probes, device=plan.device, progress=progress)  # the report's viewer
+    finally:
+        if own:
+            executor.close()
+    return Path(out)
+
+
+def _manifest(series: Series, config: ModelConfig | None, settings: ScreenSettings, identities: list[dict], plan,
+              chosen: dict[str, str]) -> dict:
+    """The screen run's manifest (its `results_config` is what the config hash covers)."""
+    return {
         "kind": "screen",
         "model": config.name if config else series.name,
         "config": {"model_config": config.to_dict() if config else None, **settings.to_dict()},
@@ -205,34 +224,32 @@ def screen(
                   "null_positions": settings.thresholds.null_position_seed,
                   "null_draws": settings.thresholds.null_draw_seed},
         "loading_mode": LOADING_MODE,
-        "device": {**plan.record(), "param_dtype": boot.dtype},
+        "device": {**plan.record(), "param_dtype": settings.boot.dtype},
         "probe_defaults": chosen,
         **provenance(),
     }
-    own = executor is None
-    executor = executor or make_executor("local")
-    try:
-        with RunStore.open(out, manifest, force=force) as store:  # the tables are marked stale from here on
-            skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
-            for _ in range(len(series.checkpoints) + 1):  # again only when a new skip moved a θ_{t-1}
-                bad = {s["step"] for s in skipped}
-                kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
-                probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
-                _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
-                good, replan = record_checkpoints(series, store, settings, kept, identities, probe_steps,
-                                                  skip_bad=skip_bad, skipped=skipped, progress=progress,
-                                                  device=plan.device, executor=executor, n_chunks=chunks)
-                if not replan:
-                    break
-            if not good:
-                raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
-                                  f"{store.root}/manifest.json `skipped`")
-            _summarise(store, settings, good, sorted(probe_steps & set(good)))
-            record_attention(store, series, settings.probes, device=plan.device, progress=progress)  # the report's viewer
-    finally:
-        if own:
-            executor.close()
-    return Path(out)
+
+
+def _record_series(store: RunStore, series: Series, settings: ScreenSettings, identities: list[dict], *,
+                   skip_bad: bool, force: bool, progress: bool, device: str, executor: Executor,
+                   chunks: int | None) -> tuple[list[int], set[int]]:
+    """Record every checkpoint that passes its checks -> (the good steps, the probed steps); the records are
+    replanned when a newly skipped checkpoint moves another's θ_{t-1}."""
+    skipped = _still_bad(store, identities, skip_bad=skip_bad, force=force)
+    for _ in range(len(series.checkpoints) + 1):  # again only when a new skip moved a θ_{t-1}
+        bad = {s["step"] for s in skipped}
+        kept = [i for i, c in enumerate(series.checkpoints) if c.step not in bad]
+        probe_steps = _probe_steps(series.steps, settings.probe_every) - bad
+        _drop_stale_records(store, [identities[i] for i in kept], probe_steps)
+        good, replan = record_checkpoints(series, store, settings, kept, identities, probe_steps,
+                                          skip_bad=skip_bad, skipped=skipped, progress=progress,
+                                          device=device, executor=executor, n_chunks=chunks)
+        if not replan:
+            break
+    if not good:
+        raise SeriesError(f"no checkpoint of series {series.name!r} passed its checks; the reasons are in "
+                          f"{store.root}/manifest.json `skipped`")
+    return good, probe_steps
 
 
 def _still_bad(store: RunStore, identities: list[dict], *, skip_bad: bool, force: bool) -> list[dict]:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from headscreen.probes.suite import AUTO, ProbeSuite
+from headscreen.probes.suite import ProbeSuite
 from headscreen.testing import ARCHITECTURES, save_tiny_series, save_word_tokenizer
 from pipelines.cli import main
 
@@ -66,4 +66,5 @@ def test_defaults_for_natural_vocabularies_and_bos_tokenizers(tmp_path):
     assert top.token_range == (0, 298)
     with pytest.raises(ValueError, match="seq_len='long'"):
         ProbeSuite(seq_len="long")
-    assert ProbeSuite(seq_len=32).seq_len == 32 and AUTO == "auto"
+    assert ProbeSuite(seq_len=32).seq_len == 32 and ProbeSuite(seq_len=32).auto_fields() == ["token_range", "bos_id",
+                                                                                              "repeated_span"]

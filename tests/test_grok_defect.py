@@ -261,8 +261,18 @@ def test_grok_model_vectorised_equals_pair_by_pair():
     torch.testing.assert_close(vec, loop, rtol=1e-3, atol=0)
 
 
-def test_untraceable_loss_and_ragged_batches_fall_back_to_pairs():
+def test_untraceable_loss_and_ragged_batches_fall_back_to_pairs(monkeypatch):
+    import headscreen.grokking.training.defect as defect_mod
+
     model = _mlp(2)
+    calls: list[int] = []
+    real = defect_mod._pair_defect
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(defect_mod, "_pair_defect", spy)  # proves the pair-by-pair path is the one taken
 
     def mse_item(m, batch):  # .item() inside the loss: vmap cannot trace it
         x, y = batch
@@ -270,11 +280,15 @@ def test_untraceable_loss_and_ragged_batches_fall_back_to_pairs():
         return scale * ((m(x) - y) ** 2).mean()
 
     pairs = _batches(3)
-    torch.testing.assert_close(commutator_defect(model, mse_item, pairs),
-                               commutator_defect(model, mse, pairs, vectorize=False), rtol=1e-12, atol=0)
+    untraceable = commutator_defect(model, mse_item, pairs)
+    assert len(calls) == 3  # vmap could not trace .item(): every pair went through _pair_defect
+    torch.testing.assert_close(untraceable, commutator_defect(model, mse, pairs, vectorize=False), rtol=1e-12, atol=0)
+    calls.clear()
     g = torch.Generator().manual_seed(4)
     ragged = [((torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)),
                (torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)))
               for n in (5, 8)]
     ref = torch.stack([_explicit_defect(model, a, b, 1e-3) for a, b in ragged])
-    torch.testing.assert_close(commutator_defect(model, mse, ragged), ref, rtol=1e-6, atol=0)
+    got = commutator_defect(model, mse, ragged)
+    assert len(calls) == 2  # batches of 5 and 8 rows cannot be stacked: pair by pair
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)

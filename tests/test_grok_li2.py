@@ -67,15 +67,29 @@ def test_li2_config_errors_and_critical_fraction():
         Li2Config(activation="tanh")
     with pytest.raises(ConfigError, match="prime"):
         Li2Config(m=20)
-    assert critical_fraction(71) == pytest.approx(2.7482 * math.log(71) / 71)
+    # hand values of 2.7482 ln M / M: M = 47 gives the 0.225 of docs/methods.md (Li2 controls), M = 71 0.1650
+    assert critical_fraction(47) == pytest.approx(0.2251, abs=1e-4)
+    assert critical_fraction(71) == pytest.approx(0.1650, abs=1e-4)
+    assert critical_fraction(97) < critical_fraction(71)  # n ~ M log M: the fraction falls with M
 
 
-def test_li2_forward_matches_one_hot_formula():
-    net = Li2Net(7, 5, "sqr", seed=1)
-    a, b = torch.tensor([0, 3, 6]), torch.tensor([2, 2, 5])
-    ea, eb = torch.eye(7)[a], torch.eye(7)[b]
-    want = ((ea @ net.W_a.T + eb @ net.W_b.T) ** 2) @ net.V.T
-    assert torch.allclose(net(a, b), want, atol=1e-6)
+def test_li2_forward_on_a_hand_computed_case():
+    """M = 3, K = 2, hand-set weights: out(a, b) = V σ(W_a[:, a] + W_b[:, b]), worked out on paper."""
+    net = Li2Net(3, 2, "sqr", seed=1)
+    with torch.no_grad():
+        net.W_a.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]))  # [K, M]
+        net.W_b.copy_(torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 1.0]]))
+        net.V.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))  # [M, K]
+    a, b = torch.tensor([2, 1]), torch.tensor([0, 1])
+    # (2, 0): pre (3+1, 0+2) = (4, 2), squared (16, 4), V·h = (16, 4, 20); (1, 1): pre (2, 2) -> (4, 4, 8)
+    assert net(a, b).tolist() == [[16.0, 4.0, 20.0], [4.0, 4.0, 8.0]]
+    relu = Li2Net(3, 2, "relu", seed=1)
+    with torch.no_grad():
+        relu.W_a.copy_(torch.tensor([[1.0, -2.0, 3.0], [0.0, 1.0, 0.0]]))
+        relu.W_b.copy_(torch.tensor([[1.0, 0.0, 0.0], [-2.0, 1.0, 1.0]]))
+        relu.V.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    # (1, 0): pre (-2+1, 1-2) = (-1, -1) -> relu (0, 0); (2, 1): pre (3, 1) -> (3, 1, 4)
+    assert relu(torch.tensor([1, 2]), torch.tensor([0, 1])).tolist() == [[0.0, 0.0, 0.0], [3.0, 1.0, 4.0]]
 
 
 def test_sign_match_agrees_with_an_explicit_pair_loop():

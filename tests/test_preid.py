@@ -17,7 +17,7 @@ from headscreen.probes.separation import (
     permutation_p,
     precision_at_k,
 )
-from headscreen.spectral import compute_fingerprint
+from headscreen.spectral import SpectralConfig, compute_fingerprint
 from headscreen.spectral.planted import planted_head_series
 
 CIRCUIT = [[2, 1], [2, 5], [3, 0], [3, 6]]
@@ -82,7 +82,7 @@ def test_the_planted_spectral_series_separates_at_the_first_full_window():
     theta = planted_head_series(n_ckpt, 2, 8, 64, planted, onset=onset, amp=3.0, seed=3)
     steps = [i * STEP for i in range(n_ckpt)]
     fp = compute_fingerprint(theta, steps).to_frame()
-    assert window == 10  # the SpectralConfig default the fingerprint used
+    assert SpectralConfig().window == window  # the default the fingerprint used (the first full window's width)
     cl = pd.DataFrame([(s, layer, head, "retrieval", (layer, head) in planted and s == steps[-1])
                        for s in steps for layer in range(2) for head in range(8)],
                       columns=["step", "layer", "head", "probe", "in_induction_circuit"])

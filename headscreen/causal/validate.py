@@ -123,40 +123,12 @@ def validate_checkpoint(
         raise ValueError("probes is empty; pass at least one ProbeBatch, e.g. {'retrieval': retrieval_probe(...)}")
     corrupted, reference = dict(corrupted or {}), dict(reference or {})
     heads = normalize_circuit(circuit, bridge.cfg.n_layers, bridge.cfg.n_heads)
+    conditions, n_std, null_skipped = _conditions(heads, bridge.cfg.n_heads, n_null, seed)
+    summary = _summary_header(heads, bridge.cfg.n_heads, conditions, n_std, null_skipped, step=step,
+                              ablation=ablation, seed=seed, n_null=n_null)
     layers = sorted({layer for layer, _ in heads})
-    conditions = standard_conditions(heads, bridge.cfg.n_heads)
-    n_std = len(conditions)
-    try:
-        conditions += null_conditions(heads, bridge.cfg.n_heads, n_null, seed)
-        null_skipped = None
-    except ValueError as err:  # a layer has no room for a matched-random control
-        null_skipped = f"no matched-random null: {err}"
-    summary: dict = {
-        "format": "headscreen-validation/1",
-        "step": step,
-        "loading_mode": "raw",
-        "ablation": ablation,
-        "seed": seed,
-        "n_null": len(conditions) - n_std,
-        "n_null_requested": n_null,
-        "n_matched_sets": matched_set_count(heads, bridge.cfg.n_heads),
-        "null_kind": ("skipped" if null_skipped else
-                      "exact: every matched set once" if len(conditions) - n_std < n_null else
-                      "distinct seeded draws without replacement"),
-        "circuit": _heads_json(heads),
-        "upper_bound": _heads_json(upper_bound(heads, bridge.cfg.n_heads)),
-        "layer_counts": {str(layer): sum(1 for lh in heads if lh[0] == layer) for layer in layers},
-        "n_distinct_null_draws": len({c.heads for c in conditions[n_std:]}),
-        "null_skipped": null_skipped,
-        "metrics": list(METRICS),
-        "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
-        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null) over distinct head sets",
-        "probes": {},
-    }
     rows: list[tuple] = []
     for name, batch in probes.items():
-        scoring = Scoring.of(batch)
-        log = FiringLog()
         probe_info: dict = {"n_examples": batch.n, "seq_len": batch.seq_len, "probe_seed": batch.seed,
                             "has_bos": batch.has_bos}
         if ablation == "resample":
@@ -165,45 +137,101 @@ def validate_checkpoint(
                               corrupted=corrupted, max_rows=max_rows)
         if ablation == "mean":
             probe_info["mean_reference"] = reference[name].name if name in reference else name
+        scoring = Scoring.of(batch)
         clean = {m: float(v.mean()) for m, v in clean_metrics(bridge, scoring, max_rows=max_rows).items()}
-        sets = [c.heads for c in conditions]
-        labels = [f"probe {name!r}, condition {c.name} draw {c.draw}" for c in conditions]
-        blocks = [range(lo, min(lo + SET_BLOCK, len(sets))) for lo in range(0, len(sets), SET_BLOCK)]
-        if block_runner is None:
-            done = [ablate_blocks(bridge, scoring, source, [[sets[i] for i in b] for b in blocks],
-                                  [[labels[i] for i in b] for b in blocks], max_rows=max_rows)]
-        else:  # e.g. workers of headscreen.compute.executors, each computing whole blocks exactly as above
-            done = block_runner(name, [[sets[i] for i in b] for b in blocks], [[labels[i] for i in b] for b in blocks])
-        per_ex = {m: torch.cat([blk[m] for part in done for blk in part[0]]) for m in METRICS}
-        for _, (lo_d, hi_d) in done:
-            for hook, v in lo_d.items():
-                log.add(hook, torch.tensor([v], dtype=torch.float64))
-            for hook, v in hi_d.items():
-                log.add(hook, torch.tensor([v], dtype=torch.float64))
-        means = {m: per_ex[m].mean(1) for m in METRICS}  # [condition]
+        means, log = _ablate_conditions(bridge, scoring, source, name, conditions, max_rows=max_rows,
+                                        block_runner=block_runner)
         rows += [(step, name, "clean", 0, m, clean[m]) for m in METRICS]
         for i, c in enumerate(conditions):
             rows += [(step, name, c.name, c.draw, m, float(means[m][i])) for m in METRICS]
-        probe_info["clean"] = clean
-        probe_info["conditions"] = {c.name: {m: float(means[m][i]) for m in METRICS}
-                                    for i, c in enumerate(conditions[:n_std])}
-        probe_info["circuit_drop"] = {m: metric_drop(m, clean[m], float(means[m][0])) for m in METRICS}
-        if null_skipped is None:
-            probe_info["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
-            probe_info["tests"] = {
-                m: null_test(m, probe_info["circuit_drop"][m],
-                             metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
-                for m in METRICS
-            }
-        else:
-            probe_info["matched_random_mean"] = None
-            probe_info["tests"] = None
+        probe_info.update(_probe_tests(clean, means, conditions, n_std, null_skipped))
         probe_info["fired"] = log.to_json()
         summary["probes"][name] = probe_info
     df = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     df["draw"] = df["draw"].astype("int64")
     return json_safe(summary), df
+
+
+def _conditions(heads: Sequence[Head], n_heads: int, n_null: int, seed: int) -> tuple[list, int, str | None]:
+    """(the standard conditions then the matched-random draws, how many are standard, why the null was
+    skipped or None)."""
+    conditions = standard_conditions(heads, n_heads)
+    n_std = len(conditions)
+    try:
+        conditions += null_conditions(heads, n_heads, n_null, seed)
+        null_skipped = None
+    except ValueError as err:  # a layer has no room for a matched-random control
+        null_skipped = f"no matched-random null: {err}"
+    return conditions, n_std, null_skipped
+
+
+def _summary_header(heads: Sequence[Head], n_heads: int, conditions: list, n_std: int, null_skipped: str | None, *,
+                    step: int | None, ablation: str, seed: int, n_null: int) -> dict:
+    """validation.json's settings and circuit; `probes` is filled per probe."""
+    layers = sorted({layer for layer, _ in heads})
+    return {
+        "format": "headscreen-validation/1",
+        "step": step,
+        "loading_mode": "raw",
+        "ablation": ablation,
+        "seed": seed,
+        "n_null": len(conditions) - n_std,
+        "n_null_requested": n_null,
+        "n_matched_sets": matched_set_count(heads, n_heads),
+        "null_kind": ("skipped" if null_skipped else
+                      "exact: every matched set once" if len(conditions) - n_std < n_null else
+                      "distinct seeded draws without replacement"),
+        "circuit": _heads_json(heads),
+        "upper_bound": _heads_json(upper_bound(heads, n_heads)),
+        "layer_counts": {str(layer): sum(1 for lh in heads if lh[0] == layer) for layer in layers},
+        "n_distinct_null_draws": len({c.heads for c in conditions[n_std:]}),
+        "null_skipped": null_skipped,
+        "metrics": list(METRICS),
+        "drop_sign": "positive = worse: ablated - clean for cross_entropy, clean - ablated otherwise",
+        "p_value": "(1 + #{null drop >= circuit drop}) / (1 + n_null) over distinct head sets",
+        "probes": {},
+    }
+
+
+def _ablate_conditions(bridge, scoring, source, name: str, conditions: list, *, max_rows: int | None,
+                       block_runner) -> tuple[dict[str, torch.Tensor], FiringLog]:
+    """Every condition's mean metric over the probe's examples ({metric: [condition]}) and the firing log,
+    in blocks of `SET_BLOCK` here or through `block_runner` (the same numbers)."""
+    sets = [c.heads for c in conditions]
+    labels = [f"probe {name!r}, condition {c.name} draw {c.draw}" for c in conditions]
+    blocks = [range(lo, min(lo + SET_BLOCK, len(sets))) for lo in range(0, len(sets), SET_BLOCK)]
+    if block_runner is None:
+        done = [ablate_blocks(bridge, scoring, source, [[sets[i] for i in b] for b in blocks],
+                              [[labels[i] for i in b] for b in blocks], max_rows=max_rows)]
+    else:  # e.g. workers of headscreen.compute.executors, each computing whole blocks exactly as above
+        done = block_runner(name, [[sets[i] for i in b] for b in blocks], [[labels[i] for i in b] for b in blocks])
+    per_ex = {m: torch.cat([blk[m] for part in done for blk in part[0]]) for m in METRICS}
+    log = FiringLog()
+    for _, (lo_d, hi_d) in done:
+        for hook, v in lo_d.items():
+            log.add(hook, torch.tensor([v], dtype=torch.float64))
+        for hook, v in hi_d.items():
+            log.add(hook, torch.tensor([v], dtype=torch.float64))
+    return {m: per_ex[m].mean(1) for m in METRICS}, log  # [condition]
+
+
+def _probe_tests(clean: dict[str, float], means: dict[str, torch.Tensor], conditions: list, n_std: int,
+                 null_skipped: str | None) -> dict:
+    """A probe's clean metrics, standard conditions, circuit drop and (unless skipped) the null tests."""
+    out: dict = {"clean": clean,
+                 "conditions": {c.name: {m: float(means[m][i]) for m in METRICS}
+                                for i, c in enumerate(conditions[:n_std])},
+                 "circuit_drop": {m: metric_drop(m, clean[m], float(means[m][0])) for m in METRICS}}
+    if null_skipped is None:
+        out["matched_random_mean"] = {m: float(means[m][n_std:].mean()) for m in METRICS}
+        out["tests"] = {m: null_test(m, out["circuit_drop"][m],
+                                     metric_drop(m, clean[m], means[m][n_std:].double()).numpy()).to_json()
+                        for m in METRICS}
+    else:
+        out["matched_random_mean"] = None
+        out["tests"] = None
+    return out
 
 
 def _label(heads: Sequence[Head]) -> str:

@@ -291,6 +291,37 @@ def text_probe(
             f"text_probe: the corpus has {stream.size} tokens, fewer than one window of {need}; "
             f"pass more text or a shorter seq_len"
         )
+    windows, a_list, tgt_list = _pick_windows(stream, seq_len, off, n=n, seed=seed, require_repeat=require_repeat)
+    toks = np.stack(windows)  # [m, body], in the seeded pick order
+    if bos_id is not None:
+        toks = np.concatenate([np.full((toks.shape[0], 1), bos_id, dtype=np.int64), toks], axis=1)
+    m = toks.shape[0]
+    return ProbeBatch(
+        name="natural",
+        tokens=torch.as_tensor(toks, dtype=torch.long),
+        has_bos=bos_id is not None,
+        seed=seed,
+        query_pos=torch.full((m,), seq_len - 1, dtype=torch.long),
+        target_token=torch.as_tensor(tgt_list, dtype=torch.long),
+        a_pos=torch.as_tensor(a_list, dtype=torch.long) if require_repeat else None,
+        meta={
+            "generator": "text_probe",
+            "n": m,
+            "seq_len": seq_len,
+            "bos_id": bos_id,
+            "sep_id": sep_id,
+            "require_repeat": require_repeat,
+            "corpus_tokens": int(stream.size),
+        },
+    )
+
+
+def _pick_windows(stream: np.ndarray, seq_len: int, off: int, *, n: int | None, seed: int,
+                  require_repeat: bool) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """text_probe's windows in a seeded random order, non-overlapping -> (windows [body] each, a_pos list
+    (empty without require_repeat), target tokens); raises when fewer than `n` (or none) qualify."""
+    body = seq_len - off
+    need = body + (0 if require_repeat else 1)
     rng = np.random.default_rng(seed)
     starts = rng.permutation(stream.size - need + 1)
     used = np.zeros(stream.size, dtype=bool)
@@ -318,28 +349,7 @@ def text_probe(
             f"text_probe: only {len(windows)} qualifying windows of {seq_len} tokens "
             f"(require_repeat={require_repeat}) but n={n} were asked; pass more text, a smaller n or seq_len"
         )
-    toks = np.stack(windows)  # [m, body], in the seeded pick order
-    if bos_id is not None:
-        toks = np.concatenate([np.full((toks.shape[0], 1), bos_id, dtype=np.int64), toks], axis=1)
-    m = toks.shape[0]
-    return ProbeBatch(
-        name="natural",
-        tokens=torch.as_tensor(toks, dtype=torch.long),
-        has_bos=bos_id is not None,
-        seed=seed,
-        query_pos=torch.full((m,), seq_len - 1, dtype=torch.long),
-        target_token=torch.as_tensor(tgt_list, dtype=torch.long),
-        a_pos=torch.as_tensor(a_list, dtype=torch.long) if require_repeat else None,
-        meta={
-            "generator": "text_probe",
-            "n": m,
-            "seq_len": seq_len,
-            "bos_id": bos_id,
-            "sep_id": sep_id,
-            "require_repeat": require_repeat,
-            "corpus_tokens": int(stream.size),
-        },
-    )
+    return windows, a_list, tgt_list
 
 
 def check_fits(batch: ProbeBatch, n_ctx: int, d_vocab: int | None = None) -> None:

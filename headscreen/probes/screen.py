@@ -211,6 +211,14 @@ def screen_checkpoint(
             copy_rows.append(
                 copy_losses(fwd.token_losses, int(batch.meta["span"]), int(batch.meta["first_start"]))
             )
+    return _checkpoint_tables(sel_frames, score_frames, pr_frames, copy_rows, thresholds, step=step, tokens=tokens)
+
+
+def _checkpoint_tables(sel_frames: list[pd.DataFrame], score_frames: list[pd.DataFrame],
+                       pr_frames: list[pd.DataFrame], copy_rows: list, thresholds: ScreenThresholds, *,
+                       step: int | None, tokens: float | None) -> dict[str, pd.DataFrame]:
+    """screen_checkpoint's four tables from its per-probe frames (the copying row needs the max induction
+    selectivity over every probe)."""
     selectivity = (
         pd.concat(sel_frames, ignore_index=True)
         if sel_frames

@@ -20,10 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscreen.spectral.paramspace import random_orthonormal
+
 
 def _orthonormal(p: int, k: int, gen: torch.Generator) -> Tensor:  # [k, p]
-    q, _ = torch.linalg.qr(torch.randn(p, k, generator=gen, dtype=torch.float64))
-    return q.T
+    return random_orthonormal(p, k, gen).T
 
 
 def planted_head_series(
@@ -90,7 +91,7 @@ def random_walk_trajectory(
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(1, n_checkpoints, dtype=torch.float64)
     shape = (*batch, p)
-    u = torch.linalg.qr(torch.randn(*batch, p, rank + 1, generator=gen, dtype=torch.float64))[0]
+    u = random_orthonormal(p, rank + 1, gen, batch=batch)
     u = u.movedim(-1, 0)  # [rank+1, *batch, p]
     env = torch.exp(-decay * t).view(-1, *([1] * len(shape)))
     upd = drift * env * u[0]

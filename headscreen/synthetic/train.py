@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from headscreen.rundir.atomic import fsync_dir, fsync_tree
-from headscreen.rundir.store import atomic_write, write_json
+from headscreen.rundir.optimizer_state import load_optimizer_state, optimizer_state_step, save_optimizer_state
+from headscreen.rundir.store import write_json
 from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics
@@ -111,7 +112,7 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> Non
     if series["checkpoints"]:  # resume from the last recorded checkpoint, after the checkpoint checks
         start = series["checkpoints"][-1]["step"]
         _resume_weights(model, out / checkpoint_dirname(start))
-        _load_optimizer(optimizer, out / RESUME_FILE)
+        load_optimizer_state(out / RESUME_FILE, optimizer, _damaged(out / RESUME_FILE))
     series["device"] = plan.record()  # the latest session's device and precision
     for stale in out.glob("step*"):  # folders from after the last recorded checkpoint, or half-written
         if stale.is_dir() and stale.name not in {c["path"] for c in series["checkpoints"]}:
@@ -137,7 +138,7 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> Non
                 entry["corpus_position"] = position
             series["checkpoints"].append(entry)
             write_json(out / "series.json", series)
-            _save_optimizer(optimizer, out / RESUME_FILE, step)
+            save_optimizer_state(out / RESUME_FILE, optimizer, step)
             bar.set_postfix(loss=f"{loss_value:.3f}", copy2=f"{diag['loss_second']:.2f}")
         if step == cfg.steps:
             break
@@ -195,24 +196,12 @@ def _save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> None:
     fsync_dir(out)
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
-    from safetensors.torch import save_file
+def _damaged(path: Path):
+    """resume.safetensors' named fault (headscreen.rundir.optimizer_state.Fault): `CorruptCheckpoint`."""
+    from headscreen.series import CorruptCheckpoint
 
-    tensors = {f"{i}.{k}": v.detach().to("cpu", copy=True) for i, s in optimizer.state_dict()["state"].items()
-               for k, v in s.items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(path).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
+    return lambda reason: CorruptCheckpoint(f"{path} (the optimizer state to resume from) {reason}; delete it to "
+                                            "retrain this series from step 0, or train into a new --out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,7 +229,7 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
         if old["checkpoints"] and not (out / RESUME_FILE).is_file():
             old["checkpoints"] = []  # no optimizer state to resume from: start over (same config)
         if old["checkpoints"]:
-            resume_step = _resume_step(out / RESUME_FILE)
+            resume_step = optimizer_state_step(out / RESUME_FILE, _damaged(out / RESUME_FILE))
             old["checkpoints"] = [c for c in old["checkpoints"] if c["step"] <= resume_step]
         old["train_config"] = cfg.to_dict()
         write_json(meta, old)
@@ -255,19 +244,6 @@ def _prepare(out: Path, cfg: TrainConfig, overwrite: bool, name: str) -> dict:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     write_json(meta, fresh)
     return fresh
-
-
-def _resume_step(path: Path) -> int:
-    from safetensors import safe_open
-
-    from headscreen.series import CorruptCheckpoint
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return int(f.metadata()["step"])
-    except Exception as e:  # safetensors raises its own error type on a damaged file
-        raise CorruptCheckpoint(f"{path} (the optimizer state to resume from) is unreadable ({e}); delete it to "
-                                "retrain this series from step 0, or train into a new --out") from e
 
 
 def _identity(d: dict) -> dict:

@@ -13,16 +13,10 @@ Definition (docs/methods.md, "Linear-centroid coupling"):
 
 from __future__ import annotations
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-
-def top_right_singular(rows: Float[Tensor, "W P"], k: int) -> Float[Tensor, "k P"]:
-    if not 1 <= k <= min(rows.shape):
-        raise ValueError(f"k={k} must lie in [1, min(W, P)] = [1, {min(rows.shape)}]")
-    _, _, vh = torch.linalg.svd(rows.double(), full_matrices=False)
-    return vh[:k]
+from headscreen.spectral.paramspace import random_orthonormal_bases, top_right_singular
 
 
 def coupling(basis: Float[Tensor, "k P"], centroid: Float[Tensor, " P"]) -> float:
@@ -42,10 +36,5 @@ def subspace_coupling(rows: Float[Tensor, "W P"], centroid: Float[Tensor, " P"],
 
 def random_coupling(centroid: Float[Tensor, " P"], k: int = 2, n: int = 5, seed: int = 0) -> float:
     """Mean coupling of the centroid with `n` random k-dimensional orthonormal bases (≈ 1 by design)."""
-    g = torch.Generator().manual_seed(seed)
-    p = centroid.numel()
-    vals = []
-    for _ in range(n):
-        q, _ = torch.linalg.qr(torch.randn(p, k, generator=g, dtype=torch.float64))
-        vals.append(coupling(q.T, centroid))
+    vals = [coupling(q.T, centroid) for q in random_orthonormal_bases(centroid.numel(), k, n, seed)]
     return float(sum(vals) / n)

@@ -38,6 +38,7 @@ from headscreen.spectral import (
     edge_phases,
     onsets,
 )
+from headscreen.spectral.paramspace import flatten
 
 # cross_attn: SCAN decoder; layers.*: the published encoder (torch layout: packed in-projection, linear1/2)
 TRUNK_PATTERN = re.compile(r"^(blocks\.\d+\.(attn|cross_attn|mlp)\.W_[A-Za-z_]+"
@@ -73,7 +74,7 @@ def trunk_vector(tensors: Mapping[str, Tensor], where: str = "the snapshot") -> 
     if not names:
         raise ValueError("no trunk tensor (blocks.<l>.attn.W_* / blocks.<l>.mlp.W_*) in the snapshot; "
                          f"got names like {sorted(tensors)[:4]}")
-    vec = torch.cat([tensors[n].detach().reshape(-1).to(torch.float32) for n in names])
+    vec = flatten((tensors[n] for n in names), torch.float32)
     if not bool(torch.isfinite(vec).all()):
         for n in names:
             bad = int((~torch.isfinite(tensors[n].detach())).sum())

@@ -29,6 +29,7 @@ import torch
 from headscreen.grokking.analysis.detect import grok_step
 from headscreen.grokking.training.snapshots import Trajectory
 from headscreen.spectral.gram import gram_stats, update_gram
+from headscreen.spectral.paramspace import flatten, top_right_singular
 
 ATTENTION_LEAVES = ("W_Q", "W_K", "W_V", "W_O")
 LIFECYCLE_GROK_ACC = 0.95
@@ -41,7 +42,7 @@ def attention_vector(state: dict[str, torch.Tensor]) -> torch.Tensor:
     keys = sorted(k for k in state if k.rsplit(".", 1)[-1] in ATTENTION_LEAVES)
     if not keys:
         raise ValueError("the snapshot holds no attention matrices (W_Q/W_K/W_V/W_O); is it a grok model?")
-    return torch.cat([state[k].reshape(-1).double() for k in keys])
+    return flatten((state[k] for k in keys), torch.float64)
 
 
 def _trajectory(run_dir: Path) -> tuple[list[int], torch.Tensor]:
@@ -92,7 +93,7 @@ def _share_at(steps: list[int], thetas: torch.Tensor, end: int, window: int, lr:
     n = torch.tensor([steps[i] - steps[i - 1] for i in idx], dtype=torch.float64)[:, None]
     wd_part = -lr * wd * n * (torch.stack([thetas[i - 1] for i in idx]) + torch.stack([thetas[i] for i in idx])) / 2
     grad_part = total - wd_part
-    v1 = torch.linalg.svd(total, full_matrices=False).Vh[0]
+    v1 = top_right_singular(total, 1)[0]  # total is float64 (_trajectory)
     ge, we = float((grad_part @ v1).pow(2).mean()), float((wd_part @ v1).pow(2).mean())
     return {"step": steps[end], "grad_share": ge / (ge + we) if ge + we > 0 else float("nan")}
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from headscreen.grokking.analysis.coupling import random_coupling, subspace_coupling
 from headscreen.grokking.analysis.edge import trunk_names
 from headscreen.grokking.analysis.modes import TASK_MODES, edge_direction_modes
+from headscreen.spectral.paramspace import flatten, split_flat
 
 
 def window_end_index(steps: np.ndarray, peak_step: int | None, window: int) -> int | None:
@@ -35,13 +36,12 @@ def window_end_index(steps: np.ndarray, peak_step: int | None, window: int) -> i
 
 def _trunk_flat(model: torch.nn.Module, names: Sequence[str]) -> torch.Tensor:
     params = dict(model.named_parameters())
-    return torch.cat([params[n].detach().reshape(-1) for n in names]).double()
+    return flatten((params[n] for n in names), torch.float64)
 
 
 def _trunk_grad(model: torch.nn.Module, names: Sequence[str], loss: torch.Tensor) -> torch.Tensor:
     params = dict(model.named_parameters())
-    grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return torch.cat([g.reshape(-1) for g in grads]).double()
+    return flatten(torch.autograd.grad(loss, [params[n] for n in names]), torch.float64)
 
 
 def window_analyses(folders: Sequence[Path], config: dict, *, k: int = 2, top: int = 5,
@@ -59,9 +59,7 @@ def window_analyses(folders: Sequence[Path], config: dict, *, k: int = 2, top: i
     flats = torch.stack([_trunk_flat(m, names) for m in models])
     deltas = flats[1:] - flats[:-1]  # [W, P]
     params = dict(models[-1].named_parameters())
-    offsets = np.cumsum([0] + [params[n].numel() for n in names])
-    window_deltas = {n: deltas[:, offsets[i]:offsets[i + 1]].reshape(-1, *params[n].shape).float()
-                     for i, n in enumerate(names)}
+    window_deltas = {n: d.float() for n, d in split_flat(deltas, {n: params[n].shape for n in names}).items()}
     out: dict = {"k": k, "P": int(deltas.shape[1]), "tasks": {}}
     for t, task in enumerate(tasks):
         entry: dict = {}

@@ -18,7 +18,6 @@ v (docs/methods.md, "Fourier modes of spectral-edge directions").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from headscreen.grokking.analysis.fourier import fourier_basis
 from headscreen.grokking.tasks.modular import is_prime
+from headscreen.spectral.paramspace import flatten_rows, split_flat, top_right_singular
 
 MODE_KINDS = ("fourier", "dlog")
 TASK_MODES = {"add": "fourier", "sub": "fourier", "mul": "dlog"}
@@ -108,24 +108,6 @@ def induced_function(forward: Callable[[Mapping[str, Tensor]], Tensor], params: 
     return out
 
 
-def split_direction(vector: Float[Tensor, " P"], shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
-    """Cut a flat vector (names in the order given) back into named tensors."""
-    out, i = {}, 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        out[name] = vector[i : i + n].reshape(shape)
-        i += n
-    if i != vector.numel():
-        raise ValueError(f"direction has {vector.numel()} entries but the named tensors hold {i}")
-    return out
-
-
-def top_directions(deltas: Float[Tensor, "W P"], k: int = 2) -> Float[Tensor, "k P"]:
-    """The top-k right singular vectors of a window of updates (the edge directions)."""
-    _, _, vh = torch.linalg.svd(deltas.double(), full_matrices=False)
-    return vh[:k]
-
-
 def transformer_grid_forward(model: torch.nn.Module, p: int, task: int = 0) -> Callable[[Mapping[str, Tensor]], Tensor]:
     """forward(params) → logits [p, p, p] of task `task` of a GrokTransformer over the whole table."""
     from torch.func import functional_call
@@ -148,11 +130,11 @@ def edge_direction_modes(model: torch.nn.Module, p: int, window_deltas: Mapping[
     names = list(window_deltas)
     params = {n: p_ for n, p_ in model.named_parameters() if n in window_deltas}
     shapes = {n: params[n].shape for n in names}
-    flat = torch.cat([window_deltas[n].reshape(window_deltas[n].shape[0], -1).double() for n in names], 1)
+    flat = flatten_rows((window_deltas[n] for n in names), torch.float64)  # [W, P]
     forward = transformer_grid_forward(model, p, task)
     out = []
-    for j, v in enumerate(top_directions(flat, k)):
-        f = induced_function(forward, {n: params[n] for n in names}, split_direction(v.float(), shapes))
+    for j, v in enumerate(top_right_singular(flat, k)):  # the edge directions
+        f = induced_function(forward, {n: params[n] for n in names}, split_flat(v.float(), shapes))
         modes = grid_modes(f, kind)
         out.append({"direction": j + 1, "modes": dominant_modes(modes, top)})
     return out

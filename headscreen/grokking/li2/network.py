@@ -32,6 +32,7 @@ from headscreen.config import ConfigError, from_mapping
 from headscreen.grokking.tasks.modular import is_prime
 from headscreen.spectral import gram_stats
 from headscreen.spectral.gram import update_gram
+from headscreen.spectral.paramspace import flatten
 
 ACTIVATIONS = ("sqr", "relu")
 LOSSES = ("mse", "ce")
@@ -138,8 +139,7 @@ class Li2Net(torch.nn.Module):
 
     def flat(self) -> Float[Tensor, " P"]:
         """θ = (W_a, W_b, V) flattened, detached, float64."""
-        return torch.cat([self.W_a.detach().reshape(-1), self.W_b.detach().reshape(-1),
-                          self.V.detach().reshape(-1)]).double()
+        return flatten((self.W_a, self.W_b, self.V), torch.float64)
 
 
 def li2_loss(net: Li2Net, a: Tensor, b: Tensor, y: Tensor, loss: str) -> Tensor:
@@ -212,7 +212,7 @@ def centroid(net: Li2Net, a: Tensor, b: Tensor) -> Float[Tensor, " P"]:
     """c = ∇_θ mean_x Σ_c ŷ_c(x) over the inputs (a, b), flattened like `Li2Net.flat` (float64)."""
     net.zero_grad(set_to_none=True)
     net(a, b).sum(-1).mean().backward()
-    out = torch.cat([q.grad.reshape(-1) for q in (net.W_a, net.W_b, net.V)]).double()
+    out = flatten((q.grad for q in (net.W_a, net.W_b, net.V)), torch.float64)
     net.zero_grad(set_to_none=True)
     return out
 
@@ -246,7 +246,7 @@ def train_li2(cfg: Li2Config, *, progress: bool = False, on_snapshot=None,
         li2_loss(net, a[tr], b[tr], y[tr], cfg.loss).backward()
         keep = record_grads is not None and epoch in record_grads
         if keep:
-            grads.append(torch.cat([q.grad.reshape(-1) for q in (net.W_a, net.W_b, net.V)]).double())
+            grads.append(flatten((q.grad for q in (net.W_a, net.W_b, net.V)), torch.float64))
         opt.step()
         cur = net.flat()
         if keep:

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from headscreen.spectral.paramspace import flatten
+
 Batch = Any  # whatever loss_fn accepts, e.g. (inputs LongTensor[B, 3], labels LongTensor[B])
 LossFn = Callable[[nn.Module, Batch], Tensor]
 
@@ -117,10 +119,9 @@ def _direct(saved: Sequence[Tensor], g_a: Sequence[Tensor], g_b: Sequence[Tensor
     formed as vectors and subtracted, D = ‖θ_AB − θ_BA‖ / (‖η g_A‖ ‖η g_B‖ + 1e-12). In float32 the
     subtraction of two vectors near θ₀ adds the rounding of θ₀'s entries (≈ 6e-8 |θ|) to the result,
     which the exact form avoids (module docstring); kept to reproduce the published values."""
-    cat = torch.cat
-    theta0 = cat([t.flatten() for t in saved])
-    ga, gb = cat([t.flatten() for t in g_a]), cat([t.flatten() for t in g_b])
-    ga1, gb1 = cat([t.flatten() for t in g_a1]), cat([t.flatten() for t in g_b1])
+    theta0 = flatten(saved)
+    ga, gb = flatten(g_a), flatten(g_b)
+    ga1, gb1 = flatten(g_a1), flatten(g_b1)
     t_ab = theta0 - eta * ga - eta * gb1
     t_ba = theta0 - eta * gb - eta * ga1
     d = (t_ab - t_ba).norm() / ((eta * ga).norm() * (eta * gb).norm() + 1e-12)

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from headscreen.config import ConfigError, from_mapping
+from headscreen.spectral.paramspace import flatten, random_orthonormal_bases, top_right_singular
 
 KINDS = ("none", "suppress", "amplify")
 BASIS_FILE = "intervention_basis.safetensors"
@@ -83,14 +84,9 @@ class Intervention:
         return dataclasses.asdict(self)
 
 
-def flat(tensors: list[Tensor]) -> Float[Tensor, " P"]:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 def top_basis(updates: Float[Tensor, "M P"], k: int) -> Float[Tensor, "P k"]:
-    """The top-k right singular vectors of the stacked updates (uncentered), orthonormal columns."""
-    _, _, vh = torch.linalg.svd(updates.double(), full_matrices=False)
-    return vh[:k].T.float().contiguous()
+    """The top-k right singular vectors of the stacked updates (uncentered), orthonormal columns (float32)."""
+    return top_right_singular(updates, k).T.float().contiguous()
 
 
 def split_transverse(g: Float[Tensor, " P"], basis: Float[Tensor, "P k"]) -> tuple[Tensor, Tensor]:
@@ -106,8 +102,8 @@ def transverse_ratio(delta: Float[Tensor, " P"], basis: Float[Tensor, "P k"]) ->
 
 
 def random_bases(p: int, k: int, n: int, seed: int) -> list[Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.linalg.qr(torch.randn(p, k, generator=g))[0] for _ in range(n)]
+    """The control bases: `n` seeded random orthonormal k-bases of ℝ^p (float32 columns [P, k])."""
+    return random_orthonormal_bases(p, k, n, seed, torch.float32)
 
 
 class GradientIntervention:
@@ -146,14 +142,14 @@ class GradientIntervention:
         if step == s.start and self.basis is None:
             self._build()
         want = (s.start - s.window <= step < s.start) or (record and self.basis is not None)
-        self._before = flat([p.detach() for p in self.params]).clone() if want else None
+        self._before = flatten([p.detach() for p in self.params]).clone() if want else None
 
     def modify_grads(self, step: int) -> None:
         """g -> g_∥ + c·g_⊥ for updates from `start` on; c = 1 touches nothing."""
         if self.basis is None or step < self.spec.start or self.spec.factor == 1.0:
             return
         grads = [p.grad for p in self.params]
-        g = flat([gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, self.params, strict=True)])
+        g = flatten([gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, self.params, strict=True)])
         par, perp = split_transverse(g, self.basis)
         new = par + self.spec.factor * perp
         offset = 0
@@ -166,7 +162,7 @@ class GradientIntervention:
     def after_update(self, step: int) -> None:
         if self._before is None:
             return
-        delta = flat([p.detach() for p in self.params]) - self._before
+        delta = flatten([p.detach() for p in self.params]) - self._before
         self._before = None
         if self.basis is None:
             self.updates.append(delta)

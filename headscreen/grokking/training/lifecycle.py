@@ -23,7 +23,6 @@ from headscreen.grokking.training.runfiles import (  # noqa: F401 (re-exported: 
     DamagedRunFile,
     GrokRunError,
     read_safetensors,
-    read_safetensors_metadata,
     restart_fix,
 )
 from headscreen.rundir.atomic import StoreError, _json_default, write_fault

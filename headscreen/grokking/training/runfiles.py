@@ -31,16 +31,6 @@ def read_safetensors(path: Path, fix: str):
         raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
 
 
-def read_safetensors_metadata(path: Path, fix: str) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001
-        raise DamagedRunFile(f"{path} cannot be read ({' '.join(str(e).split())[:120]}); {fix}") from None
-
-
 def restart_fix(run: Path) -> str:
     return (f"the run cannot resume exactly from it: rerun the same `headscreen grok` command with --force to "
             f"retrain {run} from step 0 (a resume needs the optimizer state of its last snapshot, which only "

@@ -4,7 +4,8 @@
                                                       {"step": N, "tokens": null, "path": "step_<N:09d>"}, ...]}
     <run>/trajectory/step_<N:09d>/model.safetensors  the model's state_dict at step N (before update N+1)
     <run>/trajectory/step_<N:09d>/config.json        model_type "headscreen-grok" + hyperparameters
-    <run>/resume.safetensors                       AdamW state at the last snapshot (metadata: step)
+    <run>/resume.safetensors                       AdamW state at the last snapshot (metadata: step;
+                                                   headscreen.rundir.optimizer_state)
 
 `headscreen.series.LocalSeries(<run>/trajectory)` reads it like any other series. Every file is
 written atomically (headscreen.rundir.store); resume.safetensors is written last, so the step it names
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from headscreen.rundir.optimizer_state import load_optimizer_state, optimizer_state_step
+from headscreen.rundir.optimizer_state import save_optimizer_state as save_optimizer  # noqa: F401 - the trainer's name
 from headscreen.rundir.store import atomic_write, write_json
 
 FORMAT = "headscreen-grok-trajectory/1"
@@ -81,34 +84,18 @@ class Trajectory:
         self.truncate(-1)
 
 
-def save_optimizer(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """The optimizer's per-parameter state as safetensors (`<param index>.<name>`), step in the metadata."""
-    from safetensors.torch import save_file
+def _damaged(path: Path):
+    """resume.safetensors' named fault (headscreen.rundir.optimizer_state.Fault): `DamagedRunFile` + restart fix."""
+    from headscreen.grokking.training.runfiles import DamagedRunFile, restart_fix
 
-    tensors = {f"{i}.{k}": v.detach().contiguous().to("cpu", copy=True) for i, s in optimizer.state_dict()["state"].items()
-               for k, v in s.items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
+    return lambda reason: DamagedRunFile(f"{path} {reason}; {restart_fix(path.parent)}")
 
 
 def resume_step(path: Path) -> int | None:
     """The step resume.safetensors names; None without one; `DamagedRunFile` when it cannot be read."""
-    from headscreen.grokking.training.runfiles import DamagedRunFile, read_safetensors_metadata, restart_fix
-
-    if not path.exists():
-        return None
-    step = read_safetensors_metadata(path, restart_fix(path.parent)).get("step", "")
-    if not step.isdigit():
-        raise DamagedRunFile(f"{path} names no step (metadata step = {step!r}); {restart_fix(path.parent)}")
-    return int(step)
+    return optimizer_state_step(path, _damaged(path)) if path.exists() else None
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
-    from headscreen.grokking.training.runfiles import read_safetensors, restart_fix
-
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in read_safetensors(path, restart_fix(path.parent)).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
+    """The AdamW state of resume.safetensors into `optimizer`; `DamagedRunFile` when it cannot be read."""
+    load_optimizer_state(path, optimizer, _damaged(path))

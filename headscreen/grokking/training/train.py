@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -161,8 +163,6 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
     device ("cpu", "cuda", "auto"; headscreen/compute/device.py): where the model, its data and its updates live
     (float32: the defect needs the model's own precision). Gradient interventions run on the CPU only.
     """
-    from tqdm.auto import tqdm
-
     from headscreen.compute.device import DeviceError, plan_device
 
     plan = plan_device(device, mixed_precision=False)
@@ -178,10 +178,52 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             traj.reset()
         if traj.complete:
             return run
+        loop = _Loop.open(cfg, run, store, traj, plan.device, on_snapshot)
+        step, last = loop.steps(progress, stop_at)
+        finish_session(traj, loop.session, step, last, load_average=list(os.getloadavg()),
+                       seconds={k: round(v, 3) for k, v in loop.timers.items()},
+                       defect_measured=loop.defect_fn is not None)
+        if last:
+            traj.meta["complete"] = True
+            if step < cfg.steps:
+                traj.meta["stopped_at"] = step  # the stop rule ended the run
+            (run / RESUME).unlink(missing_ok=True)
+        traj.save()
+    return run
+
+
+@dataclass
+class _Loop:
+    """One training session of a run: its model, optimizer, batches, tables so far and timers."""
+
+    cfg: GrokConfig
+    run_dir: Path
+    store: RunStore
+    traj: Trajectory
+    device: str
+    task: Any
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    start: int
+    session: dict
+    train: Batch
+    batches: _Batches
+    curves: list[dict]
+    defects: list[dict]
+    steer: GradientIntervention | None
+    on_snapshot: Callable[[int, torch.nn.Module], None] | None
+    defect_fn: Callable | None = None
+    timers: dict = field(default_factory=lambda: dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0))
+
+    @classmethod
+    def open(cls, cfg: GrokConfig, run: Path, store: RunStore, traj: Trajectory, device: str,
+              on_snapshot) -> _Loop:
+        """Build the task and model, resume from the last snapshot when the run has one, record the session."""
         task = make_task(cfg)
         if hasattr(task, "data"):
-            task.data = _data_to(task.data, plan.device)
-        model = task.build_model(cfg.seed).train().to(plan.device)  # initialised on the CPU, as on every device
+            task.data = _data_to(task.data, device)
+        model = task.build_model(cfg.seed).train().to(device)  # initialised on the CPU, as on every device
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         config_hash = store.manifest()["config_hash"]
@@ -194,76 +236,92 @@ def train_run(cfg: GrokConfig, run_dir: str | Path, *, progress: bool = True, fo
             start = 0
             traj.reset()
             (run / BASIS_FILE).unlink(missing_ok=True)
-        session = start_session(traj, start, plan.device, config_hash)  # recorded now: a killed session is kept too
+        session = start_session(traj, start, device, config_hash)  # recorded now: a killed session is kept too
         curves = _previous_rows(store, "curves", start)
         defects = _previous_rows(store, "defect", start)
-        defect_fn = commutator_defect if cfg.defect_every else None
         train = task.train()
         steer = GradientIntervention(cfg.intervention, params, run, cfg.seed) if cfg.intervention.active else None
         if steer is not None:
             steer.rows = _previous_rows(store, "intervention", start)
-        timers = dict.fromkeys(("update", "eval", "defect", "snapshot"), 0.0)
-        batches = _Batches(cfg, train, start)
-        bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", desc=run.name, leave=False)
-        for step in range(start, cfg.steps + 1):
-            last = step in (cfg.steps, stop_step(cfg, curves))
-            t0 = time.perf_counter()
-            if step % cfg.eval_every == 0 or last:
-                rows = task.evaluate(model)
-                curves.extend({"step": step, **r} for r in rows)
-                bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
-                                             for r in rows))
-                last = step in (cfg.steps, stop_step(cfg, curves))
-            t1 = time.perf_counter()
-            if defect_fn is not None and step % cfg.defect_every == 0:
-                d = defect_fn(model, task.loss_fn, batches.defect(step), eta=cfg.defect_eta, params=params,
-                              form=cfg.defect_form, min_step=cfg.defect_min_step)
-                defects.append({"step": step, **defect_summary(d)})
-            t2 = time.perf_counter()
-            if step % cfg.snapshot_every == 0 or last:
-                session["to_step"] = step
-                traj.add(step, model, model.hf_config())
-                if on_snapshot is not None:
-                    on_snapshot(step, model)
-                store.write_table("curves", _frame(curves, CURVE_COLUMNS))
-                store.write_table("defect", _frame(defects, DEFECT_COLUMNS))
-                if steer is not None:
-                    store.write_table("intervention", _frame(steer.rows, RHO_COLUMNS))
-                if not last:
-                    save_optimizer(run / RESUME, optimizer, step)
-            t3 = time.perf_counter()
-            timers["eval"] += t1 - t0
-            timers["defect"] += t2 - t1
-            timers["snapshot"] += t3 - t2
+        return cls(cfg=cfg, run_dir=run, store=store, traj=traj, device=device, task=task, model=model, params=params,
+                   optimizer=optimizer, start=start, session=session, train=train,
+                   batches=_Batches(cfg, train, start), curves=curves, defects=defects, steer=steer,
+                   on_snapshot=on_snapshot, defect_fn=commutator_defect if cfg.defect_every else None)
+
+    def steps(self, progress: bool, stop_at: int | None) -> tuple[int, bool]:
+        """Steps from `start` to the end (or `stop_at`, or the stop rule) -> (the last step, whether the run ended)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.start, disable=not progress, unit="step", desc=self.run_dir.name,
+                   leave=False)
+        for step in range(self.start, cfg.steps + 1):
+            last = self.observe(step, bar)
             if last or (stop_at is not None and step >= stop_at):
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
-            idx = batches.indices(step)
-            idx = idx if idx is None or plan.device == "cpu" else idx.to(plan.device)
-            batch = train if idx is None else (train[0][idx], train[1][idx])
-            optimizer.zero_grad(set_to_none=True)
-            task.loss_fn(model, batch).backward()
-            if steer is not None:
-                steer.before_update(step, record=step % cfg.eval_every == 0)
-                steer.modify_grads(step)
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            if steer is not None:
-                steer.after_update(step)
-            timers["update"] += time.perf_counter() - t3
+            t3 = time.perf_counter()
+            self.update(step)
+            self.timers["update"] += time.perf_counter() - t3
             bar.update(1)
         bar.close()
-        finish_session(traj, session, step, last, load_average=list(os.getloadavg()),
-                       seconds={k: round(v, 3) for k, v in timers.items()}, defect_measured=defect_fn is not None)
-        if last:
-            traj.meta["complete"] = True
-            if step < cfg.steps:
-                traj.meta["stopped_at"] = step  # the stop rule ended the run
-            (run / RESUME).unlink(missing_ok=True)
-        traj.save()
-    return run
+        return step, last
+
+    def observe(self, step: int, bar) -> bool:
+        """Evaluation, defect and snapshot of step `step` (each on its schedule); whether it is the last step."""
+        cfg, curves = self.cfg, self.curves
+        last = step in (cfg.steps, stop_step(cfg, curves))
+        t0 = time.perf_counter()
+        if step % cfg.eval_every == 0 or last:
+            rows = self.task.evaluate(self.model)
+            curves.extend({"step": step, **r} for r in rows)
+            bar.set_postfix_str(" ".join(f"{r['task']} train {r['train_acc']:.2f} test {r['test_acc']:.2f}"
+                                         for r in rows))
+            last = step in (cfg.steps, stop_step(cfg, curves))
+        t1 = time.perf_counter()
+        if self.defect_fn is not None and step % cfg.defect_every == 0:
+            d = self.defect_fn(self.model, self.task.loss_fn, self.batches.defect(step), eta=cfg.defect_eta,
+                               params=self.params, form=cfg.defect_form, min_step=cfg.defect_min_step)
+            self.defects.append({"step": step, **defect_summary(d)})
+        t2 = time.perf_counter()
+        if step % cfg.snapshot_every == 0 or last:
+            self.snapshot(step, last)
+        t3 = time.perf_counter()
+        self.timers["eval"] += t1 - t0
+        self.timers["defect"] += t2 - t1
+        self.timers["snapshot"] += t3 - t2
+        return last
+
+    def snapshot(self, step: int, last: bool) -> None:
+        """Snapshot `step`, the tables so far, and (unless it is the last) the resume point."""
+        self.session["to_step"] = step
+        self.traj.add(step, self.model, self.model.hf_config())
+        if self.on_snapshot is not None:
+            self.on_snapshot(step, self.model)
+        self.store.write_table("curves", _frame(self.curves, CURVE_COLUMNS))
+        self.store.write_table("defect", _frame(self.defects, DEFECT_COLUMNS))
+        if self.steer is not None:
+            self.store.write_table("intervention", _frame(self.steer.rows, RHO_COLUMNS))
+        if not last:
+            save_optimizer(self.run_dir / RESUME, self.optimizer, step)
+
+    def update(self, step: int) -> None:
+        """Update step+1 on batch `step` (warmup lr, intervention hooks, clipping)."""
+        cfg, steer = self.cfg, self.steer
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        idx = self.batches.indices(step)
+        idx = idx if idx is None or self.device == "cpu" else idx.to(self.device)
+        batch = self.train if idx is None else (self.train[0][idx], self.train[1][idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task.loss_fn(self.model, batch).backward()
+        if steer is not None:
+            steer.before_update(step, record=step % cfg.eval_every == 0)
+            steer.modify_grads(step)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        if steer is not None:
+            steer.after_update(step)
 
 
 def is_complete(run_dir: str | Path) -> bool:
