@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.probes.preid import analyse_run
+from headscreen.probes.preid import preid_from_tables
 from headscreen.report import timeline_figures
 from headscreen.report.causal_sections import primary_record
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
@@ -35,7 +35,7 @@ def preid_of(ctx: Context) -> tuple[dict | None, pd.DataFrame | None, str | None
                "preid.json / preid.parquet are not in the run")
         if run.classes is None:
             return None, None, None
-        table, doc = analyse_run(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
+        table, doc = preid_from_tables(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
                                  onsets=run.onsets, validation=run.validation, probe=ctx.probe, tokens=ctx.tokens)
         notice = (f"Computed now from the stored tables ({why}); `headscreen validate` or `headscreen screen` "
                   "writes them into the run.")

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from headscreen.grokking.analysis.detect import curve_events
 from headscreen.grokking.analysis.fourier import embedding_spectrum
@@ -96,7 +95,3 @@ def run_li2(cfg: Li2Config, out: str | Path, *, progress: bool = True, force: bo
         store.write_json("grok", result)
     return result
 
-
-def read_li2_table(run: str | Path) -> pd.DataFrame | None:
-    path = Path(run) / "li2.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
