@@ -54,7 +54,7 @@ class ReportInputs:
     grok: dict[str, GrokAnalysis] = field(default_factory=dict)
     preid: dict[str, PreidResult] = field(default_factory=dict)
     sweep_fits: dict[str, pd.DataFrame] = field(default_factory=dict)  # lead-time fits by weight decay
-    grok_checks: dict[str, dict] = field(default_factory=dict)  # Dyck/SCAN findings measures of a run or sweep
+    grok_checks: dict[str, dict | None] = field(default_factory=dict)  # Dyck/SCAN findings measures (None: other task)
 
     @staticmethod
     def key(path: str | Path) -> str:
@@ -62,9 +62,9 @@ class ReportInputs:
 
     def need(self, kind: str, path: str | Path):
         """The prepared `kind` ("grok", "sweep_fits", "grok_checks") of `path`, or `MissingReportInput`."""
-        found = getattr(self, kind).get(self.key(path))
-        if found is None:
+        prepared = getattr(self, kind)
+        if self.key(path) not in prepared:
             raise MissingReportInput(f"{path}: the report needs its {kind.replace('_', ' ')} computed first; render "
                                      "it with `headscreen report` (pipelines.report.report), which runs the "
                                      "missing analyses before rendering")
-        return found
+        return prepared[self.key(path)]
