@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "report", "view", "demo",
+__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "write_report", "view", "demo",
            "grok", "grok_sweep", "grok_summary", "grok_compare"]
 
 
