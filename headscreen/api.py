@@ -122,8 +122,9 @@ def circuits(run: str | Path, step: int | None = None, probe: str | None = None)
 def write_report(*runs: str | Path, out: str | Path | None = None, step: int | None = None,
                  probe: str | None = None) -> dict[str, Path]:
     """Render the HTML, Markdown and JSON report of one run (screen or grok), or a comparison of several
-    (`headscreen report`); returns {"html", "md", "json"} paths. The report reads the runs' files; it trains
-    and analyses nothing. (Not named `report`: that is the package headscreen.report.)"""
+    (`headscreen report`); returns {"html", "md", "json"} paths. The report reads the runs' files and trains
+    nothing; analyses a run lacks (grok.json, preid.json) are run first, as a step of their own that says so
+    on stderr. (Not named `report`: that is the package headscreen.report.)"""
     from pipelines.report import report as _report
 
     if not runs:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from headscreen.compute.executors import TaskFailed
 from headscreen.config import ConfigError, ModelConfig, load_config
+from headscreen.rundir.atomic import StoreError
 from pipelines import grok_li2
 from pipelines.common import add_device_argument, add_executor_arguments, executor_from_args
 
@@ -59,19 +60,27 @@ def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = 
     return mc, cfg, sweep
 
 
-def _analyse_run():
-    """grok-analysis's analyse_run, or None where this checkout lacks it."""
+def analyse_or_fail(out: Path, *, progress: bool = True) -> dict:
+    """`analyse_run(out)`; a failure inside the analysis (an import, a bug) is an `AnalysisFailed` that names
+    the run and what failed (never a thinner grok.json); the user faults of the CLI (a locked, damaged or
+    unfinished run, a bad setting) pass through unchanged."""
+    from headscreen.grokking.training.lifecycle import AnalysisFailed
+
     try:
         from headscreen.grokking.analysis.analyse import analyse_run
-    except ImportError:
-        return None
-    return analyse_run
+
+        return analyse_run(out, progress=progress)
+    except (StoreError, ConfigError, ValueError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - named, with the cause chained
+        raise AnalysisFailed(f"the analysis of grok run {out} failed ({type(e).__name__}: {e}); its training is kept "
+                             "(rerun the same command once the cause is fixed)") from e
 
 
 def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True,
                     device: str | None = "cpu") -> dict:
     """Train (or resume) one run on `device` (headscreen/compute/device.py), then write grok.json; returns grok.json's
-    dict (or the final curve row where no analysis is available). grok.json is reused only while it was
+    dict (or the final curve row with `analyse` False). grok.json is reused only while it was
     computed from the trajectory now on disk (headscreen.grokking.training.lifecycle), else recomputed."""
     from headscreen.grokking.training.lifecycle import current_analysis, remove_analysis
     from headscreen.grokking.training.train import train_run
@@ -82,10 +91,9 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
         from headscreen.grokking.published.compare import write_comparison
 
         write_comparison(out)  # comparison.json: the run beside the published records (the report renders it)
-    fn = _analyse_run() if analyse else None
-    if fn is not None:
+    if analyse:
         current = current_analysis(out)  # grok.json of exactly this trajectory, or None
-        return current if current is not None else fn(out, progress=progress)
+        return current if current is not None else analyse_or_fail(out, progress=progress)
     if current_analysis(out, any_settings=True) is None:  # --no-analysis: no analysis of an older
         remove_analysis(out)  # trajectory outlives this training; a current one is kept
     import pandas as pd
@@ -191,7 +199,7 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
                                progress=progress, analyse=analyse, executor=executor, device=device)
-    if analyse and _analyse_run() is not None:
+    if analyse:
         from headscreen.grokking.analysis.summary import write_sweep_summary
 
         table = write_sweep_summary(out, progress=False)  # + the lead-time power law; unfinished runs: empty rows

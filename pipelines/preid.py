@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from headscreen.config import from_mapping
-from headscreen.probes.preid import PreidSettings, analyse_run
+from headscreen.probes.preid import PreidSettings, preid_from_tables
 from headscreen.rundir.store import atomic_write, write_json
 
 
@@ -33,7 +33,7 @@ def preid_tables(run_dir: str | Path, settings: PreidSettings | None = None, *, 
     if validation is not _RUN:
         run.validation = validation
     settings = settings or settings_of_manifest(run.manifest)
-    return analyse_run(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
+    return preid_from_tables(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
                        onsets=run.onsets, validation=run.validation, probe=choose_probe(run, None),
                        tokens=step_tokens(run), settings=settings)
 

@@ -55,7 +55,7 @@ from pipelines.screen_chunks import (
 
 __all__ = ["PROBE_TABLES", "SCREEN_OUTPUTS", "ScreenSettings", "head_weights_from_bridge", "screen"]
 
-PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones the report recomputes
+PREID_OUTPUTS = ("preid.parquet", "preid.json")  # a summary of the tables; absent ones `headscreen report` computes first
 #: every result file a screen writes
 SCREEN_TABLES = ("fingerprints", "onsets", *PROBE_TABLES, "classes")
 SCREEN_OUTPUTS = (*(f"{t}.parquet" for t in SCREEN_TABLES), "circuits.json", *PREID_OUTPUTS)

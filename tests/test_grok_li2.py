@@ -202,9 +202,10 @@ def test_analyse_run_writes_window_analyses(tmp_path):
     c = add["coupling"]
     assert c["gradient_svd"] >= 0 and c["update_svd"] >= 0 and 0.2 < c["random"] < 5
     assert c["update_over_random"] == pytest.approx(c["update_svd"] / c["random"])
-    from headscreen.report.grok_sections import grok_report
+    from headscreen.report.grok_build import grok_report
+    from pipelines.report_prep import prepare
 
-    secs = {s.key: s for s in grok_report([run], {}).runs[0].sections}
+    secs = {s.key: s for s in grok_report([run], {}, prepare([run])).runs[0].sections}
     assert secs["grok_window"].figures and "li2_lockin" not in secs
 
 
@@ -229,10 +230,11 @@ def test_li2_run_directory_and_cli(tmp_path, capsys):
 def test_report_of_a_li2_run_has_the_lockin_figure(tmp_path):
     from headscreen.grokking.li2.network import Li2Config
     from headscreen.grokking.li2.run import run_li2
-    from headscreen.report.grok_sections import grok_report
+    from headscreen.report.grok_build import grok_report
+    from pipelines.report_prep import prepare
 
     run_li2(Li2Config(m=11, hidden=16, epochs=25, tau=3.0, snapshot_every=10), tmp_path / "li2", progress=False)
-    report = grok_report([tmp_path / "li2"], {})
+    report = grok_report([tmp_path / "li2"], {}, prepare([tmp_path / "li2"]))
     secs = {s.key: s for s in report.runs[0].sections}
     assert secs["li2_lockin"].figures and secs["li2_lockin"].data["lockin"]["tau"] == 3.0
     assert "grok_window" not in secs  # no window analyses for a Li2 run

@@ -11,8 +11,8 @@ from grok_fixtures import make_run
 
 from headscreen.grokking.analysis.analyse import analyse_run
 from headscreen.grokking.analysis.summary import power_law_by_weight_decay
-from headscreen.report import build_report
 from headscreen.report.grok_sections import grok_kind
+from pipelines.report import report as render_report
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:only 0 of")
@@ -23,14 +23,14 @@ def pair(tmp_path_factory):
     base = tmp_path_factory.mktemp("grokrep")
     g = make_run(base / "wd1", weight_decay=1.0)
     m = make_run(base / "wd0", weight_decay=0.0, grok_at=None, onset_at=None, switch=10_000)
-    analyse_run(g, progress=False)  # wd0 is analysed by the report itself (no grok.json yet)
+    analyse_run(g, progress=False)  # wd0 is analysed by the report pipeline first (no grok.json yet)
     return base, g, m
 
 
 def test_single_run_report(pair, tmp_path):
     _, g, _ = pair
     assert grok_kind(g) == "run" and grok_kind(tmp_path) is None
-    paths = build_report([g], tmp_path / "rep")
+    paths = render_report([g], out=tmp_path / "rep")
     doc = json.loads(paths["json"].read_text())
     html = paths["html"].read_text()
     assert "headscreen grokking report" in html and html.count("data:image/png;base64") >= 6
@@ -58,7 +58,7 @@ def test_single_run_report(pair, tmp_path):
 
 def test_pair_report(pair, tmp_path):
     _, g, m = pair
-    paths = build_report([g, m], tmp_path / "cmp")
+    paths = render_report([g, m], out=tmp_path / "cmp")
     doc = json.loads(paths["json"].read_text())
     comp = doc["comparison"]
     assert comp["figures"] == ["comparison-pair-1.png"] and (tmp_path / "cmp/comparison-pair-1.png").is_file()
@@ -78,7 +78,7 @@ def test_sweep_report(tmp_path):
     make_run(sweep / "runs" / "wd0_lr0.001", n_snap=26, lr=1e-3, weight_decay=0.0, grok_at=None, onset_at=None,
              switch=10_000)
     assert grok_kind(sweep) == "sweep"
-    paths = build_report([sweep], tmp_path / "srep")
+    paths = render_report([sweep], out=tmp_path / "srep")
     doc = json.loads(paths["json"].read_text())
     secs = doc["runs"][0]["sections"]
     df = pd.read_parquet(sweep / "sweep.parquet")

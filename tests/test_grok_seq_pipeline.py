@@ -11,8 +11,8 @@ from headscreen.config import ConfigError
 from headscreen.grokking.analysis.summary import write_sweep_summary
 from headscreen.grokking.config import GrokConfig, SweepConfig
 from headscreen.grokking.training.train import train_run
-from headscreen.report import build_report
 from pipelines.grok import grok, load_grok_config
+from pipelines.report import report as render_report
 
 TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32}
 
@@ -49,7 +49,7 @@ def test_scan_run_is_analysed_without_fourier(tmp_path):
     assert result["key_frequencies"] == [] and result["fourier_gini"] is None and result["intervention"] is None
     assert not (out / "fourier.parquet").exists()
     assert len(pd.read_parquet(out / "defect.parquet")) == 3
-    doc = json.loads(build_report([out], tmp_path / "rep")["json"].read_text())
+    doc = json.loads(render_report([out], out=tmp_path / "rep")["json"].read_text())
     secs = doc["runs"][0]["sections"]
     assert "grok_fourier" not in secs and "grok_intervention" not in secs and "grok_curves" in secs
 
@@ -77,7 +77,7 @@ def test_dose_response_sweep_report(tmp_path):
     (sweep / "sweep.json").write_text("{}")
     df = write_sweep_summary(sweep, progress=False)
     assert sorted(df.intervention_strength) == [0.0, 1.0] and set(df.intervention) == {"suppress"}
-    paths = build_report([sweep], tmp_path / "srep")
+    paths = render_report([sweep], out=tmp_path / "srep")
     secs = json.loads(paths["json"].read_text())["runs"][0]["sections"]
     dose = secs["grok_dose_response"]
     assert [r["intervention_strength"] for r in dose["data"]["runs"]] == [0.0, 1.0]
@@ -85,5 +85,5 @@ def test_dose_response_sweep_report(tmp_path):
     run = sweep / "runs" / grid[1][0]
     grok_json = json.loads((run / "grok.json").read_text())
     assert grok_json["intervention"]["factor"] == 0.0 and grok_json["intervention"]["n_rho"] >= 1
-    rep = json.loads(build_report([run], tmp_path / "rrep")["json"].read_text())["runs"][0]["sections"]
+    rep = json.loads(render_report([run], out=tmp_path / "rrep")["json"].read_text())["runs"][0]["sections"]
     assert rep["grok_intervention"]["data"]["strength"] == 1.0 and len(rep["grok_intervention"]["figures"]) == 1

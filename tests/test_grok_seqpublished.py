@@ -238,7 +238,7 @@ SHORT = {
 @pytest.mark.slow  # a training run with defect, resume and a report with its analysis: minutes under load
 @pytest.mark.parametrize("task", ["dyck", "scan"])
 def test_short_preset_run_memorises_resumes_and_reports_findings(task, tmp_path):
-    from headscreen.report import build_report
+    from pipelines.report import report as render_report
 
     cfg = _short(task, **SHORT[task])
     whole = train_run(cfg, tmp_path / "whole", progress=False)
@@ -257,7 +257,7 @@ def test_short_preset_run_memorises_resumes_and_reports_findings(task, tmp_path)
     assert task_obj.token_accuracy == (task == "dyck")
     if task == "dyck":
         assert c["train_acc"].iloc[-1] > max(0.5, 10 * c["train_acc"].iloc[0])  # ...token by token
-    paths = build_report([whole], tmp_path / "rep")
+    paths = render_report([whole], out=tmp_path / "rep")
     md = paths["md"].read_text()
     assert "Findings check" in md and "defect onset precedes grokking" in md and "g₂₃ compresses" in md
     assert "gradient share" in md and "ablating the top two edge directions" in md

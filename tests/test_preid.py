@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headscreen.probes.preid import FINGERPRINT_METRICS, PreidSettings, analyse_run, within_layer_z
+from headscreen.probes.preid import FINGERPRINT_METRICS, PreidSettings, preid_from_tables, within_layer_z
 from headscreen.probes.separation import (
     auc_from_ranks,
     average_ranks,
@@ -49,7 +49,7 @@ VALIDATED = {"status": "done", "circuit": CIRCUIT, "probe": "retrieval", "step":
 def test_a_planted_lead_of_k_checkpoints_is_found(lead):
     fp, cl = _tables(np.random.default_rng(lead), plant_from=25 - lead, metrics=("update_norm",))
     tokens = {i * STEP: i * STEP * 512.0 for i in range(30)}
-    table, doc = analyse_run(classes=cl, fingerprints=fp, validation=VALIDATED, tokens=tokens)
+    table, doc = preid_from_tables(classes=cl, fingerprints=fp, validation=VALIDATED, tokens=tokens)
     assert doc["status"] == "done" and doc["circuit_source"] == "validated" and doc["emergence_step"] == 2500
     best = doc["earliest"]
     assert best["metric"] == "update_norm" and best["earliest_separating_step"] == (25 - lead) * STEP
@@ -65,7 +65,7 @@ def test_a_planted_lead_of_k_checkpoints_is_found(lead):
 
 def test_no_difference_gives_chance_auc_spread_p_and_nothing_separating():
     fp, cl = _tables(np.random.default_rng(7))
-    table, doc = analyse_run(classes=cl, fingerprints=fp, validation=VALIDATED)
+    table, doc = preid_from_tables(classes=cl, fingerprints=fp, validation=VALIDATED)
     before = table[table["before_emergence"]]
     assert abs(before["auc"].mean() - 0.5) < 0.03
     p = before["p_value"].to_numpy()
@@ -86,7 +86,7 @@ def test_the_planted_spectral_series_separates_at_the_first_full_window():
     cl = pd.DataFrame([(s, layer, head, "retrieval", (layer, head) in planted and s == steps[-1])
                        for s in steps for layer in range(2) for head in range(8)],
                       columns=["step", "layer", "head", "probe", "in_induction_circuit"])
-    table, doc = analyse_run(classes=cl, fingerprints=fp, validation={"status": "done", "probe": "retrieval",
+    table, doc = preid_from_tables(classes=cl, fingerprints=fp, validation={"status": "done", "probe": "retrieval",
                                                                       "circuit": [list(h) for h in planted]})
     first_full = steps[onset + window - 1]  # the first window whose W updates are all planted ones
     by = {(r["metric"], r["scope"]): r for r in doc["metrics"]}
@@ -146,10 +146,10 @@ def test_within_layer_z_removes_a_shift_shared_by_the_layer():
 
 def test_without_validation_the_selectivity_circuit_is_used_and_said():
     fp, cl = _tables(np.random.default_rng(2), plant_from=20, metrics=("ratio_12",))
-    _, doc = analyse_run(classes=cl, fingerprints=fp, validation=None)
+    _, doc = preid_from_tables(classes=cl, fingerprints=fp, validation=None)
     assert doc["circuit_source"] == "selectivity" and doc["circuit"] == sorted(CIRCUIT)
     assert "no causally validated circuit" in doc["circuit_note"]
-    _, none = analyse_run(classes=cl.assign(in_induction_circuit=False), fingerprints=fp)
+    _, none = preid_from_tables(classes=cl.assign(in_induction_circuit=False), fingerprints=fp)
     assert none["status"] == "no circuit"
 
 
@@ -164,7 +164,7 @@ def test_a_circuit_that_never_emerges_has_no_lead_and_the_report_says_so():
     from headscreen.report.findings_sections import _preid_sentence
 
     fp, cl = _tables(np.random.default_rng(4), emerge=100, plant_from=20, metrics=("gap_norm",))
-    _, doc = analyse_run(classes=cl, fingerprints=fp, validation=VALIDATED)
+    _, doc = preid_from_tables(classes=cl, fingerprints=fp, validation=VALIDATED)
     assert doc["emergence_step"] is None and doc["earliest"]["earliest_separating_step"] == 2000
     assert doc["earliest"]["lead_steps"] is None and doc["earliest"]["lead_tokens"] is None
     assert "no emergence to lead" in _preid_sentence(doc)

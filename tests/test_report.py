@@ -16,8 +16,9 @@ import pytest
 
 from headscreen.probes.screen import summarise_series
 from headscreen.probes.selectivity import CLASSES
-from headscreen.report import NotARunDirectoryError, RunFileError, StepNotFoundError, build_report
+from headscreen.report import NotARunDirectoryError, RunFileError, StepNotFoundError
 from headscreen.report.content import SECTION_ORDER
+from pipelines.report import report as render_report
 
 N_LAYERS, N_HEADS = 3, 4
 STEPS = [0, 250, 500, 750, 1000]
@@ -194,12 +195,12 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report_a(runs):
-    return build_report([runs["a"]])
+    return render_report([runs["a"]])
 
 
 @pytest.fixture(scope="module")
 def report_ab(runs):
-    return build_report([runs["a"], runs["b"]], out_dir=runs["root"] / "cmp")
+    return render_report([runs["a"], runs["b"]], out=runs["root"] / "cmp")
 
 
 def _json(paths) -> dict:
@@ -362,7 +363,7 @@ def test_every_section_is_filled_or_says_what_is_missing(tmp_path, report_a, rep
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "manifest.json").write_text(json.dumps({"config": {"name": "bare-model"}}))
-    paths = build_report([bare])
+    paths = render_report([bare])
     for doc in (_json(report_a), _json(report_ab), _json(paths)):
         for run in doc["runs"]:
             for key, sec in run["sections"].items():
@@ -377,13 +378,13 @@ def test_a_directory_that_is_not_a_run_gives_a_clear_error(runs, tmp_path):
     not_run = tmp_path / "notarun"
     not_run.mkdir()
     with pytest.raises(NotARunDirectoryError, match="manifest.json") as err:
-        build_report([not_run])
+        render_report([not_run])
     assert str(not_run) in str(err.value) and "headscreen screen" in str(err.value)
     with pytest.raises(NotARunDirectoryError) as err:  # a results root: the runs below it are named
-        build_report([runs["root"]])
+        render_report([runs["root"]])
     assert str(runs["a"]) in str(err.value)
     with pytest.raises(NotARunDirectoryError, match="does not exist"):
-        build_report([tmp_path / "nowhere"])
+        render_report([tmp_path / "nowhere"])
     assert not (not_run / "report").exists()
 
 
@@ -392,11 +393,11 @@ def test_a_truncated_table_is_an_error_naming_the_file(runs, tmp_path):
     shutil.copytree(runs["a"], broken, ignore=shutil.ignore_patterns("report"))
     (broken / "classes.parquet").write_bytes((broken / "classes.parquet").read_bytes()[:100])
     with pytest.raises(RunFileError, match="classes.parquet"):
-        build_report([broken])
+        render_report([broken])
 
 
 def test_step_and_probe_options(runs, tmp_path):
-    doc = _json(build_report([runs["a"]], out_dir=tmp_path / "r750", step=750, probe="repeated"))
+    doc = _json(render_report([runs["a"]], out=tmp_path / "r750", step=750, probe="repeated"))
     sec = _sections(doc)
     assert (doc["runs"][0]["step"], doc["runs"][0]["probe"]) == (750, "repeated")
     # on the repeated probe the planted induction values are halved: at step 750 only L1H2 (60x) is >= 50x,
@@ -408,9 +409,9 @@ def test_step_and_probe_options(runs, tmp_path):
     got = {(r["class"], r["layer"], r["head"]): r["step"] for r in sec["emergence"]["data"]["records"]}
     assert got[("induction", 1, 2)] == 750 and ("induction", 2, 1) not in got
     with pytest.raises(StepNotFoundError, match="available steps: 0, 250, 500, 750, 1000"):
-        build_report([runs["a"]], out_dir=tmp_path / "r7", step=7)
+        render_report([runs["a"]], out=tmp_path / "r7", step=7)
     with pytest.raises(ValueError, match="probe 'nope' was not screened"):
-        build_report([runs["a"]], out_dir=tmp_path / "x", probe="nope")
+        render_report([runs["a"]], out=tmp_path / "x", probe="nope")
     assert not (tmp_path / "r7").exists() and not (tmp_path / "x").exists()
 
 
@@ -540,7 +541,7 @@ def test_bos_section_counts_gu_sink_heads_per_layer(tmp_path):
     extra = pd.DataFrame([{"step": s, "layer": 1, "head": 2, "probe": p, "metric": "sink_rate", "value": 0.8}
                           for s in STEPS[-2:] for p in PROBES])
     pd.concat([hs, extra], ignore_index=True).to_parquet(root / "head_scores.parquet")
-    doc = _json(build_report([root], out_dir=tmp_path / "rep"))
+    doc = _json(render_report([root], out=tmp_path / "rep"))
     data = _sections(doc, 0)["bos_layers01"]["data"]["sink_heads"]
     assert data["1"] == {"heads_at_step": [2], "checkpoints_flagged": 2}
     assert data["0"] == {"heads_at_step": [], "checkpoints_flagged": 0}  # the fixture's 0.1 rates stay below 0.5
@@ -595,36 +596,44 @@ def test_long_per_checkpoint_tables_are_folded_under_a_timeline(report_a):
     assert md.count("<details><summary>") == 3 and md.count("</details>") == 3
 
 
-def test_preid_is_computed_from_the_tables_until_the_run_holds_it(runs, tmp_path):
+def test_preid_is_computed_by_the_report_pipeline_never_by_the_report(runs, tmp_path):
     from headscreen.report.findings_sections import preid_section
+    from headscreen.report.inputs import MissingReportInput, ReportInputs
     from headscreen.report.load import load_run
     from headscreen.report.runinfo import Context, step_tokens, thresholds
     from pipelines.preid import preidentify_run
+    from pipelines.report_prep import prepare
 
-    def section(path):
+    def section(path, probe="retrieval", inputs=None):
         r = load_run(path)
         return preid_section(Context(run=r, step=1000, slug="a", tokens=step_tokens(r), thresholds=thresholds(r),
-                                     probe="retrieval"))
+                                     probe=probe, inputs=inputs or ReportInputs()))
 
-    run = tmp_path / "a"
-    shutil.copytree(runs["a"], run, ignore=shutil.ignore_patterns("report"))
-    before = section(run)
-    assert any("Computed now from the stored tables" in n for n in before.notices)
-    written = preidentify_run(run)
-    assert written["circuit_source"] == "validated" and written["circuit"] == [[1, 2], [2, 1]]
-    assert (run / "preid.parquet").is_file()
+    run, twin = tmp_path / "a", tmp_path / "twin"
+    for dest in (run, twin):
+        shutil.copytree(runs["a"], dest, ignore=shutil.ignore_patterns("report", "preid.*"))
+    with pytest.raises(MissingReportInput, match="preid.json / preid.parquet are not in the run"):
+        section(run)  # the report package does not compute it
+    said = []
+    assert prepare([run], say=said.append).preid == {}  # written into the run, nothing kept in memory
+    assert len(said) == 1 and "wrote preid.json" in said[0] and (run / "preid.parquet").is_file()
     after = section(run)
     assert not any("Computed now" in n for n in after.notices)
-    assert after.data["metrics"] == before.data["metrics"] and after.data["null"]["n_labelings"] == 16
+    written = preidentify_run(twin)  # the pipeline's own function on an identical copy: the same document
+    assert written["circuit_source"] == "validated" and written["circuit"] == [[1, 2], [2, 1]]
+    assert after.data["metrics"] == written["metrics"] and after.data["null"]["n_labelings"] == 16
     # a preid.json from before validation (selectivity circuit) is stale once validation.json exists
     stale = json.loads((run / "preid.json").read_text()) | {"circuit_source": "selectivity"}
     (run / "preid.json").write_text(json.dumps(stale))
-    assert any("predates validation.json" in n for n in section(run).notices)
-    # an unvalidated run's preid.json is for one probe: another report probe recomputes it
+    with pytest.raises(MissingReportInput, match="predates validation.json"):
+        section(run)
+    prepare([run], say=said.append)
+    assert "predates validation.json" in said[-1] and section(run).data["circuit_source"] == "validated"
+    # an unvalidated run's preid.json is for one probe: another report probe computes it in memory only
     run_b = tmp_path / "b"
     shutil.copytree(runs["b"], run_b, ignore=shutil.ignore_patterns("report"))
     assert preidentify_run(run_b)["probe"] == "retrieval"
-    r = load_run(run_b)
-    other = preid_section(Context(run=r, step=1000, slug="b", tokens=step_tokens(r), thresholds=thresholds(r),
-                                  probe="repeated"))
-    assert any("is for the retrieval probe" in n for n in other.notices)
+    inputs = prepare([run_b], probe="repeated", say=said.append)
+    other = section(run_b, probe="repeated", inputs=inputs)
+    assert any("is for the retrieval probe" in n for n in other.notices) and other.data["probe"] == "repeated"
+    assert json.loads((run_b / "preid.json").read_text())["probe"] == "retrieval"  # the run's own file is kept

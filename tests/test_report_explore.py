@@ -16,7 +16,6 @@ import pytest
 import torch
 from test_report import make_run
 
-from headscreen.report import build_report
 from headscreen.report.explore_data import quantise_lower, script_json
 from headscreen.rundir.attention_file import (
     FILE,
@@ -25,6 +24,7 @@ from headscreen.rundir.attention_file import (
     read_attention,
     write_attention,
 )
+from pipelines.report import report as render_report
 
 T, ROWS, SPAN = 24, 2, 10
 HOSTILE = "</script><img src=x onerror=alert(1)>"  # a token that would break a naively embedded page
@@ -73,7 +73,7 @@ def explore_run(tmp_path_factory):
     run = root / "tiny-a" / "run1"
     truth = make_run(run, "a", validated=True)
     stored = write_planted_attention(run)
-    paths = build_report([run])
+    paths = render_report([run])
     return {"run": run, "html": paths["html"], "stored": stored, "selectivity": truth["selectivity"]}
 
 
@@ -119,7 +119,7 @@ def test_page_embeds_the_stored_patterns_and_every_checkpoints_selectivity(explo
 def test_a_run_without_the_file_still_reports_and_says_why(tmp_path):
     run = tmp_path / "tiny-b" / "run1"
     make_run(run, "b", validated=False)
-    paths = build_report([run], step=500)
+    paths = render_report([run], step=500)
     data = _payload(paths["html"], "tiny-b")
     assert data["attention"] is None and FILE in data["attention_notice"]
     assert data["step"] == 500  # the slider starts at the report's step

@@ -47,7 +47,8 @@ def normalize_circuit(circuit: Iterable[Sequence[int]], n_layers: int, n_heads: 
     return tuple(heads)
 
 
-def head_label(head: Head) -> str:
+def single_head_condition_name(head: Head) -> str:
+    """The name of the condition that ablates one head alone: "head_L<layer>H<head>"."""
     return f"head_{_label(head)}"
 
 
@@ -112,7 +113,7 @@ def matched_random_draws(circuit: Sequence[Head], n_heads: int, n_draws: int, se
 def standard_conditions(circuit: Sequence[Head], n_heads: int) -> list[Condition]:
     """circuit, upper_bound and each head alone (the matched-random draws come separately)."""
     conds = [Condition("circuit", tuple(circuit)), Condition("upper_bound", upper_bound(circuit, n_heads))]
-    conds.extend(Condition(head_label(h), (h,)) for h in circuit)
+    conds.extend(Condition(single_head_condition_name(h), (h,)) for h in circuit)
     return conds
 
 

@@ -6,12 +6,12 @@ Public entry points (see each module for details):
 - forward: `run_probe` (one batched, filtered forward per probe batch)
 - screen: `screen_checkpoint` (per-checkpoint rows) and `summarise_series` (classes + circuits.json)
 - classify: `ScreenThresholds`, `classify`, `circuits`
-- preid: `PreidSettings`, `analyse_run` (does a spectral metric separate the circuit before it emerges?)
+- preid: `PreidSettings`, `preid_from_tables` (does a spectral metric separate the circuit before it emerges?)
 """
 
 from headscreen.probes.batch import ProbeBatch
 from headscreen.probes.classify import ScreenThresholds, circuits, classify
-from headscreen.probes.preid import PreidSettings, analyse_run
+from headscreen.probes.preid import PreidSettings, preid_from_tables
 from headscreen.probes.prompts import (
     check_fits,
     corrupt_retrieval,
@@ -25,7 +25,7 @@ __all__ = [
     "PreidSettings",
     "ProbeBatch",
     "ScreenThresholds",
-    "analyse_run",
+    "preid_from_tables",
     "check_fits",
     "circuits",
     "classify",

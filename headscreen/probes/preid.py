@@ -253,7 +253,7 @@ def choose_circuit(validation: dict | list | None, classes: pd.DataFrame | None,
             f"induction circuit of classes.parquet at step {step} (no causally validated circuit)", probe)
 
 
-def analyse_run(*, classes: pd.DataFrame | None, fingerprints: pd.DataFrame | None = None,
+def preid_from_tables(*, classes: pd.DataFrame | None, fingerprints: pd.DataFrame | None = None,
                 participation: pd.DataFrame | None = None, onsets: pd.DataFrame | None = None,
                 validation: dict | list | None = None, probe: str | None = "retrieval",
                 tokens: dict[int, float] | None = None,

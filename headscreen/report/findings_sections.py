@@ -1,48 +1,50 @@
 """The sections that lead the report: a findings summary, the findings check against the published
-results (docs/methods.md), and the pre-identification analysis (preid.json / preid.parquet)."""
+results (docs/methods.md), and the pre-identification analysis (preid.json / preid.parquet, read from the run
+or as the report pipeline prepared it: report/inputs.py; nothing is computed here)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from headscreen.heads import head_label
-from headscreen.probes.preid import analyse_run
 from headscreen.report import timeline_figures
 from headscreen.report.causal_sections import primary_record
 from headscreen.report.content import Section, Table, figure_to_png, head_list, human_count
+from headscreen.report.inputs import MissingReportInput
 from headscreen.report.runinfo import Context, grid_shape
 from headscreen.report.schema import bos_layers01_records, emergence_records, for_probe, validation_records
 from headscreen.rundir.jsonsafe import json_safe
 
-_CACHE: dict[int, tuple[object, dict, pd.DataFrame | None, str | None]] = {}
+
+def preid_staleness(run, probe: str | None) -> str | None:
+    """Why the run's preid.json / preid.parquet do not serve a report on `probe` (None when they do): missing,
+    written before validation.json named a validated circuit, or computed for another probe. The report
+    pipeline (pipelines/report_prep.py) computes the analysis first where this is not None."""
+    doc = run.preid_doc
+    validated = isinstance(run.validation, dict) and run.validation.get("status") == "done"
+    if doc is not None and validated and doc.get("circuit_source") != "validated":
+        return "preid.json predates validation.json"
+    if doc is not None and not validated and probe is not None and doc.get("probe") != probe:
+        return f"preid.json is for the {doc.get('probe')} probe"
+    if doc is None or run.preid is None:
+        return "preid.json / preid.parquet are not in the run"
+    return None
 
 
 def preid_of(ctx: Context) -> tuple[dict | None, pd.DataFrame | None, str | None]:
-    """(preid.json document, preid.parquet table, notice). When the files are missing, or were written
-    before validation.json named a validated circuit, the analysis is computed here from the stored
-    tables (the same library function) and the notice says so."""
+    """(preid.json document, preid.parquet table, notice): the analysis the report pipeline prepared in memory,
+    else the run's files. Files that do not serve (preid_staleness) and nothing prepared: `MissingReportInput`."""
     run = ctx.run
-    hit = _CACHE.get(id(run))
-    if hit is not None and hit[0] is run:
-        return hit[1], hit[2], hit[3]
-    doc, table, notice = run.preid_doc, run.preid, None
-    validated = isinstance(run.validation, dict) and run.validation.get("status") == "done"
-    stale = doc is not None and validated and doc.get("circuit_source") != "validated"
-    other_probe = (doc is not None and not validated and ctx.probe is not None and doc.get("probe") != ctx.probe)
-    if doc is None or table is None or stale or other_probe:
-        why = ("preid.json predates validation.json" if stale else
-               f"preid.json is for the {doc.get('probe')} probe" if other_probe else
-               "preid.json / preid.parquet are not in the run")
-        if run.classes is None:
-            return None, None, None
-        table, doc = analyse_run(classes=run.classes, fingerprints=run.fingerprints, participation=run.participation,
-                                 onsets=run.onsets, validation=run.validation, probe=ctx.probe, tokens=ctx.tokens)
-        notice = (f"Computed now from the stored tables ({why}); `headscreen validate` or `headscreen screen` "
-                  "writes them into the run.")
-    while len(_CACHE) >= 8:  # a few runs per report: keep the cache small
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[id(run)] = (run, doc, table, notice)
-    return doc, table, notice
+    prepared = ctx.inputs.preid.get(ctx.inputs.key(run.path))
+    if prepared is not None:
+        return prepared.doc, prepared.table, prepared.notice
+    why = preid_staleness(run, ctx.probe)
+    if why is None:
+        return run.preid_doc, run.preid, None
+    if run.classes is None:
+        return None, None, None
+    raise MissingReportInput(f"{run.path}: {why}, and the pre-identification was not prepared; render the report "
+                             "with `headscreen report` (pipelines.report.report), which computes it first")
 
 
 def _fmt_step(step, tokens: dict) -> str:
@@ -122,7 +124,7 @@ def _preid_sentence(doc: dict | None) -> str:
             f"; family-wise p = {best['p_family']:.2g} (same-layer relabellings separating as early); {within}")
 
 
-def summary_section(ctx: Context) -> Section:
+def findings_summary_section(ctx: Context) -> Section:
     sec = Section(key="summary", title="Findings summary",
                   intro="What this run found, at a glance; the sections below hold the evidence and provenance is last.")
     at = ctx.circuit_at_step()
@@ -269,103 +271,4 @@ def preid_section(ctx: Context) -> Section:
         caption=f"Per metric: bar AUC ≥ {st['auc_bar']:g}, p < {st['alpha']:g}, for {st['persist']} checkpoints in a "
                 f"row; {doc['null']['n_perm']} relabellings (seed {st['seed']}). Every step's AUC, precision@k and "
                 "p are in preid.parquet. Dots in the figure: AUC ≥ bar and p < α at that checkpoint."))
-    return sec
-
-
-# ------------------------------------------------------------------------------------------------ grokking runs
-# The Dyck/SCAN study's findings (docs/methods.md, "Grokking II: the published recipes"), checked on a grok run
-# or sweep of the dyck or scan task. A measured figure "holds" when it lies within a factor 3 of the published
-# one (compression), or on the published side of the stated bars (gradient share: ≥ 0.8 before, ≤ 0.2 at).
-G23_WINDOW = {"dyck": 3, "scan": 5}
-SEQ_TASKS = ("dyck", "scan")
-
-
-def _onset_row(ev: dict, task: str) -> list:
-    finding = f"defect onset precedes grokking ({'Dyck 14/15' if task == 'dyck' else 'SCAN 11/12'} grokking runs)"
-    if ev["grok_step"] is None:
-        return [finding, "cannot test", f"no grokking (test accuracy ≥ 0.98 at 3 evaluations in a row) by step "
-                f"{ev['last_step']} (final {ev['final_test_acc']:.3f})"]
-    if ev["onset_step"] is None:
-        return [finding, "not held", f"grokked at step {ev['grok_step']} with no defect onset"]
-    verdict = "held" if ev["lead"] > 0 else "not held"
-    return [finding, verdict, f"onset step {ev['onset_step']}, grokking step {ev['grok_step']} (lead {ev['lead']})"]
-
-
-def _g23_row(path, task: str) -> list:
-    from headscreen.grokking.analysis.edge_lifecycle import PUBLISHED, g23_compression
-
-    pub = PUBLISHED["g23_compression"][task]
-    finding = f"g₂₃ compresses {pub:g}× by grokking"
-    try:
-        r = g23_compression(path, G23_WINDOW[task])
-    except ValueError as e:
-        return [finding, "cannot test", str(e)]
-    if r["status"] != "done":
-        return [finding, "cannot test", r["why"]]
-    verdict = "held" if pub / 3 <= r["compression"] <= pub * 3 else "not held"
-    return [finding, verdict, f"{r['compression']:.1f}× (peak at step {r['peak_step']}, window ending {r['at_step']}; "
-            f"grokking {r['grok_step']}, window {r['window']})"]
-
-
-def _share_row(path, task: str) -> list:
-    from headscreen.grokking.analysis.edge_lifecycle import PUBLISHED, gradient_share
-
-    pub = PUBLISHED["gradient_share"][task]
-    finding = f"gradient share of v₁'s update energy {pub['before']:.1%} before → {pub['at']:.1%} at grokking"
-    try:
-        r = gradient_share(path)
-    except ValueError as e:
-        return [finding, "cannot test", str(e)]
-    if r["status"] != "done":
-        return [finding, "cannot test", r["why"]]
-    b, a = r["before"]["grad_share"], r["at"]["grad_share"]
-    verdict = "held" if b >= 0.8 and a <= 0.2 else "not held"
-    return [finding, verdict, f"{b:.1%} (window ending step {r['before']['step']}) → {a:.1%} (step {r['at']['step']}); "
-            f"grokking (test ≥ 0.95) at {r['grok_step']}"]
-
-
-ABLATION_ROW = ["ablating the top two edge directions costs −0.58 accuracy, > 4000× a random direction", "cannot test",
-                "not measured: headscreen has no edge-direction ablation of grok runs yet"]
-
-
-def grok_findings_section(path, kind: str) -> Section | None:
-    """The findings check of a dyck/scan grok run ('run') or sweep ('sweep'); None for other tasks."""
-    import json as _json
-    from pathlib import Path as _Path
-
-    from headscreen.grokking.published import sequence_rules as published
-
-    path = _Path(path)
-    if kind == "run":
-        task = _json.loads((path / "manifest.json").read_text())["config"]["tasks"][0]
-        if task not in SEQ_TASKS:
-            return None
-        ev = published.run_events(path)
-        rows = [_onset_row(ev, task),
-                [f"lead-time law α {published.PUBLISHED_LAW[task]['alpha']}", "cannot test",
-                 "one run: the law needs a learning-rate sweep (report the sweep folder)"],
-                _g23_row(path, task), _share_row(path, task), ABLATION_ROW]
-    else:
-        table = published.lead_table(path)
-        task = str(table["task"].iloc[0])
-        if task not in SEQ_TASKS:
-            return None
-        law = published.lead_law(table, task)
-        pub, fit = law["published"], law["fit"]
-        rows = [["defect onset precedes grokking (published: every run with an onset)",
-                 "held" if law["with_onset"] and law["onset_before_grok"] == law["with_onset"] else
-                 ("cannot test" if not law["with_onset"] else "not held"),
-                 f"{law['onset_before_grok']} of {law['with_onset']} grokking runs with an onset "
-                 f"({law['grokked']} of {law['runs']} runs grokked)"]]
-        finding = f"lead-time law ℓ ∝ t_grok^α, α {pub['alpha']} (R² {pub['r2']}, n {pub['n']})"
-        if "alpha" not in fit:
-            rows.append([finding, "cannot test", fit["why"]])
-        else:
-            rows.append([finding, "held" if fit["alpha"] > 1 and fit["r2"] >= 0.8 else "not held",
-                         f"α {fit['alpha']:.2f}, R² {fit['r2']:.3f}, n {fit['n']}; {law['verdict']}"])
-    sec = Section(key="findings", title="Findings check",
-                  intro="Each published Dyck/SCAN finding this run's data can test (docs/methods.md, 'Grokking II: "
-                        "the published recipes'), with the verdict and the figure behind it. 'cannot test' says why.")
-    sec.tables.append(Table(columns=["Published finding", "Verdict", "This run"], rows=rows))
-    sec.data = {"checks": [{"finding": f, "verdict": v, "evidence": e} for f, v, e in rows]}
     return sec

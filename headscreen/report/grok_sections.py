@@ -3,8 +3,9 @@
 `grok_kind(path)` says whether a report argument is a grok run ("run"), a grok sweep ("sweep") or
 neither (None); `grok_report(paths, generated_by)` builds the renderer-neutral Report that
 render_html / render_md / render_json lay out, exactly as for screened series. A run without
-grok.json is analysed first (headscreen.grokking.analyse_run). Every number a section shows in a
-table is also in its `data` (report.json).
+analysis is read from the run (grok.json and the analysis tables) or, where it could not be written (an
+unfinished or read-only run), taken from what the report pipeline prepared (report/inputs.py); nothing is
+analysed here. Every number a section shows in a table is also in its `data` (report.json).
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from headscreen.heads import head_label
 from headscreen.report import grok_figures as gf
-from headscreen.report.content import Report, RunReport, Section, Table, figure_to_png
-from headscreen.report.findings_sections import grok_findings_section
+from headscreen.report.content import Section, Table, figure_to_png
+from headscreen.report.inputs import ANALYSED_NOW, GrokAnalysis, ReportInputs
 from headscreen.report.runinfo import slugify
 from headscreen.rundir.jsonsafe import json_safe
 
@@ -66,19 +66,18 @@ class GrokRun:
         return self.tables.get(name)
 
 
-def load_grok_run(path: str | Path, *, progress: bool = False) -> GrokRun:
-    """A grok run's analysis: grok.json when it is current, else analysed now (headscreen.grokking.
-    analyse.load_analysis: written for a finished run, in memory only for an unfinished one)."""
-    from headscreen.grokking.analysis.analyse import load_analysis
-
+def load_grok_run(path: str | Path, inputs: ReportInputs) -> GrokRun:
+    """A grok run's analysis as the report pipeline prepared it (report/inputs.py): grok.json and the
+    analysis tables from the run, or in memory where they were not written (an unfinished or read-only run)."""
     path = Path(path)
+    analysis: GrokAnalysis = inputs.need("grok", path)
     manifest = json.loads((path / "manifest.json").read_text())
-    grok, computed, how = load_analysis(path, progress=progress)
+    grok = analysis.grok if analysis.grok is not None else json.loads((path / "grok.json").read_text())
     tables = {n: pd.read_parquet(path / f"{n}.parquet") if (path / f"{n}.parquet").is_file() else None for n in TABLES}
-    if computed is not None:  # in memory: the analysis tables come from it, the training tables from disk
-        tables.update({n: computed.get(n) for n in TABLES if n not in ("curves", "defect")})
-    return GrokRun(path=path, manifest=manifest, grok=grok, tables=tables, analysed_now=how != "current",
-                   unfinished=how == "unfinished")
+    if analysis.tables is not None:  # in memory: the analysis tables come from it, the training tables from disk
+        tables.update({n: analysis.tables.get(n) for n in TABLES if n not in ("curves", "defect")})
+    return GrokRun(path=path, manifest=manifest, grok=grok, tables=tables, analysed_now=analysis.how in ANALYSED_NOW,
+                   unfinished=analysis.how == "unfinished")
 
 
 def unfinished_note(run: GrokRun) -> str:
@@ -112,7 +111,7 @@ def settings_section(run: GrokRun) -> Section:
                    data=json_safe(data))
 
 
-def summary_section(run: GrokRun) -> Section:
+def grok_events_section(run: GrokRun) -> Section:
     data = {k: run.grok.get(k) for k in SCALARS}
     data["defect_onsets"] = run.grok.get("defect_onsets")
     data["tasks"] = run.grok.get("tasks")
@@ -246,7 +245,7 @@ def _published_section(run: GrokRun) -> Section | None:
     return comparison_section(run)
 
 
-RUN_SECTIONS = (settings_section, summary_section, curves_section, edge_section, portrait_section,
+RUN_SECTIONS = (settings_section, grok_events_section, curves_section, edge_section, portrait_section,
                 fourier_section, pca_section, _intervention_section, *_li2_sections(),
                 _published_section)  # a section may be None: left out
 
@@ -288,106 +287,3 @@ def pair_section(runs: list[GrokRun], prefix: str = "grok") -> Section:
     sec.tables.append(Table(["run", *cols], rows))
     sec.data = json_safe({"pairs": data})
     return sec
-
-
-# ----------------------------------------------------------------------------------------------
-# sweeps
-
-
-def sweep_sections(sweep_dir: Path, slug: str = "sweep") -> list[Section]:
-    from headscreen.grokking.analysis.summary import (
-        power_law_by_weight_decay,
-        sweep_runs,
-        write_sweep_summary,
-    )
-
-    path = sweep_dir / "sweep.parquet"
-    df = pd.read_parquet(path) if path.is_file() else None
-    if df is None or not {"complete", "grok_step", "key_frequencies"} <= set(df.columns) or not df["complete"].all():
-        # no summary yet (a --no-analysis sweep, failed runs) or unfinished runs that may have finished since
-        df = write_sweep_summary(sweep_dir, progress=False)
-    fits = power_law_by_weight_decay(df)
-    cols = ["run", "weight_decay", "lr", "seed", "grok_step", "defect_onset_step", "gap_open_step", "lead_time",
-            "final_test_acc", "key_frequencies"]
-    rows = [[None if pd.isna(v) else v for v in r] for r in df[cols].astype(object).values.tolist()]
-    unfinished = df.loc[~df["complete"].astype(bool), "run"].tolist()
-    notices = ([f"UNFINISHED: {len(unfinished)} of {len(df)} runs have not finished training ({', '.join(unfinished)}): "
-                "their rows are empty and they are left out of the fits and pairs; rerun the sweep to resume them."]
-               if unfinished else [])
-    table = Section(key="grok_sweep", title="Sweep runs", tables=[Table(cols, rows)], notices=notices,
-                    data={"runs": json_safe(df[cols].astype(object).where(df[cols].notna(), None).to_dict("records"))})
-    wd = df["weight_decay"].astype(float)
-    grokked = df["grok_step"].notna()
-    gap_before = df["gap_open_step"].notna() & (~grokked | (df["gap_open_step"] < df["grok_step"]).fillna(False))
-    onset_before = df["defect_onset_step"].notna() & grokked & (df["defect_onset_step"] < df["grok_step"]).fillna(False)
-    counts = {"with_wd": {"n": int((wd > 0).sum()), "grokked": int((grokked & (wd > 0)).sum()),
-                          "gap_opens_before_grokking": int((gap_before & grokked & (wd > 0)).sum()),
-                          "onset_before_grokking": int((onset_before & (wd > 0)).sum())},
-              "without_wd": {"n": int((wd == 0).sum()), "grokked": int((grokked & (wd == 0)).sum()),
-                             "gap_opens": int((df["gap_open_step"].notna() & (wd == 0)).sum())}}
-    w, z = counts["with_wd"], counts["without_wd"]
-    table.tables.append(Table(["", "runs", "grokked", "gap opens (before grokking)", "defect onset before grokking"], [
-        ["with weight decay", w["n"], w["grokked"], w["gap_opens_before_grokking"], w["onset_before_grokking"]],
-        ["without", z["n"], z["grokked"], z["gap_opens"], None]]))
-    table.data["counts"] = counts
-    scaling = Section(key="grok_lead_scaling", title="Lead-time scaling ℓ ∝ t_grok^α",
-                      data={"fits": json_safe(fits.to_dict("records"))})
-    scaling.tables.append(Table(["weight decay", "α", "prefactor", "R²", "n", "fixed-onset null α", "null R²",
-                                 "rank ρ (onset, grokking)", "rank p"],
-                                fits.drop(columns=["verdict"]).astype(object).where(fits.drop(columns=["verdict"]).notna(),
-                                                                                    None).values.tolist(),
-                                caption="null: every onset replaced by its operation's median onset "
-                                        "(headscreen.grokking.analysis.leadlaw)"))
-    scaling.notices.extend(f"weight decay {r['weight_decay']:g}: {r['verdict']}" for _, r in fits.iterrows()
-                           if isinstance(r["verdict"], str))
-    if np.isfinite(fits["alpha"]).any():
-        best = fits.dropna(subset=["alpha"]).iloc[0]
-        title = f"α = {best['alpha']:.2f} (R² {best['r2']:.2f}, n = {int(best['n'])}) at weight decay {best['weight_decay']:g}"
-    else:
-        title = "Too few runs with a positive lead time for a fit (need 3 per weight decay)"
-        scaling.notices.append(title)
-    scaling.figures.append(figure_to_png(gf.lead_time_scaling(df, fits, title=title), f"{slug}-lead-scaling",
-                                         "lead time against grokking step, log-log, with the fitted power law"))
-    runs = [load_grok_run(p) for p in sweep_runs(sweep_dir) if p.name not in unfinished]
-    from headscreen.report.grok_interventions import dose_response_section
-
-    dose = dose_response_section(df, slug)
-    from headscreen.report.grok_compare import sweep_comparison_section
-
-    published = sweep_comparison_section(sweep_dir)
-    return [table, scaling, pair_section(runs, prefix=slug), *([dose] if dose is not None else []),
-            *([published] if published is not None else [])]
-
-
-def grok_report(paths: list[Path], generated_by: dict) -> Report:
-    """The report of grok runs (a pair comparison when several are given) or of grok sweeps."""
-    kinds = [grok_kind(p) for p in paths]
-    if None in kinds:
-        bad = paths[kinds.index(None)]
-        raise ValueError(f"{bad} is not a grok run or sweep, but other arguments are; report grok runs separately "
-                         "from screened series")
-    reports, grok_runs = [], []
-    for i, (p, kind) in enumerate(zip(paths, kinds, strict=True)):
-        name = p.name if kind == "run" else f"sweep {p.name}"
-        slug = slugify(name) if len(paths) == 1 else f"run{i + 1}-{slugify(name)}"
-        findings = grok_findings_section(p, kind)
-        if kind == "sweep":
-            sections = sweep_sections(p, slug)
-            step = None
-        else:
-            run = load_grok_run(p)
-            run.slug = slug
-            grok_runs.append(run)
-            sections = [sec for build in RUN_SECTIONS if (sec := build(run)) is not None]
-            step = run.grok.get("grok_step")
-        sections = ([findings] if findings is not None else []) + sections
-        meta = ("a grokking sweep: one row per run, the lead-time scaling and the grok/memorise pairs."
-                if kind == "sweep" else "a grokking run: every section covers the whole trajectory.")
-        if kind == "run" and run.unfinished:
-            name, meta = f"{name} (UNFINISHED)", unfinished_note(run)
-        reports.append(RunReport(name=name, slug=slug, path=str(p), step=step, sections=sections, meta=meta))
-    comparison = pair_section(grok_runs, prefix="comparison") if len(grok_runs) > 1 else None
-    title = "headscreen grokking report"
-    if any(r.unfinished for r in grok_runs):
-        title += " (UNFINISHED run: not every run has finished training)"
-    return Report(runs=reports, comparison=comparison, generated_by=generated_by, title=title)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from headscreen.report.content import Section, Table, figure_to_png  # noqa: E402
@@ -43,13 +44,12 @@ def lockin_figure(table, lockin: dict, grok_step, *, title: str) -> Figure:
 def li2_section(run) -> Section | None:
     if run.grok.get("family") != "li2":
         return None
-    from headscreen.grokking.li2.run import read_li2_table
-
     lock, li2 = run.grok.get("lockin", {}), run.grok.get("li2", {})
     sec = Section(key="li2_lockin", title="Li₂ stage-III lock-in",
                   intro="r₂₃ = σ₂/σ₃ of the per-epoch update Gram of (W_a, W_b, V), W = 10; the detector fires at "
                         "the first local r₂₃ peak above τ (docs/methods.md).")
-    table = read_li2_table(run.path)
+    path = run.path / "li2.parquet"  # written by headscreen.grokking.li2.run (docs/run-format.md)
+    table = pd.read_parquet(path) if path.is_file() else None
     if table is None:
         sec.notices.append("li2.parquet is missing.")
     else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headscreen.probes.classify import ScreenThresholds
+from headscreen.report.inputs import ReportInputs
 from headscreen.report.load import RunResults
 
 _STEP_TABLES = ("classes", "selectivity", "participation", "fingerprints", "head_scores")
@@ -132,6 +133,7 @@ class Context:
     thresholds: dict[str, float]
     probe: str | None = None  # the probe of the circuits, emergence, lead times and the comparison
     circuits: list[dict] = field(default_factory=list)  # schema.circuits_by_step, of `probe` only
+    inputs: ReportInputs = field(default_factory=ReportInputs)  # what the report pipeline computed first
 
     def circuit_at_step(self) -> dict | None:
         for rec in self.circuits:

@@ -9,6 +9,7 @@ portrait, fourier, progress) or headscreen.spectral (fingerprints, phases, onset
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from headscreen.grokking.analysis.edge import (
     trunk_vector,
 )
 from headscreen.grokking.analysis.fourier import embedding_spectrum
+from headscreen.grokking.analysis.grok_summary import GrokSummary
 from headscreen.grokking.analysis.portrait import commutator_peak, portrait_frame, portrait_point
 from headscreen.grokking.analysis.progress import excluded_loss, restricted_loss, weight_norm_sq
 from headscreen.grokking.analysis.settings import ONSET_RULES, AnalysisSettings  # noqa: F401 (re-exported)
@@ -141,26 +143,9 @@ def write_analysis(root: Path, store: RunStore, out: dict, tables: dict[str, pd.
     store.write_json("grok", out)
 
 
-def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None = None,
-                     progress: bool = True) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """(grok.json's dict, the analysis tables by name) of a grok run, finished or not; nothing is written."""
-    from tqdm.auto import tqdm
-
-    from headscreen.grokking.training.lifecycle import trajectory_state
-    from headscreen.series import LocalSeries
-
-    settings = settings or AnalysisSettings()
-    root = Path(run_dir)
-    state = trajectory_state(root)  # first: what the numbers below are computed from
-    if not state["n_snapshots"]:
-        from headscreen.grokking.training.lifecycle import UnfinishedRun
-
-        raise UnfinishedRun(f"run {root} has no trajectory snapshot yet; rerun its `headscreen grok` command to train it")
-    manifest, curves, defect = _read_run(root)
-    config = manifest.get("config", {})
-    notes: list[str] = []
-
-    # --- curves and defect ------------------------------------------------------------------
+def _events(curves: pd.DataFrame, defect: pd.DataFrame | None, settings: AnalysisSettings,
+            notes: list[str]) -> tuple[dict, dict, dict, int | None]:
+    """(top-level events, per-task events with lead times, defect onsets by rule, the chosen onset)."""
     events = curve_events(curves, grok_threshold=settings.grok_threshold,
                           memorisation_threshold=settings.memorisation_threshold)
     top = _combine_tasks(events)
@@ -170,42 +155,60 @@ def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None =
     onset = onsets[settings.onset_rule]
     for e in events.values():
         e["lead_time"] = lead_time(e["grok_step"], onset)
+    return top, events, onsets, onset
 
-    # --- one pass over the snapshots ---------------------------------------------------------
-    series = LocalSeries(root / "trajectory")
-    ckpts = series.checkpoints
-    steps = np.asarray([c.step for c in ckpts], dtype=np.int64)
+
+@dataclass
+class _SnapshotPass:
+    """What one pass over the snapshots gathers."""
+
+    modular: bool  # the sequence tasks (dyck, scan) have no Fourier/progress analyses
+    p: int
+    final_spec: object  # the final embedding spectrum (modular runs), else None
+    trunk_sk: HeadSketcher
+    head_sk: HeadSketcher
+    exact: list[torch.Tensor] | None  # the trunk vectors while they fit settings.pca_exact_max
+    points: dict = field(default_factory=dict)
+    fourier_rows: list = field(default_factory=list)
+    progress_rows: list = field(default_factory=list)
+
+    @property
+    def keys(self) -> list:
+        return self.final_spec.key_frequencies if self.final_spec is not None else []
+
+
+def _snapshot_pass(root: Path, series, ckpts, config: dict, events: dict, settings: AnalysisSettings,
+                   progress: bool) -> _SnapshotPass:
+    from tqdm.auto import tqdm
+
     hf = series.hf_config(ckpts[-1])
-    modular = hf.get("p") is not None  # the sequence tasks (dyck, scan) have no Fourier/progress analyses
+    modular = hf.get("p") is not None
     p = _p_of(config, hf) if modular else 0
     final_spec = (embedding_spectrum(_load_tensors(ckpts[-1].path)["embed.W_E"][:p], key_factor=settings.key_factor)
                   if modular else None)
-    keys = final_spec.key_frequencies if final_spec is not None else []
+    sp = _SnapshotPass(modular, p, final_spec, HeadSketcher(settings.spectral), HeadSketcher(settings.spectral), [])
+    keys = sp.keys
     tasks = list(config.get("tasks") or hf.get("tasks") or events)
     sign = PROGRESS_SIGN.get(tasks[0]) if len(tasks) == 1 else None
     # Nanda's measures project the logits on the embedding's key frequencies: that is the circuit of a
     # 1-layer model; deeper models write other (sum/difference) frequencies into the logits.
     with_progress = settings.progress_measures and sign is not None and bool(keys) and hf.get("n_layers") == 1
     mask = _train_mask(config, p) if with_progress else None
-
-    trunk_sk, head_sk = HeadSketcher(settings.spectral), HeadSketcher(settings.spectral)
-    exact: list[torch.Tensor] | None = []
-    points, fourier_rows, progress_rows = {}, [], []
     for ckpt in tqdm(ckpts, desc=f"analyse {root.name}", disable=not progress, leave=False):
         tensors = _load_tensors(ckpt.path)
         vec = trunk_vector(tensors, where=f"snapshot {ckpt.path}")
-        trunk_sk.update(vec.view(1, 1, -1), ckpt.step)
-        if exact is not None:
-            exact.append(vec)
+        sp.trunk_sk.update(vec.view(1, 1, -1), ckpt.step)
+        if sp.exact is not None:
+            sp.exact.append(vec)
             if len(ckpts) * vec.numel() > settings.pca_exact_max:
-                exact = None
+                sp.exact = None
         hw = series.head_weights(ckpt)
-        head_sk.update(hw, ckpt.step)
-        points[ckpt.step] = portrait_point(hw.W_Q[0], hw.W_K[0])
+        sp.head_sk.update(hw, ckpt.step)
+        sp.points[ckpt.step] = portrait_point(hw.W_Q[0], hw.W_K[0])
         spec = embedding_spectrum(tensors["embed.W_E"][:p], key_factor=settings.key_factor) if modular else None
         if spec is not None:
-            fourier_rows += [{"step": ckpt.step, "frequency": int(f), "norm": float(n), "share": float(s)}
-                             for f, n, s in zip(spec.frequencies, spec.norms, spec.share, strict=True)]
+            sp.fourier_rows += [{"step": ckpt.step, "frequency": int(f), "norm": float(n), "share": float(s)}
+                                for f, n, s in zip(spec.frequencies, spec.norms, spec.share, strict=True)]
         row = {"step": ckpt.step, "gini": spec.gini if spec is not None else np.nan,
                "weight_norm_sq": weight_norm_sq(tensors),
                "restricted_loss": np.nan, "excluded_loss": np.nan}
@@ -213,76 +216,89 @@ def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None =
             logits = _full_logits(ckpt.path, p)
             row["restricted_loss"] = restricted_loss(logits, keys, sign=sign)
             row["excluded_loss"] = excluded_loss(logits, keys, mask, sign=sign)
-        progress_rows.append(row)
+        sp.progress_rows.append(row)
+    return sp
 
-    tables: dict[str, pd.DataFrame] = {}
-    # --- spectral edge ------------------------------------------------------------------------
+
+def _edge(sp: _SnapshotPass, steps: np.ndarray, mem: int | None, settings: AnalysisSettings,
+          tables: dict, notes: list[str]) -> tuple[dict, int | None]:
+    """(grok.json's edge entry, the trunk gap-open step); the edge table goes into `tables`."""
     w = settings.spectral.window
-    mem = top["memorisation_step"]
     transient = transient_windows(steps, w, mem) if settings.transient == "memorisation" else settings.transient
     edge_json: dict = {"window": w, "transient_windows": transient}
-    if len(ckpts) >= w + 1:
-        trunk: EdgeResult = edge_from_sketcher(trunk_sk, transient=transient, rule=settings.gap)
-        heads: EdgeResult = edge_from_sketcher(head_sk, transient=transient, rule=settings.gap)
-        tables["edge"] = pd.concat([edge_frame(trunk, "trunk"), edge_frame(heads, "head")], ignore_index=True)
-        ts = phase_summary(trunk).iloc[0]
-        edge_json.update(peak_step=int(ts["peak_step"]), collapse_step=_nullable(ts["collapse_step"]),
-                         heads=json.loads(phase_summary(heads).to_json(orient="records")))
-        gap_open = _nullable(trunk.gap_open[0, 0])
-        if trunk.note:
-            notes.append("gap-open: " + trunk.note)
-    else:
-        gap_open = None
-        notes.append(f"{len(ckpts)} snapshots: the spectral edge needs at least {w + 1}")
+    if len(steps) < w + 1:
+        notes.append(f"{len(steps)} snapshots: the spectral edge needs at least {w + 1}")
+        return edge_json, None
+    trunk: EdgeResult = edge_from_sketcher(sp.trunk_sk, transient=transient, rule=settings.gap)
+    heads: EdgeResult = edge_from_sketcher(sp.head_sk, transient=transient, rule=settings.gap)
+    tables["edge"] = pd.concat([edge_frame(trunk, "trunk"), edge_frame(heads, "head")], ignore_index=True)
+    ts = phase_summary(trunk).iloc[0]
+    edge_json.update(peak_step=int(ts["peak_step"]), collapse_step=_nullable(ts["collapse_step"]),
+                     heads=json.loads(phase_summary(heads).to_json(orient="records")))
+    if trunk.note:
+        notes.append("gap-open: " + trunk.note)
+    return edge_json, _nullable(trunk.gap_open[0, 0])
 
-    # --- portrait, Fourier, progress, PCA -----------------------------------------------------
-    pf = portrait_frame(points)
+
+def _tables(sp: _SnapshotPass, curves: pd.DataFrame, steps: np.ndarray, settings: AnalysisSettings,
+            tables: dict, notes: list[str]) -> dict:
+    """The portrait, Fourier, progress and PCA tables into `tables`; returns grok.json's pca entry."""
+    pf = portrait_frame(sp.points)
     for task, df in curves.groupby("task"):
         acc = df.sort_values("step")[["step", "test_acc"]].rename(columns={"test_acc": f"test_acc_{task}"})
         pf = pd.merge_asof(pf.sort_values("step"), acc, on="step", direction="backward")
-    pf = pf.sort_values(["step", "head"]).reset_index(drop=True)
-    tables["portrait"] = pf
-    if fourier_rows:
-        tables["fourier"] = pd.DataFrame(fourier_rows)
-    tables["progress"] = pd.DataFrame(progress_rows)
-    if len(ckpts) >= 3:
-        vectors = torch.stack(exact) if exact is not None else trunk_sk.sketches[:, 0, 0]
-        pca_df, pca_json = _pca(vectors, steps, w)
-        pca_json["basis"] = "exact" if exact is not None else f"sketch (d={vectors.shape[-1]})"
-        tables["pca"] = pca_df
-    else:
-        pca_json = {"pc1_share": None, "basis": None}
+    tables["portrait"] = pf.sort_values(["step", "head"]).reset_index(drop=True)
+    if sp.fourier_rows:
+        tables["fourier"] = pd.DataFrame(sp.fourier_rows)
+    tables["progress"] = pd.DataFrame(sp.progress_rows)
+    if len(steps) < 3:
         notes.append("fewer than 3 snapshots: no trajectory PCA")
+        return {"pc1_share": None, "basis": None}
+    vectors = torch.stack(sp.exact) if sp.exact is not None else sp.trunk_sk.sketches[:, 0, 0]
+    tables["pca"], pca_json = _pca(vectors, steps, settings.spectral.window)
+    pca_json["basis"] = "exact" if sp.exact is not None else f"sketch (d={vectors.shape[-1]})"
+    return pca_json
 
-    window = None
-    if settings.window_analyses and modular and len(ckpts) >= w + 1:  # modes and coupling need the p × p grid
+
+def compute_analysis(run_dir: str | Path, *, settings: AnalysisSettings | None = None,
+                     progress: bool = True) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """(grok.json's dict, the analysis tables by name) of a grok run, finished or not; nothing is written."""
+    from headscreen.grokking.training.lifecycle import UnfinishedRun, trajectory_state
+    from headscreen.series import LocalSeries
+
+    settings = settings or AnalysisSettings()
+    root = Path(run_dir)
+    state = trajectory_state(root)  # first: what the numbers below are computed from
+    if not state["n_snapshots"]:
+        raise UnfinishedRun(f"run {root} has no trajectory snapshot yet; rerun its `headscreen grok` command to train it")
+    manifest, curves, defect = _read_run(root)
+    config = manifest.get("config", {})
+    notes: list[str] = []
+    top, events, onsets, onset = _events(curves, defect, settings, notes)
+    series = LocalSeries(root / "trajectory")
+    ckpts = series.checkpoints
+    steps = np.asarray([c.step for c in ckpts], dtype=np.int64)
+    sp = _snapshot_pass(root, series, ckpts, config, events, settings, progress)
+    tables: dict[str, pd.DataFrame] = {}
+    edge_json, gap_open = _edge(sp, steps, top["memorisation_step"], settings, tables, notes)
+    pca_json = _tables(sp, curves, steps, settings, tables, notes)
+    w, window = settings.spectral.window, None
+    if settings.window_analyses and sp.modular and len(ckpts) >= w + 1:  # modes and coupling need the p × p grid
         from headscreen.grokking.analysis.edge_windows import window_analyses, window_end_index
 
         end = window_end_index(steps, edge_json.get("peak_step"), w)
         window = {"end_step": int(steps[end]), "start_step": int(steps[end - w]),
                   **window_analyses([c.path for c in ckpts[end - w : end + 1]], config)}
-
-    out = {
-        **top,
-        "defect_onset_step": onset,
-        "defect_onset_rule": settings.onset_rule,
-        "defect_onsets": onsets,
-        "lead_time": lead_time(top["grok_step"], onset),
-        "gap_open_step": gap_open,
-        "key_frequencies": keys,
-        "fourier_gini": final_spec.gini if final_spec is not None else None,
-        "commutator_peak_step": commutator_peak(pf, after=top["memorisation_step"]),
-        "edge": edge_json,
-        "pca": pca_json,
-        "window_analyses": window,
-        "tasks": events,
-        "n_snapshots": len(ckpts),
-        "intervention": intervention_summary(root, top["grok_step"]),
-        "settings": {"training": config, "analysis": settings.to_dict(), "device": manifest.get("device")},
-        "notes": notes,
-        "trajectory": state,
-    }
-    return out, tables
+    summary = GrokSummary(
+        **top, defect_onset_step=onset, defect_onset_rule=settings.onset_rule, defect_onsets=onsets,
+        lead_time=lead_time(top["grok_step"], onset), gap_open_step=gap_open, key_frequencies=sp.keys,
+        fourier_gini=sp.final_spec.gini if sp.final_spec is not None else None,
+        commutator_peak_step=commutator_peak(tables["portrait"], after=top["memorisation_step"]), edge=edge_json,
+        pca=pca_json, window_analyses=window, tasks=events, n_snapshots=len(ckpts),
+        intervention=intervention_summary(root, top["grok_step"]),
+        settings={"training": config, "analysis": settings.to_dict(), "device": manifest.get("device")},
+        notes=notes, trajectory=state)
+    return summary.to_dict(), tables
 
 
 # --- the analysis a reader (report, sweep summary) may use ---------------------------------------

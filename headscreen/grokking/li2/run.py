@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from headscreen.grokking.analysis.detect import curve_events
 from headscreen.grokking.analysis.fourier import embedding_spectrum
+from headscreen.grokking.analysis.grok_summary import GrokSummary
 from headscreen.grokking.li2.lockin import detect_lockin
 from headscreen.grokking.li2.network import Li2Config, Li2History, Li2Net, critical_fraction, train_li2
 from headscreen.grokking.training.snapshots import Trajectory
@@ -40,8 +40,8 @@ def hf_config(cfg: Li2Config) -> dict:
             "activation": cfg.activation, "p": cfg.m, "tasks": ["add"]}
 
 
-def summarise_li2(hist: Li2History, tau: float | None = None) -> dict:
-    """grok.json's dict of a finished Li₂ history (lock-in with `tau`, default the config's)."""
+def summarise_li2(hist: Li2History, tau: float | None = None) -> GrokSummary:
+    """grok.json of a finished Li₂ history (lock-in with `tau`, default the config's)."""
     cfg = hist.config
     tau = cfg.tau if tau is None else tau
     edge = hist.edge()
@@ -53,23 +53,17 @@ def summarise_li2(hist: Li2History, tau: float | None = None) -> dict:
     lock = detect_lockin(r23, k, ep, tau, skip=skip) if tau is not None else None
     spec = embedding_spectrum(hist.net.W_a.detach().T)
     sign = hist.sign
-    return {
-        "family": "li2",
-        "grok_step": ev["grok_step"], "memorisation_step": ev["memorisation_step"],
-        "defect_onset_step": None, "gap_open_step": None, "lead_time": None,
-        "final_train_acc": ev["final_train_acc"], "final_test_acc": ev["final_test_acc"],
-        "key_frequencies": spec.key_frequencies, "fourier_gini": spec.gini,
-        "tasks": {"add": ev},
-        "lockin": {"tau": tau, "fired": None if lock is None else lock.fired,
-                   "epoch": None if lock is None else lock.epoch, "r23": None if lock is None else lock.r23,
-                   "rank": None if lock is None else lock.rank, "skip_windows": skip},
-        "li2": {"r23_peak_epoch": int(ep[peak]), "r23_peak": float(r23[peak]), "kstar_at_peak": int(k[peak]),
-                "critical_fraction": critical_fraction(cfg.m),
-                "sign_match_final": float(sign["sign_match"].iloc[-1]) if len(sign) else None},
-        "n_snapshots": None,
-        "settings": {"training": cfg.to_dict()},
-        "notes": [],
-    }
+    lockin = {"tau": tau, "fired": None if lock is None else lock.fired,
+              "epoch": None if lock is None else lock.epoch, "r23": None if lock is None else lock.r23,
+              "rank": None if lock is None else lock.rank, "skip_windows": skip}
+    li2 = {"r23_peak_epoch": int(ep[peak]), "r23_peak": float(r23[peak]), "kstar_at_peak": int(k[peak]),
+           "critical_fraction": critical_fraction(cfg.m),
+           "sign_match_final": float(sign["sign_match"].iloc[-1]) if len(sign) else None}
+    # no defect measurements and no trunk edge in a Li2 run: defect_onset_step, gap_open_step, lead_time stay None
+    return GrokSummary(family="li2", grok_step=ev["grok_step"], memorisation_step=ev["memorisation_step"],
+                       final_train_acc=ev["final_train_acc"], final_test_acc=ev["final_test_acc"],
+                       key_frequencies=spec.key_frequencies, fourier_gini=spec.gini, tasks={"add": ev},
+                       lockin=lockin, li2=li2, settings={"training": cfg.to_dict()}, notes=[])
 
 
 def run_li2(cfg: Li2Config, out: str | Path, *, progress: bool = True, force: bool = False) -> dict:
@@ -89,14 +83,10 @@ def run_li2(cfg: Li2Config, out: str | Path, *, progress: bool = True, force: bo
         store.write_table("curves", curves[["step", "task", "train_loss", "test_loss", "train_acc", "test_acc"]])
         table = hist.edge().merge(hist.sign, on="epoch", how="outer").sort_values("epoch")
         store.write_table("li2", table.reset_index(drop=True))
-        result = summarise_li2(hist)
-        result["n_snapshots"] = len(traj.steps)
+        summary = summarise_li2(hist)
+        summary.n_snapshots = len(traj.steps)
         traj.meta["complete"] = True
         traj.save()
-        store.write_json("grok", result)
-    return result
+        store.write_json("grok", summary.to_dict())
+    return summary.to_dict()
 
-
-def read_li2_table(run: str | Path) -> pd.DataFrame | None:
-    path = Path(run) / "li2.parquet"
-    return pd.read_parquet(path) if path.is_file() else None

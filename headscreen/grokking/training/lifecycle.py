@@ -43,6 +43,11 @@ class RunTooLarge(GrokRunError):
     """The run would need more memory than the machine has."""
 
 
+class AnalysisFailed(RuntimeError):
+    """The analysis of a trained run failed inside the package (an import, a bug): not a user fault, so it
+    keeps its traceback; the message names the run and the cause."""
+
+
 class SweepRunsFailed(GrokRunError):
     """Some runs of a sweep failed; the finished ones are kept and summarised."""
 
