@@ -43,7 +43,9 @@ def test_values_are_stored_as_annotated():
     ({"pair": [0.9]}, "field 'pair' must be a list of 2 numbers, got [0.9]"),
     ({"pair": [0.9, 0.99, 0.5]}, "field 'pair' must be a list of 2 numbers"),
     ({"either": [1, 2, 3]}, "field 'either' must be a list of 2 integers or a string"),
-    ({"many": [1, 2.5]}, "field 'many' must be a list of integers or null"),
+    ({"many": [1, 2.5]}, "field 'many' must be a list of integers or null, got [1, 2.5] (list): item 1, 2.5, is not "
+                         "an integer"),
+    ({"pair": [0.9, "1e-3"]}, "item 1, '1e-3', is not a number; YAML reads '1e-3' as text, not a number: write 1.0e-3"),
     ({"flag": 1}, "field 'flag' must be true or false, got 1 (int)"),
     ({"count": True}, "field 'count' must be an integer, got True (bool)"),
     ({"count": 1.0}, "field 'count' must be an integer"),

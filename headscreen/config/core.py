@@ -77,7 +77,7 @@ def convert(value, tp, where: str, name: str, *, floats: bool = False):
         return _convert(value, tp, floats, f"{where}.{name}")
     except _Mismatch:
         raise ConfigError(f"{where}: field {name!r} must be {describe(tp)}, got {value!r} ({type(value).__name__})"
-                          f"{_number_hint(value, tp)}") from None
+                          f"{_item_hint(value, tp)}{_number_hint(value, tp)}") from None
 
 
 def _convert(value, tp, floats: bool, where: str = "value"):
@@ -171,6 +171,24 @@ def describe(tp) -> str:
 def _plural(tp) -> str:
     words = {int: "integers", float: "numbers", str: "strings", bool: "booleans", dict: "mappings"}
     return words.get(tp, f"values that are each {describe(tp)}")
+
+
+def _item_hint(value, tp) -> str:
+    """For a list of the right length with a bad item: which item, and what it should be."""
+    if not isinstance(value, list | tuple):
+        return ""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for member in members:
+        args = typing.get_args(member)
+        if typing.get_origin(member) is not tuple or not args:
+            continue
+        items = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            continue
+        for i, (v, item_tp) in enumerate(zip(value, items, strict=True)):
+            if not _accepts(v, item_tp):
+                return f": item {i}, {v!r}, is not {describe(item_tp)}{_number_hint(v, item_tp)}"
+    return ""
 
 
 def _number_hint(value, tp) -> str:

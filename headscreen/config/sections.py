@@ -25,6 +25,7 @@ no import circle closes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -100,10 +101,9 @@ def _sweep(data: dict, where: str, sections: dict):
     from headscreen.grokking.config import GrokConfig, SweepConfig
 
     sweep = SweepConfig.from_dict(data, where)
-    fields = [*GrokConfig.__dataclass_fields__, "task"]
-    for i, extra in enumerate(sweep.extra):
-        if isinstance(extra, dict):
-            unknown_keys(extra, fields, f"{where}.extra[{i}]")
+    fields = [*(f.name for f in dataclasses.fields(GrokConfig)), "task"]
+    for i, extra in enumerate(sweep.extra):  # each a mapping (SweepConfig.extra: tuple[dict, ...])
+        unknown_keys(extra, fields, f"{where}.extra[{i}]")
     return sweep
 
 
