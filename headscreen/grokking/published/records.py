@@ -1,5 +1,5 @@
 """The published per-measurement records of the transversely-curved-dynamics study (Xu, arXiv 2602.16746)
-and its event rules run on them (source and columns: headscreen/grokking/data/README.md).
+and its event rules run on them (source and columns: headscreen/grokking/published/data/README.md).
 
 `published_records()` loads the packaged CSV (or another of the same columns); `run_events` applies the
 study's rules to one run's rows: onset = the ratio rule as the study's code runs it
