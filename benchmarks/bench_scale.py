@@ -5,8 +5,8 @@
 Writes `--checkpoints` random-weight checkpoints with the real config (benchmarks/scale_geometry.py:
 sharded bfloat16 safetensors with a hub-style index, key layout checked against HF's save_pretrained,
 and a tokenizer with the real vocabulary), then runs, each in its own subprocess under a memory cap
-(RLIMIT_DATA = --cap-gb on anonymous memory, plus a watchdog that kills the stage if its RSS passes
-the cap, so that a shared machine is never pushed into its OOM killer):
+(a watchdog kills the stage when its anonymous resident memory passes --cap-gb, so that a shared machine
+is never pushed into its OOM killer; see run_stage for why this is not an RLIMIT_DATA):
 
   components  per checkpoint: the weight pass (lazy read of the attention tensors + fused sketch
               update), the boot (dtype: auto), and each probe's forward (run_probe) on its own
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -44,28 +43,40 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" tid")[0].strip()
 
 
-def run_stage(name: str, cmd: list[str], cap_bytes: int, env: dict) -> dict:
-    """Run `cmd` under the memory cap; returns seconds, peak RSS, bytes read, exit code."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_DATA, (cap_bytes, cap_bytes))
+def _anon_rss(pid: int) -> int:
+    """Resident anonymous memory of `pid` in bytes (RssAnon): what the machine cannot page out to the
+    checkpoint files. VmRSS also counts the mmapped safetensors pages, which the kernel reclaims under
+    pressure."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("RssAnon:")).split()[1]) * 1024
 
+
+def run_stage(name: str, cmd: list[str], cap_bytes: int, env: dict) -> dict:
+    """Run `cmd` under the memory cap; returns seconds, peak RSS (all and anonymous), bytes read, exit code.
+
+    The cap is on anonymous memory, enforced by a watchdog that kills the stage past it. It is not an
+    RLIMIT_DATA: that limit also counts the private file mappings through which safetensors and
+    transformers read the shards, so a bfloat16 OLMoE-1B-7B boot (13.8 GB of shards mapped + 13.8 GB of
+    weights) failed at an 18 GiB RLIMIT_DATA inside transformers' weight conversion while its resident
+    memory was 9 GB (measured: a 1-layer OLMoE of 1.2 GB failed the same way at a 3.2 GiB limit and
+    booted without one at 2.7 GB peak RSS)."""
     load0, t0 = loadavg(), time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=limit, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     io = {"read_bytes": 0, "rchar": 0}
-    killed = []
+    killed: list[int] = []
+    peak_anon = [0]
 
     def watch():
         while proc.poll() is None:
             try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                rss = int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) * 1024
+                anon = _anon_rss(proc.pid)
+                peak_anon[0] = max(peak_anon[0], anon)
                 for ln in Path(f"/proc/{proc.pid}/io").read_text().splitlines():
                     k, v = ln.split(":")
                     if k in io:
                         io[k] = int(v)
-                if rss > cap_bytes:
-                    killed.append(rss)
+                if anon > cap_bytes:
+                    killed.append(anon)
                     os.kill(proc.pid, signal.SIGKILL)
             except (OSError, StopIteration, ValueError):
                 pass
@@ -80,10 +91,10 @@ def run_stage(name: str, cmd: list[str], cap_bytes: int, env: dict) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     th.join(timeout=1)
     res = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
-           "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2),
+           "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2), "peak_anon_rss_gb": round(peak_anon[0] / 2**30, 2),
            "read_bytes_gb": round(io["read_bytes"] / 1e9, 2), "rchar_gb": round(io["rchar"] / 1e9, 2),
            "exit": proc.returncode, "loadavg_before": load0, "loadavg_after": loadavg(),
-           "killed_at_rss_gb": round(killed[0] / 2**30, 2) if killed else None}
+           "killed_at_anon_rss_gb": round(killed[0] / 2**30, 2) if killed else None}
     res["tail"] = "".join(out_lines[-6:])[-1500:]
     return res
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from headscreen._version import __version__ as __version__  # a leaf: readers import it from there
 
-__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "report", "view", "demo",
+__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "write_report", "view", "demo",
            "grok", "grok_sweep", "grok_summary", "grok_compare"]
 
 

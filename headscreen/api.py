@@ -6,7 +6,7 @@
     run = hs.screen(series, "results/nb/run", config="synthetic-tiny")
     hs.validate(run)                                     # the screened induction circuit vs matched-random nulls
     tables = hs.tables(run)                              # {"classes": DataFrame, "selectivity": ..., ...}
-    hs.report(run)                                       # report/report.html, .md, .json
+    hs.write_report(run)                                 # report/report.html, .md, .json
     hs.view(run)                                         # in Jupyter: the run's summary and attention viewer
 
     summary = hs.grok("modadd", "results/nb/modadd", steps=1500)   # a toy grokking run, trained and analysed
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from headscreen.report.notebook import RunView
     from headscreen.series.base import Series
 
-__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "report", "view", "demo",
+__all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "write_report", "view", "demo",
            "grok", "grok_sweep", "grok_summary", "grok_compare"]
 
 
@@ -119,14 +119,15 @@ def circuits(run: str | Path, step: int | None = None, probe: str | None = None)
     return view(run, probe=probe).circuits(step)
 
 
-def report(*runs: str | Path, out: str | Path | None = None, step: int | None = None,
-           probe: str | None = None) -> dict[str, Path]:
-    """Render the HTML, Markdown and JSON report of one run (screen or grok), or a comparison of several;
-    returns {"html", "md", "json"} paths. The report reads the runs' files; it trains and analyses nothing."""
+def write_report(*runs: str | Path, out: str | Path | None = None, step: int | None = None,
+                 probe: str | None = None) -> dict[str, Path]:
+    """Render the HTML, Markdown and JSON report of one run (screen or grok), or a comparison of several
+    (`headscreen report`); returns {"html", "md", "json"} paths. The report reads the runs' files; it trains
+    and analyses nothing. (Not named `report`: that is the package headscreen.report.)"""
     from pipelines.report import report as _report
 
     if not runs:
-        raise ValueError("report() needs at least one run directory, e.g. hs.report('results/demo/run')")
+        raise ValueError("write_report() needs at least one run directory, e.g. hs.write_report('results/demo/run')")
     return _report(list(runs), out=out, step=step, probe=probe)
 
 
