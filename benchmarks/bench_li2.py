@@ -52,13 +52,12 @@ def main() -> None:
     base = Li2Config.from_dict(mc.section("li2"), "grok-li2: li2")
     if args.epochs:
         base = base.replace(epochs=args.epochs)
-    ctl = mc.section("li2_controls")
+    ctl = mc.settings("li2_controls")  # Li2Controls, checked against li2.m when the config loaded
     print(f"settings: {json.dumps(base.to_dict())}")
-    print(f"controls: wd0 (weight_decay 0) and subcritical (train_frac {ctl['subcritical_train_frac']} < "
-          f"critical {critical_fraction(base.m):.3f}); calibration seeds {ctl['calibration_seeds']}")
-    study = lockin_study(base, range(args.seeds), calibration_seeds=ctl["calibration_seeds"],
-                         subcritical_frac=ctl["subcritical_train_frac"], margin=ctl.get("margin", 1.05),
-                         workers=args.workers)
+    print(f"controls: wd0 (weight_decay 0) and subcritical (train_frac {ctl.subcritical_train_frac} < "
+          f"critical {critical_fraction(base.m):.3f}); calibration seeds {list(ctl.calibration_seeds)}")
+    study = lockin_study(base, range(args.seeds), calibration_seeds=list(ctl.calibration_seeds),
+                         subcritical_frac=ctl.subcritical_train_frac, margin=ctl.margin, workers=args.workers)
     pd.set_option("display.width", 200)
     runs = study.runs
     print(f"tau = {study.tau:.3f} (margin x max r23 of the calibration controls after {base.detect_skip} windows)")
@@ -89,7 +88,7 @@ def main() -> None:
 
     for kind in ("wd0", "subcritical"):
         cal = [r["r23"] for n, r in study.series.items() if n.startswith(f"cal-{kind}-")]
-        tau = calibrate_tau(cal, skip=base.detect_skip, margin=ctl.get("margin", 1.05))
+        tau = calibrate_tau(cal, skip=base.detect_skip, margin=ctl.margin)
         fired = {g: sum(detect_lockin(r["r23"], r["kstar"], r["epochs"], tau, skip=base.detect_skip).fired
                         for n, r in study.series.items() if n.rsplit("-", 1)[0] == g)
                  for g in ("sqr", "relu", "wd0", "subcritical")}

@@ -9,7 +9,7 @@ The public Python API is in headscreen.api and re-exported here (imported on fir
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from headscreen._version import __version__ as __version__  # a leaf: readers import it from there
 
 __all__ = ["open_series", "train", "screen", "validate", "tables", "circuits", "write_report", "view", "demo",
            "grok", "grok_sweep", "grok_summary", "grok_compare"]

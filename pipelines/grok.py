@@ -60,8 +60,8 @@ def load_grok_config(config: str | Path | ModelConfig, overrides: dict | None = 
     return mc, cfg, sweep
 
 
-def analyse_or_fail(out: Path, *, progress: bool = True) -> dict:
-    """`analyse_run(out)`; a failure inside the analysis (an import, a bug) is an `AnalysisFailed` that names
+def analyse_or_fail(out: Path, *, settings=None, progress: bool = True) -> dict:
+    """`analyse_run(out, settings=settings)`; a failure inside the analysis (an import, a bug) is an `AnalysisFailed` that names
     the run and what failed (never a thinner grok.json); the user faults of the CLI (a locked, damaged or
     unfinished run, a bad setting) pass through unchanged."""
     from headscreen.grokking.training.lifecycle import AnalysisFailed
@@ -69,7 +69,7 @@ def analyse_or_fail(out: Path, *, progress: bool = True) -> dict:
     try:
         from headscreen.grokking.analysis.analyse import analyse_run
 
-        return analyse_run(out, progress=progress)
+        return analyse_run(out, settings=settings, progress=progress)
     except (StoreError, ConfigError, ValueError, FileNotFoundError):
         raise
     except Exception as e:  # noqa: BLE001 - named, with the cause chained
@@ -77,11 +77,17 @@ def analyse_or_fail(out: Path, *, progress: bool = True) -> dict:
                              "(rerun the same command once the cause is fixed)") from e
 
 
+def analysis_settings(mc: ModelConfig):
+    """The config's `analysis:` section as AnalysisSettings, or None (the defaults) where it has none."""
+    return mc.settings("analysis") if "analysis" in mc.sections else None
+
+
 def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool = False, analyse: bool = True,
-                    device: str | None = "cpu") -> dict:
+                    device: str | None = "cpu", settings=None) -> dict:
     """Train (or resume) one run on `device` (headscreen/compute/device.py), then write grok.json; returns grok.json's
     dict (or the final curve row with `analyse` False). grok.json is reused only while it was
-    computed from the trajectory now on disk (headscreen.grokking.training.lifecycle), else recomputed."""
+    computed from the trajectory now on disk (headscreen.grokking.training.lifecycle) with `settings`
+    (AnalysisSettings; None: the defaults), else recomputed."""
     from headscreen.grokking.training.lifecycle import current_analysis, remove_analysis
     from headscreen.grokking.training.train import train_run
 
@@ -92,8 +98,8 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
 
         write_comparison(out)  # comparison.json: the run beside the published records (the report renders it)
     if analyse:
-        current = current_analysis(out)  # grok.json of exactly this trajectory, or None
-        return current if current is not None else analyse_or_fail(out, progress=progress)
+        current = current_analysis(out, settings)  # grok.json of exactly this trajectory, or None
+        return current if current is not None else analyse_or_fail(out, settings=settings, progress=progress)
     if current_analysis(out, any_settings=True) is None:  # --no-analysis: no analysis of an older
         remove_analysis(out)  # trajectory outlives this training; a current one is kept
     import pandas as pd
@@ -105,20 +111,23 @@ def run_and_analyse(cfg, out: str | Path, *, progress: bool = True, force: bool 
 def grok(task: str | Path | ModelConfig, out: str | Path, *, overrides: dict | None = None, progress: bool = True,
          force: bool = False, analyse: bool = True, device: str | None = "cpu") -> dict:
     """`headscreen grok <task>`: one run from the task's config with `overrides` (GrokConfig fields)."""
-    _, cfg, _ = load_grok_config(task, overrides)
-    return run_and_analyse(cfg, out, progress=progress, force=force, analyse=analyse, device=device)
+    mc, cfg, _ = load_grok_config(task, overrides)
+    return run_and_analyse(cfg, out, progress=progress, force=force, analyse=analyse, device=device,
+                           settings=analysis_settings(mc))
 
 
-def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool, device: str = "cpu") -> dict:
+def _sweep_worker(cfg_dict: dict, run_dir: str, analyse: bool, device: str = "cpu", settings=None) -> dict:
     """One grid point (a task of any executor; its torch threads are set by the executor). It writes
     only its own run directory, with the resume and lock of a single `headscreen grok` run."""
     from headscreen.grokking.config import GrokConfig
 
-    return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse, device=device)
+    return run_and_analyse(GrokConfig.from_dict(cfg_dict), run_dir, progress=False, analyse=analyse, device=device,
+                           settings=settings)
 
 
 def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int = 2, progress: bool = True,
-             analyse: bool = True, executor=None, device: str | None = "cpu") -> tuple[dict[str, dict], dict[str, str]]:
+             analyse: bool = True, executor=None, device: str | None = "cpu",
+             settings=None) -> tuple[dict[str, dict], dict[str, str]]:
     """Train (or resume) and analyse each config into root/<name>, one run per task on `executor`
     (headscreen.compute.executors; default: a process pool of `workers` processes, 1 torch thread each).
     Returns (results by name, errors by name); one failed run loses no other."""
@@ -135,7 +144,7 @@ def run_many(configs: dict[str, GrokConfig], root: str | Path, *, workers: int =
     own = executor is None
     executor = executor or make_executor("process", workers=workers)
     try:
-        tasks = [(configs[name].to_dict(), str(root / name), analyse, device) for name in names]
+        tasks = [(configs[name].to_dict(), str(root / name), analyse, device, settings) for name in names]
         for i, out in tqdm(executor.run(_sweep_worker, tasks), total=len(tasks), disable=not progress,
                            desc=f"runs ({executor.kind})", unit="run"):
             if isinstance(out, TaskFailed):
@@ -197,12 +206,14 @@ def sweep(config: str | Path | ModelConfig, out: str | Path, *, overrides: dict 
     runs = out / "runs"
     write_json(out / "sweep.json", {"config": mc.name, "base": base.to_dict(), "grid": grid_cfg.to_dict(),
                                     "runs": [name for name, _ in grid], "provenance": provenance()})
+    settings = analysis_settings(mc)
     results, errors = run_many({name: cfg for name, cfg in grid}, runs, workers=workers or grid_cfg.workers,
-                               progress=progress, analyse=analyse, executor=executor, device=device)
+                               progress=progress, analyse=analyse, executor=executor, device=device, settings=settings)
     if analyse:
         from headscreen.grokking.analysis.summary import write_sweep_summary
 
-        table = write_sweep_summary(out, progress=False)  # + the lead-time power law; unfinished runs: empty rows
+        # + the lead-time power law; unfinished runs: empty rows
+        table = write_sweep_summary(out, progress=False, settings=settings)
     else:  # the grid and each run's final accuracies, or its error
         rows = [{"run": name, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "seed": cfg.seed,
                  "error": errors.get(name), **{k: v for k, v in results.get(name, {}).items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headscreen.causal.ablation import ABLATIONS, AblationConfig
+from headscreen.config.core import from_mapping
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,5 @@ class ValidationSettings:
     def of_manifest(cls, manifest: dict) -> ValidationSettings:
         """The section as recorded in a run manifest's model config (a fallback: `validate` reads the
         model config file itself when it can)."""
-        from headscreen.config import from_mapping
-
         section = ((manifest.get("config") or {}).get("model_config") or {}).get("validation")
         return from_mapping(cls, section, "validation")

@@ -11,7 +11,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from headscreen.config import ConfigError, from_mapping
+from headscreen.config.core import ConfigError, from_mapping, unknown_keys
+from headscreen.config.optimizer import OptimizerSettings
 from headscreen.grokking.models.transformer import PRESETS, ModelSpec
 from headscreen.grokking.tasks.base import is_registered, task_spec
 from headscreen.grokking.tasks.modular import check_task
@@ -67,16 +68,9 @@ class GrokConfig:
         def fail(name: str, fix: str) -> None:
             raise ConfigError(f"grok config field {name!r} = {getattr(self, name)!r} is invalid: {fix}")
 
-        if not 0.0 < self.lr < 1.0:
-            fail("lr", "use a learning rate in (0, 1), e.g. 0.003")
-        if self.weight_decay < 0:
-            fail("weight_decay", "use a value >= 0 (0 for the no-grokking control)")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            fail("betas", "use two Adam betas in [0, 1), e.g. [0.9, 0.98]")
+        OptimizerSettings.of(self, "grok")
         if self.batch_size is not None and self.batch_size < 1:
             fail("batch_size", "use a positive integer, or null for full batch")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            fail("grad_clip", "use a positive max norm, or null for no clipping")
         for name in ("steps", "eval_every", "snapshot_every", "defect_pairs", "defect_batch_size"):
             if getattr(self, name) < 1:
                 fail(name, "use a positive integer")
@@ -130,6 +124,11 @@ class GrokConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def optimizer(self) -> OptimizerSettings:
+        """lr, betas, weight_decay and grad_clip (AdamW, decay on every trained parameter)."""
+        return OptimizerSettings.of(self, "grok")
+
+    @property
     def task_name(self) -> str:
         return self.tasks[0] if len(self.tasks) == 1 else "multitask"
 
@@ -147,9 +146,7 @@ def model_spec(value: str | dict | ModelSpec, where: str = "model") -> ModelSpec
     if preset not in PRESETS:
         raise ConfigError(f"{where}.preset = {preset!r} is unknown; use one of {', '.join(PRESETS)}")
     base = PRESETS[preset].to_dict()
-    unknown = sorted(set(value) - set(base))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: preset, {', '.join(sorted(base))}")
+    unknown_keys(value, ["preset", *base], where)
     return from_mapping(ModelSpec, {**base, **value}, where)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-import headscreen
+from headscreen._version import __version__
 from headscreen.report.causal_sections import ablation_section, patching_section
 from headscreen.report.compare import comparison_section
 from headscreen.report.content import Report, RunReport
@@ -123,7 +123,7 @@ def check_out_dir(out: Path) -> None:
 
 def _generated_by() -> dict:
     return {
-        "headscreen_version": headscreen.__version__, "python": platform.python_version(),
+        "headscreen_version": __version__, "python": platform.python_version(),
         "matplotlib": matplotlib.__version__, "pandas": pd.__version__,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headscreen.config import ConfigError  # one error type for every config section
+from headscreen.config.core import ConfigError, from_mapping
+from headscreen.config.optimizer import OptimizerSettings
+from headscreen.config.yamlfile import read_yaml
 from headscreen.synthetic.tokenizer import MIN_BPE_VOCAB, MIN_VOCAB_SIZE
 
 ARCHITECTURES = ("gpt_neox", "llama")
@@ -79,25 +80,15 @@ class TrainConfig:
 
     # ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from plain data (YAML/JSON): unknown keys and wrong types raise ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"train config must be a mapping of field -> value, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(f"unknown train config field {key!r}: {hint}valid fields are {', '.join(names)}")
-            kwargs[key] = _coerce(key, value)
-        return cls(**kwargs)
+    def from_dict(cls, d: dict[str, Any], where: str = "train") -> TrainConfig:
+        """Build from plain data (YAML/JSON) with the config core (unknown keys and wrong types raise
+        ConfigError). An int given for a float field is stored as a float: the series records its recipe
+        with `to_dict`, and every series so far was written that way."""
+        return from_mapping(cls, d, where, floats=True)
 
     @classmethod
     def from_yaml(cls, path: str | Path, section: str = "train") -> TrainConfig:
         """The `section` mapping of a model_configs/*.yaml file (other top-level keys are ignored)."""
-        from headscreen.config import read_yaml
-
         doc = read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):
             raise ConfigError(f"{path} has no {section!r} mapping: add a top-level '{section}:' with TrainConfig fields")
@@ -112,6 +103,11 @@ class TrainConfig:
         return d
 
     # ----------------------------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> OptimizerSettings:
+        """lr, betas, weight_decay and grad_clip (AdamW; decay on matrices and embeddings only)."""
+        return OptimizerSettings.of(self, "train")
+
     @property
     def d_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
@@ -133,48 +129,6 @@ class TrainConfig:
             p *= 2
         steps.update(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))
         return tuple(sorted(steps))
-
-
-_INT_FIELDS = {
-    "n_layers", "d_model", "n_heads", "ctx", "vocab_size", "warmup", "batch_size", "steps",
-    "log_checkpoints_until", "checkpoint_every", "min_span", "eval_batch_size", "seed", "threads", "tokenizer_docs",
-}
-_STR_FIELDS = {"corpus_split", "text_column"}
-_OPTIONAL_STR_FIELDS = {"corpus", "tokenizer"}
-_OPTIONAL_INT_FIELDS = {"d_mlp", "max_span", "head_dim"}
-_FLOAT_FIELDS = {"rotary_fraction", "rope_theta", "lr", "weight_decay", "story_fraction", "zipf_exponent",
-                 "scattered_fraction"}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"train config field {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
-
-    if key in _INT_FIELDS or (key in _OPTIONAL_INT_FIELDS and value is not None):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer" + (" or null" if key in _OPTIONAL_INT_FIELDS else ""))
-        return value
-    if key in _FLOAT_FIELDS or (key == "grad_clip" and value is not None):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number" + (" or null" if key == "grad_clip" else ""))
-        return float(value)
-    if key == "betas":
-        if (
-            not isinstance(value, list | tuple)
-            or len(value) != 2
-            or any(isinstance(b, bool) or not isinstance(b, int | float) for b in value)
-        ):
-            raise bad("a pair of numbers such as [0.9, 0.99]")
-        return (float(value[0]), float(value[1]))
-    if key in ("attn_only", "distinct_filler") and not isinstance(value, bool):
-        raise bad("true or false")
-    if (key in _STR_FIELDS or (key in _OPTIONAL_STR_FIELDS and value is not None)) and not isinstance(value, str):
-        raise bad("a string" + (" or null" if key in _OPTIONAL_STR_FIELDS else ""))
-    if key == "architecture" and not isinstance(value, str):
-        raise bad(f"one of {ARCHITECTURES}")
-    if key == "attention" and not isinstance(value, str):
-        raise bad(f"one of {ATTENTIONS}")
-    return value
 
 
 def _validate(c: TrainConfig) -> None:
@@ -212,19 +166,12 @@ def _validate(c: TrainConfig) -> None:
         fail("rope_theta", "use a positive base such as 10000")
     for name in ("corpus", "tokenizer", "corpus_split", "text_column"):
         if getattr(c, name) is not None and not str(getattr(c, name)).strip():
-            fail(name, "use a non-empty name" + (" or null" if name in _OPTIONAL_STR_FIELDS else ""))
+            fail(name, "use a non-empty name" + (" or null" if name in ("corpus", "tokenizer") else ""))
     if c.corpus is not None and c.tokenizer is None and c.vocab_size < MIN_BPE_VOCAB:
         fail("vocab_size", f"a BPE tokenizer trained on the corpus needs >= {MIN_BPE_VOCAB} ids (4 specials + 256 bytes)")
     if c.vocab_size < MIN_VOCAB_SIZE:
         fail("vocab_size", f"the specials and story grammar need >= {MIN_VOCAB_SIZE} ids (128 is the default)")
-    if not 0.0 < c.lr < 1.0:
-        fail("lr", "use a learning rate in (0, 1), e.g. 1e-3")
-    if not all(0.0 <= b < 1.0 for b in c.betas):
-        fail("betas", "both Adam betas must lie in [0, 1), e.g. [0.9, 0.99]")
-    if c.weight_decay < 0:
-        fail("weight_decay", "use a value >= 0")
-    if c.grad_clip is not None and c.grad_clip <= 0:
-        fail("grad_clip", "use a positive max norm or null to disable clipping")
+    OptimizerSettings.of(c, "train")
     if not 0.0 <= c.story_fraction <= 1.0:
         fail("story_fraction", "use a share in [0, 1]")
     if not 0.0 <= c.scattered_fraction <= 1.0:

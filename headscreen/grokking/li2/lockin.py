@@ -18,7 +18,45 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscreen.config.core import ConfigError, from_mapping
+from headscreen.grokking.li2.network import critical_fraction
 from headscreen.spectral import gram_stats
+
+
+@dataclass(frozen=True)
+class Li2Controls:
+    """The `li2_controls:` section of model_configs/grok-li2.yaml: the control runs τ is calibrated on.
+
+    subcritical_train_frac: train fraction of the sub-critical control (below 2.7482·ln M / M of the li2 M).
+    calibration_seeds:      seeds of the calibration controls (apart from the studied seeds).
+    margin:                 τ = margin × the calibration controls' largest r₂₃ (`calibrate_tau`).
+    """
+
+    subcritical_train_frac: float
+    calibration_seeds: tuple[int, ...]
+    margin: float = 1.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.subcritical_train_frac < 1.0:
+            raise ConfigError(f"subcritical_train_frac = {self.subcritical_train_frac!r} is invalid: use a fraction "
+                              "in (0, 1) below the critical fraction 2.7482 ln M / M")
+        if not self.calibration_seeds or any(s < 0 for s in self.calibration_seeds):
+            raise ConfigError(f"calibration_seeds = {list(self.calibration_seeds)!r} is invalid: list one or more "
+                              "seeds >= 0, e.g. [100, 101, 102]")
+        if not self.margin >= 1.0:
+            raise ConfigError(f"margin = {self.margin!r} is invalid: use a margin >= 1 so that the controls stay "
+                              "below tau, e.g. 1.05")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "li2_controls") -> Li2Controls:
+        return from_mapping(cls, data, where)
+
+    def check_subcritical(self, m: int, where: str = "li2_controls") -> None:
+        """The sub-critical control must lie below the critical fraction of modulus `m`."""
+        critical = critical_fraction(m)
+        if not self.subcritical_train_frac < critical:
+            raise ConfigError(f"{where}: subcritical_train_frac = {self.subcritical_train_frac} is not below the "
+                              f"critical fraction {critical:.3f} of M = {m}; lower it")
 
 
 @dataclass(frozen=True)

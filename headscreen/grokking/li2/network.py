@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscreen.config import ConfigError, from_mapping
+from headscreen.config.core import ConfigError, from_mapping
+from headscreen.config.optimizer import OptimizerSettings
 from headscreen.grokking.tasks.modular import is_prime
 from headscreen.spectral import gram_stats
 from headscreen.spectral.gram import update_gram
@@ -77,12 +78,7 @@ class Li2Config:
             fail("activation", f"use one of {ACTIVATIONS}")
         if self.loss not in LOSSES:
             fail("loss", f"use one of {LOSSES}")
-        if not 0.0 < self.lr < 1.0:
-            fail("lr", "use a learning rate in (0, 1), e.g. 0.002")
-        if self.weight_decay < 0:
-            fail("weight_decay", "use a value >= 0 (0 for the control)")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            fail("betas", "use two Adam betas in [0, 1), e.g. [0.9, 0.999]")
+        OptimizerSettings.of(self, "li2")  # lr, betas, weight_decay (coupled L2; 0 for the control)
         if not 0.0 < self.train_frac < 1.0:
             fail("train_frac", "use a fraction strictly between 0 and 1 (e.g. 0.9)")
         if self.window < 3:
@@ -109,6 +105,11 @@ class Li2Config:
 
     def replace(self, **changes) -> Li2Config:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def optimizer(self) -> OptimizerSettings:
+        """lr, betas and weight_decay (torch Adam with coupled L2 decay; no clipping)."""
+        return OptimizerSettings.of(self, "li2")
 
 
 class Li2Net(torch.nn.Module):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from headscreen.config import ConfigError
+from headscreen.config.core import ConfigError
 from headscreen.grokking.models.embed import MODEL_TYPE, Embed, PosEmbed
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}

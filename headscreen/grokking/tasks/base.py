@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headscreen.config import ConfigError, from_mapping
+from headscreen.config.core import ConfigError, from_mapping
 
 Batch = tuple[Tensor, Tensor]  # (inputs, labels); shapes depend on the task
 

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headscreen.config import ConfigError
+from headscreen.config.core import ConfigError
 from headscreen.grokking.tasks.modular import SplitTable
 
 OPEN, CLOSE, PAD = 0, 1, 2

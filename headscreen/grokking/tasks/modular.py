@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headscreen.config import ConfigError
+from headscreen.config.core import ConfigError
 
 OPERATIONS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
     "add": lambda a, b, p: (a + b) % p,

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headscreen.config import ConfigError
+from headscreen.config.core import ConfigError
 from headscreen.grokking.tasks.modular import SplitTable
 
 PRIMITIVES = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from headscreen.config import ConfigError, from_mapping
+from headscreen.config.core import ConfigError, from_mapping
 from headscreen.spectral.paramspace import flatten, random_orthonormal_bases, top_right_singular
 
 KINDS = ("none", "suppress", "amplify")
