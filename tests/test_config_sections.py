@@ -173,6 +173,10 @@ def test_an_analysis_section_sets_the_grok_analysis(tmp_path):
     stamp = (run / "grok.json").stat().st_mtime_ns
     again = grok(sectioned, run, progress=False)
     assert (run / "grok.json").stat().st_mtime_ns == stamp and again == out
+    from headscreen.grokking.analysis.analyse import load_analysis
+
+    doc, _, how = load_analysis(run)  # a reader (the report) takes the analysis the run was given
+    assert how == "current" and doc == out and (run / "grok.json").stat().st_mtime_ns == stamp
 
 
 if __name__ == "__main__":  # regenerate the golden after an intended change of a shipped config

@@ -309,7 +309,10 @@ def load_analysis(run: str | Path, *, progress: bool = False, settings=None, wri
     "analysed": the run is finished and was analysed now (and written, unless `write` is False or
     the directory is read-only: then tables are in memory); "unfinished": training has not finished,
     so the analysis is in memory only and nothing is written. A run locked by a running trainer is
-    refused (`RunLocked`): it would be read mid-write."""
+    refused (`RunLocked`): it would be read mid-write. With `settings` None, a grok.json of the current
+    trajectory is current whatever AnalysisSettings it was computed with (a config's `analysis:` section,
+    say): a reader takes the analysis the run was given; a missing or stale one is computed with the
+    defaults."""
     from headscreen.grokking.training.lifecycle import UnfinishedRun, current_analysis
     from headscreen.rundir.store import RunLocked, RunWriteError
 
@@ -323,7 +326,7 @@ def load_analysis(run: str | Path, *, progress: bool = False, settings=None, wri
     except RunWriteError:  # a read-only run: nobody trains it, and nothing can be written
         store, write = None, False
     try:
-        grok = current_analysis(run, settings)
+        grok = current_analysis(run, settings, any_settings=settings is None)
         if grok is not None:
             return grok, None, "current"
         manifest = json.loads((run / "manifest.json").read_text())
