@@ -26,6 +26,7 @@ no import circle closes.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -41,46 +42,28 @@ def _train(data: dict, where: str, sections: dict):
     return TrainConfig.from_dict(data, where)
 
 
-def _probes(data: dict, where: str, sections: dict):
-    from headscreen.probes.suite import ProbeSuite
-
-    return from_mapping(ProbeSuite, data, where)
-
-
-def _thresholds(data: dict, where: str, sections: dict):
-    from headscreen.probes.classify import ScreenThresholds
-
-    return from_mapping(ScreenThresholds, data, where)
-
-
-def _spectral(data: dict, where: str, sections: dict):
-    from headscreen.spectral.config import SpectralConfig
-
-    return from_mapping(SpectralConfig, data, where)
+#: sections whose owner is a dataclass built by the core's from_mapping alone: section -> (module, class)
+PLAIN_OWNERS = {
+    "probes": ("headscreen.probes.suite", "ProbeSuite"),
+    "thresholds": ("headscreen.probes.classify", "ScreenThresholds"),
+    "spectral": ("headscreen.spectral.config", "SpectralConfig"),
+    "onsets": ("headscreen.spectral.config", "OnsetSettings"),
+    "preid": ("headscreen.probes.preid", "PreidSettings"),
+    "boot": ("headscreen.series.precision", "BootSettings"),
+    "validation": ("headscreen.causal.settings", "ValidationSettings"),
+    "analysis": ("headscreen.grokking.analysis.settings", "AnalysisSettings"),
+}
 
 
-def _onsets(data: dict, where: str, sections: dict):
-    from headscreen.spectral.config import OnsetSettings
+def _plain(name: str) -> Callable[[dict, str, dict], Any]:
+    """The builder of a PLAIN_OWNERS section: import its owner on first use, then from_mapping."""
+    module, cls = PLAIN_OWNERS[name]
 
-    return from_mapping(OnsetSettings, data, where)
+    def build(data: dict, where: str, sections: dict):
+        return from_mapping(getattr(importlib.import_module(module), cls), data, where)
 
-
-def _preid(data: dict, where: str, sections: dict):
-    from headscreen.probes.preid import PreidSettings
-
-    return from_mapping(PreidSettings, data, where)
-
-
-def _boot(data: dict, where: str, sections: dict):
-    from headscreen.series.precision import BootSettings
-
-    return from_mapping(BootSettings, data, where)
-
-
-def _validation(data: dict, where: str, sections: dict):
-    from headscreen.causal.settings import ValidationSettings
-
-    return from_mapping(ValidationSettings, data, where)
+    build.__name__ = f"_{name}"
+    return build
 
 
 def _report(data: dict, where: str, sections: dict):
@@ -107,11 +90,6 @@ def _sweep(data: dict, where: str, sections: dict):
     return sweep
 
 
-def _analysis(data: dict, where: str, sections: dict):
-    from headscreen.grokking.analysis.settings import AnalysisSettings
-
-    return from_mapping(AnalysisSettings, data, where)
-
 
 def _li2(data: dict, where: str, sections: dict):
     from headscreen.grokking.li2.network import Li2Config
@@ -131,10 +109,9 @@ def _li2_controls(data: dict, where: str, sections: dict):
 
 
 BUILDERS: dict[str, Callable[[dict, str, dict], Any]] = {
-    "train": _train, "probes": _probes, "thresholds": _thresholds, "spectral": _spectral, "onsets": _onsets,
-    "validation": _validation, "report": _report, "grok": _grok, "sweep": _sweep, "analysis": _analysis,
-    "li2": _li2, "li2_controls": _li2_controls, "boot": _boot, "preid": _preid}
-assert tuple(BUILDERS) == SECTIONS
+    "train": _train, "report": _report, "grok": _grok, "sweep": _sweep, "li2": _li2, "li2_controls": _li2_controls,
+    **{name: _plain(name) for name in PLAIN_OWNERS}}
+assert sorted(BUILDERS) == sorted(SECTIONS)
 
 
 def build_section(name: str, sections: dict[str, dict], where: str):
