@@ -20,6 +20,7 @@ from headscreen.synthetic.config import ARCHITECTURES
 
 TINY = dict(n_layers=1, d_model=16, n_heads=2, ctx=32, vocab_size=96, batch_size=4, steps=8, lr=3e-3, warmup=2,
             log_checkpoints_until=2, checkpoint_every=4, eval_batch_size=4, story_fraction=0.25, threads=1)
+SAVE = train_mod._save_checkpoint  # the trainer's own, captured before any test patches it
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +34,11 @@ def _tensors(root: Path, step: int) -> dict[str, torch.Tensor]:
 
 def _interrupt_at(monkeypatch, step: int, saved: list[int]) -> None:
     """Record every checkpoint the trainer writes in `saved`; raise KeyboardInterrupt (a kill) at `step`."""
-    original = train_mod._save_checkpoint
-
     def save(model, out, s):
         if s == step:
             raise KeyboardInterrupt
         saved.append(s)
-        original(model, out, s)
+        SAVE(model, out, s)
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", save)
 

@@ -1,4 +1,5 @@
-"""Build the HF-format model (GPT-NeoX or Llama) that a TrainConfig describes.
+"""Build the HF-format model (GPT-NeoX or Llama) that a TrainConfig describes, and load a checkpoint's
+weights back into one (`load_checkpoint_weights`).
 
 Attention-only models keep the architecture's MLP modules (so the saved checkpoint is a valid,
 bootable HF checkpoint) but make them inert: the MLP's output projection (weight and bias) is zero
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -48,6 +50,43 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.attn_only:
         silence_mlps(model)
     return model
+
+
+def load_checkpoint_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Copy the weights of the HF checkpoint `folder` (written by `save_pretrained`) into `model` exactly.
+
+    The folder is read by transformers' own `from_pretrained`, never by the module's key names: `save_pretrained`
+    writes some tensors under the hub's names, not the module's (GPT-NeoX's output layer is `embed_out.weight`
+    on disk and `lm_head.weight` in memory, in transformers 5), and only transformers knows its renames.
+    The loaded copy must match `model` key for key (a missing, extra or reshaped tensor raises ValueError
+    naming it; from_pretrained would initialise a missing one at random); `model`'s parameter flags
+    (requires_grad of the frozen attention-only MLPs) stay as built. Draws nothing from torch's global RNG.
+    """
+    dtype = next(model.parameters()).dtype
+    with torch.random.fork_rng(devices=[]), quiet_hf_progress():
+        loaded, info = type(model).from_pretrained(str(folder), local_files_only=True, dtype=dtype,
+                                                   output_loading_info=True)
+    faults = {kind: sorted(info.get(kind) or ()) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    faults["error_msgs"] = list(info.get("error_msgs") or ())
+    faults = {kind: names for kind, names in faults.items() if names}
+    if faults:
+        raise ValueError(f"its weights do not fit a {type(model).__name__}: "
+                         + "; ".join(f"{kind} {names[:5]}" for kind, names in faults.items()))
+    model.load_state_dict(loaded.state_dict())  # in-memory names on both sides: strict, exact copies
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """transformers' progress bars off inside the block ("Loading weights" per checkpoint drowns the trainer's)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from headscreen.rundir.store import write_json
 from headscreen.synthetic.config import TrainConfig
 from headscreen.synthetic.corpus import SyntheticCorpus
 from headscreen.synthetic.diagnostics import copying_diagnostics
-from headscreen.synthetic.model import build_model
+from headscreen.synthetic.model import build_model, load_checkpoint_weights, quiet_hf_progress
 from headscreen.synthetic.tokenizer import save_tokenizer, save_tokenizer_object
 
 SERIES_FORMAT = "headscreen-series/1"
@@ -160,16 +160,14 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> Non
 def _resume_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load the checkpoint to resume from, after the same checks as every other loader (and a NaN check
     of every tensor: training on from a diverged checkpoint is never what is wanted)."""
-    from safetensors.torch import load_file
-
     from headscreen.series import CorruptCheckpoint, check_checkpoint
     from headscreen.series.checks import check_finite_parameters
 
     where = f"{folder} (the checkpoint this series resumes from)"
     check_checkpoint(folder, label=where)
     try:
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-    except (RuntimeError, OSError, ValueError) as e:
+        load_checkpoint_weights(model, folder)  # through transformers: on-disk names differ (NeoX embed_out)
+    except Exception as e:  # noqa: BLE001 - transformers' own errors name no checkpoint: one named fault
         raise CorruptCheckpoint(f"checkpoint {where}: cannot load it into the recipe's model ({' '.join(str(e).split())[:300]}); "
                                 "delete this step folder and its series.json entry, or train into a new --out") from e
     check_finite_parameters(model, where)
@@ -187,7 +185,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 def _save_checkpoint(model: torch.nn.Module, out: Path, step: int) -> None:
     final, tmp = out / checkpoint_dirname(step), out / f".tmp-{checkpoint_dirname(step)}"
     shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_hf_progress():
+    with quiet_hf_progress():
         model.save_pretrained(tmp, safe_serialization=True)
     fsync_tree(tmp)  # the folder's files are on disk before the rename publishes it
     if final.exists():
@@ -257,19 +255,6 @@ def _diff(old: dict, new: dict) -> str:
     parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
              for k in keys if k not in _NOT_IDENTITY and old.get(k) != new.get(k)]
     return "; ".join(parts) or "format differs"
-
-
-@contextlib.contextmanager
-def _quiet_hf_progress():
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
