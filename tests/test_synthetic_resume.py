@@ -69,3 +69,55 @@ def test_an_interrupted_series_resumes_to_the_uninterrupted_checkpoints(tmp_path
     losses = [[c["train_loss"] for c in json.loads((r / "series.json").read_text())["checkpoints"]] for r in (whole, cut)]
     assert losses[0] == losses[1]
     assert not (cut / "resume.safetensors").exists()
+
+
+def test_the_cli_recipe_path_resumes_a_default_architecture_series(tmp_path, monkeypatch):
+    """`headscreen train --config <recipe> --out DIR` killed and run again (pipelines.train.train): a recipe
+    that names no architecture trains TrainConfig's default, gpt_neox, and resumes to the same weights."""
+    from pipelines.train import train
+
+    assert TrainConfig().architecture == "gpt_neox"
+    recipe = tmp_path / "neox-tiny.yaml"
+    recipe.write_text("name: neox-tiny\nsource: {kind: synthetic}\ntrain:\n"
+                      + "".join(f"  {k}: {v}\n" for k, v in TINY.items()))
+    whole = train(recipe, tmp_path / "whole", device="cpu", progress=False)
+    _interrupt_at(monkeypatch, 4, [])
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", device="cpu", progress=False)
+    saved: list[int] = []
+    _interrupt_at(monkeypatch, -1, saved)
+    cut = train(recipe, tmp_path / "cut", device="cpu", progress=False)
+    assert saved == [4, 8] and json.loads((cut / "series.json").read_text())["train_config"]["architecture"] == "gpt_neox"
+    want, got = _tensors(whole, 8), _tensors(cut, 8)
+    assert "embed_out.weight" in got  # the hub's GPT-NeoX name on disk, the one a plain load_state_dict refused
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_load_checkpoint_weights_copies_exactly_and_refuses_a_missing_tensor(tmp_path, architecture):
+    from safetensors.torch import save_file
+
+    from headscreen.synthetic.model import build_model, load_checkpoint_weights
+
+    cfg = TrainConfig(**TINY, architecture=architecture)
+    torch.manual_seed(0)
+    saved = build_model(cfg)
+    saved.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    torch.manual_seed(1)
+    model = build_model(cfg)  # other weights, the same frozen MLPs
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen  # attention-only by default: the flags to keep
+    state = torch.random.get_rng_state()
+    load_checkpoint_weights(model, tmp_path / "ckpt")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the trainer's random stream is untouched
+    want = saved.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == frozen
+
+    file = tmp_path / "ckpt" / "model.safetensors"
+    tensors = load_file(str(file))
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys"):
+        load_checkpoint_weights(model, tmp_path / "ckpt")
