@@ -75,9 +75,9 @@ def check_checkpoint(folder: str | Path, *, allow_pickle: bool = False, label: s
 
 @functools.lru_cache(maxsize=8)
 def model_shapes(config_text: str, n_layers: int) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter and buffer of the transformers model a config.json describes,
-    built on the meta device (no memory, no weights, never remote code; ~0.05 s after transformers'
-    first import). Names are given with and without the base model's prefix (GPT-2 checkpoints use
+    """Name -> shape of every parameter and buffer of the transformers model a config.json describes, under
+    the names its checkpoints use (`_on_disk_names`), built on the meta device (no memory, no weights, never
+    remote code; ~0.05 s after transformers' first import). Names are given with and without the base model's prefix (GPT-2 checkpoints use
     both). {} when transformers cannot build it: then only the attention and embedding shapes are
     checked (`check_shapes`). Cached per config text: a series usually has one."""
     if n_layers > 512:  # a crafted config could make building the module tree itself take minutes
@@ -91,13 +91,27 @@ def model_shapes(config_text: str, n_layers: int) -> dict[str, tuple[int, ...]]:
         config = AutoConfig.for_model(model_type, **cfg)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except Exception:  # an unusual config transformers cannot build: the explicit checks still apply
+        state = _on_disk_names(model)
+    except Exception:  # an unusual config transformers cannot build (or rename): the explicit checks still apply
         return {}
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else None
     if prefix:
         shapes.update({k[len(prefix):]: v for k, v in list(shapes.items()) if k.startswith(prefix)})
     return shapes
+
+
+def _on_disk_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict under the names `save_pretrained` writes (the checkpoint's names), not the module's.
+
+    transformers 5 renames some tensors between disk and memory (GPT-NeoX: `embed_out.weight` on disk,
+    `lm_head.weight` in memory; OLMoE: one tensor per expert on disk, stacked in memory) and reverts the
+    renames on save; transformers 4 kept the module's names on disk."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: no renames
+        return model.state_dict()
+    return revert_weight_conversion(model, model.state_dict())
 
 
 def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
