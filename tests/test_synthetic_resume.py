@@ -121,3 +121,23 @@ def test_load_checkpoint_weights_copies_exactly_and_refuses_a_missing_tensor(tmp
     save_file(tensors, str(file), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing_keys"):
         load_checkpoint_weights(model, tmp_path / "ckpt")
+
+
+def test_a_resume_checkpoint_missing_a_tensor_is_a_named_fault(tmp_path, monkeypatch):
+    """from_pretrained would initialise a missing tensor at random and train on; the resume refuses it."""
+    from safetensors.torch import save_file
+
+    from headscreen.series import CorruptCheckpoint
+
+    cfg = TrainConfig(**TINY)
+    _interrupt_at(monkeypatch, 4, [])
+    with pytest.raises(KeyboardInterrupt):
+        train_series(cfg, tmp_path / "cut", progress=False)
+    file = tmp_path / "cut" / "step000002" / "model.safetensors"
+    tensors = load_file(str(file))
+    dropped = next(k for k in tensors if "final_layer_norm" in k)  # not an attention or embedding tensor
+    del tensors[dropped]
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    _interrupt_at(monkeypatch, -1, [])
+    with pytest.raises(CorruptCheckpoint, match=r"step000002 \(the checkpoint this series resumes from\).*missing_keys"):
+        train_series(cfg, tmp_path / "cut", progress=False)
