@@ -144,3 +144,22 @@ def test_a_run_that_cannot_give_the_ablation_says_why(tmp_path):
     early = edge_ablation(tmp_path)  # the published step, 3900, is past the run's end
     assert early["status"] == "cannot test" and "last snapshot is step 20" in early["why"]
     assert str(SETTINGS["dyck"].step) in early["why"]
+
+
+def test_the_findings_row_reads_the_prepared_ablation(tmp_path):
+    from headscreen.grokking.analysis.edge_ablation import PUBLISHED
+    from headscreen.report.grok_findings import _ablation_row
+
+    _run(tmp_path, [0, 20, 40, 60, 80], planted=True)
+    done = edge_ablation(tmp_path, AblationSettings(step=80, n_eval=25, n_random=3))
+    pub = PUBLISHED["dyck"]
+    finding, verdict, evidence = _ablation_row({"ablation_published": pub, "ablation": done})
+    assert "ablating the top two edge directions" in finding and "-0.58" in finding and "4000" in finding
+    strong = done["edge_delta"] <= -0.58 / 3 and (done["ratio"] is None or done["ratio"] >= 4000)
+    assert verdict == ("held" if strong else "not held") and f"{done['edge_delta']:+.3f}" in evidence
+    forced = {**done, "edge_delta": -0.6, "random_mean": 0.0, "random_max_abs": 0.0, "ratio": None}
+    assert _ablation_row({"ablation_published": pub, "ablation": forced})[1] == "held"
+    weak = {**forced, "edge_delta": -0.1}
+    assert _ablation_row({"ablation_published": pub, "ablation": weak})[1] == "not held"
+    cannot = edge_ablation(tmp_path)
+    assert _ablation_row({"ablation_published": pub, "ablation": cannot})[1:] == ["cannot test", cannot["why"]]
