@@ -69,6 +69,8 @@ def test_ablating_the_planted_direction_costs_accuracy_and_random_directions_do_
     # 2 of 2048 dimensions tilt θ by ~0.03 rad: a point or two near the boundary may flip, no more
     assert len(r["random_deltas"]) == 20 and r["random_max_abs"] <= 0.03
     assert r["ratio"] is None or r["ratio"] > 30
+    assert abs(r["edge_removed"] - 5 / (5**2 + 0.3**2) ** 0.5) < 1e-6  # ‖Bθ‖/‖θ‖: all of 5u, none of 0.3n
+    assert r["random_removed_mean"] < 0.1  # ~ √(2/2048) of ‖θ‖
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)  # the model ends on the snapshot
 
 

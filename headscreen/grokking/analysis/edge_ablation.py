@@ -9,7 +9,8 @@ basis B [k, P] removes the *parameters'* component along it, θ ← θ − Bᵀ(
 parameter of the model is left as it is. The cost is Δacc = acc(ablated) − acc(θ), token accuracy on the
 first `n_eval` test sequences; the control ablates `n_random` random orthonormal k-bases (QR of a Gaussian,
 `paramspace.random_orthonormal_bases`, seeded by `random_seed` alone) the same way. The edge-over-random
-ratio is |Δ_edge| / |mean Δ_random| as the study's code forms it (None when every random Δ is 0).
+ratio is |Δ_edge| / |mean Δ_random| as the study's code forms it (None when every random Δ is 0);
+`edge_removed` / `random_removed_mean`: ‖Bθ‖ / ‖θ‖, the share of the attention vector's norm each removes.
 """
 
 from __future__ import annotations
@@ -62,13 +63,17 @@ def ablation_cost(model: nn.Module, state: dict[str, Tensor], edge: Tensor, rand
         model.load_state_dict(s)
         return float(accuracy(model.eval()))
 
+    theta = attention_vector(state)  # [P]
     base = acc(state)
     edge_delta = acc(project_out(state, edge)) - base
     deltas = [acc(project_out(state, r)) - base for r in randoms]
     model.load_state_dict(state)
     mean = sum(deltas) / len(deltas)
+    removed = [float((r.double() @ theta).norm() / theta.norm()) for r in randoms]  # share of ‖θ‖ along each basis
     return {"base_acc": base, "edge_delta": edge_delta, "random_deltas": deltas, "random_mean": mean,
-            "random_max_abs": max(abs(d) for d in deltas), "ratio": abs(edge_delta) / abs(mean) if mean else None}
+            "random_max_abs": max(abs(d) for d in deltas), "ratio": abs(edge_delta) / abs(mean) if mean else None,
+            "edge_removed": float((edge.double() @ theta).norm() / theta.norm()),
+            "random_removed_mean": sum(removed) / len(removed)}
 
 
 def random_bases(p: int, s: AblationSettings) -> list[Tensor]:
