@@ -89,7 +89,7 @@ def edge_directions(run_dir: Path, s: AblationSettings) -> tuple[int, list[int],
     steps = traj.steps
     if not steps or steps[-1] < s.step:
         return (f"the run's last snapshot is step {steps[-1] if steps else 'none'}; the ablation is taken at step "
-                f"{s.step} (the published phase): train the run that far")
+                f"{s.step} (AblationSettings.step; the published phase by default): train the run that far")
     i = max(j for j, t in enumerate(steps) if t <= s.step)
     used = steps[max(0, i - s.window): i + 1]
     if len(used) - 1 < s.k:
