@@ -1,7 +1,7 @@
 """Benchmark: the Dyck-1 / SCAN published recipes of issue 23, from real runs (printed, not asserted).
 
     python benchmarks/bench_grok_seqpublished.py law SWEEP_DIR            # per-run grok/onset/lead, α, null, rank
-    python benchmarks/bench_grok_seqpublished.py lifecycle RUN_DIR...     # g23 compression, gradient share
+    python benchmarks/bench_grok_seqpublished.py lifecycle RUN_DIR... [--ablation-at 3900:3]  # g23, gradient share, edge ablation
     python benchmarks/bench_grok_seqpublished.py numerics RUN_DIR --steps 200,800,1600 [--pairs 5]
     python benchmarks/bench_grok_seqpublished.py progress RUN_DIR...      # last step, curves, CPU-free timers
 
@@ -32,13 +32,27 @@ def _law(sweep: Path) -> None:
     print(json.dumps(seqpublished.lead_law(table, task), indent=1, default=str))
 
 
-def _lifecycle(runs: list[Path]) -> None:
+def _lifecycle(runs: list[Path], at: str | None) -> None:
+    from dataclasses import replace
+
+    from headscreen.grokking.analysis.edge_ablation import PUBLISHED, SETTINGS, edge_ablation
     from headscreen.grokking.analysis.edge_lifecycle import g23_compression, gradient_share
 
+    print("load average", os.getloadavg())
     for run in runs:
         task = json.loads((run / "manifest.json").read_text())["config"]["tasks"][0]
         window = 3 if task == "dyck" else 5
         print(run.name, "g23:", g23_compression(run, window), "share:", gradient_share(run))
+        phases = {"published phase": SETTINGS[task]}
+        if task == "dyck":  # the study's "at_grok" phase too: snapshot 5 at 100-step spacing (published -0.26 ± 0.05)
+            phases["at_grok (step 500)"] = replace(SETTINGS[task], step=500)
+        if at:  # --ablation-at STEP:WINDOW,...: other steps / windows instead
+            phases = {f"step {p.split(':')[0]}, window {p.split(':')[1]}": replace(
+                SETTINGS[task], step=int(p.split(":")[0]), window=int(p.split(":")[1])) for p in at.split(",")}
+        for name, settings in phases.items():
+            r = edge_ablation(run, settings)
+            print(run.name, f"ablation, {name}:", {k: v for k, v in r.items() if k != "random_deltas"},
+                  "random deltas:", r.get("random_deltas"), "published:", PUBLISHED[task])
 
 
 def _numerics(run: Path, steps: list[int], pairs: int) -> None:
@@ -89,11 +103,17 @@ def main() -> None:
     ap.add_argument("paths", nargs="+", type=Path)
     ap.add_argument("--steps", default="200,800")
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--ablation-at", default=None, help="lifecycle: STEP:WINDOW,... ablation settings to try "
+                    "instead of the published phases (e.g. 3900:3,7800:5)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
     if a.part == "law":
         _law(a.paths[0])
     elif a.part == "lifecycle":
-        _lifecycle(a.paths)
+        _lifecycle(a.paths, a.ablation_at)
     elif a.part == "numerics":
         _numerics(a.paths[0], [int(s) for s in a.steps.split(",")], a.pairs)
     else:

@@ -2,7 +2,8 @@
 published recipes") against the measures the report pipeline prepared (headscreen.grokking.published.
 sequence_checks, via report/inputs.py). A measured figure "holds" when it lies within a factor 3 of the
 published one (compression), or on the published side of the stated bars (gradient share: >= 0.8 before,
-<= 0.2 at). Nothing is computed here.
+<= 0.2 at; ablation: a cost of at least a third of the published one, Δacc <= -0.19 on Dyck, and edge / random
+at least the published ratio, where random ablations that change no prediction count as infinite). Nothing is computed here.
 """
 
 from __future__ import annotations
@@ -42,8 +43,19 @@ def _share_row(checks: dict) -> list:
             f"grokking (test ≥ 0.95) at {r['grok_step']}"]
 
 
-ABLATION_ROW = ["ablating the top two edge directions costs −0.58 accuracy, > 4000× a random direction", "cannot test",
-                "not measured: headscreen has no edge-direction ablation of grok runs yet"]
+def _ablation_row(checks: dict) -> list:
+    pub, r = checks["ablation_published"], checks["ablation"]
+    finding = (f"ablating the top two edge directions costs {pub['delta_acc']:+.2f} accuracy, > {pub['ratio']:g}× "
+               f"a random direction ({pub['where']})")
+    if r["status"] != "done":
+        return [finding, "cannot test", r["why"]]
+    ratio = r["ratio"]
+    strong = r["edge_delta"] <= pub["delta_acc"] / 3 and (ratio is None or ratio >= pub["ratio"])
+    shown = "∞ (every random ablation left accuracy unchanged)" if ratio is None else f"{ratio:.3g}×"
+    return [finding, "held" if strong else "not held",
+            f"Δacc {r['edge_delta']:+.3f} from {r['base_acc']:.3f} at step {r['step']} (window {r['window_steps'][0]}–"
+            f"{r['window_steps'][-1]}); {len(r['random_deltas'])} random 2-bases: mean {r['random_mean']:+.2g}, "
+            f"max |Δ| {r['random_max_abs']:.2g}; edge / random {shown}; first {r['n_eval']} test sequences"]
 
 
 def _run_rows(checks: dict) -> list[list]:
@@ -51,7 +63,7 @@ def _run_rows(checks: dict) -> list[list]:
     return [_onset_row(checks["events"], task),
             [f"lead-time law α {checks['law_published']['alpha']}", "cannot test",
              "one run: the law needs a learning-rate sweep (report the sweep folder)"],
-            _g23_row(checks), _share_row(checks), ABLATION_ROW]
+            _g23_row(checks), _share_row(checks), _ablation_row(checks)]
 
 
 def _sweep_rows(law: dict) -> list[list]:

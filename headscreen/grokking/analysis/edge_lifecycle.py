@@ -37,12 +37,17 @@ PUBLISHED = {"g23_compression": {"dyck": 33.0, "scan": 43.0},
              "gradient_share": {"dyck": {"before": 0.976, "at": 0.053}, "scan": {"before": 0.887, "at": 0.002}}}
 
 
-def attention_vector(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Every attention matrix of a snapshot's state dict, flattened in name order (float64)."""
+def attention_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of every attention matrix (W_Q/W_K/W_V/W_O; biases excluded) of a state dict, in name order."""
     keys = sorted(k for k in state if k.rsplit(".", 1)[-1] in ATTENTION_LEAVES)
     if not keys:
         raise ValueError("the snapshot holds no attention matrices (W_Q/W_K/W_V/W_O); is it a grok model?")
-    return flatten((state[k] for k in keys), torch.float64)
+    return keys
+
+
+def attention_vector(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Every attention matrix of a snapshot's state dict, flattened in name order (float64) [P]."""
+    return flatten((state[k] for k in attention_keys(state)), torch.float64)
 
 
 def _trajectory(run_dir: Path) -> tuple[list[int], torch.Tensor]:

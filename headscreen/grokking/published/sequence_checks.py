@@ -2,7 +2,8 @@
 published recipes"), computed for the report pipeline (pipelines/report_prep.py); the report lays them out.
 
 A run: the study's events (sequence_rules.run_events), the g₂₃ compression and the gradient share of v₁
-(analysis.edge_lifecycle), each beside its published figure; a sweep: the lead-time law (sequence_rules.lead_law).
+(analysis.edge_lifecycle) and the edge-direction ablation (analysis.edge_ablation), each beside its published
+figure; a sweep: the lead-time law (sequence_rules.lead_law).
 A measure that cannot be taken on this run is {"status": "cannot test", "why": ...}.
 """
 
@@ -24,6 +25,7 @@ def _measure(fn, *args) -> dict:
 
 def run_checks(run_dir: str | Path) -> dict | None:
     """The findings measures of one dyck/scan run; None for other tasks."""
+    from headscreen.grokking.analysis import edge_ablation
     from headscreen.grokking.analysis.edge_lifecycle import PUBLISHED, g23_compression, gradient_share
     from headscreen.grokking.published import sequence_rules
 
@@ -34,7 +36,8 @@ def run_checks(run_dir: str | Path) -> dict | None:
     return {"kind": "run", "task": task, "events": sequence_rules.run_events(path),
             "law_published": sequence_rules.PUBLISHED_LAW[task],
             "g23_published": PUBLISHED["g23_compression"][task], "g23": _measure(g23_compression, path, G23_WINDOW[task]),
-            "share_published": PUBLISHED["gradient_share"][task], "share": _measure(gradient_share, path)}
+            "share_published": PUBLISHED["gradient_share"][task], "share": _measure(gradient_share, path),
+            "ablation_published": edge_ablation.PUBLISHED[task], "ablation": _measure(edge_ablation.edge_ablation, path)}
 
 
 def sweep_checks(sweep_dir: str | Path) -> dict | None:

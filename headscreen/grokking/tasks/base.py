@@ -131,6 +131,11 @@ class SequenceTask:
     def loss_fn(self, model: nn.Module, batch: Batch) -> Tensor:
         return sequence_loss(model, batch, -100 if self.ignore is None else self.ignore)
 
+    def masked_token_accuracy(self, model: nn.Module, batch: Batch) -> float:
+        """The share of non-ignored label positions predicted right on `batch` (the studies' masked_accuracy),
+        whatever accuracy the task reports in its curves."""
+        return _sequence_metrics(model, batch, self.ignore, token=True)[1]
+
     def evaluate(self, model: nn.Module) -> list[dict]:
         tr_loss, tr_acc = _sequence_metrics(model, self.data.train(), self.ignore, token=self.token_accuracy)
         te_loss, te_acc = _sequence_metrics(model, self.data.test(), self.ignore, token=self.token_accuracy)
