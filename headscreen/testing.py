@@ -163,3 +163,15 @@ class DyingSeries(_local_series_class()):
     def head_weights(self, ckpt, *args, **kwargs):
         self._maybe_die(ckpt)
         return super().head_weights(ckpt, *args, **kwargs)
+
+
+def tiny_screen_config(series_root: str | Path, name: str = "tiny", *, validation: bool = True) -> str:
+    """A model config (YAML text) that screens a `save_tiny_series` series (vocab >= 128, n_ctx >= 48) in
+    seconds: small probes, a 3-checkpoint window, and (with `validation`) a zero-ablation validate with a
+    3-set null."""
+    text = (f"name: {name}\n"
+            f"source: {{kind: local, local_path: {series_root}}}\n"
+            "probes: {seq_len: 48, token_range: [4, 120], n_retrieval: 8, pair_range: [4, 20], n_repeated: 4,\n"
+            "          repeated_span: 16, micro_batch: 16}\n"
+            "spectral: {window: 3, transient_windows: 0}\n")
+    return text + ("validation: {ablations: [zero], n_null: 3}\n" if validation else "")

@@ -15,16 +15,9 @@ import pytest
 
 import headscreen
 from headscreen import api
-from headscreen.testing import save_tiny_series
+from headscreen.testing import save_tiny_series, tiny_screen_config
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = """name: api-tiny
-source: {{kind: local, local_path: {root}}}
-probes: {{seq_len: 48, token_range: [4, 120], n_retrieval: 8, pair_range: [4, 20], n_repeated: 4,
-          repeated_span: 16, micro_batch: 16}}
-spectral: {{window: 3, transient_windows: 0}}
-validation: {{ablations: [zero], n_null: 3}}
-"""
 
 
 def readme_example() -> str:
@@ -77,7 +70,7 @@ def example(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     series = save_tiny_series(tmp / "series", "llama", [0, 1, 2, 3], n_layers=2, d_model=32, n_heads=4, vocab=128,
                               n_ctx=64)
-    (tmp / "cfg.yaml").write_text(CONFIG.format(root=series))
+    (tmp / "cfg.yaml").write_text(tiny_screen_config(series, "api-tiny"))
     code = readme_example()
     for name, value in (("SERIES", str(series)), ("CONFIG", str(tmp / "cfg.yaml")), ("OUT", str(tmp / "out"))):
         code, n = re.subn(rf'^{name} = "[^"]*"', f"{name} = {value!r}", code, flags=re.M)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headscreen.series import LocalSeries
-from headscreen.testing import save_tiny_series
+from headscreen.testing import save_tiny_series, tiny_screen_config
 from pipelines.cli import main
 
 torch.set_num_threads(1)
@@ -32,12 +32,6 @@ STEPS = [0, 1, 2, 3]
 BAD = 2  # the checkpoint a case corrupts: two good ones are recorded before it
 TABLES = ("selectivity", "head_scores", "participation", "copying", "classes", "fingerprints", "onsets")
 
-CONFIG = """name: faults-tiny
-source: {{kind: local, local_path: {root}}}
-probes: {{seq_len: 48, token_range: [4, 120], n_retrieval: 8, pair_range: [4, 20], n_repeated: 4,
-          repeated_span: 16, micro_batch: 16}}
-spectral: {{window: 3, transient_windows: 0}}
-"""
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -54,7 +48,7 @@ def series(clean, tmp_path):
     """A fresh copy of the clean series and its config (YAML beside it)."""
     root = tmp_path / "series"
     shutil.copytree(clean, root)
-    (tmp_path / "cfg.yaml").write_text(CONFIG.format(root=root))
+    (tmp_path / "cfg.yaml").write_text(tiny_screen_config(root, "faults-tiny", validation=False))
     return root
 
 
@@ -81,7 +75,7 @@ def reference(clean, tmp_path_factory):
             base = tmp_path_factory.mktemp(f"ref{every}")
             root = base / "series"
             shutil.copytree(clean, root)
-            (base / "cfg.yaml").write_text(CONFIG.format(root=root))
+            (base / "cfg.yaml").write_text(tiny_screen_config(root, "faults-tiny", validation=False))
             rc = main(["--threads", "1", *map(str, screen_args(root, base / "run", "--probe-every", every))])
             assert rc == 0
             refs[every] = base / "run"

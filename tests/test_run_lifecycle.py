@@ -18,19 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from headscreen.testing import save_tiny_series
+from headscreen.testing import save_tiny_series, tiny_screen_config
 from pipelines.cli import main
 
 torch.set_num_threads(1)
 
 STEPS = [0, 1, 2, 3]
-CONFIG = """name: lifecycle-tiny
-source: {{kind: local, local_path: {root}}}
-probes: {{seq_len: 48, token_range: [4, 120], n_retrieval: 8, pair_range: [4, 20], n_repeated: 4,
-          repeated_span: 16, micro_batch: 16}}
-spectral: {{window: 3, transient_windows: 0}}
-validation: {{ablations: [zero], n_null: 3}}
-"""
 VALIDATE = ["--heads", "L1H0,L1H2", "--n-null", "3", "--ablation", "zero"]
 #: the results a finished, validated screen run holds
 RESULTS = ("manifest.json", "validation.json", "validation.parquet", "patching.parquet", "preid.json",
@@ -69,7 +62,7 @@ def validated(tmp_path_factory):
     base = tmp_path_factory.mktemp("lifecycle")
     series = save_tiny_series(base / "series", "llama", STEPS, n_layers=2, d_model=32, n_heads=4, vocab=128, n_ctx=64)
     cfg = base / "cfg.yaml"
-    cfg.write_text(CONFIG.format(root=series))
+    cfg.write_text(tiny_screen_config(series, "lifecycle-tiny"))
     run = base / "run"
     assert main(["--threads", "1", "screen", str(series), "--config", str(cfg), "--out", str(run), "--no-progress"]) == 0
     assert main(["--threads", "1", "validate", str(run), *VALIDATE]) == 0
