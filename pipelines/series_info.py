@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from headscreen.series import SeriesError, read_head_weights
+from headscreen.series.hub import HubSeries
 from pipelines.common import resolve_series
 
 
@@ -29,7 +30,7 @@ def series_info(spec: str, *, allow_pickle: bool = False, trust_remote_code: boo
     info["checkpoints"] = [{"step": c.step, "tokens": c.tokens, "name": c.name, **c.meta} for c in series]
     info["problems"] = []
     if series.source_kind == "hub":
-        info["hub_revisions"] = getattr(series, "hub_reconcile", None)
+        info["hub_revisions"] = series.hub_reconcile if isinstance(series, HubSeries) else None
         avail = series.availability()
         info["availability"] = avail
         if avail["hub"] is not None and not avail["cached"]:

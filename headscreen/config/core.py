@@ -161,7 +161,7 @@ def describe(tp) -> str:
         return f"a list of {_plural(args[0])}"
     if tp is dict or origin is dict:
         return "a mapping"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"a mapping of {tp.__name__} fields"
     names = {type(None): "null", None: "null", bool: "true or false", int: "an integer", float: "a number",
              str: "a string", typing.Any: "anything"}

@@ -86,6 +86,9 @@ class RunView:
     def pattern(self, head: str | Head, *, probe: str | None = None, step: int | None = None) -> torch.Tensor:
         """The stored pattern [row, query, key] (float16) of `head` (default step: the last stored for it)."""
         head, probe = _head(head), probe or self.probe
+        if probe is None:
+            raise ValueError(f"run {self.results.path} has no probe with stored patterns; screen it (or run "
+                             "`headscreen attention RUN`) first")
         index, tensors = read_attention(Path(self.results.path) / FILE)
         steps = sorted(e["step"] for e in index.entries if e["probe"] == probe and (e["layer"], e["head"]) == head)
         if not steps or (step is not None and step not in steps):
@@ -140,9 +143,11 @@ class RunView:
         """'top-1 drop 0.52 (null mean 0.01), p = 0.0033' of the primary ablation, when validated."""
         doc = self.results.validation
         first = (doc.get("checkpoints") or [None])[0] if isinstance(doc, dict) else None
-        probes = first.get("probes") if isinstance(first, dict) else None
-        tests = next(iter(probes.values()), {}).get("tests", {}) if isinstance(probes, dict) and probes else {}
-        t = tests.get("top1")
+        if not isinstance(first, dict):
+            return None
+        probes = first.get("probes")
+        primary: dict = next(iter(probes.values())) if isinstance(probes, dict) and probes else {}
+        t = (primary.get("tests") or {}).get("top1")
         if not t:
             return None
         return (f"{first.get('ablation', '')} ablation of {heads_label(first.get('circuit') or [])}: top-1 drop "

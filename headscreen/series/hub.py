@@ -130,6 +130,9 @@ class HubSeries(Series):
         self._problem: str | None = None  # why the hub cannot be used (None: it answered)
         self._hub_asked = False
         self._folders: dict[tuple[str, str], Path] = {}
+        #: how the config's schedule compares with the hub's branches (headscreen.series.hub_refs), set by
+        #: config_series when the hub answered; None otherwise
+        self.hub_reconcile: dict | None = None
         self._tokenizer: tuple[Path | None] | None = None
         ckpts = [Checkpoint(r.step, r.tokens, r.revision) for r in revisions]
         super().__init__(repo, ckpts, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
