@@ -186,3 +186,56 @@ def test_cpu_plan_follows_the_idle_cores(monkeypatch):
     assert cpu.plan_cpu(idle=7.0).threads == 2  # never more than the usable cores
     measured = cpu.idle_cores(0.05)
     assert 0.0 <= measured <= cpu.usable_cores() + 1e-9
+
+
+DRIVER = """
+import os, sys, time
+from pathlib import Path
+from headscreen.compute.executors import make_executor
+
+def sleep_and_report(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+    return 0
+
+if __name__ == "__main__":
+    with make_executor("process", workers=1) as ex:
+        for _ in ex.run(sleep_and_report, [(sys.argv[1],), (sys.argv[1],)]):
+            pass
+"""
+
+
+def test_a_killed_driver_takes_its_pool_workers_with_it(tmp_path):
+    """SIGKILL of the process that owns a process pool ends its workers (Linux: PR_SET_PDEATHSIG), so no
+    orphan goes on taking queued runs and holding their locks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    (tmp_path / "driver.py").write_text(DRIVER)
+    pid_file = tmp_path / "worker.pid"
+    repo = Path(__file__).resolve().parent.parent
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(pid_file)], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.time() + 120
+    while not pid_file.exists() and time.time() < deadline:  # the worker is running its task
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    os.kill(worker, 0)  # alive
+    driver.kill()
+    driver.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError(f"pool worker {worker} outlived its killed driver by 30 s")

@@ -17,6 +17,7 @@ thread count. Ray is imported only when the `ray` executor is asked for (the `ra
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,22 @@ def _set_worker_threads(threads: int) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
+
+
+def _init_pool_worker(threads: int, parent: int) -> None:
+    """A process-pool worker: its torch threads, and (Linux) its end with the process that started it. Without
+    the latter, a sweep driver killed by SIGTERM/SIGKILL left its workers running: they went on taking the
+    queued runs and held those runs' locks (seen in session 7: an orphaned worker trained two more runs
+    after its driver was killed)."""
+    _set_worker_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the driver died before prctl took effect
+            os._exit(1)
 
 
 def _call(threads: int, fn: Callable, args: tuple) -> Any:
@@ -97,7 +114,7 @@ class ProcessExecutor(Executor):
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_set_worker_threads, initargs=(self.threads,))
+                                             initializer=_init_pool_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def run(self, fn, tasks):
