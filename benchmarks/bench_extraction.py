@@ -26,12 +26,12 @@ Acceptance (docs/methods.md#sketches): the default makes >= 20x the bridge basel
 update floor, and <= 5.7% gap-ratio error, in one run.
 
 The streaming path measured here is the fused CountSketch pass (headscreen/spectral/fused.py): the
-attention tensors read as stored into recycled per-layer buffers (`head_weights(dtype=None)`, no copy
-after the read), then `HeadSketcher.update(hw, retain=True)`: one compiled loop over θ_t and θ_{t−1}
+attention tensors as stored, views of the files' memory maps (`head_weights(dtype=None)`, no copy;
+before 2026-12-07 they were read into recycled per-layer buffers), then `HeadSketcher.update(hw, retain=True)`: one compiled loop over θ_t and θ_{t−1}
 (the previous checkpoint's buffers, kept without a copy) forms δ in float64, scatters it into the
 signed bins and sums δ². The numba kernels are loaded (compiled on the first run after an install)
 once per worker process before the timings, like the imports. Profile stages: check (config.json
-and headers), read (positioned reads + per-tensor finite check), sketch (the fused pass).
+and headers), read (mapping + the per-tensor finite check, which touches every page), sketch (the fused pass).
 
 Measured with the fused pass (1 thread, nice 0, the 2-core host shared with other jobs: NOT a quiet
 benchmark; ratios are from one run each), `--checkpoints 6 --threads 1`:
@@ -221,9 +221,9 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         extra = {"kind": cfg.sketch_kind, "d": cfg.dim}
         sk = HeadSketcher(cfg, keep_history=True)
         for c in ckpts:
-            hw = series.head_weights(c, dtype=None)  # as stored (fp16), views of the buffers read into
+            hw = series.head_weights(c, dtype=None)  # as stored (fp16), views of the files' maps
             sk.update(hw, c.step, retain=True)  # as the screen does: θ_t is kept as θ_(t-1), no copy
-            nbytes += sum(t.numel() * t.element_size() for t in (hw.W_Q, hw.W_K, hw.W_V, hw.W_O))
+            nbytes += sum(t.numel() * t.element_size() for lw in hw.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O))
             del hw
         history = sum(t.numel() * t.element_size() for t in sk._sketches + sk._norms)
         held = sk.state_bytes()
@@ -269,7 +269,7 @@ def _warm_up_kernels() -> None:
 def profile(series, ckpts) -> dict:
     """Per-stage seconds per checkpoint of the streaming path, with the default SpectralConfig():
     check (config.json and the safetensors headers, `Series.check`), read (the attention tensors as
-    stored into per-layer buffers, with the finite check of each tensor while it is in cache: the
+    stored, mapped, with the finite check of each tensor, which faults its pages in: the
     rest of `head_weights(dtype=None)`), sketch (`HeadSketcher.update(retain=True)`: the fused pass)."""
     from headscreen.spectral import HeadSketcher, SpectralConfig
 

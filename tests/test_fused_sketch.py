@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from headscreen.series import HeadWeights, LocalSeries
+from headscreen.series.weights import LayeredHeadWeights
 from headscreen.spectral import CountSketch, HeadSketcher, SpectralConfig
 from headscreen.testing import ARCHITECTURES, save_tiny_series
 
@@ -89,10 +93,10 @@ def test_retained_weights_are_not_copied_and_give_the_same_records():
     _, ref = _run([_cast(h, torch.float16) for h in _series()])
     hs, got = _run(hws, retain=True)
     _same(ref, got)
-    held = {t.untyped_storage().data_ptr() for t, _ in hs._pass.prev}
+    held = {t.untyped_storage().data_ptr() for ts, _ in hs._pass.prev for t in ts}
     assert held == {getattr(hws[-1], k).untyped_storage().data_ptr() for k in NAMES}
     copied, _ = _run(hws)  # without retain, θ_(t−1) is the sketcher's own copy
-    assert not held & {t.untyped_storage().data_ptr() for t, _ in copied._pass.prev}
+    assert not held & {t.untyped_storage().data_ptr() for ts, _ in copied._pass.prev for t in ts}
 
 
 def test_a_nan_checkpoint_raises_and_leaves_the_state_unchanged():
@@ -126,35 +130,58 @@ def series_root(tmp_path_factory):
     return root
 
 
+def _mapped_files(t: torch.Tensor) -> set[str]:
+    """The files of this process's memory maps that hold t's storage (from /proc/self/maps)."""
+    ptr, end = t.untyped_storage().data_ptr(), t.untyped_storage().data_ptr() + t.untyped_storage().nbytes()
+    out = set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= ptr and end <= hi and len(fields) == 6:
+            out.add(fields[5])
+    return out
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_lazy_read_as_stored_is_copy_free_and_sketches_like_the_copy(series_root, arch):
+def test_lazy_read_as_stored_maps_the_files_and_sketches_like_the_copy(series_root, arch):
     series = LocalSeries(series_root / arch)
     views = [series.head_weights(c, dtype=None) for c in series.checkpoints]
     copies = [series.head_weights(c) for c in series.checkpoints]  # float32, contiguous
-    for v, c in zip(views, copies, strict=True):
-        for k in NAMES:
-            assert torch.equal(getattr(v, k), getattr(c, k)), (arch, k)
-        # the record's tensors are views of the buffers the attention weights were read into
-        held = {getattr(v, k).untyped_storage().data_ptr(): getattr(v, k).untyped_storage().nbytes() for k in NAMES}
-        assert sum(held.values()) == sum(getattr(c, k).numel() * 4 for k in NAMES), arch
+    for v, c, ck in zip(views, copies, series.checkpoints, strict=True):
+        assert isinstance(v, LayeredHeadWeights) and v.n_layers == c.n_layers and v.shapes() == c.shapes()
+        for layer, lw in enumerate(v.layers):
+            for k in NAMES:
+                assert torch.equal(getattr(lw, k)[0].float(), getattr(c, k)[layer]), (arch, layer, k)
+                if sys.platform == "linux":  # the tensors are views of the checkpoint file's map: nothing was copied
+                    assert _mapped_files(getattr(lw, k)) == {str(ck.path / "model.safetensors")}, (arch, k)
     _close(_run(copies)[1], _run(views, retain=True)[1])
-
-
-def test_read_buffers_are_reused_only_once_released(series_root):
-    series = LocalSeries(series_root / "gpt_neox")
-    c0, c1, c2 = series.checkpoints
-    first = series.head_weights(c0, dtype=None)
-    ptr = first.W_Q.untyped_storage().data_ptr()
-    expect = first.W_Q.clone()
-    second = series.head_weights(c1, dtype=None)  # `first` is alive: its buffers are not touched
-    assert second.W_Q.untyped_storage().data_ptr() != ptr and torch.equal(first.W_Q, expect)
-    del first
-    third = series.head_weights(c2, dtype=None)  # `first` was released: its memory is read into again
-    assert third.W_Q.untyped_storage().data_ptr() == ptr
-    assert torch.equal(third.W_Q, series.head_weights(c2).W_Q.to(third.W_Q.dtype))
+    # the layered record's fields stack its layers (a copy made once): what a non-fused reader gets
+    assert all(torch.equal(getattr(views[0], k).float(), getattr(copies[0], k)) for k in NAMES)
+    assert views[0].W_Q is views[0].W_Q
     import pickle
 
-    assert len(pickle.dumps(series)) < 100_000  # the buffers do not travel to worker processes
+    assert len(pickle.dumps(series)) < 100_000  # nothing read travels to worker processes
+
+
+def _stack_keeping_layout(views: list[torch.Tensor]) -> torch.Tensor:
+    """[L, ...] copies of per-layer views, each layer with the view's own strides (one buffer)."""
+    v = views[0]
+    n = v.untyped_storage().nbytes() // v.element_size()
+    base = torch.empty(len(views) * n, dtype=v.dtype)
+    out = base.as_strided((len(views), *v.shape), (n, *v.stride()), v.storage_offset())
+    for i, t in enumerate(views):
+        out[i] = t
+    return out
+
+
+def test_mapped_records_equal_the_stacked_ones_bit_for_bit(series_root):
+    # the fused pass walks each layer of a mapped record in the memory order a stacked record has
+    series = LocalSeries(series_root / "gpt_neox")
+    views = [series.head_weights(c, dtype=None) for c in series.checkpoints]
+    stacked = [HeadWeights(**{k: _stack_keeping_layout([getattr(lw, k)[0] for lw in v.layers]) for k in NAMES})
+               for v in views]
+    assert not stacked[0].W_Q.is_contiguous()  # NeoX: the fused QKV rows, kept strided
+    _same(_run(stacked)[1], _run(views, retain=True)[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

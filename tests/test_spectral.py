@@ -612,7 +612,7 @@ def _stored_dtype_and_layout(monkeypatch):
     mixed = [hs.update(w, 10 * i) for i, w in enumerate([hws[0], as32[1], as32[2], hws[3]])]
     for a, b in zip(outs[0], mixed, strict=True):
         assert torch.equal(a.sketch, b.sketch)
-    assert all(t.dtype == torch.float16 for t, _ in hs._pass.prev)
+    assert all(t.dtype == torch.float16 for ts, _ in hs._pass.prev for t in ts)
     # the Gaussian sketch's segmented pass: segments that straddle the W_Q/W_K/W_V/W_O boundaries
     # (SEGMENT = 37 columns) give the records of whole segments up to rounding, and they equal Φθ_t
     # and ‖δ_t‖ computed in float64 from the head vectors

@@ -26,9 +26,8 @@ import torch
 from einops import rearrange
 
 from headscreen.series.errors import CorruptCheckpoint, NonFiniteWeights, UnsupportedArchitecture
-from headscreen.series.pool import BufferPool
 from headscreen.series.tensors import TensorSource
-from headscreen.series.weights import HeadWeights
+from headscreen.series.weights import HeadWeights, LayeredHeadWeights
 
 GROK = "headscreen-grok"  # model_type of headscreen.grokking's snapshots
 
@@ -255,87 +254,64 @@ def require_finite(t: torch.Tensor, what: str, fix: str = "drop it from the seri
     raise NonFiniteWeights(f"checkpoint {what} has {bad} NaN/Inf values; this checkpoint is corrupt or diverged — {fix}")
 
 
-class _LayerSlots:
-    """The source the readers see when the stored dtype is kept: the i-th tensor a reader asks for in
-    every layer is read into slot `layer` of one [n_layers, ...] buffer (allocated at layer 0 from the
-    header), so the per-head views the readers make of all layers are one strided [n_layers, ...] view
-    of that buffer (`_stacked`) and nothing is copied after the read."""
+class _Mapped:
+    """The source the readers see when the files are mapped: each tensor as a view of its shard's map
+    (`TensorSource.view`), or read into memory of its own where it cannot be mapped."""
 
-    def __init__(self, src: TensorSource, n_layers: int, pool: BufferPool | None = None) -> None:
-        self.src, self.folder, self.n_layers, self.pool = src, src.folder, n_layers, pool
-        self.buffers: list[torch.Tensor | None] = []
-        self.layer, self.i = 0, 0
+    def __init__(self, src: TensorSource) -> None:
+        self.src, self.folder = src, src.folder
         self.read_now: list[tuple[str, torch.Tensor]] = []  # (key, tensor as read) of the current layer
 
     def keys(self) -> list[str]:
         return self.src.keys()
 
-    def start(self, layer: int) -> None:
-        self.layer, self.i, self.read_now = layer, 0, []
-
     def read(self, key: str) -> torch.Tensor:
-        kind = self.src.stored(key)
-        if self.layer == 0:
-            if kind is None:
-                self.buffers.append(None)
-            else:
-                shape = (self.n_layers, *kind[1])
-                self.buffers.append(self.pool.take(shape, kind[0]) if self.pool else torch.empty(shape, dtype=kind[0]))
-        buf = self.buffers[self.i] if self.i < len(self.buffers) else None
-        self.i += 1
-        if buf is None or kind is None or (buf.dtype, tuple(buf.shape[1:])) != kind:
-            t = self.src.read(key)  # an unusual tensor: read on its own, stacked by copying
-        else:
-            t = self.src.read(key, out=buf[self.layer])
+        t = self.src.view(key)
+        if t is None:
+            t = self.src.read(key)
         self.read_now.append((key, t))
         return t
 
 
-def _stacked(views: list[torch.Tensor]) -> torch.Tensor:
-    """[n_layers, ...]: one strided view when the layers' views are equally spaced in one buffer (as
-    `_LayerSlots` makes them), else a stacked copy."""
-    v0 = views[0]
-    step = views[1].storage_offset() - v0.storage_offset() if len(views) > 1 else v0.numel()
-    ptr = v0.untyped_storage().data_ptr()
-    if step > 0 and all(v.untyped_storage().data_ptr() == ptr and v.shape == v0.shape and v.stride() == v0.stride()
-                        and v.storage_offset() == v0.storage_offset() + i * step for i, v in enumerate(views)):
-        return torch.as_strided(v0, (len(views), *v0.shape), (step, *v0.stride()), v0.storage_offset())
-    return torch.stack(views)
+def _check_read(read_now: list[tuple[str, torch.Tensor]], parts: dict[str, torch.Tensor], where: str) -> None:
+    """NaN/Inf in a layer's tensors, checked on each tensor as read (contiguous: the fast check); the
+    error names the part (W_Q, …), as the stacking path does."""
+    for key, t in read_now:
+        try:
+            require_finite(t, f"{where} {key}")
+        except NonFiniteWeights:
+            for name, view in parts.items():
+                require_finite(view, f"{where} {name}")
+            raise
 
 
 def read_head_weights(
     src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype | None = torch.float32,
-    pool: BufferPool | None = None,
-) -> HeadWeights:
+) -> HeadWeights | LayeredHeadWeights:
     """Read every layer's attention tensors (and nothing else) into a `HeadWeights` record.
 
-    dtype: the dtype of the record (contiguous tensors, converted while stacking); None keeps the
-    stored dtype (fp16 stays fp16: half the memory) and copies nothing: each tensor is read straight
-    into a per-layer slot of one buffer and the record's tensors are strided views of those buffers
-    (e.g. GPT-NeoX's W_Q is a view of the fused QKV rows), as a booted model's weights would be.
-    `pool` (dtype None only): where those buffers come from, reused once nothing holds them (pool.py).
+    dtype: the dtype of the record (contiguous tensors, converted while stacking). None keeps the
+    stored dtype (fp16 stays fp16) and reads nothing into memory: the record is a `LayeredHeadWeights`
+    of views of the shards' memory maps (`TensorSource.view`; a tensor that cannot be mapped is read
+    into memory of its own), one `HeadWeights` per layer, since the layers' tensors lie at unrelated
+    places in the files; e.g. GPT-NeoX's W_Q is a strided view of the fused QKV rows, as a booted
+    model's weights would be. The finite check touches each page once; the fused sketch pass then
+    reads the bytes from the page cache, with no copy in between (benchmarks/bench_extraction.py).
     Raises `NonFiniteWeights` naming the checkpoint, layer and tensor on NaN/Inf.
-    Memory: one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats) plus, with a
-    dtype, one layer's tensors.
+    Memory: with a dtype, one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats)
+    plus one layer's tensors; as stored, the mapped pages (the page cache's own, reclaimable).
     """
     reader = _READERS[geometry.architecture]
     where = f"{src.folder}: layer"
     if dtype is None:
-        slots = _LayerSlots(src, geometry.n_layers, pool)
-        layers = []
+        views = _Mapped(src)
+        per_layer = []
         for layer in range(geometry.n_layers):
-            slots.start(layer)
-            parts = reader(slots, geometry, layer)
-            for key, t in slots.read_now:  # each tensor as read (contiguous, in cache): the fast check
-                try:
-                    require_finite(t, f"{where} {layer} {key}")
-                except NonFiniteWeights:
-                    for name, view in parts.items():  # name the part, as the stacking path does
-                        require_finite(view, f"{where} {layer} {name}")
-                    raise
-            layers.append(parts)
-            src.close()  # drop the shard handles after each layer
-        return HeadWeights(**{name: _stacked([p[name] for p in layers]) for name in layers[0]})
+            views.read_now = []
+            parts = reader(views, geometry, layer)
+            _check_read(views.read_now, parts, f"{where} {layer}")
+            per_layer.append(HeadWeights(**{name: t.unsqueeze(0) for name, t in parts.items()}))
+        return LayeredHeadWeights(tuple(per_layer))
     stacked: dict[str, torch.Tensor] = {}
     for layer in range(geometry.n_layers):
         parts = reader(src, geometry, layer)

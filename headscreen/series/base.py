@@ -17,9 +17,8 @@ import torch
 from headscreen.series.adapters import AttentionGeometry, geometry_from_config, read_head_weights
 from headscreen.series.checks import check_checkpoint, check_finite_parameters, read_hf_config
 from headscreen.series.errors import CheckpointNotFound, SeriesError, ShapeMismatch
-from headscreen.series.pool import BufferPool
 from headscreen.series.tensors import TensorSource
-from headscreen.series.weights import HeadWeights
+from headscreen.series.weights import HeadWeights, LayeredHeadWeights
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -58,14 +57,7 @@ class Series:
                   "code shipped in their folders; use it only for checkpoints you trust", file=sys.stderr)
         self._reference: tuple[Checkpoint, dict[str, tuple[int, ...]]] | None = None
         self._checked: dict[tuple[int, Path], AttentionGeometry] = {}  # (step, folder) -> geometry, checks passed
-        self._pool = BufferPool()  # read buffers of head_weights(dtype=None), reused once released
         self.boot_dtype = torch.float32  # what `boot` loads the weights as (headscreen.series.precision)
-
-    def __getstate__(self) -> dict:
-        """Pickled (for a worker process) without the read buffers: the worker makes its own."""
-        state = self.__dict__.copy()
-        state["_pool"] = BufferPool()
-        return state
 
     # --- to be provided by sources ---------------------------------------------------------
     def folder(self, ckpt: Checkpoint, purpose: str = "attention") -> Path:  # purpose: "attention" | "full"
@@ -116,10 +108,11 @@ class Series:
     def tensor_source(self, ckpt: Checkpoint) -> TensorSource:
         return TensorSource(self.folder(ckpt), allow_pickle=self.allow_pickle)
 
-    def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32) -> HeadWeights:
-        """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default
-        (dtype=None: as stored, e.g. fp16, and without any copy after the read: the record's tensors
-        are strided views of the buffers the tensors were read into; see `read_head_weights`).
+    def head_weights(self, ckpt: Checkpoint,
+                     dtype: torch.dtype | None = torch.float32) -> HeadWeights | LayeredHeadWeights:
+        """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default.
+        dtype=None: as stored, e.g. fp16, and without any copy: a `LayeredHeadWeights` of views of the
+        shards' memory maps (see `read_head_weights`).
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
@@ -130,7 +123,7 @@ class Series:
             raise
         geometry = self.check(ckpt, src=src)  # headers and claimed shapes, before anything is allocated
         try:
-            hw = read_head_weights(src, geometry, dtype=dtype, pool=self._pool)
+            hw = read_head_weights(src, geometry, dtype=dtype)
         finally:
             src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()

@@ -2,9 +2,16 @@
 
 `TensorSource` opens nothing until a tensor is asked for, validates each shard's header itself
 (`validate`: every tensor's byte range lies inside the file, matches its claimed shape and dtype,
-and overlaps no other), reads tensors one at a time with plain positioned reads of their bytes (no
-memory map: nothing of the file stays resident, and no page faults per 4 kB page), and records which
-keys it read (so tests and users can check that only attention tensors were touched).
+and overlaps no other), and records which keys it read (so tests and users can check that only
+attention tensors were touched). Two ways to get a tensor:
+
+* `read`: plain positioned reads of its bytes into memory of its own (fresh, or a buffer handed in);
+* `view`: no read at all: a tensor over a private memory map of its shard, whose pages are the page
+  cache's own (the weights pass reads each checkpoint's attention tensors once, in the fused sketch
+  loop, instead of copying them first: benchmarks/bench_extraction.py). The map lives as long as a
+  tensor made from it. A shard must not be truncated or rewritten in place while its views are in
+  use (a read past the end of a mapped file ends the process with SIGBUS); the hub cache and our own
+  writers replace files by renaming, which leaves a live map intact.
 
 A read is issued in a loop: Linux returns at most 0x7ffff000 bytes per read(), so a tensor over
 2 GiB arrives in several pieces.
@@ -13,6 +20,7 @@ A read is issued in a loop: Linux returns at most 0x7ffff000 bytes per read(), s
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -114,6 +122,7 @@ class TensorSource:
         self._key_to_file: dict[str, Path] | None = None
         self._pickle_sd: dict[str, torch.Tensor] | None = None
         self._handles: dict[Path, object] = {}  # open safe_open handles, one per shard file
+        self._maps: dict[Path, mmap.mmap] = {}  # private read maps of shard files (`view`)
         self._headers: dict[Path, tuple[dict, int]] = {}  # parsed header and data start, per shard
         self.format = self._detect_format()
 
@@ -182,7 +191,9 @@ class TensorSource:
         return self._handles[f]
 
     def close(self) -> None:
+        """Drop the shard handles and maps (a map stays alive while a view made from it does)."""
         self._handles.clear()
+        self._maps.clear()
 
     def _header(self, f: Path) -> tuple[dict, int]:
         if f not in self._headers:
@@ -257,6 +268,27 @@ class TensorSource:
                     sd.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {})
             self._pickle_sd = sd
         return self._pickle_sd
+
+    def view(self, key: str) -> torch.Tensor | None:
+        """The tensor as stored, over a private memory map of its shard (nothing is read or copied; see
+        the module docstring); None where only `read` can give it (pickle, a dtype left to safe_open,
+        an empty tensor, or data not aligned to its element size)."""
+        if self.format != "safetensors" or key not in self._index():
+            return None
+        f = self._index()[key]
+        header, start = self._header(f)
+        info = header[key]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        a, b = info["data_offsets"]  # checked against the shape and the file size by _shard_header
+        if dtype is None or b == a or (start + a) % _ITEMSIZE[info["dtype"]]:
+            return None
+        if f not in self._maps:
+            with _open(f, "rb") as fh:  # ACCESS_COPY: a writable buffer for torch; writes would stay private
+                self._maps[f] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.keys_read.append(key)
+        flat = torch.frombuffer(self._maps[f], dtype=dtype, count=(b - a) // _ITEMSIZE[info["dtype"]],
+                                offset=start + a)
+        return flat.view(info["shape"])
 
     def read(self, key: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor (as stored dtype); into `out` (contiguous, the stored dtype and shape, as

@@ -82,3 +82,80 @@ class HeadWeights:
             self.W_O,
         )
         return torch.cat([rearrange(p, "l h a b -> l h (a b)").to(dtype) for p in parts], dim=-1)
+
+
+class LayeredHeadWeights:
+    """A checkpoint's head weights as one `HeadWeights` per layer ([1, ...] each), not stacked: what the
+    as-stored read gives when it maps the checkpoint's files (`read_head_weights(dtype=None)`), since
+    the layers' tensors lie at unrelated places in the files and stacking them would copy them all.
+
+    The fused sketch pass (headscreen/spectral/fused.py) walks the layers as they are. Anything else
+    reads `W_Q` … `b_O` or `head_vectors` as for a `HeadWeights`: the layers are then stacked once (a
+    copy, checked for NaN/Inf by `check`, kept for later reads)."""
+
+    def __init__(self, layers: tuple[HeadWeights, ...], check=None) -> None:
+        if not layers or any(hw.n_layers != 1 for hw in layers):
+            raise ValueError("LayeredHeadWeights takes one HeadWeights of n_layers 1 per layer")
+        self.layers = layers
+        self._check = check  # check(stacked HeadWeights) raising on NaN/Inf, or None
+        self._stacked: HeadWeights | None = None
+
+    def stacked(self) -> HeadWeights:
+        """The layers stacked into one `HeadWeights` (a copy, made once)."""
+        if self._stacked is None:
+            names = [n for n in _NAMES if getattr(self.layers[0], n) is not None]
+            hw = HeadWeights(**{n: torch.cat([getattr(lw, n) for lw in self.layers]) for n in names})
+            if self._check is not None:
+                self._check(hw)
+            self._stacked = hw
+        return self._stacked
+
+    # the stacked record's tensors and methods (stacked on first use)
+    W_Q = property(lambda self: self.stacked().W_Q)
+    W_K = property(lambda self: self.stacked().W_K)
+    W_V = property(lambda self: self.stacked().W_V)
+    W_O = property(lambda self: self.stacked().W_O)
+    b_Q = property(lambda self: self.stacked().b_Q)
+    b_K = property(lambda self: self.stacked().b_K)
+    b_V = property(lambda self: self.stacked().b_V)
+    b_O = property(lambda self: self.stacked().b_O)
+
+    def head_vectors(self, dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "layer head P"]:
+        return self.stacked().head_vectors(dtype)
+
+    def kv_group(self, head: int) -> int:
+        return self.layers[0].kv_group(head)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return self.layers[0].n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.layers[0].n_kv_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.layers[0].d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.layers[0].d_head
+
+    @property
+    def head_vector_size(self) -> int:
+        return self.layers[0].head_vector_size
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """As `HeadWeights.shapes` of the stacked record, without stacking (every layer must agree)."""
+        per_layer = {tuple(sorted(lw.shapes().items())) for lw in self.layers}
+        if len(per_layer) != 1:
+            raise ValueError("the layers' attention tensors differ in shape; a checkpoint must keep one geometry")
+        return {name: (len(self.layers), *shape[1:]) for name, shape in self.layers[0].shapes().items()}
+
+
+_NAMES = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")

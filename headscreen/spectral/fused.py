@@ -10,8 +10,10 @@ copies, no separate difference, norm or finite pass (a NaN/Inf in θ_t makes its
 non-finite, which is checked on the small accumulator), and θ_{t−1} is the caller's previous tensors
 themselves when they are handed over (`retain`), else one copy.
 
-Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked in the memory order of θ_t
-(the lazy reader's views are strided: NeoX's fused QKV rows are interleaved per head), with the bins
+Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer (a
+`LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked), each layer in the
+memory order of θ_t (the lazy reader's views are strided: NeoX's fused QKV rows are interleaved per
+head), with the bins
 looked up in a copy of the bin table permuted into that order, so every read is sequential. The
 order of the float64 sums follows the element order: the records are bit-identical for the same
 layout, whatever the stored dtype (every run, split of the series, process or executor reads a
@@ -178,30 +180,40 @@ def pass_threads() -> int:
     return max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
 
 
-Part = tuple[Tensor, int]  # ([L, G, A, B] view, first column of the part in the head vector)
+Part = tuple[tuple[Tensor, ...], int]  # (per-layer [G, A, B] views, first column of the part in the head vector)
+_NAMES = ("W_Q", "W_K", "W_V", "W_O")
 
 
 def head_parts(weights) -> list[Part]:
-    """The parts of one checkpoint's head vectors, as views (no copy): W_Q, W_K, W_V, W_O of a
-    `HeadWeights` at columns 0, n, 2n, 3n (n = d_model·d_head; K/V with their own number of heads), or
-    an [L, H, P] tensor as one part [L, H, 1, P]."""
+    """The parts of one checkpoint's head vectors, per layer, as views (no copy): W_Q, W_K, W_V, W_O at
+    columns 0, n, 2n, 3n (n = d_model·d_head; K/V with their own number of heads) of a `HeadWeights`,
+    or of a `LayeredHeadWeights` (one record per layer, walked without stacking), or an [L, H, P]
+    tensor as one part [H, 1, P] per layer."""
     if isinstance(weights, Tensor):
-        return [(weights.unsqueeze(2), 0)]
+        return [(tuple(weights.unsqueeze(2).unbind(0)), 0)]
     n = weights.d_model * weights.d_head
-    return [(t, i * n) for i, t in enumerate((weights.W_Q, weights.W_K, weights.W_V, weights.W_O))]
+    layers = getattr(weights, "layers", None)
+    if layers is not None:
+        return [(tuple(getattr(lw, name)[0] for lw in layers), i * n) for i, name in enumerate(_NAMES)]
+    return [(tuple(getattr(weights, name).unbind(0)), i * n) for i, name in enumerate(_NAMES)]
 
 
 def parts_layout(parts: list[Part]) -> tuple:
-    """What must agree between θ_t and θ_{t−1} for a part-by-part difference: shapes and columns."""
-    return tuple((tuple(t.shape), col) for t, col in parts)
+    """What must agree between θ_t and θ_{t−1} for a part-by-part difference: layers, shapes and columns."""
+    return tuple((len(ts), tuple(ts[0].shape), col) for ts, col in parts)
 
 
 def as_vectors(parts: list[Part], n_heads: int) -> Tensor:
     """The [L, H, P] head vectors of `parts` (a copy; for a series that mixes input kinds)."""
-    dtype = parts[0][0].dtype
-    for t, _ in parts:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.cat([t.repeat_interleave(n_heads // t.shape[1], dim=1).flatten(2).to(dtype) for t, _ in parts], -1)
+    dtype = parts[0][0][0].dtype
+    for ts, _ in parts:
+        dtype = torch.promote_types(dtype, ts[0].dtype)
+    return torch.cat([torch.stack(ts).repeat_interleave(n_heads // ts[0].shape[0], dim=1).flatten(2).to(dtype)
+                      for ts, _ in parts], -1)
+
+
+def _as_parts(vectors: Tensor) -> list[Part]:
+    return [(tuple(vectors.unsqueeze(2).unbind(0)), 0)]
 
 
 def _flat(t: Tensor) -> tuple[np.ndarray, int, tuple[int, ...]]:
@@ -239,26 +251,28 @@ def fused_update(parts: list[Part], prev: list[Part] | None, bins: np.ndarray, n
     differ. A head whose θ_t holds a NaN/Inf has finite = False (its sketch and norm are then
     meaningless)."""
     tables = {} if tables is None else tables
-    n_layers = parts[0][0].shape[0]
+    n_layers = len(parts[0][0])
     acc = np.zeros((n_layers * n_heads, 2 * dim), dtype=np.float64)
     sq = np.zeros(n_layers * n_heads, dtype=np.float64)
-    for i, (t, col0) in enumerate(parts):
-        if t.numel() == 0:
-            continue
-        t, pt, swapped = _loop_order(t, None if prev is None else prev[i][0])
-        _, n_groups, n_outer, n_inner = t.shape
-        key = (col0, n_outer, n_inner, swapped)
-        if key not in tables:  # the bins of this part's columns in loop order
-            cols = bins[col0 : col0 + n_outer * n_inner].reshape((n_inner, n_outer) if swapped else (n_outer, n_inner))
-            tables[key] = np.ascontiguousarray(cols.T if swapped else cols).reshape(-1)
-        cur, c_off, cs = _flat(t)
-        pv, p_off, ps = (cur, c_off, cs) if pt is None else _flat(pt)
-        threads = pass_threads()
-        kernel = _scatter_part if threads == 1 or n_layers * n_groups == 1 else _scatter_part_threads
-        if kernel is _scatter_part_threads:
-            nb.set_num_threads(threads)
-        kernel(cur, c_off, cs, pv, p_off, ps, pt is not None, n_layers, n_groups, n_outer, n_inner,
-               n_heads // n_groups, tables[key], acc, sq)
+    threads = pass_threads()
+    for i, (layers, col0) in enumerate(parts):
+        for layer, t in enumerate(layers):
+            if t.numel() == 0:
+                continue
+            rows = slice(layer * n_heads, (layer + 1) * n_heads)  # this layer's heads
+            t, pt, swapped = _loop_order(t.unsqueeze(0), None if prev is None else prev[i][0][layer].unsqueeze(0))
+            _, n_groups, n_outer, n_inner = t.shape
+            key = (col0, n_outer, n_inner, swapped)
+            if key not in tables:  # the bins of this part's columns in loop order
+                cols = bins[col0: col0 + n_outer * n_inner].reshape((n_inner, n_outer) if swapped else (n_outer, n_inner))
+                tables[key] = np.ascontiguousarray(cols.T if swapped else cols).reshape(-1)
+            cur, c_off, cs = _flat(t)
+            pv, p_off, ps = (cur, c_off, cs) if pt is None else _flat(pt)
+            kernel = _scatter_part if threads == 1 or n_groups == 1 else _scatter_part_threads
+            if kernel is _scatter_part_threads:
+                nb.set_num_threads(threads)
+            kernel(cur, c_off, cs, pv, p_off, ps, pt is not None, 1, n_groups, n_outer, n_inner,
+                   n_heads // n_groups, tables[key], acc[rows], sq[rows])
     out = acc[:, 0::2] - acc[:, 1::2]
     finite = torch.from_numpy(np.isfinite(acc).all(-1) & np.isfinite(sq)).view(n_layers, n_heads)
     return torch.from_numpy(out).view(n_layers, n_heads, dim), torch.from_numpy(sq).view(n_layers, n_heads), finite
@@ -274,7 +288,7 @@ class FusedPass(UpdatePass):
         self.prev: list[Part] | None = None
 
     def state_bytes(self) -> dict:
-        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t, _ in self.prev or ()}
+        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for ts, _ in self.prev or () for t in ts}
         return {"prev": sum(held.values()), "work": self.bins.nbytes + sum(t.nbytes for t in self.tables.values())}
 
     def ingest(self, weights, ck, *, want: bool, project_theta: bool,
@@ -286,8 +300,7 @@ class FusedPass(UpdatePass):
         n_layers, n_heads, _ = ck.shape
         parts, prev = head_parts(weights), self.prev
         if prev is not None and parts_layout(prev) != parts_layout(parts):  # a series mixing input kinds
-            parts = [(as_vectors(parts, n_heads).unsqueeze(2), 0)]
-            prev = [(as_vectors(prev, n_heads).unsqueeze(2), 0)]
+            parts, prev = _as_parts(as_vectors(parts, n_heads)), _as_parts(as_vectors(prev, n_heads))
         if want:
             out, sq, finite = fused_update(parts, None if project_theta else prev, self.bins, n_heads, self.dim,
                                           self.tables)
@@ -298,7 +311,7 @@ class FusedPass(UpdatePass):
         else:  # priming with a recorded sketch: only θ_t is kept
             ck.check_finite()
             out = sq = None
-        self.prev = parts if retain else [(t.clone(), col) for t, col in parts]
+        self.prev = parts if retain else [(tuple(t.clone() for t in ts), col) for ts, col in parts]
         if sq is None or project_theta:
             norm = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
         else:

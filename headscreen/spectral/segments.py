@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .sketch import ExactProjector
 
+_NAMES = ("W_Q", "W_K", "W_V", "W_O")
 _NORM_CHUNK = 256  # ‖δ‖² = Σ of float32 partial sums over 256 entries, added in float64
 
 
@@ -57,20 +58,31 @@ class SegmentedCheckpoint:
                 raise ValueError(f"step {step}: head vectors must be floating point; got {weights.dtype}")
             self.shape = tuple(weights.shape)
             self.dtype = weights.dtype
-            self.tensors: tuple[Tensor, ...] = (weights,)
-        elif hasattr(weights, "head_vectors") and hasattr(weights, "W_Q"):
-            self.tensors = (weights.W_Q, weights.W_K, weights.W_V, weights.W_O)
-            for t in self.tensors:
+            self.tensors = (weights,)
+        elif getattr(weights, "layers", None) is not None or (hasattr(weights, "head_vectors")
+                                                               and hasattr(weights, "W_Q")):
+            self._weights = weights
+            # a LayeredHeadWeights is checked on its first layer: `tensors` would stack it (a copy that
+            # only the segmented pass and the finite check need; the fused pass walks the layers)
+            first = weights.layers[0] if getattr(weights, "layers", None) is not None else weights
+            kinds = (first.W_Q, first.W_K, first.W_V, first.W_O)
+            for t in kinds:
                 if not t.is_floating_point():
                     raise ValueError(f"step {step}: head weights must be floating point; got {t.dtype}")
             n_layers, n_heads = weights.n_layers, weights.n_heads
             n = weights.d_model * weights.d_head
             self.shape = (n_layers, n_heads, 4 * n)
-            self.dtype = functools.reduce(torch.promote_types, [t.dtype for t in self.tensors])
+            self.dtype = functools.reduce(torch.promote_types, [t.dtype for t in kinds])
         else:
             raise TypeError(f"step {step}: expected HeadWeights or an [L, H, P] tensor; got {type(weights).__name__}")
         # vectors are formed in float32 (float64 stays float64): exact for fp16/bf16/fp32 weights
         self.work_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    @functools.cached_property
+    def tensors(self) -> tuple[Tensor, ...]:
+        """(W_Q, W_K, W_V, W_O) [L, G, ·, ·] of head weights (set in __init__ for an [L, H, P] tensor)."""
+        w = self._weights
+        return (w.W_Q, w.W_K, w.W_V, w.W_O)
 
     @functools.cached_property
     def parts(self) -> list[tuple[int, int, Tensor]]:
@@ -100,8 +112,11 @@ class SegmentedCheckpoint:
         return dst
 
     def check_finite(self) -> None:
-        # a sum is non-finite if any entry is (or if it overflows: then the exact check decides)
-        if all(torch.isfinite(t.sum()).item() for t in self.tensors):
+        # a sum is non-finite if any entry is (or if it overflows: then the exact check decides); a
+        # LayeredHeadWeights is checked layer by layer (stacked only to name a bad head)
+        layers = getattr(getattr(self, "_weights", None), "layers", None)
+        quick = self.tensors if layers is None else [getattr(lw, n) for lw in layers for n in _NAMES]
+        if all(torch.isfinite(t.sum()).item() for t in quick):
             return
         n_layers, n_heads, _ = self.shape
         bad = torch.zeros(n_layers * n_heads, dtype=torch.bool)
