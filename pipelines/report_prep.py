@@ -79,6 +79,7 @@ def _prepare_preid(path: Path, probe: str | None, inputs: ReportInputs, say) -> 
     from pipelines.preid import settings_of_manifest, write_preid
 
     run = load_run(path)
+    inputs.runs[inputs.key(path)] = run  # the report renders this load unless the run is written below
     chosen = choose_probe(run, probe)
     why = preid_staleness(run, chosen)
     if why is None or run.classes is None:
@@ -89,6 +90,7 @@ def _prepare_preid(path: Path, probe: str | None, inputs: ReportInputs, say) -> 
     if chosen == choose_probe(run, None) and os.access(path, os.W_OK):
         say(f"{path}: {why}; computed the pre-identification and wrote preid.json / preid.parquet")
         write_preid(path, table, doc)
+        del inputs.runs[inputs.key(path)]  # the run has changed on disk: the report loads it again
         return
     say(f"{path}: {why}; computed the pre-identification for this report (not written into the run)")
     inputs.preid[inputs.key(path)] = PreidResult(doc, table, f"Computed now from the stored tables ({why}); "

@@ -637,3 +637,23 @@ def test_preid_is_computed_by_the_report_pipeline_never_by_the_report(runs, tmp_
     other = section(run_b, probe="repeated", inputs=inputs)
     assert any("is for the retrieval probe" in n for n in other.notices) and other.data["probe"] == "repeated"
     assert json.loads((run_b / "preid.json").read_text())["probe"] == "retrieval"  # the run's own file is kept
+
+
+def test_a_report_loads_each_screen_run_once(runs, report_ab, tmp_path, monkeypatch):
+    # the preparing step (report_prep) loads the run to check its pre-identification; the report renders that
+    # same load instead of reading every table again
+    import headscreen.report.build as build
+    import headscreen.report.load as load
+
+    calls = []
+    real = load.load_run
+
+    def counting(path, **kw):
+        calls.append(Path(path).resolve())
+        return real(path, **kw)
+
+    monkeypatch.setattr(load, "load_run", counting)
+    monkeypatch.setattr(build, "load_run", counting)
+    doc = _json(render_report([runs["a"], runs["b"]], out=tmp_path / "once"))
+    assert sorted(calls) == sorted(Path(runs[k]).resolve() for k in ("a", "b"))
+    assert doc["runs"] == _json(report_ab)["runs"]  # the same report as loading in the renderer

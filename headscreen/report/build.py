@@ -87,7 +87,7 @@ def assemble(run_dirs: list[Path], step: int | None = None, probe: str | None = 
     if any(grok_kind(p) for p in run_dirs):  # grokking runs and sweeps have their own sections
         return grok_report([Path(p) for p in run_dirs], _generated_by(), inputs)
     dirs = [check_run_dir(Path(p)) for p in run_dirs]  # fail on a bad path before loading anything
-    runs = [load_run(p) for p in dirs]
+    runs = [inputs.runs.get(inputs.key(p)) or load_run(p) for p in dirs]  # loaded once when prepared
     names = _unique_names(runs)
     slugs = [slugify(n) if len(runs) == 1 else f"run{i + 1}-{slugify(n)}" for i, n in enumerate(names)]
     reports = [run_report(r, n, s, step, probe, inputs) for r, n, s in zip(runs, names, slugs, strict=True)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -55,6 +56,7 @@ class ReportInputs:
     preid: dict[str, PreidResult] = field(default_factory=dict)
     sweep_fits: dict[str, pd.DataFrame] = field(default_factory=dict)  # lead-time fits by weight decay
     grok_checks: dict[str, dict | None] = field(default_factory=dict)  # Dyck/SCAN findings measures (None: other task)
+    runs: dict[str, Any] = field(default_factory=dict)  # screen runs the preparation loaded (RunResults), as on disk
 
     @staticmethod
     def key(path: str | Path) -> str:
