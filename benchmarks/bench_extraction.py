@@ -262,8 +262,8 @@ def _warm_up_kernels() -> None:
     from headscreen.spectral import HeadSketcher, SpectralConfig
 
     sk = HeadSketcher(SpectralConfig(window=3, sketch_dim=8))
-    for step in (0, 1):
-        sk.update(torch.zeros(1, 1, 16, dtype=torch.float16), step)
+    for step in (0, 1):  # two heads: the threaded kernel too, when torch has more than one thread
+        sk.update(torch.zeros(1, 2, 16, dtype=torch.float16), step)
 
 
 def profile(series, ckpts) -> dict:
