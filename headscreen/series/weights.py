@@ -91,23 +91,19 @@ class LayeredHeadWeights:
 
     The fused sketch pass (headscreen/spectral/fused.py) walks the layers as they are. Anything else
     reads `W_Q` … `b_O` or `head_vectors` as for a `HeadWeights`: the layers are then stacked once (a
-    copy, checked for NaN/Inf by `check`, kept for later reads)."""
+    copy, kept for later reads)."""
 
-    def __init__(self, layers: tuple[HeadWeights, ...], check=None) -> None:
+    def __init__(self, layers: tuple[HeadWeights, ...]) -> None:
         if not layers or any(hw.n_layers != 1 for hw in layers):
             raise ValueError("LayeredHeadWeights takes one HeadWeights of n_layers 1 per layer")
         self.layers = layers
-        self._check = check  # check(stacked HeadWeights) raising on NaN/Inf, or None
         self._stacked: HeadWeights | None = None
 
     def stacked(self) -> HeadWeights:
         """The layers stacked into one `HeadWeights` (a copy, made once)."""
         if self._stacked is None:
             names = [n for n in _NAMES if getattr(self.layers[0], n) is not None]
-            hw = HeadWeights(**{n: torch.cat([getattr(lw, n) for lw in self.layers]) for n in names})
-            if self._check is not None:
-                self._check(hw)
-            self._stacked = hw
+            self._stacked = HeadWeights(**{n: torch.cat([getattr(lw, n) for lw in self.layers]) for n in names})
         return self._stacked
 
     # the stacked record's tensors and methods (stacked on first use)
@@ -130,25 +126,12 @@ class LayeredHeadWeights:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    @property
-    def n_heads(self) -> int:
-        return self.layers[0].n_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.layers[0].n_kv_heads
-
-    @property
-    def d_model(self) -> int:
-        return self.layers[0].d_model
-
-    @property
-    def d_head(self) -> int:
-        return self.layers[0].d_head
-
-    @property
-    def head_vector_size(self) -> int:
-        return self.layers[0].head_vector_size
+    # the geometry: every layer's record has the same
+    n_heads = property(lambda self: self.layers[0].n_heads)
+    n_kv_heads = property(lambda self: self.layers[0].n_kv_heads)
+    d_model = property(lambda self: self.layers[0].d_model)
+    d_head = property(lambda self: self.layers[0].d_head)
+    head_vector_size = property(lambda self: self.layers[0].head_vector_size)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """As `HeadWeights.shapes` of the stacked record, without stacking (every layer must agree)."""
