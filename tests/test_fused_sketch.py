@@ -203,7 +203,7 @@ def test_every_finite_half_precision_value_is_read_exactly(dtype):
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "vectors"])
 def test_records_are_bit_identical_at_every_thread_count(layout, monkeypatch):
-    """The fused pass splits (layer, K/V group) pairs across threads (fused.pass_threads follows torch's
+    """The fused pass splits each layer's heads (K/V groups) across threads (fused.pass_threads follows torch's
     thread count); each head's float64 sums keep the serial element order, so the records are the same bits."""
     import numba
 

@@ -10,11 +10,11 @@ copies, no separate difference, norm or finite pass (a NaN/Inf in θ_t makes its
 non-finite, which is checked on the small accumulator), and θ_{t−1} is the caller's previous tensors
 themselves when they are handed over (`retain`), else one copy.
 
-Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer (a
-`LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked), each layer in the
-memory order of θ_t (the lazy reader's views are strided: NeoX's fused QKV rows are interleaved per
-head), with the bins
-looked up in a copy of the bin table permuted into that order, so every read is sequential. The
+Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
+per layer (a `LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked; the
+threaded kernel splits a layer's heads, or K/V groups, across threads), each layer in the memory order
+of θ_t (the lazy reader's views are strided: NeoX's fused QKV rows are interleaved per head), with the
+bins looked up in a copy of the bin table permuted into that order, so every read is sequential. The
 order of the float64 sums follows the element order: the records are bit-identical for the same
 layout, whatever the stored dtype (every run, split of the series, process or executor reads a
 checkpoint the same way), and agree to rounding (~1e-16 relative) between layouts. A K/V part
