@@ -228,3 +228,19 @@ def test_records_are_bit_identical_at_every_thread_count(layout, monkeypatch):
             assert set(calls) == {"_scatter_part_threads"}  # the threaded kernel ran
     finally:
         torch.set_num_threads(before)
+
+
+def test_mapped_records_are_bit_identical_at_every_thread_count(series_root):
+    # the as-stored read of a GQA model (llama: 4 heads over 2 K/V groups), its layers walked one call each
+    import numba
+
+    series = LocalSeries(series_root / "llama")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run([series.head_weights(c, dtype=None) for c in series.checkpoints], retain=True)[1]
+        for n in range(2, min(4, numba.config.NUMBA_NUM_THREADS) + 1):
+            torch.set_num_threads(n)
+            _same(one, _run([series.head_weights(c, dtype=None) for c in series.checkpoints], retain=True)[1])
+    finally:
+        torch.set_num_threads(before)
