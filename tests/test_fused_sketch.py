@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headscreen.series import HeadWeights, LocalSeries
-from headscreen.series.weights import LayeredHeadWeights
+from headscreen.series import HeadWeights, LayeredHeadWeights, LocalSeries
 from headscreen.spectral import CountSketch, HeadSketcher, SpectralConfig
 from headscreen.testing import ARCHITECTURES, save_tiny_series
 

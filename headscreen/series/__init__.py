@@ -21,11 +21,11 @@ from headscreen.series.local import LocalSeries
 from headscreen.series.naming import parse_step, parse_tokens
 from headscreen.series.schedules import Revision, revisions, schedule_steps
 from headscreen.series.tensors import TensorSource
-from headscreen.series.weights import HeadWeights
+from headscreen.series.weights import HeadWeights, LayeredHeadWeights
 
 __all__ = [
     "SUPPORTED", "LOADING_MODE", "AttentionGeometry", "Checkpoint", "CheckpointNotFound", "CorruptCheckpoint",
-    "HeadWeights", "HubSeries", "HubUnavailable", "LocalSeries", "NoWeightsError", "NonFiniteOutputs",
+    "HeadWeights", "HubSeries", "LayeredHeadWeights", "HubUnavailable", "LocalSeries", "NoWeightsError", "NonFiniteOutputs",
     "NonFiniteWeights", "PickleRefused", "Revision", "Series", "SeriesError", "ShapeMismatch", "TensorSource",
     "UnsupportedArchitecture", "boot_bridge", "check_checkpoint", "detect_architecture", "load_tokenizer",
     "parse_step", "parse_tokens", "read_head_weights", "read_hf_config", "revisions", "schedule_steps",

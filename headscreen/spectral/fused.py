@@ -37,7 +37,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-from .segments import UpdatePass
+from .segments import PARTS, UpdatePass
 
 #: half-precision tensors are handed to the compiled loop as their bit patterns, fp16 as uint16 and bf16
 #: as int16, so that the loop is compiled once per kind with the right conversion (no branch per element)
@@ -181,7 +181,6 @@ def pass_threads() -> int:
 
 
 Part = tuple[tuple[Tensor, ...], int]  # (per-layer [G, A, B] views, first column of the part in the head vector)
-_NAMES = ("W_Q", "W_K", "W_V", "W_O")
 
 
 def head_parts(weights) -> list[Part]:
@@ -194,8 +193,8 @@ def head_parts(weights) -> list[Part]:
     n = weights.d_model * weights.d_head
     layers = getattr(weights, "layers", None)
     if layers is not None:
-        return [(tuple(getattr(lw, name)[0] for lw in layers), i * n) for i, name in enumerate(_NAMES)]
-    return [(tuple(getattr(weights, name).unbind(0)), i * n) for i, name in enumerate(_NAMES)]
+        return [(tuple(getattr(lw, name)[0] for lw in layers), i * n) for i, name in enumerate(PARTS)]
+    return [(tuple(getattr(weights, name).unbind(0)), i * n) for i, name in enumerate(PARTS)]
 
 
 def parts_layout(parts: list[Part]) -> tuple:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .sketch import ExactProjector
 
-_NAMES = ("W_Q", "W_K", "W_V", "W_O")
+#: the head weights' parts, in the order of the head vector (HeadWeights.head_vectors)
+PARTS = ("W_Q", "W_K", "W_V", "W_O")
 _NORM_CHUNK = 256  # ‖δ‖² = Σ of float32 partial sums over 256 entries, added in float64
 
 
@@ -115,7 +116,7 @@ class SegmentedCheckpoint:
         # a sum is non-finite if any entry is (or if it overflows: then the exact check decides); a
         # LayeredHeadWeights is checked layer by layer (stacked only to name a bad head)
         layers = getattr(getattr(self, "_weights", None), "layers", None)
-        quick = self.tensors if layers is None else [getattr(lw, n) for lw in layers for n in _NAMES]
+        quick = self.tensors if layers is None else [getattr(lw, n) for lw in layers for n in PARTS]
         if all(torch.isfinite(t.sum()).item() for t in quick):
             return
         n_layers, n_heads, _ = self.shape
