@@ -260,10 +260,11 @@ def _warm_up_kernels() -> None:
     import torch
 
     from headscreen.spectral import HeadSketcher, SpectralConfig
+    from headscreen.spectral.fused import LANES
 
     sk = HeadSketcher(SpectralConfig(window=3, sketch_dim=8))
-    for step in (0, 1):  # two heads: the threaded kernel too, when torch has more than one thread
-        sk.update(torch.zeros(1, 2, 16, dtype=torch.float16), step)
+    for step in (0, 1):  # more heads than one kernel call walks: the threaded kernel too, with > 1 thread
+        sk.update(torch.zeros(1, LANES + 1, 16, dtype=torch.float16), step)
 
 
 def profile(series, ckpts) -> dict:

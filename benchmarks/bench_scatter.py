@@ -3,11 +3,14 @@
 On one Pythia-1B attention part (8 heads × 256 × 2048 fp16 elements of θ_t and θ_{t−1}, the bins of the
 default sketch's d = 500: 1000 signed bins), in one process, 1 thread, the best of `--repeat` timings:
 
-  shipped   headscreen.spectral.fused._scatter_part (convert + difference a run, then per element
-            acc[bin] += δ and the serial float64 ‖δ‖² sum, in element order: the records' definition)
-  lanes     the same with ‖δ‖² summed in 4 interleaved partial sums per run (NOT bit-identical to the
-            shipped records: the order of the float64 sum changes; what relaxing that order would buy)
-  no-norm   the scatter alone, ‖δ‖² dropped (a bound: what the norm's serial chain costs)
+  shipped   headscreen.spectral.fused._scatter_part: LANES (4) heads side by side (convert + difference
+            their runs, then per column one bin lookup, LANES read-modify-writes and LANES independent
+            float64 ‖δ‖² sums); each head's sums in its element order: the records' definition
+  one-head  the kernel before (December 2026): one head at a time, per element acc[bin] += δ and the
+            head's one serial ‖δ‖² sum; the same sums in the same order, so it must be bit-identical
+  lanes     one head at a time with ‖δ‖² summed in 4 interleaved partial sums per run (NOT bit-identical:
+            the order of the float64 sum changes; what relaxing that order would buy)
+  no-norm   one head at a time, the scatter alone, ‖δ‖² dropped (a bound: what the serial chain costs)
   convert   convert + difference only, no scatter and no norm (reading θ_t and θ_{t−1} once)
 
 It prints ns per element and each variant's ratio to the shipped kernel, with the load average. The
@@ -31,7 +34,7 @@ import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from headscreen.spectral.fused import _scatter_part, _trusted, _value  # noqa: E402
+from headscreen.spectral.fused import _convert_run, _scatter_part  # noqa: E402
 
 RUN = 2048  # elements of one contiguous run (d_model)
 
@@ -52,7 +55,7 @@ def _sum_sq(buf, n):  # pragma: no cover (compiled)
 
 @nb.njit(boundscheck=False, nogil=True)
 def _variant(cur, prev, bins, acc, sq, n_heads, n_runs, mode):  # pragma: no cover (compiled)
-    """mode 0 lanes, 1 no-norm, 2 convert; head h's run a at (h·n_runs + a)·RUN."""
+    """mode 0 lanes, 1 no-norm, 2 convert, 3 one-head; head h's run a at (h·n_runs + a)·RUN."""
     buf = np.empty(RUN)
     total = 0.0
     for h in range(n_heads):
@@ -60,14 +63,19 @@ def _variant(cur, prev, bins, acc, sq, n_heads, n_runs, mode):  # pragma: no cov
         s = sq[h]
         for a in range(n_runs):
             base = (h * n_runs + a) * RUN
-            for b in range(RUN):
-                buf[b] = _value(cur[base + b]) - _trusted(prev[base + b])
+            _convert_run(cur, np.uint64(base), np.uint64(1), prev, np.uint64(base), np.uint64(1), True, True, RUN, buf)
             if mode == 2:
                 total += buf[a % RUN]
                 continue
+            kb = a * RUN
+            if mode == 3:
+                for b in range(RUN):
+                    x = buf[b]
+                    row[bins[kb + b]] += x
+                    s += x * x
+                continue
             if mode == 0:
                 s += _sum_sq(buf, RUN)
-            kb = a * RUN
             for b in range(RUN):
                 row[bins[kb + b]] += buf[b]
         sq[h] = s
@@ -92,7 +100,7 @@ def main() -> None:
         _scatter_part(cur, 0, strides, prev, 0, strides, True, 1, heads, runs, RUN, 1, bins, acc, sq)
 
     calls = {"shipped": shipped}
-    for mode, name in enumerate(("lanes", "no-norm", "convert")):
+    for mode, name in enumerate(("lanes", "no-norm", "convert", "one-head")):
         calls[name] = lambda acc, sq, _m=mode: _variant(cur, prev, bins, acc, sq, heads, runs, _m)
     sums = {}
     for name, call in calls.items():  # compile, and keep one result of each to compare
@@ -112,6 +120,8 @@ def main() -> None:
         best[name] = min(times) / n * 1e9
     for name, ns in best.items():
         print(f"  {name:8s} {ns:6.3f} ns/element  {ns / best['shipped']:.2f}x the shipped kernel")
+    same = all(np.array_equal(x, y) for x, y in zip(sums["one-head"], sums["shipped"], strict=True))
+    print(f"one-head: bins and ‖δ‖² bit-identical to the shipped kernel: {same}")
     same_bins = np.array_equal(sums["lanes"][0], sums["shipped"][0])
     rel = float(np.abs(sums["lanes"][1] / sums["shipped"][1] - 1).max())
     print(f"lanes: bins bit-identical to the shipped kernel: {same_bins}; ‖δ‖² max relative difference {rel:.1e}")

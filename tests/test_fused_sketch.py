@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ NAMES = ("W_Q", "W_K", "W_V", "W_O")
 CFG = SpectralConfig(window=3, sketch_dim=40, block_size=300)
 
 
-def _weights(g: torch.Generator, n_layers=2, n_heads=4, n_kv=2, d_model=24, d_head=6) -> HeadWeights:
+def _weights(g: torch.Generator, n_layers=2, n_heads=6, n_kv=3, d_model=24, d_head=6) -> HeadWeights:
     shapes = {"W_Q": (n_layers, n_heads, d_model, d_head), "W_K": (n_layers, n_kv, d_model, d_head),
               "W_V": (n_layers, n_kv, d_model, d_head), "W_O": (n_layers, n_heads, d_head, d_model)}
     return HeadWeights(**{k: torch.randn(s, generator=g) for k, s in shapes.items()})
@@ -198,6 +199,32 @@ def test_every_finite_half_precision_value_is_read_exactly(dtype):
     for bad in vals[~torch.isfinite(vals)][:: 97]:
         with pytest.raises(ValueError, match="NaN/inf weights"):
             HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_the_kernel_sums_each_head_in_its_element_order(gqa):
+    """The fused pass walks LANES heads side by side, in chunks of CHUNK columns; each head's bins and ‖δ‖²
+    must still be its own serial float64 sums in column order: checked bit for bit against a plain Python
+    loop, on 6 heads (a full block and a padded one), vectors longer than a chunk, and K/V parts shared by
+    pairs of query heads."""
+    from headscreen.spectral import fused
+
+    g = torch.Generator().manual_seed(3)
+    kw = dict(n_layers=2, n_heads=6, n_kv=3 if gqa else 6, d_model=40, d_head=16)  # runs of 40, P = 2560 > CHUNK
+    assert 6 % fused.LANES and 4 * 40 * 16 > fused.CHUNK
+    cur, prev = _weights(g, **kw), _weights(g, **kw)
+    bins = np.random.default_rng(0).integers(0, 2 * 7, 4 * 40 * 16).astype(np.uint32)
+    out, sq, finite = fused.fused_update(fused.head_parts(cur), fused.head_parts(prev), bins, 6, 7)
+    delta = (cur.head_vectors(torch.float64) - prev.head_vectors(torch.float64)).numpy()  # [L, H, P], column order
+    for layer in range(2):
+        for h in range(6):
+            acc, s = [0.0] * 14, 0.0
+            for col, x in enumerate(delta[layer, h].tolist()):
+                acc[int(bins[col])] += x
+                s += x * x
+            assert out[layer, h].tolist() == [acc[2 * j] - acc[2 * j + 1] for j in range(7)]
+            assert sq[layer, h].item() == s
+    assert bool(finite.all())
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "vectors"])

@@ -1,18 +1,25 @@
 """The fused CountSketch update pass: one walk over θ_t and θ_{t−1} per checkpoint (the default sketch's path).
 
 For every element of every head's vector, in one compiled loop: read θ_t as stored (fp16/bf16 bits
-turned into their float64 value with integer ops and a bit cast, exact; float32/float64 directly),
-subtract θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and for bf16/float32 ones whose
-exponents differ by less than ~29), add the difference into the head's signed bin 2·h(j) + [s(j) < 0]
-and its square into the head's running ‖δ‖² (both float64). Afterwards the sketch entry j is the +1
-bin minus the −1 bin. Nothing else touches the weights: no head-vector assembly, no converted
-copies, no separate difference, norm or finite pass (a NaN/Inf in θ_t makes its head's sums
-non-finite, which is checked on the small accumulator), and θ_{t−1} is the caller's previous tensors
-themselves when they are handed over (`retain`), else one copy.
+turned into their float64 value with integer ops and a bit cast, exact and without a branch;
+float32/float64 directly), subtract θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and
+for bf16/float32 ones whose exponents differ by less than ~29), add the difference into the head's
+signed bin 2·h(j) + [s(j) < 0] and its square into the head's running ‖δ‖² (both float64). Afterwards
+the sketch entry j is the +1 bin minus the −1 bin. Nothing else touches the weights: no head-vector
+assembly, no converted copies, no separate difference, norm or finite pass (a NaN/Inf in θ_t makes its
+head's sums non-finite, which is checked on the small accumulator), and θ_{t−1} is the caller's previous
+tensors themselves when they are handed over (`retain`), else one copy.
+
+Heads are walked LANES at a time: their runs are converted side by side, each column's bin is looked up
+once for all of them and added into a transposed [bins, LANES] accumulator, and the LANES ‖δ‖² sums are
+independent chains (one head alone is bound by the latency of its one running sum). Each head's sums
+still run over its own elements in its own order, so the records are those of one head at a time,
+bit for bit (tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py
+times both).
 
 Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
 per layer (a `LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked; the
-threaded kernel splits a layer's heads, or K/V groups, across threads), each layer in the memory order
+threaded kernel splits a layer's blocks of LANES heads across threads), each layer in the memory order
 of θ_t (the lazy reader's views are strided: NeoX's fused QKV rows are interleaved per head), with the
 bins looked up in a copy of the bin table permuted into that order, so every read is sequential. The
 order of the float64 sums follows the element order: the records are bit-identical for the same
@@ -70,83 +77,127 @@ def _bitcast_f32(typingctx, bits):
     return types.float32(bits), codegen
 
 
-def _value(v):  # the float64 value of one stored element, NaN for fp16 Inf/NaN (overload below)
+def _exact(v):  # the float64 value of one stored element (overload below); fp16 Inf/NaN give finite junk
     raise NotImplementedError
 
 
-def _trusted(v):  # the same for an element known to be finite (θ_{t−1} was checked as θ_t)
+def _special(v):  # 1 (uint64) for an fp16 Inf/NaN bit pattern, else 0; 0 for the other kinds (overload below)
     raise NotImplementedError
 
 
-def _from_bits(checked: bool):
-    def impl(v):
-        if isinstance(v, types.Integer) and v.signed:  # bf16 bits: the top half of a float32 (Inf/NaN kept)
-            return lambda v: np.float64(_bitcast_f32(np.uint32(np.uint64(np.uint16(v)) << np.uint64(16))))
-        if isinstance(v, types.Integer):  # fp16 bits: exact, no table
-            def from_fp16(v):
-                u = np.uint64(v)
-                if checked and (u & np.uint64(0x7C00)) == np.uint64(0x7C00):  # Inf/NaN
-                    return np.nan
-                # sign, exponent and mantissa moved to float64's places; the product rebiases the
-                # exponent (zero and subnormals included)
-                mag = (u & np.uint64(0x7FFF)) << np.uint64(42)
-                return _bitcast_f64(((u & np.uint64(0x8000)) << np.uint64(48)) | mag) * _TWO_1008
-            return from_fp16
-        return lambda v: np.float64(v)
-    return impl
+@overload(_exact, inline="always")
+def _exact_impl(v):
+    if isinstance(v, types.Integer) and v.signed:  # bf16 bits: the top half of a float32 (Inf/NaN kept)
+        return lambda v: np.float64(_bitcast_f32(np.uint32(np.uint64(np.uint16(v)) << np.uint64(16))))
+    if isinstance(v, types.Integer):  # fp16 bits: exact, no table, no branch
+        def from_fp16(v):
+            u = np.uint64(v)
+            # sign, exponent and mantissa moved to float64's places; the product rebiases the exponent
+            # (zero and subnormals included). Inf/NaN (exponent 31) come out as finite values of 2^16 and
+            # up: `_special` flags them
+            mag = (u & np.uint64(0x7FFF)) << np.uint64(42)
+            return _bitcast_f64(((u & np.uint64(0x8000)) << np.uint64(48)) | mag) * _TWO_1008
+        return from_fp16
+    return lambda v: np.float64(v)
 
 
-overload(_value, inline="always")(_from_bits(True))
-overload(_trusted, inline="always")(_from_bits(False))
+@overload(_special, inline="always")
+def _special_impl(v):
+    if isinstance(v, types.Integer) and not v.signed:  # fp16: exponent bits all ones ⇔ (e + 0x400) reaches bit 15
+        return lambda v: ((np.uint64(v) & np.uint64(0x7C00)) + np.uint64(0x0400)) >> np.uint64(15)
+    return lambda v: np.uint64(0)
+
+
+#: heads walked together by one kernel call: their runs are converted side by side and each column's bin is
+#: looked up once for all of them; each head keeps its own float64 sums in its own element order
+LANES = 4
+#: elements of a run converted at a time (bounds the work buffer to LANES × CHUNK float64)
+CHUNK = 512
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def _scatter_group(layer, g, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins, acc,
+def _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, out):  # pragma: no cover (compiled)
+    """out[:m] = δ of m elements of one run (θ_t at cur[cb + b·c3], θ_{t−1} at prev[pb + b·p3]), float64.
+    An fp16 Inf/NaN in θ_t sets out[0] to NaN, so that its head's sums are not finite (the caller's check);
+    θ_{t−1} was checked when it was θ_t. No branch per element: contiguous runs vectorise."""
+    special = np.uint64(0)
+    if unit:
+        cur_run, prev_run = cur[cb:cb + np.uint64(m)], prev[pb:pb + np.uint64(m)]
+        if has_prev:
+            for b in range(m):
+                v = cur_run[b]
+                special |= _special(v)
+                out[b] = _exact(v) - _exact(prev_run[b])
+        else:
+            for b in range(m):
+                v = cur_run[b]
+                special |= _special(v)
+                out[b] = _exact(v)
+    else:
+        for b in range(m):
+            ub = np.uint64(b)
+            v = cur[cb + ub * c3]
+            special |= _special(v)
+            x = _exact(v)
+            if has_prev:
+                x -= _exact(prev[pb + ub * p3])
+            out[b] = x
+    if special:
+        out[0] = np.nan
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins, acc,
                    sq):  # pragma: no cover (compiled)
-    """The heads h0 .. h0 + per_group − 1 (h0 = layer·H + g·per_group) of one part: see _scatter_part.
-    Writes only acc[h] and sq[h] of those heads, so (layer, g) pairs may run on different threads."""
+    """The heads h0 .. h0 + LANES − 1 (h0 = blk·LANES, fewer at the end) of one layer's part, side by side:
+    per column, one bin lookup and one read-modify-write of a LANES-wide row of a transposed accumulator,
+    and LANES independent running ‖δ‖² sums (no serial chain through one sum). Each head's sums run over
+    its elements in the same order as one head alone would: the records do not depend on LANES. Writes only
+    acc[h] and sq[h] of these heads, so blocks may run on different threads."""
+    h0 = blk * LANES
+    nh = min(LANES, n_heads - h0)
+    g_first = h0 // per_group
+    n_rows = (h0 + nh - 1) // per_group - g_first + 1  # groups read by this block (<= nh)
     c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
     p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
     unit = cs[3] == 1 and ps[3] == 1
-    buf = np.empty(n_b, dtype=np.float64)  # δ of one run of the inner dim
-    h0 = layer * n_heads + g * per_group
-    row = acc[h0]
-    s = sq[h0]  # one running sum per head, in element order (per_group == 1)
+    buf = np.zeros((LANES + 1, CHUNK), dtype=np.float64)  # δ of each group's run; row LANES stays 0 (padding)
+    rows = np.full(LANES, LANES, dtype=np.int64)  # the buf row each lane reads
+    n_bins = acc.shape[1]
+    acc_t = np.zeros((n_bins, LANES), dtype=np.float64)  # the block's bins, heads side by side
+    sums = np.zeros(LANES, dtype=np.float64)
+    for j in range(nh):
+        rows[j] = (h0 + j) // per_group - g_first
+        acc_t[:, j] = acc[h0 + j]
+        sums[j] = sq[h0 + j]
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    s0, s1, s2, s3 = sums[0], sums[1], sums[2], sums[3]
     for a in range(n_a):
         ua = np.uint64(a)
-        cb = np.uint64(c_off) + np.uint64(layer) * c0 + np.uint64(g) * c1 + ua * c2
-        pb = np.uint64(p_off) + np.uint64(layer) * p0 + np.uint64(g) * p1 + ua * p2
-        kb = ua * np.uint64(n_b)
-        # 1. convert and difference a run (contiguous runs: a loop the compiler vectorises)
-        if unit:
-            cur_run, prev_run = cur[cb:cb + np.uint64(n_b)], prev[pb:pb + np.uint64(n_b)]
-            if has_prev:
-                for b in range(n_b):
-                    buf[b] = _value(cur_run[b]) - _trusted(prev_run[b])
-            else:
-                for b in range(n_b):
-                    buf[b] = _value(cur_run[b])
-        else:
-            for b in range(n_b):
-                ub = np.uint64(b)
-                x = _value(cur[cb + ub * c3])
-                if has_prev:
-                    x -= _trusted(prev[pb + ub * p3])
-                buf[b] = x
-        # 2. scatter into the bins and add the squares
-        if per_group == 1:  # the common case, kept free of the inner loop
-            for b in range(n_b):
-                x = buf[b]
-                row[bins[kb + np.uint64(b)]] += x
-                s += x * x
-        else:
-            for b in range(n_b):
-                x = buf[b]
-                for h in range(h0, h0 + per_group):
-                    acc[h, bins[kb + np.uint64(b)]] += x
-                    sq[h] += x * x
-    if per_group == 1:
-        sq[h0] = s
+        for b0 in range(0, n_b, CHUNK):
+            m = min(CHUNK, n_b - b0)
+            ub0 = np.uint64(b0)
+            for r in range(n_rows):
+                ug = np.uint64(g_first + r)
+                cb = np.uint64(c_off) + np.uint64(layer) * c0 + ug * c1 + ua * c2 + ub0 * c3
+                pb = np.uint64(p_off) + np.uint64(layer) * p0 + ug * p1 + ua * p2 + ub0 * p3
+                _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, buf[r])
+            kb = ua * np.uint64(n_b) + ub0
+            for b in range(m):
+                k = bins[kb + np.uint64(b)]
+                x0, x1, x2, x3 = buf[r0, b], buf[r1, b], buf[r2, b], buf[r3, b]
+                acc_t[k, 0] += x0
+                acc_t[k, 1] += x1
+                acc_t[k, 2] += x2
+                acc_t[k, 3] += x3
+                s0 += x0 * x0
+                s1 += x1 * x1
+                s2 += x2 * x2
+                s3 += x3 * x3
+    sums[0], sums[1], sums[2], sums[3] = s0, s1, s2, s3
+    for j in range(nh):
+        acc[h0 + j] = acc_t[:, j]
+        sq[h0 + j] = sums[j]
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
@@ -154,24 +205,28 @@ def _scatter_part(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups,
                   per_group, bins, acc, sq):  # pragma: no cover (compiled)
     """acc[l·H + h, bins[a·B + b]] += δ and sq[l·H + h] += δ² for every element (l, g, a, b) of one part
     [L, G, A, B] (at cur[c_off + l·cs[0] + g·cs[1] + a·cs[2] + b·cs[3]]), for the heads
-    h = g·per_group .. g·per_group + per_group − 1; δ = θ_t − θ_{t−1} (θ_t when not has_prev), float64.
-    Indices are unsigned: no negative-index wraparound in the inner loop."""
+    h = g·per_group .. g·per_group + per_group − 1; δ = θ_t − θ_{t−1} (θ_t when not has_prev), float64;
+    each head's sums in (a, b) order. Heads go LANES at a time (_scatter_block). Indices are unsigned:
+    no negative-index wraparound in the inner loop."""
     n_heads = n_groups * per_group
+    n_blocks = (n_heads + LANES - 1) // LANES
     for layer in range(n_layers):
-        for g in range(n_groups):
-            _scatter_group(layer, g, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins,
-                           acc, sq)
+        for blk in range(n_blocks):
+            _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins,
+                           acc[layer * n_heads:(layer + 1) * n_heads], sq[layer * n_heads:(layer + 1) * n_heads])
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 def _scatter_part_threads(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups, n_a, n_b,
                           per_group, bins, acc, sq):  # pragma: no cover (compiled)
-    """_scatter_part with the (layer, group) pairs split across numba's threads. Each pair's sums run on
-    one thread in the same element order as the serial loop: the records are bit-identical."""
+    """_scatter_part with the (layer, block of LANES heads) pairs split across numba's threads. Each head's
+    sums run on one thread in the same element order as the serial loop: the records are bit-identical."""
     n_heads = n_groups * per_group
-    for lg in nb.prange(n_layers * n_groups):
-        _scatter_group(lg // n_groups, lg % n_groups, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b,
-                       per_group, bins, acc, sq)
+    n_blocks = (n_heads + LANES - 1) // LANES
+    for lb in nb.prange(n_layers * n_blocks):
+        layer = lb // n_blocks
+        _scatter_block(layer, lb % n_blocks, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group,
+                       bins, acc[layer * n_heads:(layer + 1) * n_heads], sq[layer * n_heads:(layer + 1) * n_heads])
 
 
 def pass_threads() -> int:
@@ -267,7 +322,7 @@ def fused_update(parts: list[Part], prev: list[Part] | None, bins: np.ndarray, n
                 tables[key] = np.ascontiguousarray(cols.T if swapped else cols).reshape(-1)
             cur, c_off, cs = _flat(t)
             pv, p_off, ps = (cur, c_off, cs) if pt is None else _flat(pt)
-            kernel = _scatter_part if threads == 1 or n_groups == 1 else _scatter_part_threads
+            kernel = _scatter_part if threads == 1 or n_heads <= LANES else _scatter_part_threads
             if kernel is _scatter_part_threads:
                 nb.set_num_threads(threads)
             kernel(cur, c_off, cs, pv, p_off, ps, pt is not None, 1, n_groups, n_outer, n_inner,
