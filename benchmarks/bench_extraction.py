@@ -2,7 +2,7 @@
 
 Builds a ~100M-parameter GPT-NeoX-shaped series locally (random init + small planted drifts in the
 attention weights, saved as fp16 safetensors), then times, each in its own subprocess:
-  (a) headscreen: LocalSeries.head_weights(dtype=None) (lazy safetensors, attention only, as stored)
+  (a) headscreen: LocalSeries.head_weights(dtype=None, check=False) (lazy safetensors, attention only, as stored)
       -> HeadSketcher with the default SpectralConfig() (CountSketch, d = 50·W = 500), at N and 2N
       checkpoints (memory must stay flat), and for comparison the Gaussian sketch and the CountSketch
       at d = 100;
@@ -26,12 +26,13 @@ Acceptance (docs/methods.md#sketches): the default makes >= 20x the bridge basel
 update floor, and <= 5.7% gap-ratio error, in one run.
 
 The streaming path measured here is the fused CountSketch pass (headscreen/spectral/fused.py): the
-attention tensors as stored, views of the files' memory maps (`head_weights(dtype=None)`, no copy;
+attention tensors as stored, views of the files' memory maps (`head_weights(dtype=None, check=False)`, no copy;
 before 2026-12-07 they were read into recycled per-layer buffers), then `HeadSketcher.update(hw, retain=True)`: one compiled loop over θ_t and θ_{t−1}
 (the previous checkpoint's buffers, kept without a copy) forms δ in float64, scatters it into the
 signed bins and sums δ². The numba kernels are loaded (compiled on the first run after an install)
 once per worker process before the timings, like the imports. Profile stages: check (config.json
-and headers), read (mapping + the per-tensor finite check, which touches every page), sketch (the fused pass).
+and headers), read (mapping, and the biases' finite check: since the second session of 2026-12-07 the weight
+matrices' NaN/Inf check is the fused pass's check of its sums, as in a screen), sketch (the fused pass).
 
 Measured with the fused pass (1 thread, nice 0, the 2-core host shared with other jobs: NOT a quiet
 benchmark; ratios are from one run each), `--checkpoints 6 --threads 1`:
@@ -221,7 +222,7 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         extra = {"kind": cfg.sketch_kind, "d": cfg.dim}
         sk = HeadSketcher(cfg, keep_history=True)
         for c in ckpts:
-            hw = series.head_weights(c, dtype=None)  # as stored (fp16), views of the files' maps
+            hw = series.head_weights(c, dtype=None, check=False)  # as stored (fp16), views of the files' maps
             sk.update(hw, c.step, retain=True)  # as the screen does: θ_t is kept as θ_(t-1), no copy
             nbytes += sum(t.numel() * t.element_size() for lw in hw.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O))
             del hw
@@ -270,8 +271,9 @@ def _warm_up_kernels() -> None:
 def profile(series, ckpts) -> dict:
     """Per-stage seconds per checkpoint of the streaming path, with the default SpectralConfig():
     check (config.json and the safetensors headers, `Series.check`), read (the attention tensors as
-    stored, mapped, with the finite check of each tensor, which faults its pages in: the
-    rest of `head_weights(dtype=None)`), sketch (`HeadSketcher.update(retain=True)`: the fused pass)."""
+    stored, mapped, the biases checked: the rest of `head_weights(dtype=None, check=False)`), sketch
+    (`HeadSketcher.update(retain=True)`: the fused pass, which faults the mapped pages in and checks its
+    sums for NaN/Inf)."""
     from headscreen.spectral import HeadSketcher, SpectralConfig
 
     stages = ("check", "read", "sketch")
@@ -281,7 +283,7 @@ def profile(series, ckpts) -> dict:
         t0 = time.perf_counter()
         series.check(c)
         t1 = time.perf_counter()
-        hw = series.head_weights(c, dtype=None)
+        hw = series.head_weights(c, dtype=None, check=False)  # as a screen reads it: the sketch checks
         t2 = time.perf_counter()
         sk.update(hw, c.step, retain=True)
         t3 = time.perf_counter()

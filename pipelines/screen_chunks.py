@@ -49,9 +49,11 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
     The head weights always come from the lazy reader (as stored: fp16 stays fp16), probed or not: the
     sketch's float64 sums run in the weights' memory order, so every checkpoint must reach the
     sketcher in the same layout for a record not to depend on whether its checkpoint was probed in
-    this run (a resumed screen recomputes a sketch record without its probes)."""
+    this run (a resumed screen recomputes a sketch record without its probes). They are read unchecked
+    (`check=False`): the sketcher's fused pass checks its sums for NaN/Inf and raises `NonFiniteWeights`
+    naming the tensor, so the caller runs the sketch update where it handles a `SeriesError`."""
     if not probe:
-        return series.head_weights(ckpt, dtype=None), None, batches
+        return series.head_weights(ckpt, dtype=None, check=False), None, batches
     bridge = series.boot(ckpt, device=device)  # runs the checkpoint checks first
     if batches is None:
         tok = getattr(bridge, "tokenizer", None)
@@ -66,7 +68,7 @@ def read_checkpoint(series: Series, ckpt, settings, batches, *, probe: bool, dev
                                "attention is probably NaN/Inf or overflowed — drop this checkpoint or screen with "
                                "--skip-bad")
     del bridge
-    return series.head_weights(ckpt, dtype=None), tables, batches
+    return series.head_weights(ckpt, dtype=None, check=False), tables, batches
 
 
 @dataclass(frozen=True)
@@ -100,21 +102,25 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
             continue
         try:
             weights, tables, batches = read_checkpoint(series, ckpt, settings, batches, probe=need_probes, device=device)
+            rec = {"index": i, "status": "ok", "prev": prev,
+                   "tables": {k: tables[k] for k in PROBE_TABLES} if need_probes else None, "tensors": None}
+            if need_sketch:
+                if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
+                    _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None),
+                           series.checkpoints[prev].step)
+                    held = prev
+                # read for this record only: no copy kept. The weights were read unchecked: a NaN/Inf raises
+                # NonFiniteWeights here, before the sketcher's state changes
+                step = sketcher.update(weights, ckpt.step, retain=True)
+                held = i
+                key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
+                rec["tensors"] = {key: value, "update_norm": step.update_norm}
         except SeriesError as e:
             if not skip_bad:
                 records.append({"index": i, "status": "error", "error": e})
                 break
             records.append({"index": i, "status": "skipped", "reason": " ".join(str(e).split())})
             continue
-        rec = {"index": i, "status": "ok", "prev": prev,
-               "tables": {k: tables[k] for k in PROBE_TABLES} if need_probes else None, "tensors": None}
-        if need_sketch:
-            if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
-                _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
-            step = sketcher.update(weights, ckpt.step, retain=True)  # read for this record only: no copy kept
-            held = i
-            key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
-            rec["tensors"] = {key: value, "update_norm": step.update_norm}
         records.append(rec)
         weights = None
         prev = i

@@ -270,3 +270,58 @@ def test_mapped_records_are_bit_identical_at_every_thread_count(series_root):
             _same(one, _run([series.head_weights(c, dtype=None) for c in series.checkpoints], retain=True)[1])
     finally:
         torch.set_num_threads(before)
+
+
+def _plant_nan(folder: Path, key_part: str) -> str:
+    """Set one value of the first tensor whose name contains key_part to NaN (in place); returns its name."""
+    from safetensors.torch import load_file, save_file
+
+    f = next(folder.glob("*.safetensors"))
+    tensors = load_file(f)
+    key = next(k for k in sorted(tensors) if key_part in k)
+    tensors[key].view(-1)[3] = float("nan")
+    save_file(tensors, f, metadata={"format": "pt"})
+    return key
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "gaussian"])
+def test_an_unchecked_read_is_checked_by_the_sketch_with_the_readers_message(tmp_path, kind):
+    """head_weights(dtype=None, check=False) skips the separate NaN/Inf pass over the weight matrices;
+    the sketcher (the fused pass on its sums, the Gaussian pass before it reads) raises the reader's own
+    NonFiniteWeights naming the checkpoint, layer and part, and leaves its state as it was."""
+    from headscreen.series import NonFiniteWeights
+
+    save_tiny_series(tmp_path / "s", "gpt_neox", [0, 10, 20])
+    _plant_nan(tmp_path / "s" / "step10", "layers.1.attention.dense.weight")
+    series = LocalSeries(tmp_path / "s")
+    bad = series.checkpoints[1]
+    with pytest.raises(NonFiniteWeights) as checked:  # the checked read refuses it
+        series.head_weights(bad, dtype=None)
+    hw = series.head_weights(bad, dtype=None, check=False)  # the unchecked read does not
+    assert not hw.checked
+    cfg = SpectralConfig(window=3, sketch_dim=16, sketch_kind=kind)
+    sk = HeadSketcher(cfg)
+    sk.update(series.head_weights(series.checkpoints[0], dtype=None, check=False), 0, retain=True)
+    with pytest.raises(NonFiniteWeights) as unchecked:
+        sk.update(hw, 10, retain=True)
+    assert str(unchecked.value) == str(checked.value) and "layer 1 W_O" in str(unchecked.value)
+    # nothing changed: the next good checkpoint's update is the one from step 0
+    after = sk.update(series.head_weights(series.checkpoints[2], dtype=None, check=False), 20, retain=True)
+    ref = HeadSketcher(cfg)
+    ref.update(series.head_weights(series.checkpoints[0], dtype=None), 0)
+    want = ref.update(series.head_weights(series.checkpoints[2], dtype=None), 20)
+    assert torch.equal(after.sketch, want.sketch) and torch.equal(after.update_norm, want.update_norm)
+    with pytest.raises(NonFiniteWeights):  # stacking the unchecked record checks it too
+        series.head_weights(bad, dtype=None, check=False).head_vectors()
+
+
+def test_an_unchecked_read_still_checks_the_biases(tmp_path):
+    from headscreen.series import NonFiniteWeights
+
+    save_tiny_series(tmp_path / "s", "gpt_neox", [0])
+    _plant_nan(tmp_path / "s" / "step0", "layers.0.attention.query_key_value.bias")
+    series = LocalSeries(tmp_path / "s")
+    with pytest.raises(NonFiniteWeights, match=r"step0.*layer 0 b_"):
+        series.head_weights(series.checkpoints[0], dtype=None, check=False)
+    with pytest.raises(ValueError, match="as-stored read"):
+        series.head_weights(series.checkpoints[0], check=False)

@@ -286,7 +286,7 @@ def _check_read(read_now: list[tuple[str, torch.Tensor]], parts: dict[str, torch
 
 
 def read_head_weights(
-    src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype | None = torch.float32,
+    src: TensorSource, geometry: AttentionGeometry, dtype: torch.dtype | None = torch.float32, *, check: bool = True,
 ) -> HeadWeights | LayeredHeadWeights:
     """Read every layer's attention tensors (and nothing else) into a `HeadWeights` record.
 
@@ -298,6 +298,9 @@ def read_head_weights(
     model's weights would be. The finite check touches each page once; the fused sketch pass then
     reads the bytes from the page cache, with no copy in between (benchmarks/bench_extraction.py).
     Raises `NonFiniteWeights` naming the checkpoint, layer and tensor on NaN/Inf.
+    check=False (as stored only): the weight matrices are not checked here but handed on unchecked
+    (`LayeredHeadWeights.check_finite`), for the fused sketch pass, which reads every value once and
+    checks its sums instead (a second pass over 512 MB per checkpoint at 1B); biases are still checked.
     Memory: with a dtype, one checkpoint's attention tensors (4·n_layers·d_model·heads·d_head floats)
     plus one layer's tensors; as stored, the mapped pages (the page cache's own, reclaimable).
     """
@@ -309,9 +312,16 @@ def read_head_weights(
         for layer in range(geometry.n_layers):
             views.read_now = []
             parts = reader(views, geometry, layer)
-            _check_read(views.read_now, parts, f"{where} {layer}")
+            if check:
+                _check_read(views.read_now, parts, f"{where} {layer}")
+            else:  # the biases only (small); the weight matrices are the consumer's to check
+                for name, t in parts.items():
+                    if name.startswith("b_"):
+                        require_finite(t, f"{where} {layer} {name}")
             per_layer.append(HeadWeights(**{name: t.unsqueeze(0) for name, t in parts.items()}))
-        return LayeredHeadWeights(tuple(per_layer))
+        return LayeredHeadWeights(tuple(per_layer), unchecked=None if check else where)
+    if not check:
+        raise ValueError("read_head_weights: check=False is for the as-stored read (dtype=None) only")
     stacked: dict[str, torch.Tensor] = {}
     for layer in range(geometry.n_layers):
         parts = reader(src, geometry, layer)

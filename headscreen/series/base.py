@@ -108,11 +108,12 @@ class Series:
     def tensor_source(self, ckpt: Checkpoint) -> TensorSource:
         return TensorSource(self.folder(ckpt), allow_pickle=self.allow_pickle)
 
-    def head_weights(self, ckpt: Checkpoint,
-                     dtype: torch.dtype | None = torch.float32) -> HeadWeights | LayeredHeadWeights:
+    def head_weights(self, ckpt: Checkpoint, dtype: torch.dtype | None = torch.float32, *,
+                     check: bool = True) -> HeadWeights | LayeredHeadWeights:
         """Attention weights of one checkpoint, read lazily (only attention tensors), as float32 by default.
         dtype=None: as stored, e.g. fp16, and without any copy: a `LayeredHeadWeights` of views of the
-        shards' memory maps (see `read_head_weights`).
+        shards' memory maps (see `read_head_weights`). check=False (with dtype=None): the NaN/Inf check
+        of the weight matrices is left to the consumer (the fused sketch pass checks its sums).
 
         Raises `ShapeMismatch` if shapes differ from the first checkpoint read from this series.
         """
@@ -123,7 +124,7 @@ class Series:
             raise
         geometry = self.check(ckpt, src=src)  # headers and claimed shapes, before anything is allocated
         try:
-            hw = read_head_weights(src, geometry, dtype=dtype)
+            hw = read_head_weights(src, geometry, dtype=dtype, check=check)
         finally:
             src.close()  # drop the shard handles: nothing of this checkpoint is kept
         shapes = hw.shapes()

@@ -91,16 +91,40 @@ class LayeredHeadWeights:
 
     The fused sketch pass (headscreen/spectral/fused.py) walks the layers as they are. Anything else
     reads `W_Q` … `b_O` or `head_vectors` as for a `HeadWeights`: the layers are then stacked once (a
-    copy, kept for later reads)."""
+    copy, kept for later reads).
 
-    def __init__(self, layers: tuple[HeadWeights, ...]) -> None:
+    `unchecked`: where the weights came from ("<checkpoint>: layer"), when their W_Q … W_O have not been
+    checked for NaN/Inf yet (`read_head_weights(check=False)`: the fused sketch pass reads every value
+    anyway and checks its float64 sums instead of a separate pass over the pages). Whoever reads the
+    values otherwise calls `check_finite()` first; stacking does."""
+
+    def __init__(self, layers: tuple[HeadWeights, ...], *, unchecked: str | None = None) -> None:
         if not layers or any(hw.n_layers != 1 for hw in layers):
             raise ValueError("LayeredHeadWeights takes one HeadWeights of n_layers 1 per layer")
         self.layers = layers
         self._stacked: HeadWeights | None = None
+        self._unchecked = unchecked
+
+    @property
+    def checked(self) -> bool:
+        """True once W_Q … W_O are known to be finite."""
+        return self._unchecked is None
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteWeights` naming the checkpoint, layer and part of the first NaN/Inf in W_Q … W_O
+        (a no-op once checked; biases are checked when read)."""
+        if self._unchecked is None:
+            return
+        from headscreen.series.adapters import require_finite  # the reader's check and message
+
+        for layer, lw in enumerate(self.layers):
+            for name in ("W_Q", "W_K", "W_V", "W_O"):
+                require_finite(getattr(lw, name), f"{self._unchecked} {layer} {name}")
+        self._unchecked = None
 
     def stacked(self) -> HeadWeights:
-        """The layers stacked into one `HeadWeights` (a copy, made once)."""
+        """The layers stacked into one `HeadWeights` (a copy, made once; checked first)."""
+        self.check_finite()
         if self._stacked is None:
             names = [n for n in _NAMES if getattr(self.layers[0], n) is not None]
             self._stacked = HeadWeights(**{n: torch.cat([getattr(lw, n) for lw in self.layers]) for n in names})

@@ -44,6 +44,8 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from headscreen.series.weights import LayeredHeadWeights
+
 from .segments import PARTS, UpdatePass
 
 #: half-precision tensors are handed to the compiled loop as their bit patterns, fp16 as uint16 and bf16
@@ -359,10 +361,14 @@ class FusedPass(UpdatePass):
             out, sq, finite = fused_update(parts, None if project_theta else prev, self.bins, n_heads, self.dim,
                                           self.tables)
             if not bool(finite.all()):
+                if isinstance(weights, LayeredHeadWeights):
+                    weights.check_finite()  # read unchecked: NonFiniteWeights names the checkpoint and tensor
                 layer, head = divmod(int((~finite).flatten().nonzero()[0, 0]), n_heads)
                 raise ValueError(f"step {ck.step}: NaN/inf weights in layer {layer} head {head}; the checkpoint is "
                                  "corrupt or diverged")
         else:  # priming with a recorded sketch: only θ_t is kept
+            if isinstance(weights, LayeredHeadWeights):
+                weights.check_finite()
             ck.check_finite()
             out = sq = None
         self.prev = parts if retain else [(tuple(t.clone() for t in ts), col) for ts, col in parts]

@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscreen.series.weights import LayeredHeadWeights
+
 from .config import SpectralConfig
 from .fingerprint import fingerprint
 from .fused import FusedPass
@@ -110,8 +112,10 @@ class HeadSketcher:
         return ck
 
     def _ingest(self, weights, ck: SegmentedCheckpoint, **kw) -> tuple[Tensor | None, Tensor]:
-        if isinstance(self._pass, FusedPass):
+        if isinstance(self._pass, FusedPass):  # checks unchecked weights itself (on its sums)
             return self._pass.ingest(weights, ck, **kw)
+        if isinstance(weights, LayeredHeadWeights):
+            weights.check_finite()  # read unchecked (check=False): NonFiniteWeights names the tensor
         return self._pass.ingest(ck, **kw)
 
     def state_bytes(self) -> dict:
