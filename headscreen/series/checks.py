@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from headscreen.series.adapters import AttentionGeometry, check_shapes, geometry_from_config, require_finite
+from headscreen.series.adapters import AttentionGeometry, check_shapes, geometry_from_config
 from headscreen.series.errors import CheckpointNotFound, CorruptCheckpoint, ShapeMismatch
+from headscreen.series.finite import require_finite
 from headscreen.series.tensors import TensorSource
 
 

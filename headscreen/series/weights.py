@@ -23,6 +23,7 @@ from einops import rearrange
 from jaxtyping import Float
 
 from headscreen.heads import kv_head, kv_heads
+from headscreen.series.finite import require_finite
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,6 @@ class LayeredHeadWeights:
         (a no-op once checked; biases are checked when read)."""
         if self._unchecked is None:
             return
-        from headscreen.series.adapters import require_finite  # the reader's check and message
-
         for layer, lw in enumerate(self.layers):
             for name in ("W_Q", "W_K", "W_V", "W_O"):
                 require_finite(getattr(lw, name), f"{self._unchecked} {layer} {name}")
