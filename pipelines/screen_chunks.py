@@ -24,7 +24,7 @@ from headscreen.compute.executors import Executor, TaskFailed, WorkerDied, chunk
 from headscreen.probes.budget import micro_batch_for
 from headscreen.probes.screen import non_finite_outputs, screen_checkpoint
 from headscreen.rundir.store import RunStore
-from headscreen.series import HeadWeights, NonFiniteOutputs, Series, SeriesError
+from headscreen.series import HeadWeights, NonFiniteOutputs, NonFiniteWeights, Series, SeriesError
 from headscreen.spectral import HeadSketcher
 
 PROBE_TABLES = ("selectivity", "head_scores", "participation", "copying")
@@ -100,27 +100,32 @@ def screen_chunk(series: Series, settings, kept: list[int], chunk: Chunk, skip_b
         if not (need_sketch or need_probes):
             prev = i
             continue
+        failure, step = None, None
         try:
             weights, tables, batches = read_checkpoint(series, ckpt, settings, batches, probe=need_probes, device=device)
-            rec = {"index": i, "status": "ok", "prev": prev,
-                   "tables": {k: tables[k] for k in PROBE_TABLES} if need_probes else None, "tensors": None}
-            if need_sketch:
-                if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried
-                    _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None),
-                           series.checkpoints[prev].step)
-                    held = prev
-                # read for this record only: no copy kept. The weights were read unchecked: a NaN/Inf raises
-                # NonFiniteWeights here, before the sketcher's state changes
-                step = sketcher.update(weights, ckpt.step, retain=True)
-                held = i
-                key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
-                rec["tensors"] = {key: value, "update_norm": step.update_norm}
         except SeriesError as e:
+            failure = e
+        if failure is None and need_sketch:
+            if prev is not None and held != prev:  # θ_{t-1} from its checkpoint; no running sum is carried.
+                # Outside the handling below: a failure here is θ_{t-1}'s, not this checkpoint's
+                _prime(sketcher, series.head_weights(series.checkpoints[prev], dtype=None), series.checkpoints[prev].step)
+                held = prev
+            try:  # read for this record only: no copy kept
+                step = sketcher.update(weights, ckpt.step, retain=True)
+            except NonFiniteWeights as e:  # read unchecked: the pass found NaN/Inf, before any state changed
+                failure = e
+        if failure is not None:
             if not skip_bad:
-                records.append({"index": i, "status": "error", "error": e})
+                records.append({"index": i, "status": "error", "error": failure})
                 break
-            records.append({"index": i, "status": "skipped", "reason": " ".join(str(e).split())})
+            records.append({"index": i, "status": "skipped", "reason": " ".join(str(failure).split())})
             continue
+        rec = {"index": i, "status": "ok", "prev": prev,
+               "tables": {k: tables[k] for k in PROBE_TABLES} if need_probes else None, "tensors": None}
+        if step is not None:
+            held = i
+            key, value = ("sketch", step.sketch) if step.increment is None or prev is None else ("increment", step.increment)
+            rec["tensors"] = {key: value, "update_norm": step.update_norm}
         records.append(rec)
         weights = None
         prev = i

@@ -325,3 +325,27 @@ def test_an_unchecked_read_still_checks_the_biases(tmp_path):
         series.head_weights(series.checkpoints[0], dtype=None, check=False)
     with pytest.raises(ValueError, match="as-stored read"):
         series.head_weights(series.checkpoints[0], check=False)
+
+
+def test_a_screen_chunk_skips_the_nan_checkpoint_itself_and_never_the_one_after(tmp_path):
+    """The screen reads the weights unchecked and lets the sketch find NaN/Inf. With --skip-bad the bad
+    checkpoint is the one recorded as skipped (the next one is sketched from the last good one); a chunk
+    that starts right after the bad checkpoint does not record its own first checkpoint as skipped because
+    θ_{t−1} is bad: that error stays θ_{t−1}'s, as before the read was unchecked."""
+    from headscreen.series import NonFiniteWeights
+    from pipelines.screen import ScreenSettings
+    from pipelines.screen_chunks import Chunk, screen_chunk
+
+    save_tiny_series(tmp_path / "s", "gpt_neox", [0, 10, 20, 30])
+    _plant_nan(tmp_path / "s" / "step10", "layers.0.attention.dense.weight")
+    series = LocalSeries(tmp_path / "s")
+    settings = ScreenSettings(spectral=SpectralConfig(window=3, sketch_dim=16))
+    kept, sketch_only = [0, 1, 2, 3], {i: (True, False) for i in range(4)}
+    out = screen_chunk(series, settings, kept, Chunk(0, 4, sketch_only), skip_bad=True, device="cpu")["records"]
+    assert [r["status"] for r in out] == ["ok", "skipped", "ok", "ok"]
+    assert "step10" in out[1]["reason"] and "layer 0 W_O" in out[1]["reason"] and out[2]["prev"] == 0
+    stopped = screen_chunk(series, settings, kept, Chunk(0, 4, sketch_only), skip_bad=False, device="cpu")["records"]
+    assert [r["status"] for r in stopped] == ["ok", "error"] and isinstance(stopped[1]["error"], NonFiniteWeights)
+    with pytest.raises(NonFiniteWeights, match="step10"):  # θ_{t−1} of the chunk [2, 4) is the bad checkpoint
+        screen_chunk(series, settings, kept, Chunk(2, 4, {2: (True, False), 3: (True, False)}), skip_bad=True,
+                     device="cpu")
