@@ -148,6 +148,30 @@ def test_a_run_that_cannot_give_the_ablation_says_why(tmp_path):
     assert str(SETTINGS["dyck"].step) in early["why"]
 
 
+def _curves(run_dir, test_acc):
+    import pandas as pd
+
+    steps = [20 * i for i in range(len(test_acc))]
+    pd.DataFrame({"step": steps, "train_acc": [1.0] * len(steps), "test_acc": test_acc}).to_parquet(
+        run_dir / "curves.parquet")
+
+
+def test_a_post_grokking_ablation_takes_a_shorter_runs_last_snapshot_once_it_has_grokked(tmp_path):
+    uw = _run(tmp_path, [0, 20, 40, 60, 80], planted=True)
+    s = AblationSettings(step=9500, n_eval=25, n_random=3, after_grok=True)  # SCAN's phase, past the run's end
+    assert SETTINGS["scan"].after_grok and not SETTINGS["dyck"].after_grok
+    _curves(tmp_path, [0.5, 0.9, 0.98, 0.99, 0.985])  # groks at step 40 (3 evaluations in a row >= 0.98)
+    step, used, edge = edge_directions(tmp_path, s)
+    assert step == 80 and used == [0, 20, 40, 60, 80]
+    assert torch.allclose((edge @ uw.T).abs().pow(2).sum(1), torch.ones(2, dtype=edge.dtype), atol=1e-6)
+    assert edge_ablation(tmp_path, s)["step"] == 80
+    _curves(tmp_path, [0.5, 0.9, 0.98, 0.97, 0.99])  # never 3 in a row: not grokked
+    why = edge_ablation(tmp_path, s)
+    assert why["status"] == "cannot test" and "last snapshot is step 80" in why["why"] and "not grokked" in why["why"]
+    fixed = edge_ablation(tmp_path, replace(s, after_grok=False))  # a fixed phase still needs the run to reach it
+    assert fixed["status"] == "cannot test" and "train the run that far" in fixed["why"]
+
+
 def test_the_findings_row_reads_the_prepared_ablation(tmp_path):
     from headscreen.grokking.analysis.edge_ablation import PUBLISHED
     from headscreen.report.grok_findings import _ablation_row

@@ -4,6 +4,7 @@ synthetic series, GrokConfig, Li2Config), with their rules written once. Each co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from headscreen.config.core import ConfigError
@@ -42,3 +43,19 @@ class OptimizerSettings:
                        grad_clip=getattr(config, "grad_clip", None))
         except ConfigError as e:
             raise ConfigError(f"{section} config {e}") from None
+
+
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def scheduled_lr(lr: float, step: int, *, steps: int, warmup: int = 0, decay: str = "none", decay_start: int = 0,
+                 final: float = 0.0) -> float:
+    """The learning rate of update step + 1 (`step` counts from 0) of a `steps`-update run: `lr` times a linear
+    warm-up over the first `warmup` updates; with `decay` "linear" or "cosine", from update `decay_start` on
+    it falls from `lr` towards `final`, which it would reach at update `steps` (warm-up, stable, decay)."""
+    rate = lr
+    if decay != "none" and step >= decay_start:
+        done = (step - decay_start) / (steps - decay_start)  # in [0, 1)
+        left = 1.0 - done if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+        rate = final + (lr - final) * left
+    return rate * min(1.0, (step + 1) / warmup) if warmup else rate

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headscreen.config.core import ConfigError, from_mapping, unknown_keys
-from headscreen.config.optimizer import OptimizerSettings
+from headscreen.config.optimizer import LR_DECAYS, OptimizerSettings
 from headscreen.grokking.models.transformer import PRESETS, ModelSpec
 from headscreen.grokking.tasks.base import is_registered, task_spec
 from headscreen.grokking.tasks.modular import check_task
@@ -35,6 +35,9 @@ class GrokConfig:
     batch_size: int | None = 512  # None (or >= the training set): full batch
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     warmup: int = 0  # linear learning-rate warm-up steps
+    lr_decay: str = "none"  # or "linear" / "cosine": from update lr_decay_start on, lr falls towards lr_final
+    lr_decay_start: int = 0  # (reached at `steps`); config.optimizer.scheduled_lr
+    lr_final: float = 0.0
     steps: int = 2000
     seed: int = 0  # model init, split and batches (batches depend only on (seed, step))
     # trajectory capture
@@ -83,7 +86,12 @@ class GrokConfig:
             raise ConfigError(f"intervention.start = {self.intervention.start} is not before the last step (steps = "
                               f"{self.steps}): the intervention would never act; use a start below {self.steps} "
                               "(--intervention-start) or more --steps")
-        choices = {"defect_form": ("exact", "float32_direct"), "split": ("torch_permutation", "python_shuffle"),
+        if self.lr_decay != "none":
+            if not 0 <= self.lr_decay_start < self.steps:
+                fail("lr_decay_start", f"use a step in [0, steps = {self.steps}): where the decay begins")
+            if not 0.0 <= self.lr_final <= self.lr:
+                fail("lr_final", f"use a final learning rate in [0, lr = {self.lr}]")
+        choices = {"lr_decay": LR_DECAYS, "defect_form": ("exact", "float32_direct"), "split": ("torch_permutation", "python_shuffle"),
                    "batch_sampling": ("without_replacement", "with_replacement")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -12,9 +12,11 @@ tensors themselves when they are handed over (`retain`), else one copy.
 
 Heads are walked LANES at a time: their runs are converted side by side, each column's bin is looked up
 once for all of them and added into a transposed [bins, LANES] accumulator, and the LANES ‖δ‖² sums are
-independent chains (one head alone is bound by the latency of its one running sum). Each head's sums
-still run over its own elements in its own order, so the records are those of one head at a time,
-bit for bit (tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py
+independent chains (one head alone is bound by the latency of its one running sum); the LANES adds into
+a bin are one 4-wide vector add (`_add4`: the same IEEE add in every lane). Each contiguous run is
+prefetched a page ahead (`_prefetch`), since the hardware prefetcher stops at page boundaries and the
+pass walks 2 × LANES streams at once. Each head's sums still run over its own elements in its own order,
+so the records are those of one head at a time, bit for bit (tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py
 times both).
 
 Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
@@ -79,6 +82,46 @@ def _bitcast_f32(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """A read prefetch of arr's element `idx` into every cache level (a hint: no fault, no result)."""
+    if not (isinstance(arr, types.Array) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())  # one declaration for all
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data cache
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
+
+
+@intrinsic
+def _add4(typingctx, acc, k, x0, x1, x2, x3):
+    """acc[4k : 4k + 4] += (x0, x1, x2, x3) as one 4-wide load, add and store (acc: 1-D float64). Each lane
+    is the same IEEE float64 add as the scalar `acc[4k + i] += xi`: the sums are bit for bit the same."""
+    if not (isinstance(acc, types.Array) and acc.dtype == types.float64 and acc.ndim == 1
+            and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr, kk, *xs = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        vec = ir.VectorType(ir.DoubleType(), 4)
+        ptr = builder.bitcast(builder.gep(data, [builder.mul(kk, ir.Constant(kk.type, 4))]), vec.as_pointer())
+        x = ir.Constant(vec, ir.Undefined)
+        for i, xi in enumerate(xs):
+            x = builder.insert_element(x, xi, ir.Constant(ir.IntType(32), i))
+        builder.store(builder.fadd(builder.load(ptr, align=8), x), ptr, align=8)
+        return context.get_dummy_value()
+
+    return types.void(acc, k, types.float64, types.float64, types.float64, types.float64), codegen
+
+
 def _exact(v):  # the float64 value of one stored element (overload below); fp16 Inf/NaN give finite junk
     raise NotImplementedError
 
@@ -115,6 +158,9 @@ def _special_impl(v):
 LANES = 4
 #: elements of a run converted at a time (bounds the work buffer to LANES × CHUNK float64)
 CHUNK = 512
+#: how far ahead of the chunk being converted each contiguous run of θ_t and θ_{t−1} is prefetched, in
+#: elements (4 KiB of fp16: the next page, where the hardware prefetcher stops; benchmarks/bench_extraction.py)
+AHEAD = 2048
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -163,10 +209,13 @@ def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_head
     c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
     p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
     unit = cs[3] == 1 and ps[3] == 1
+    n_cur, n_prev = np.uint64(cur.size), np.uint64(prev.size)
+    line = max(1, 64 // cur.itemsize)  # elements per cache line
     buf = np.zeros((LANES + 1, CHUNK), dtype=np.float64)  # δ of each group's run; row LANES stays 0 (padding)
     rows = np.full(LANES, LANES, dtype=np.int64)  # the buf row each lane reads
     n_bins = acc.shape[1]
     acc_t = np.zeros((n_bins, LANES), dtype=np.float64)  # the block's bins, heads side by side
+    acc_v = acc_t.reshape(n_bins * LANES)  # the same memory, flat, for _add4
     sums = np.zeros(LANES, dtype=np.float64)
     for j in range(nh):
         rows[j] = (h0 + j) // per_group - g_first
@@ -183,15 +232,19 @@ def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_head
                 ug = np.uint64(g_first + r)
                 cb = np.uint64(c_off) + np.uint64(layer) * c0 + ug * c1 + ua * c2 + ub0 * c3
                 pb = np.uint64(p_off) + np.uint64(layer) * p0 + ug * p1 + ua * p2 + ub0 * p3
+                if unit:  # one prefetch per 64-byte line, AHEAD elements on (a hint; within the arrays)
+                    for off in range(AHEAD, AHEAD + m, line):
+                        uo = np.uint64(off)
+                        if cb + uo < n_cur:
+                            _prefetch(cur, cb + uo)
+                        if has_prev and pb + uo < n_prev:
+                            _prefetch(prev, pb + uo)
                 _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, buf[r])
             kb = ua * np.uint64(n_b) + ub0
             for b in range(m):
                 k = bins[kb + np.uint64(b)]
                 x0, x1, x2, x3 = buf[r0, b], buf[r1, b], buf[r2, b], buf[r3, b]
-                acc_t[k, 0] += x0
-                acc_t[k, 1] += x1
-                acc_t[k, 2] += x2
-                acc_t[k, 3] += x3
+                _add4(acc_v, k, x0, x1, x2, x3)  # acc_t[k, i] += xi, one 4-wide add (LANES is 4)
                 s0 += x0 * x0
                 s1 += x1 * x1
                 s2 += x2 * x2

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from headscreen.config.optimizer import scheduled_lr
 from headscreen.rundir.atomic import fsync_dir, fsync_tree
 from headscreen.rundir.optimizer_state import load_optimizer_state, optimizer_state_step, save_optimizer_state
 from headscreen.rundir.store import write_json
@@ -143,7 +144,7 @@ def _run(cfg: TrainConfig, out: Path, series: dict, progress: bool, plan) -> Non
         if step == cfg.steps:
             break
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+            group["lr"] = scheduled_lr(cfg.lr, step, steps=cfg.steps, warmup=cfg.warmup)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:

@@ -1,7 +1,8 @@
 """The edge-direction ablation of the lifecycle study (arXiv 2604.07380, §4 "The ablation paradox"); every
 setting and where it was read: docs/methods.md, "Grokking II: the published recipes", "Edge-direction ablation".
 
-At one snapshot (the last at or before `AblationSettings.step`) θ is the vector of the attention matrices
+At one snapshot (the last at or before `AblationSettings.step`; for SCAN's post-grokking phase, a shorter
+run's last snapshot once it has grokked) θ is the vector of the attention matrices
 (`edge_lifecycle.attention_vector`: every W_Q, W_K, W_V, W_O, biases excluded). The edge directions v₁..v_k
 are the top-k right singular vectors (uncentered, `paramspace.top_right_singular`) of the up to `window`
 updates δ_i = θ_i − θ_{i−1} between consecutive snapshots ending at that snapshot. Ablating an orthonormal
@@ -35,12 +36,16 @@ class AblationSettings:
     n_eval: int = 300  # the first n test sequences
     n_random: int = 20  # random k-bases in the control
     random_seed: int = 1000
+    # a post-grokking phase: a run that ends before `step` is ablated at its last snapshot instead, provided it
+    # has grokked (the study's rule, sequence_rules.run_events) by then
+    after_grok: bool = False
 
 
 # the study's settings (docs/methods.md): Dyck "late" = snapshot 39 at 100-step spacing; SCAN "post_grok" =
-# snapshot 19 at 500-step spacing (the paper does not name the phase of its SCAN −0.49: the script's last)
+# snapshot 19 at 500-step spacing (the paper does not name the phase of its SCAN −0.49: the script's last), so a
+# shorter SCAN run (the CPU recipe) that has grokked is ablated at its own last snapshot
 SETTINGS = {"dyck": AblationSettings(step=3900),
-            "scan": AblationSettings(step=9500, n_eval=150, n_random=10, random_seed=3000)}
+            "scan": AblationSettings(step=9500, n_eval=150, n_random=10, random_seed=3000, after_grok=True)}
 PUBLISHED = {"dyck": {"delta_acc": -0.58, "ratio": 4000.0, "where": "late (step 3900), 3 seeds: −0.58 ± 0.09"},
              "scan": {"delta_acc": -0.49, "ratio": 1e7, "where": "grokked model, phase not stated"}}
 TASK_KEYS = ("tasks", "task_options", "model", "seed", "p", "train_frac", "split")  # what builds data + model
@@ -82,12 +87,22 @@ def random_bases(p: int, s: AblationSettings) -> list[Tensor]:
 
 
 def edge_directions(run_dir: Path, s: AblationSettings) -> tuple[int, list[int], Tensor] | str:
-    """(the snapshot's step, the window's snapshot steps, v₁..v_k [k, P]); or why they cannot be measured."""
+    """(the snapshot's step, the window's snapshot steps, v₁..v_k [k, P]); or why they cannot be measured. The
+    snapshot is the last at or before `s.step`; with `s.after_grok`, a run that ends earlier gives its last one
+    once it has grokked."""
     from headscreen.grokking.training.snapshots import Trajectory
 
     traj = Trajectory(run_dir)
     steps = traj.steps
-    if not steps or steps[-1] < s.step:
+    if steps and steps[-1] < s.step and s.after_grok:
+        from headscreen.grokking.published.sequence_rules import run_events
+
+        grok = run_events(run_dir)["grok_step"]
+        if grok is None or grok > steps[-1]:
+            return (f"the run's last snapshot is step {steps[-1]} and it has not grokked by then (test accuracy "
+                    f"≥ 0.98 at 3 evaluations in a row); the post-grokking ablation needs a grokked run (or a "
+                    f"snapshot at step {s.step}, AblationSettings.step): train the run further")
+    elif not steps or steps[-1] < s.step:
         return (f"the run's last snapshot is step {steps[-1] if steps else 'none'}; the ablation is taken at step "
                 f"{s.step} (AblationSettings.step; the published phase by default): train the run that far")
     i = max(j for j, t in enumerate(steps) if t <= s.step)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from headscreen.compute.runtime import deterministic_algorithms
+from headscreen.config.optimizer import scheduled_lr
 from headscreen.grokking.config import GrokConfig, config_defaults
 from headscreen.grokking.tasks.base import make_task
 from headscreen.grokking.tasks.base import modular_loss as loss_fn  # noqa: F401 - the modular loss, as before
@@ -305,10 +306,11 @@ class _Loop:
             save_optimizer(self.run_dir / RESUME, self.optimizer, step)
 
     def update(self, step: int) -> None:
-        """Update step+1 on batch `step` (warmup lr, intervention hooks, clipping)."""
+        """Update step+1 on batch `step` (scheduled lr, intervention hooks, clipping)."""
         cfg, steer = self.cfg, self.steer
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+            group["lr"] = scheduled_lr(cfg.lr, step, steps=cfg.steps, warmup=cfg.warmup, decay=cfg.lr_decay,
+                                       decay_start=cfg.lr_decay_start, final=cfg.lr_final)
         idx = self.batches.indices(step)
         idx = idx if idx is None or self.device == "cpu" else idx.to(self.device)
         batch = self.train if idx is None else (self.train[0][idx], self.train[1][idx])
