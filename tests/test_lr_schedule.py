@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from test_grok_train import tiny_config
 
 from headscreen.config import ConfigError
 from headscreen.config.optimizer import scheduled_lr
 from headscreen.grokking.config import GrokConfig
 from headscreen.grokking.training.snapshots import Trajectory
 from headscreen.grokking.training.train import train_run
-from test_grok_train import tiny_config
 
 torch.set_num_threads(1)
 
