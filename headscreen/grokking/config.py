@@ -91,7 +91,8 @@ class GrokConfig:
                 fail("lr_decay_start", f"use a step in [0, steps = {self.steps}): where the decay begins")
             if not 0.0 <= self.lr_final <= self.lr:
                 fail("lr_final", f"use a final learning rate in [0, lr = {self.lr}]")
-        choices = {"lr_decay": LR_DECAYS, "defect_form": ("exact", "float32_direct"), "split": ("torch_permutation", "python_shuffle"),
+        choices = {"lr_decay": LR_DECAYS, "defect_form": ("exact", "float32_direct"),
+                   "split": ("torch_permutation", "python_shuffle"),
                    "batch_sampling": ("without_replacement", "with_replacement")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -16,8 +16,8 @@ independent chains (one head alone is bound by the latency of its one running su
 a bin are one 4-wide vector add (`_add4`: the same IEEE add in every lane). Each contiguous run is
 prefetched a page ahead (`_prefetch`), since the hardware prefetcher stops at page boundaries and the
 pass walks 2 × LANES streams at once. Each head's sums still run over its own elements in its own order,
-so the records are those of one head at a time, bit for bit (tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py
-times both).
+so the records are those of one head at a time, bit for bit (tests/test_fused_sketch.py checks them
+against a plain loop; benchmarks/bench_scatter.py times both).
 
 Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
 per layer (a `LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked; the
@@ -154,7 +154,8 @@ def _special_impl(v):
 
 
 #: heads walked together by one kernel call: their runs are converted side by side and each column's bin is
-#: looked up once for all of them; each head keeps its own float64 sums in its own element order
+#: looked up once for all of them; each head keeps its own float64 sums in its own element order (4: the
+#: width of `_add4`, one 32-byte vector of float64)
 LANES = 4
 #: elements of a run converted at a time (bounds the work buffer to LANES × CHUNK float64)
 CHUNK = 512
