@@ -35,8 +35,10 @@ class GrokConfig:
     batch_size: int | None = 512  # None (or >= the training set): full batch
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     warmup: int = 0  # linear learning-rate warm-up steps
-    lr_decay: str = "none"  # or "linear" / "cosine": from update lr_decay_start on, lr falls towards lr_final
-    lr_decay_start: int = 0  # (reached at `steps`); config.optimizer.scheduled_lr
+    # learning-rate decay (config.optimizer.scheduled_lr): "none", or "linear" / "cosine" from update
+    # lr_decay_start on, falling from lr towards lr_final, which it would reach at `steps`
+    lr_decay: str = "none"
+    lr_decay_start: int = 0
     lr_final: float = 0.0
     steps: int = 2000
     seed: int = 0  # model init, split and batches (batches depend only on (seed, step))

@@ -15,6 +15,7 @@ from .segments import PARTS
 #: as int16, so that the loop is compiled once per kind with the right conversion (no branch per element)
 _BITS = {torch.float16: np.uint16, torch.bfloat16: np.int16}
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 Part = tuple[tuple[Tensor, ...], int]  # (per-layer [G, A, B] views, first column of the part in the head vector)
 
 
