@@ -201,6 +201,76 @@ def test_every_finite_half_precision_value_is_read_exactly(dtype):
             HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)
 
 
+def test_both_fp16_conversions_are_exact_on_every_bit_pattern():
+    """The CPU's fp16 conversion (`_half_f64`, used where HARDWARE_HALF) and the integer one (`_fp16_bits`, used
+    elsewhere) against numpy's, on all 65,536 patterns; the integer one's Inf/NaN are flagged by `_fp16_special`."""
+    import numba
+
+    from headscreen.spectral import fused
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float64)
+    finite = np.isfinite(want)
+
+    @numba.njit
+    def by_ints(b):
+        out, flag = np.empty(b.size), np.empty(b.size, dtype=np.uint64)
+        for i in range(b.size):
+            out[i], flag[i] = fused._fp16_bits(b[i]), fused._fp16_special(b[i])
+        return out, flag
+
+    @numba.njit
+    def by_cpu(b):  # compiled only where the CPU has the instruction
+        return np.array([fused._half_f64(x) for x in b])
+
+    ints, flag = by_ints(bits)
+    assert np.array_equal(ints[finite], want[finite])
+    assert np.array_equal(flag.astype(bool), ~finite)
+    assert (np.abs(ints[~finite]) >= 2.0 ** 16).all()  # finite junk, which the flag poisons
+    if fused.HARDWARE_HALF:  # F16C or aarch64: the instruction keeps Inf and NaN as they are
+        hard = by_cpu(bits)
+        assert np.array_equal(hard, want, equal_nan=True)
+        assert np.array_equal(np.signbit(hard), np.signbit(want))
+
+
+def test_the_integer_fp16_path_gives_the_same_records(tmp_path):
+    """A process whose kernels are compiled for a generic x86-64 (NUMBA_CPU_NAME: no F16C, so the integer
+    conversion) writes the records of an fp16 series; they are this process's bit for bit, and its NaN check
+    still fires."""
+    import os
+    import subprocess
+
+    from headscreen.spectral import fused
+
+    code = f"""
+import numpy as np, torch
+from headscreen.spectral import HeadSketcher, SpectralConfig, fused
+from tests.test_fused_sketch import _cast, _series
+assert not fused.HARDWARE_HALF
+hs = HeadSketcher(SpectralConfig(window=3, sketch_dim=40, block_size=300))
+recs = [hs.update(_cast(w, torch.float16), 10 * i) for i, w in enumerate(_series())]
+bad = _cast(_series()[0], torch.float16)
+bad.W_V[0, 1, 2, 3] = float("inf")
+try:
+    hs.update(bad, 100)
+    raise SystemExit("no error for an Inf weight")
+except ValueError as e:
+    assert "NaN/inf weights in layer 0 head" in str(e), e
+np.savez({str(tmp_path / "r.npz")!r}, sketch=np.stack([r.sketch.numpy() for r in recs]),
+         norm=np.stack([r.update_norm.numpy() for r in recs]))
+"""
+    env = os.environ | {"NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+                        "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    other = np.load(tmp_path / "r.npz")
+    hs = HeadSketcher(CFG)
+    recs = [hs.update(_cast(w, torch.float16), 10 * i) for i, w in enumerate(_series())]
+    assert np.array_equal(np.stack([r.sketch.numpy() for r in recs]), other["sketch"])
+    assert np.array_equal(np.stack([r.update_norm.numpy() for r in recs]), other["norm"], equal_nan=True)
+    print("this process converts fp16 by", "the CPU" if fused.HARDWARE_HALF else "integer ops")
+
+
 @pytest.mark.parametrize("gqa", [False, True])
 def test_the_kernel_sums_each_head_in_its_element_order(gqa):
     """The fused pass walks LANES heads side by side, in chunks of CHUNK columns; each head's bins and ‖δ‖²

@@ -1,8 +1,8 @@
 """The fused CountSketch update pass: one walk over θ_t and θ_{t−1} per checkpoint (the default sketch's path).
 
-For every element of every head's vector, in one compiled loop: read θ_t as stored (fp16/bf16 bits
-turned into their float64 value with integer ops and a bit cast, exact and without a branch;
-float32/float64 directly), subtract θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and
+For every element of every head's vector, in one compiled loop: read θ_t as stored (fp16 bits turned into
+their float64 value by the CPU's conversion instruction where it has one, else by integer ops and a bit cast;
+bf16 by a shift and a bit cast; all exact and without a branch; float32/float64 directly), subtract θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and
 for bf16/float32 ones whose exponents differ by less than ~29), add the difference into the head's
 signed bin 2·h(j) + [s(j) < 0] and its square into the head's running ‖δ‖² (both float64). Afterwards
 the sketch entry j is the +1 bin minus the −1 bin. Nothing else touches the weights: no head-vector
@@ -12,12 +12,11 @@ tensors themselves when they are handed over (`retain`), else one copy.
 
 Heads are walked LANES at a time: their runs are converted side by side, each column's bin is looked up
 once for all of them and added into a transposed [bins, LANES] accumulator, and the LANES ‖δ‖² sums are
-independent chains (one head alone is bound by the latency of its one running sum); the LANES adds into
-a bin are one 4-wide vector add (`_add4`: the same IEEE add in every lane). Each contiguous run is
-prefetched a page ahead (`_prefetch`), since the hardware prefetcher stops at page boundaries and the
-pass walks 2 × LANES streams at once. Each head's sums still run over its own elements in its own order,
-so the records are those of one head at a time, bit for bit (tests/test_fused_sketch.py checks them
-against a plain loop; benchmarks/bench_scatter.py times both).
+independent chains (one head alone is bound by the latency of its one running sum). The column loop is
+written as 4-wide vector ops (`_columns`: one vector add into the bin, and the 4 sums in one register;
+the same IEEE adds and multiplies in every lane as the scalar loop). Each head's sums still run over its
+own elements in its own order, so the records are those of one head at a time, bit for bit
+(tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py times both).
 
 Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
 per layer (a `LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked; the
@@ -43,7 +42,6 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
@@ -80,51 +78,106 @@ def _bitcast_f32(typingctx, bits):
 
 
 @intrinsic
-def _prefetch(typingctx, arr, idx):
-    """A read prefetch of arr's element `idx` into every cache level (a hint: no fault, no result)."""
-    if not (isinstance(arr, types.Array) and isinstance(idx, types.Integer)):
+def _half_f64(typingctx, bits):
+    """The float64 value of the fp16 whose IEEE bit pattern is the uint16 `bits`: exact, Inf/NaN kept (LLVM's
+    `fpext half`: F16C's vector conversion on x86, fcvt on aarch64)."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):
         return None
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())  # one declaration for all
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data cache
-        return context.get_dummy_value()
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.DoubleType())
 
-    return types.void(arr, idx), codegen
+    return types.float64(bits), codegen
+
+
+def _host_converts_half() -> bool:
+    """Whether numba compiles for a CPU with an fp16 conversion instruction (x86 F16C, aarch64). Elsewhere, or
+    for a NUMBA_CPU_NAME target, `fpext half` could become a library call numba does not link."""
+    import llvmlite.binding as llvm
+
+    if nb.config.CPU_NAME is not None:
+        return False
+    triple = llvm.get_process_triple()
+    return triple.startswith(("aarch64", "arm64")) or (
+        triple.startswith("x86_64") and bool(llvm.get_host_cpu_features().get("f16c", False)))
+
+
+#: fp16 θ is converted by the CPU's instruction (`_half_f64`) where there is one, else by integer ops
+#: (`_fp16_bits`); both give the exact value, so the records do not depend on which
+HARDWARE_HALF = _host_converts_half()
 
 
 @intrinsic
-def _add4(typingctx, acc, k, x0, x1, x2, x3):
-    """acc[4k : 4k + 4] += (x0, x1, x2, x3) as one 4-wide load, add and store (acc: 1-D float64). Each lane
-    is the same IEEE float64 add as the scalar `acc[4k + i] += xi`: the sums are bit for bit the same."""
-    if not (isinstance(acc, types.Array) and acc.dtype == types.float64 and acc.ndim == 1
-            and isinstance(k, types.Integer)):
+def _columns(typingctx, acc, bins, kb, buf, offs, m, sums):
+    """One chunk of LANES runs as a loop of 4-wide vector ops: for b < m, x = (buf[offs[i] + b])_i, k = bins[kb + b]:
+    acc[LANES·k : LANES·k + LANES] += x and sums += x·x, lane by lane the same IEEE adds and multiplies (no fused
+    multiply-add) as the scalar loop, so bit for bit the same sums. The sums stay in registers: a column costs
+    one vector add's latency."""
+    arrays = (acc, bins, buf, offs, sums)
+    if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in arrays) and acc.dtype == buf.dtype ==
+            sums.dtype == types.float64 and offs.dtype == types.int64 and isinstance(kb, types.Integer)
+            and isinstance(m, types.Integer)):
         return None
+    n_vec = LANES // 4
 
     def codegen(context, builder, signature, args):
-        arr, kk, *xs = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        vec = ir.VectorType(ir.DoubleType(), 4)
-        ptr = builder.bitcast(builder.gep(data, [builder.mul(kk, ir.Constant(kk.type, 4))]), vec.as_pointer())
-        x = ir.Constant(vec, ir.Undefined)
-        for i, xi in enumerate(xs):
-            x = builder.insert_element(x, xi, ir.Constant(ir.IntType(32), i))
-        builder.store(builder.fadd(builder.load(ptr, align=8), x), ptr, align=8)
+        acc_p, bin_p, buf_p, off_p, sum_p = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                                             for i in (0, 1, 3, 4, 6))
+        i64, i32, vec = ir.IntType(64), ir.IntType(32), ir.VectorType(ir.DoubleType(), 4)
+        kb_v, m_v = (builder.sext(v, i64) if v.type.width < 64 else v for v in (args[2], args[5]))
+        rows = [builder.gep(buf_p, [builder.load(builder.gep(off_p, [i64(i)]))]) for i in range(LANES)]
+        s_ptrs = [builder.bitcast(builder.gep(sum_p, [i64(4 * v)]), vec.as_pointer()) for v in range(n_vec)]
+        s_in, entry = [builder.load(p, align=8) for p in s_ptrs], builder.block
+        loop, done = builder.append_basic_block("cols.loop"), builder.append_basic_block("cols.done")
+        builder.cbranch(builder.icmp_signed(">", m_v, i64(0)), loop, done)
+        builder.position_at_end(loop)
+        b, s = builder.phi(i64), [builder.phi(vec) for _ in range(n_vec)]
+        k = builder.zext(builder.load(builder.gep(bin_p, [builder.add(kb_v, b)])), i64)
+        row_p = builder.gep(acc_p, [builder.mul(k, i64(LANES))])
+        s_next = []
+        for v in range(n_vec):
+            x = ir.Constant(vec, ir.Undefined)
+            for i in range(4):
+                x = builder.insert_element(x, builder.load(builder.gep(rows[4 * v + i], [b])), i32(i))
+            a_ptr = builder.bitcast(builder.gep(row_p, [i64(4 * v)]), vec.as_pointer())
+            builder.store(builder.fadd(builder.load(a_ptr, align=8), x), a_ptr, align=8)
+            s_next.append(builder.fadd(s[v], builder.fmul(x, x)))
+        b_next = builder.add(b, i64(1))
+        b.add_incoming(i64(0), entry), b.add_incoming(b_next, loop)
+        for v in range(n_vec):
+            s[v].add_incoming(s_in[v], entry), s[v].add_incoming(s_next[v], loop)
+        builder.cbranch(builder.icmp_signed("<", b_next, m_v), loop, done)
+        builder.position_at_end(done)
+        s_out = [builder.phi(vec) for _ in range(n_vec)]  # phis first, then the stores
+        for v in range(n_vec):
+            s_out[v].add_incoming(s_in[v], entry), s_out[v].add_incoming(s_next[v], loop)
+            builder.store(s_out[v], s_ptrs[v], align=8)
         return context.get_dummy_value()
 
-    return types.void(acc, k, types.float64, types.float64, types.float64, types.float64), codegen
+    return types.void(acc, bins, kb, buf, offs, m, sums), codegen
 
 
-def _exact(v):  # the float64 value of one stored element (overload below); fp16 Inf/NaN give finite junk
+def _exact(v):  # the float64 value of one stored element (overload below); fp16 Inf/NaN: see _special
     raise NotImplementedError
 
 
-def _special(v):  # 1 (uint64) for an fp16 Inf/NaN bit pattern, else 0; 0 for the other kinds (overload below)
+def _special(v):  # 1 (uint64) for an fp16 Inf/NaN that _exact turned into finite junk, else 0 (overload below)
     raise NotImplementedError
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp16_bits(v):  # pragma: no cover (compiled)
+    """The float64 value of the fp16 bit pattern v (uint16) by integer ops: sign, exponent and mantissa moved
+    to float64's places, a product rebiases the exponent (subnormals too); exact. Inf/NaN: finite junk ≥ 2^16."""
+    u = np.uint64(v)
+    mag = (u & np.uint64(0x7FFF)) << np.uint64(42)
+    return _bitcast_f64(((u & np.uint64(0x8000)) << np.uint64(48)) | mag) * _TWO_1008
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp16_special(v):  # pragma: no cover (compiled)
+    """1 (uint64) for an fp16 Inf/NaN bit pattern v, else 0: exponent all ones ⇔ (e + 0x400) reaches bit 15."""
+    return ((np.uint64(v) & np.uint64(0x7C00)) + np.uint64(0x0400)) >> np.uint64(15)
 
 
 @overload(_exact, inline="always")
@@ -132,33 +185,23 @@ def _exact_impl(v):
     if isinstance(v, types.Integer) and v.signed:  # bf16 bits: the top half of a float32 (Inf/NaN kept)
         return lambda v: np.float64(_bitcast_f32(np.uint32(np.uint64(np.uint16(v)) << np.uint64(16))))
     if isinstance(v, types.Integer):  # fp16 bits: exact, no table, no branch
-        def from_fp16(v):
-            u = np.uint64(v)
-            # sign, exponent and mantissa moved to float64's places; the product rebiases the exponent
-            # (zero and subnormals included). Inf/NaN (exponent 31) come out as finite values of 2^16 and
-            # up: `_special` flags them
-            mag = (u & np.uint64(0x7FFF)) << np.uint64(42)
-            return _bitcast_f64(((u & np.uint64(0x8000)) << np.uint64(48)) | mag) * _TWO_1008
-        return from_fp16
+        return (lambda v: _half_f64(v)) if HARDWARE_HALF else (lambda v: _fp16_bits(v))
     return lambda v: np.float64(v)
 
 
 @overload(_special, inline="always")
 def _special_impl(v):
-    if isinstance(v, types.Integer) and not v.signed:  # fp16: exponent bits all ones ⇔ (e + 0x400) reaches bit 15
-        return lambda v: ((np.uint64(v) & np.uint64(0x7C00)) + np.uint64(0x0400)) >> np.uint64(15)
+    if isinstance(v, types.Integer) and not v.signed and not HARDWARE_HALF:  # fp16 bits by integer ops
+        return lambda v: _fp16_special(v)
     return lambda v: np.uint64(0)
 
 
 #: heads walked together by one kernel call: their runs are converted side by side and each column's bin is
 #: looked up once for all of them; each head keeps its own float64 sums in its own element order (4: the
-#: width of `_add4`, one 32-byte vector of float64)
+#: width of `_columns`, one 32-byte vector of float64)
 LANES = 4
 #: elements of a run converted at a time (bounds the work buffer to LANES × CHUNK float64)
-CHUNK = 512
-#: how far ahead of the chunk being converted each contiguous run of θ_t and θ_{t−1} is prefetched, in
-#: elements (4 KiB of fp16: the next page, where the hardware prefetcher stops; benchmarks/bench_extraction.py)
-AHEAD = 2048
+CHUNK = 256
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -197,7 +240,7 @@ def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_head
                    sq):  # pragma: no cover (compiled)
     """The heads h0 .. h0 + LANES − 1 (h0 = blk·LANES, fewer at the end) of one layer's part, side by side:
     per column, one bin lookup and one read-modify-write of a LANES-wide row of a transposed accumulator,
-    and LANES independent running ‖δ‖² sums (no serial chain through one sum). Each head's sums run over
+    and LANES independent running ‖δ‖² sums (no serial chain through one sum; both in `_columns`). Each head's sums run over
     its elements in the same order as one head alone would: the records do not depend on LANES. Writes only
     acc[h] and sq[h] of these heads, so blocks may run on different threads."""
     h0 = blk * LANES
@@ -207,20 +250,18 @@ def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_head
     c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
     p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
     unit = cs[3] == 1 and ps[3] == 1
-    n_cur, n_prev = np.uint64(cur.size), np.uint64(prev.size)
-    line = max(1, 64 // cur.itemsize)  # elements per cache line
     buf = np.zeros((LANES + 1, CHUNK), dtype=np.float64)  # δ of each group's run; row LANES stays 0 (padding)
+    flat = buf.reshape((LANES + 1) * CHUNK)  # the same memory, flat, for _columns
     rows = np.full(LANES, LANES, dtype=np.int64)  # the buf row each lane reads
     n_bins = acc.shape[1]
     acc_t = np.zeros((n_bins, LANES), dtype=np.float64)  # the block's bins, heads side by side
-    acc_v = acc_t.reshape(n_bins * LANES)  # the same memory, flat, for _add4
+    acc_v = acc_t.reshape(n_bins * LANES)  # the same memory, flat, for _columns
     sums = np.zeros(LANES, dtype=np.float64)
     for j in range(nh):
         rows[j] = (h0 + j) // per_group - g_first
         acc_t[:, j] = acc[h0 + j]
         sums[j] = sq[h0 + j]
-    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-    s0, s1, s2, s3 = sums[0], sums[1], sums[2], sums[3]
+    offs = rows * CHUNK  # where each lane's run starts in flat
     for a in range(n_a):
         ua = np.uint64(a)
         for b0 in range(0, n_b, CHUNK):
@@ -230,24 +271,8 @@ def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_head
                 ug = np.uint64(g_first + r)
                 cb = np.uint64(c_off) + np.uint64(layer) * c0 + ug * c1 + ua * c2 + ub0 * c3
                 pb = np.uint64(p_off) + np.uint64(layer) * p0 + ug * p1 + ua * p2 + ub0 * p3
-                if unit:  # one prefetch per 64-byte line, AHEAD elements on (a hint; within the arrays)
-                    for off in range(AHEAD, AHEAD + m, line):
-                        uo = np.uint64(off)
-                        if cb + uo < n_cur:
-                            _prefetch(cur, cb + uo)
-                        if has_prev and pb + uo < n_prev:
-                            _prefetch(prev, pb + uo)
                 _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, buf[r])
-            kb = ua * np.uint64(n_b) + ub0
-            for b in range(m):
-                k = bins[kb + np.uint64(b)]
-                x0, x1, x2, x3 = buf[r0, b], buf[r1, b], buf[r2, b], buf[r3, b]
-                _add4(acc_v, k, x0, x1, x2, x3)  # acc_t[k, i] += xi, one 4-wide add (LANES is 4)
-                s0 += x0 * x0
-                s1 += x1 * x1
-                s2 += x2 * x2
-                s3 += x3 * x3
-    sums[0], sums[1], sums[2], sums[3] = s0, s1, s2, s3
+            _columns(acc_v, bins, ua * np.uint64(n_b) + ub0, flat, offs, m, sums)
     for j in range(nh):
         acc[h0 + j] = acc_t[:, j]
         sq[h0 + j] = sums[j]
