@@ -76,8 +76,9 @@ import sys
 import time
 from pathlib import Path
 
-# this checkout's headscreen, not an installed one (a script's sys.path[0] is its own folder)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's headscreen, not an installed one (a script's sys.path[0] is its own folder); a --baseline
+# worker gets the other checkout's instead (the same worker code timing another commit's library)
+sys.path.insert(0, os.environ.get("HEADSCREEN_BENCH_CHECKOUT") or str(Path(__file__).resolve().parents[1]))
 
 D_MODEL, N_LAYERS, N_HEADS, VOCAB = 768, 8, 12, 32000
 
@@ -204,6 +205,7 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
     t0 = time.perf_counter()
     nbytes = 0
     extra: dict = {}
+    per_ckpt: list[float] = []  # seconds per checkpoint (floor_update, stream)
     if mode == "floor":
         buf = bytearray()
         for c in ckpts:
@@ -212,8 +214,10 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
     elif mode == "floor_update":
         state: dict = {}
         for c in ckpts:
+            t1 = time.perf_counter()
             f = c.path / "model.safetensors"
             nbytes += _update_floor(f, _attention_keys(f), state)
+            per_ckpt.append(time.perf_counter() - t1)
     elif mode.startswith("stream"):  # stream (the default SpectralConfig) or stream:kind:d
         parts = mode.split(":")
         cfg = SpectralConfig(window=10)
@@ -222,8 +226,10 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
         extra = {"kind": cfg.sketch_kind, "d": cfg.dim}
         sk = HeadSketcher(cfg, keep_history=True)
         for c in ckpts:
+            t1 = time.perf_counter()
             hw = series.head_weights(c, dtype=None, check=False)  # as stored (fp16), views of the files' maps
             sk.update(hw, c.step, retain=True)  # as the screen does: θ_t is kept as θ_(t-1), no copy
+            per_ckpt.append(time.perf_counter() - t1)
             nbytes += sum(t.numel() * t.element_size() for lw in hw.layers for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O))
             del hw
         history = sum(t.numel() * t.element_size() for t in sk._sketches + sk._norms)
@@ -252,7 +258,7 @@ def worker(mode: str, root: str, n: int, threads: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "n": n, "wall_s": wall, "peak_rss_mb": peak, "base_rss_mb": base_rss,
             "peak_above_base_mb": peak - base_rss, "attention_mb_per_ckpt": nbytes / max(len(ckpts), 1) / 2**20,
-            **extra}
+            "per_ckpt_s": per_ckpt, "library": str(Path(sys.modules["headscreen"].__file__).parent), **extra}
 
 
 def _warm_up_kernels() -> None:
@@ -346,9 +352,12 @@ def default_accuracy(root: Path, layers: list[int] | None, seeds=(0, 1, 2)) -> f
     return float(df["gap_ratio_err"].mean())
 
 
-def run_worker(mode: str, root: Path, n: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--root", str(root), "--checkpoints", str(n),
-                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+def run_worker(mode: str, root: Path, n: int, threads: int, checkout: Path | None = None) -> dict:
+    """One worker in a fresh process, with this checkout's headscreen or `checkout`'s (a baseline)."""
+    env = os.environ | ({"HEADSCREEN_BENCH_CHECKOUT": str(Path(checkout).resolve())} if checkout else {})
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--root", str(root),
+                          "--checkpoints", str(n), "--threads", str(threads)], capture_output=True, text=True,
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -363,6 +372,10 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--big-only", action="store_true",
                    help="only the Pythia-1B-geometry row: plain read, update floor, default sketch and its stages")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--big-only: floor and default alternated this many times, each in a fresh process")
+    p.add_argument("--baseline", help="--big-only: also time the default of this other checkout (e.g. an older "
+                   "commit's worktree) in every round, for a speed ratio measured in the same run")
     p.add_argument("--worker")
     a = p.parse_args()
     if a.worker == "build":  # in a subprocess: the workers' peak RSS would otherwise count its memory
@@ -448,23 +461,48 @@ def main() -> None:
 
 
 def big_row(a) -> None:
-    """The Pythia-1B attention geometry alone, in one run: plain read, update floor, the default sketch
-    and its stages (check, read with the finite check, fused pass), at --threads."""
+    """The Pythia-1B attention geometry alone: the plain read once, then `--rounds` rounds of the update floor
+    and the default sketch (and `--baseline`'s default), each a fresh process, their order alternating from
+    round to round so that a drift of the machine's speed falls on both; then the default's stages. Ratios:
+    per checkpoint over all checkpoints (the first one included: what a series pays) and over checkpoints
+    2..N (the steady state: the floor's first checkpoint also allocates and faults in its θ_(t-1) buffer)."""
     big_root = Path(a.big_root)
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "build", "--root", str(a.root),
                     "--checkpoints", "0", "--big", str(a.big), "--big-root", str(big_root)], check=True)
-    print(f"threads={a.threads}, nice={os.nice(0)}, load average before: "
+    k, t = a.big, a.threads
+    print(f"threads={t}, nice={os.nice(0)}, rounds={a.rounds}, load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    k = a.big
-    fl, fu, st = (run_worker(m, big_root, k, a.threads) for m in ("floor", "floor_update", "stream"))
-    pr = run_worker("profile", big_root, k, a.threads)["profile_s"]
-    ms = {name: 1e3 * r["wall_s"] / k for name, r in (("plain read", fl), ("update floor", fu), ("default", st))}
-    print(f"Pythia-1B attention geometry, {k} checkpoints ({st['attention_mb_per_ckpt']:.0f} MB fp16 each), "
-          f"threads={a.threads}: " + ", ".join(f"{n} {v:.0f} ms/ckpt" for n, v in ms.items()))
+    fl = run_worker("floor", big_root, k, t)
+    print(f"Pythia-1B attention geometry, {k} checkpoints ({fl['attention_mb_per_ckpt']:.0f} MB fp16 each), "
+          f"threads={t}: plain read {1e3 * fl['wall_s'] / k:.0f} ms/ckpt")
+    runs = [("floor", None), ("default", None)] + ([("baseline", Path(a.baseline))] if a.baseline else [])
+    ms: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
+    for r in range(a.rounds):
+        line = []
+        for name, checkout in (runs if r % 2 == 0 else runs[::-1]):
+            res = run_worker("floor_update" if name == "floor" else "stream", big_root, k, t, checkout)
+            per = res["per_ckpt_s"]
+            if r == 0 and checkout:
+                print(f"  ({name} runs the library at {res['library']})")
+            ms[name].append((1e3 * res["wall_s"] / k, 1e3 * sum(per[1:]) / max(len(per) - 1, 1)))
+            line.append(f"{name} {ms[name][-1][0]:.0f} / {ms[name][-1][1]:.0f}")
+        print(f"  round {r + 1} (ms per checkpoint, all / 2..N): " + ", ".join(line)
+              + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+    pr = run_worker("profile", big_root, k, t)["profile_s"]
     print("  default stages (mean over checkpoints 2..N, ms): " + "  ".join(f"{s} {1e3 * v:.1f}" for s, v in pr.items()))
-    print(f"BIG: default {ms['default'] / ms['update floor']:.2f}x the update floor "
-          f"({ms['default'] / ms['plain read']:.2f}x the plain read), threads={a.threads}; peak RSS "
-          f"+{st['peak_above_base_mb']:.0f} MB; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    def ratios(name: str, col: int) -> str:
+        v = sorted(x[col] / f[col] for x, f in zip(ms[name], ms["floor"], strict=True))
+        return f"median {v[len(v) // 2]:.2f}x (rounds {', '.join(f'{x:.2f}' for x in v)})"
+
+    for name in ms:
+        if name != "floor":
+            print(f"BIG: {name} / update floor, threads={t}: all checkpoints {ratios(name, 0)}; "
+                  f"checkpoints 2..N {ratios(name, 1)}")
+    if a.baseline:
+        v = sorted(x[1] / y[1] for x, y in zip(ms["default"], ms["baseline"], strict=True))
+        print(f"BIG: default / baseline ({a.baseline}), checkpoints 2..N: median {v[len(v) // 2]:.2f}x")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""Where the fused CountSketch pass spends its time per element: the shipped kernel against variants of it.
+"""Where the fused CountSketch pass spends its time per element: the shipped kernel against simpler loops.
 
 On one Pythia-1B attention part (8 heads × 256 × 2048 fp16 elements of θ_t and θ_{t−1}, the bins of the
-default sketch's d = 500: 1000 signed bins), in one process, 1 thread, the best of `--repeat` timings:
+default sketch's d = 500: 1000 signed bins), in one process, 1 thread, the best of `--repeat` timings, in
+two layouts of the same elements:
 
-  shipped   headscreen.spectral.fused._scatter_part: LANES (4) heads side by side (convert + difference
-            their runs, then per column one bin lookup, LANES read-modify-writes and LANES independent
-            float64 ‖δ‖² sums); each head's sums in its element order: the records' definition
-  one-head  the kernel before (December 2026): one head at a time, per element acc[bin] += δ and the
-            head's one serial ‖δ‖² sum; the same sums in the same order, so it must be bit-identical
-  lanes     one head at a time with ‖δ‖² summed in 4 interleaved partial sums per run (NOT bit-identical:
-            the order of the float64 sum changes; what relaxing that order would buy)
-  no-norm   one head at a time, the scatter alone, ‖δ‖² dropped (a bound: what the serial chain costs)
-  convert   convert + difference only, no scatter and no norm (reading θ_t and θ_{t−1} once)
+  rows       each head's rows one contiguous stream (W_Q, W_K, W_V of GPT-NeoX's fused QKV)
+  side       the 8 heads' runs of 256 side by side in rows of 2048 (W_O: dense.weight's columns per head)
 
-It prints ns per element and each variant's ratio to the shipped kernel, with the load average. The
-scatter is a scalar read-modify-write into one of 1000 float64 bins per element; `convert` is what any
-update pass pays.
+and three kernels:
+
+  shipped    headscreen.spectral.fused._scatter_part: 4 heads side by side as LLVM vector ops (`_walk`)
+  scalar     one head at a time, per element δ = θ_t − θ_{t−1} in float64 (fp16 values from a 65,536-entry
+             table), acc[bin] += δ and ‖δ‖² += δ²: the records' definition, written plainly; it must be
+             bit-identical to the shipped kernel
+  convert    convert + difference only, no scatter and no norm: reading θ_t and θ_{t−1} once, what any
+             update pass pays
+
+It prints ns per element, each kernel's ratio to the shipped one, and whether scalar and shipped agree bit
+for bit, with the load average. The data (16 MB per checkpoint) stay in the last-level cache: the in-place
+figures, with the files' pages, are benchmarks/bench_extraction.py's.
 
     PYTHONPATH=$PWD python benchmarks/bench_scatter.py [--repeat 5]
 """
@@ -34,52 +37,53 @@ import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from headscreen.spectral.fused import _convert_run, _scatter_part  # noqa: E402
+from headscreen.spectral.fused import _scatter_part  # noqa: E402
 
-RUN = 2048  # elements of one contiguous run (d_model)
+HEADS, ROWS, RUN = 8, 256, 2048
 
 
-@nb.njit(boundscheck=False, nogil=True, inline="always")
-def _sum_sq(buf, n):  # pragma: no cover (compiled)
-    l0 = l1 = l2 = l3 = 0.0
-    m = n - n % 4
-    for b in range(0, m, 4):
-        l0 += buf[b] * buf[b]
-        l1 += buf[b + 1] * buf[b + 1]
-        l2 += buf[b + 2] * buf[b + 2]
-        l3 += buf[b + 3] * buf[b + 3]
-    for b in range(m, n):
-        l0 += buf[b] * buf[b]
-    return (l0 + l1) + (l2 + l3)
+FP16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)  # bits → value
 
 
 @nb.njit(boundscheck=False, nogil=True)
-def _variant(cur, prev, bins, acc, sq, n_heads, n_runs, mode):  # pragma: no cover (compiled)
-    """mode 0 lanes, 1 no-norm, 2 convert, 3 one-head; head h's run a at (h·n_runs + a)·RUN."""
-    buf = np.empty(RUN)
+def _plain(cur, prev, cs, n_a, n_b, bins, acc, sq, scatter, fp16):  # pragma: no cover (compiled)
+    """Per head h, per row a, per column b (element h·cs[1] + a·cs[2] + b): δ, then (if scatter) its bin and
+    ‖δ‖²; otherwise only a checksum of the δ, so that the conversion is not optimised away."""
     total = 0.0
-    for h in range(n_heads):
+    for h in range(acc.shape[0]):
         row = acc[h]
         s = sq[h]
-        for a in range(n_runs):
-            base = (h * n_runs + a) * RUN
-            _convert_run(cur, np.uint64(base), np.uint64(1), prev, np.uint64(base), np.uint64(1), True, True, RUN, buf)
-            if mode == 2:
-                total += buf[a % RUN]
-                continue
-            kb = a * RUN
-            if mode == 3:
-                for b in range(RUN):
-                    x = buf[b]
-                    row[bins[kb + b]] += x
+        for a in range(n_a):
+            base = h * cs[1] + a * cs[2]
+            for b in range(n_b):
+                x = fp16[cur[base + b]] - fp16[prev[base + b]]
+                if scatter:
+                    row[bins[a * n_b + b]] += x
                     s += x * x
-                continue
-            if mode == 0:
-                s += _sum_sq(buf, RUN)
-            for b in range(RUN):
-                row[bins[kb + b]] += buf[b]
+                else:
+                    total += x
         sq[h] = s
     return total
+
+
+def time_layout(cur, prev, cs, n_a: int, n_b: int, repeat: int) -> tuple[dict, bool]:
+    """ns per element of each kernel on one layout, and whether scalar and shipped agree bit for bit."""
+    bins = np.random.default_rng(0).integers(0, 1000, n_a * n_b).astype(np.uint32)
+    calls = {
+        "shipped": lambda acc, sq: _scatter_part(cur, 0, cs, prev, 0, cs, True, 1, HEADS, n_a, n_b, 1, bins, acc, sq),
+        "scalar": lambda acc, sq: _plain(cur, prev, cs, n_a, n_b, bins, acc, sq, True, FP16),
+        "convert": lambda acc, sq: _plain(cur, prev, cs, n_a, n_b, bins, acc, sq, False, FP16),
+    }
+    best, sums = {}, {}
+    for kernel, call in calls.items():
+        times = []
+        for _ in range(repeat + 1):  # the first call compiles
+            acc, sq = np.zeros((HEADS, 1000)), np.zeros(HEADS)
+            t0 = time.perf_counter()
+            call(acc, sq)
+            times.append(time.perf_counter() - t0)
+        best[kernel], sums[kernel] = min(times[1:]) / cur.size * 1e9, (acc, sq)
+    return best, all(np.array_equal(x, y) for x, y in zip(sums["scalar"], sums["shipped"], strict=True))
 
 
 def main() -> None:
@@ -87,44 +91,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    heads, runs = 8, 256
+    n = HEADS * ROWS * RUN
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(heads * runs * RUN, generator=g).half()
+    w = torch.randn(n, generator=g).half()
     cur = w.view(torch.int16).numpy().view(np.uint16)
     prev = (w + 1e-2 * torch.randn(w.shape, generator=g)).half().view(torch.int16).numpy().view(np.uint16)
-    bins = np.random.default_rng(0).integers(0, 1000, runs * RUN).astype(np.uint32)
-    n = heads * runs * RUN
-    strides = (n, runs * RUN, RUN, 1)
-
-    def shipped(acc, sq):
-        _scatter_part(cur, 0, strides, prev, 0, strides, True, 1, heads, runs, RUN, 1, bins, acc, sq)
-
-    calls = {"shipped": shipped}
-    for mode, name in enumerate(("lanes", "no-norm", "convert", "one-head")):
-        calls[name] = lambda acc, sq, _m=mode: _variant(cur, prev, bins, acc, sq, heads, runs, _m)
-    sums = {}
-    for name, call in calls.items():  # compile, and keep one result of each to compare
-        acc, sq = np.zeros((heads, 1000)), np.zeros(heads)
-        call(acc, sq)
-        sums[name] = (acc, sq)
+    layouts = {"rows": ((n, ROWS * RUN, RUN, 1), ROWS, RUN),
+               "side": ((n, RUN // HEADS, RUN, 1), ROWS * HEADS, RUN // HEADS)}
     print(f"{n:,} elements (8 heads x 256 x 2048 fp16), 1000 bins, 1 thread; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    best = {}
-    for name, call in calls.items():
-        times = []
-        for _ in range(a.repeat):
-            acc, sq = np.zeros((heads, 1000)), np.zeros(heads)
-            t0 = time.perf_counter()
-            call(acc, sq)
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times) / n * 1e9
-    for name, ns in best.items():
-        print(f"  {name:8s} {ns:6.3f} ns/element  {ns / best['shipped']:.2f}x the shipped kernel")
-    same = all(np.array_equal(x, y) for x, y in zip(sums["one-head"], sums["shipped"], strict=True))
-    print(f"one-head: bins and ‖δ‖² bit-identical to the shipped kernel: {same}")
-    same_bins = np.array_equal(sums["lanes"][0], sums["shipped"][0])
-    rel = float(np.abs(sums["lanes"][1] / sums["shipped"][1] - 1).max())
-    print(f"lanes: bins bit-identical to the shipped kernel: {same_bins}; ‖δ‖² max relative difference {rel:.1e}")
+    for name, (cs, n_a, n_b) in layouts.items():
+        best, same = time_layout(cur, prev, cs, n_a, n_b, a.repeat)
+        print(f"layout {name}: " + "; ".join(f"{k} {v:.3f} ns/element ({v / best['shipped']:.2f}x)"
+                                             for k, v in best.items())
+              + f"; scalar and shipped bit-identical: {same}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -201,42 +201,11 @@ def test_every_finite_half_precision_value_is_read_exactly(dtype):
             HeadSketcher(SpectralConfig(window=3, sketch_dim=16)).update(bad.view(1, 1, 1).expand(1, 1, 4), 0)
 
 
-def test_both_fp16_conversions_are_exact_on_every_bit_pattern():
-    """The CPU's fp16 conversion (`_half_f64`, used where HARDWARE_HALF) and the integer one (`_fp16_bits`, used
-    elsewhere) against numpy's, on all 65,536 patterns; the integer one's Inf/NaN are flagged by `_fp16_special`."""
-    import numba
-
-    from headscreen.spectral import fused
-
-    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    want = bits.view(np.float16).astype(np.float64)
-    finite = np.isfinite(want)
-
-    @numba.njit
-    def by_ints(b):
-        out, flag = np.empty(b.size), np.empty(b.size, dtype=np.uint64)
-        for i in range(b.size):
-            out[i], flag[i] = fused._fp16_bits(b[i]), fused._fp16_special(b[i])
-        return out, flag
-
-    @numba.njit
-    def by_cpu(b):  # compiled only where the CPU has the instruction
-        return np.array([fused._half_f64(x) for x in b])
-
-    ints, flag = by_ints(bits)
-    assert np.array_equal(ints[finite], want[finite])
-    assert np.array_equal(flag.astype(bool), ~finite)
-    assert (np.abs(ints[~finite]) >= 2.0 ** 16).all()  # finite junk, which the flag poisons
-    if fused.HARDWARE_HALF:  # F16C or aarch64: the instruction keeps Inf and NaN as they are
-        hard = by_cpu(bits)
-        assert np.array_equal(hard, want, equal_nan=True)
-        assert np.array_equal(np.signbit(hard), np.signbit(want))
-
-
 def test_the_integer_fp16_path_gives_the_same_records(tmp_path):
-    """A process whose kernels are compiled for a generic x86-64 (NUMBA_CPU_NAME: no F16C, so the integer
-    conversion) writes the records of an fp16 series; they are this process's bit for bit, and its NaN check
-    still fires."""
+    """A process whose kernels are compiled for a generic CPU (NUMBA_CPU_NAME: no fp16 instruction, so the
+    integer conversion) reads every finite fp16 value exactly, raises for every Inf/NaN pattern tried, and writes
+    the records of an fp16 series: they are this process's bit for bit (here the CPU's conversion, where it has
+    one)."""
     import os
     import subprocess
 
@@ -245,8 +214,9 @@ def test_the_integer_fp16_path_gives_the_same_records(tmp_path):
     code = f"""
 import numpy as np, torch
 from headscreen.spectral import HeadSketcher, SpectralConfig, fused
-from tests.test_fused_sketch import _cast, _series
+from tests.test_fused_sketch import _cast, _series, test_every_finite_half_precision_value_is_read_exactly
 assert not fused.HARDWARE_HALF
+test_every_finite_half_precision_value_is_read_exactly(torch.float16)
 hs = HeadSketcher(SpectralConfig(window=3, sketch_dim=40, block_size=300))
 recs = [hs.update(_cast(w, torch.float16), 10 * i) for i, w in enumerate(_series())]
 bad = _cast(_series()[0], torch.float16)
@@ -271,19 +241,20 @@ np.savez({str(tmp_path / "r.npz")!r}, sketch=np.stack([r.sketch.numpy() for r in
     print("this process converts fp16 by", "the CPU" if fused.HARDWARE_HALF else "integer ops")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("gqa", [False, True])
-def test_the_kernel_sums_each_head_in_its_element_order(gqa):
-    """The fused pass walks LANES heads side by side, in chunks of CHUNK columns; each head's bins and ‖δ‖²
-    must still be its own serial float64 sums in column order: checked bit for bit against a plain Python
-    loop, on 6 heads (a full block and a padded one), vectors longer than a chunk, and K/V parts shared by
-    pairs of query heads."""
+def test_the_kernel_sums_each_head_in_its_element_order(gqa, dtype):
+    """The fused pass walks LANES heads side by side, 4 columns at a time where a row allows (the rest of a row
+    one column at a time); each head's bins and ‖δ‖² must still be its own serial float64 sums in column
+    order: checked bit for bit against a plain Python loop, on 6 heads (a full block and a padded one), rows
+    of 42 (4-column steps and a tail of 2), and K/V parts shared by pairs of query heads."""
     from headscreen.spectral import fused
 
     g = torch.Generator().manual_seed(3)
-    kw = dict(n_layers=2, n_heads=6, n_kv=3 if gqa else 6, d_model=40, d_head=16)  # runs of 40, P = 2560 > CHUNK
-    assert 6 % fused.LANES and 4 * 40 * 16 > fused.CHUNK
-    cur, prev = _weights(g, **kw), _weights(g, **kw)
-    bins = np.random.default_rng(0).integers(0, 2 * 7, 4 * 40 * 16).astype(np.uint32)
+    kw = dict(n_layers=2, n_heads=6, n_kv=3 if gqa else 6, d_model=42, d_head=16)
+    assert 6 % fused.LANES and 42 % 4
+    cur, prev = _cast(_weights(g, **kw), dtype), _cast(_weights(g, **kw), dtype)
+    bins = np.random.default_rng(0).integers(0, 2 * 7, 4 * 42 * 16).astype(np.uint32)
     out, sq, finite = fused.fused_update(fused.head_parts(cur), fused.head_parts(prev), bins, 6, 7)
     delta = (cur.head_vectors(torch.float64) - prev.head_vectors(torch.float64)).numpy()  # [L, H, P], column order
     for layer in range(2):

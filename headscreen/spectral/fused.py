@@ -2,21 +2,26 @@
 
 For every element of every head's vector, in one compiled loop: read θ_t as stored (fp16 bits turned into
 their float64 value by the CPU's conversion instruction where it has one, else by integer ops and a bit cast;
-bf16 by a shift and a bit cast; all exact and without a branch; float32/float64 directly), subtract θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and
-for bf16/float32 ones whose exponents differ by less than ~29), add the difference into the head's
+bf16 by a shift and a bit cast; all exact and without a branch; float32/float64 directly), subtract
+θ_{t−1} (also as stored) in float64 (exact for fp16 weights, and for bf16/float32 ones whose exponents
+differ by less than ~29), add the difference into the head's
 signed bin 2·h(j) + [s(j) < 0] and its square into the head's running ‖δ‖² (both float64). Afterwards
 the sketch entry j is the +1 bin minus the −1 bin. Nothing else touches the weights: no head-vector
 assembly, no converted copies, no separate difference, norm or finite pass (a NaN/Inf in θ_t makes its
 head's sums non-finite, which is checked on the small accumulator), and θ_{t−1} is the caller's previous
 tensors themselves when they are handed over (`retain`), else one copy.
 
-Heads are walked LANES at a time: their runs are converted side by side, each column's bin is looked up
-once for all of them and added into a transposed [bins, LANES] accumulator, and the LANES ‖δ‖² sums are
-independent chains (one head alone is bound by the latency of its one running sum). The column loop is
-written as 4-wide vector ops (`_columns`: one vector add into the bin, and the 4 sums in one register;
-the same IEEE adds and multiplies in every lane as the scalar loop). Each head's sums still run over its
-own elements in its own order, so the records are those of one head at a time, bit for bit
-(tests/test_fused_sketch.py checks them against a plain loop; benchmarks/bench_scatter.py times both).
+Heads are walked LANES (4) at a time, in one loop nest written as LLVM vector ops (`_walk`): where a row
+is contiguous, each head's next 4 values of θ_t and θ_{t−1} are one vector load each, converted and differenced
+as vectors, and the 4×4 block is transposed into 4 column vectors (the rest of a row, and strided rows, go one
+column at a time, the 4 heads' values gathered into one vector). Each column's bin is looked up once for the
+4 heads and added into a transposed [bins, 4] accumulator with one vector read-modify-write, and the 4 ‖δ‖²
+sums are the lanes of one register (one head alone is bound by the latency of its running sum). Every lane
+does the same IEEE float64 operations, in the same order, as a plain loop over that head's elements (no fused
+multiply-add): the records are those of one head at a time, bit for bit (tests/test_fused_sketch.py checks
+them against a plain loop; benchmarks/bench_scatter.py times the kernel against a scalar one). When a head's
+rows are not one contiguous stream (W_O's heads lie side by side in each row), the lines AHEAD_ROWS rows on
+are prefetched, since the hardware prefetcher does not follow such a stream from page to page.
 
 Each part (W_Q, W_K, W_V, W_O; or a whole [L, H, P] tensor) is walked layer by layer, one kernel call
 per layer (a `LayeredHeadWeights`, the lazy reader's views of the mapped files, is never stacked; the
@@ -42,7 +47,8 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic, overload
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import Tensor
 
 from headscreen.series.weights import LayeredHeadWeights
@@ -51,43 +57,6 @@ from .parts import Part, as_parts, as_vectors, flat_storage, head_parts, loop_or
 from .segments import UpdatePass
 
 _TWO_1008 = 2.0 ** 1008  # fp16 → float64 exponent rebias (1023 − 15)
-
-
-@intrinsic
-def _bitcast_f64(typingctx, bits):
-    """The float64 whose IEEE bit pattern is the uint64 `bits`."""
-    if not (isinstance(bits, types.Integer) and bits.bitwidth == 64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(bits), codegen
-
-
-@intrinsic
-def _bitcast_f32(typingctx, bits):
-    """The float32 whose IEEE bit pattern is the uint32 `bits`."""
-    if not (isinstance(bits, types.Integer) and bits.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-@intrinsic
-def _half_f64(typingctx, bits):
-    """The float64 value of the fp16 whose IEEE bit pattern is the uint16 `bits`: exact, Inf/NaN kept (LLVM's
-    `fpext half`: F16C's vector conversion on x86, fcvt on aarch64)."""
-    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.DoubleType())
-
-    return types.float64(bits), codegen
 
 
 def _host_converts_half() -> bool:
@@ -102,177 +71,185 @@ def _host_converts_half() -> bool:
         triple.startswith("x86_64") and bool(llvm.get_host_cpu_features().get("f16c", False)))
 
 
-#: fp16 θ is converted by the CPU's instruction (`_half_f64`) where there is one, else by integer ops
-#: (`_fp16_bits`); both give the exact value, so the records do not depend on which
+#: fp16 θ is converted by the CPU's instruction where there is one, else by integer ops (`_to_float64`); both
+#: give the exact value, so the records do not depend on which
 HARDWARE_HALF = _host_converts_half()
+#: heads walked together by one kernel call: one float64 vector of 4 lanes per column (32 bytes)
+LANES = 4
+#: how many rows ahead a lane's next run is prefetched when a lane's rows are not one contiguous stream (W_O's
+#: heads side by side in each row: the hardware prefetcher does not follow a lane from row to row)
+AHEAD_ROWS = 8
+_F64X4 = ir.VectorType(ir.DoubleType(), 4)
+_I64, _I32 = ir.IntType(64), ir.IntType(32)
+
+
+def _splat(ty, x):
+    return ir.Constant(ir.VectorType(ty, 4), [x] * 4)
+
+
+def _to_float64(builder, bits, dtype):
+    """<4 x stored> → <4 x double>, exact. fp16 (uint16 bits): the CPU's conversion, or sign, exponent and
+    mantissa moved to float64's places and a product that rebiases the exponent (subnormals included), with
+    Inf/NaN patterns (which that turns into finite values ≥ 2^16) replaced by NaN; bf16 (int16 bits): the top
+    half of a float32. Inf/NaN stay non-finite, so a head whose θ_t has one gets non-finite sums."""
+    if dtype == types.float64:
+        return bits
+    if dtype == types.float32:
+        return builder.fpext(bits, _F64X4)
+    if dtype == types.int16:
+        wide = builder.shl(builder.zext(bits, ir.VectorType(_I32, 4)), _splat(_I32, 16))
+        return builder.fpext(builder.bitcast(wide, ir.VectorType(ir.FloatType(), 4)), _F64X4)
+    if HARDWARE_HALF:
+        return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 4)), _F64X4)
+    u = builder.zext(bits, ir.VectorType(_I64, 4))
+    sign = builder.shl(builder.and_(u, _splat(_I64, 0x8000)), _splat(_I64, 48))
+    mag = builder.shl(builder.and_(u, _splat(_I64, 0x7FFF)), _splat(_I64, 42))
+    val = builder.fmul(builder.bitcast(builder.or_(sign, mag), _F64X4), _splat(ir.DoubleType(), 2.0 ** 1008))
+    special = builder.icmp_unsigned("==", builder.and_(u, _splat(_I64, 0x7C00)), _splat(_I64, 0x7C00))
+    return builder.select(special, _splat(ir.DoubleType(), float("nan")), val)
+
+
+def _scatter_column(builder, acc_p, bin_p, k_idx, x, s):
+    """acc[4·bins[k_idx] : +4] += x (one vector read-modify-write); returns s + x·x (no fused multiply-add)."""
+    k = builder.zext(builder.load(builder.gep(bin_p, [k_idx])), _I64)
+    ptr = builder.bitcast(builder.gep(acc_p, [builder.mul(k, _I64(LANES))]), _F64X4.as_pointer())
+    builder.store(builder.fadd(builder.load(ptr, align=8), x), ptr, align=8)
+    return builder.fadd(s, builder.fmul(x, x))
+
+
+def _phi(builder, ty, *incoming):
+    p = builder.phi(ty)
+    for value, block in incoming:
+        p.add_incoming(value, block)
+    return p
 
 
 @intrinsic
-def _columns(typingctx, acc, bins, kb, buf, offs, m, sums):
-    """One chunk of LANES runs as a loop of 4-wide vector ops: for b < m, x = (buf[offs[i] + b])_i, k = bins[kb + b]:
-    acc[LANES·k : LANES·k + LANES] += x and sums += x·x, lane by lane the same IEEE adds and multiplies (no fused
-    multiply-add) as the scalar loop, so bit for bit the same sums. The sums stay in registers: a column costs
-    one vector add's latency."""
-    arrays = (acc, bins, buf, offs, sums)
-    if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in arrays) and acc.dtype == buf.dtype ==
-            sums.dtype == types.float64 and offs.dtype == types.int64 and isinstance(kb, types.Integer)
-            and isinstance(m, types.Integer)):
+def _walk(typingctx, acc, bins, cur, cbs, c2, c3, prev, pbs, p2, p3, has_prev, n_a, n_b, sums):
+    """One block of LANES (4) lanes of one part: for rows a < n_a and columns b < n_b, lane i's element is
+    cur[cbs[i] + a·c2 + b·c3] (θ_t) and prev[pbs[i] + a·p2 + b·p3] (θ_{t−1}); δ (θ_t alone when not has_prev)
+    is converted to float64 exactly, added into acc[4·bins[a·n_b + b] + i] and its square into sums[i], in
+    (a, b) order for every lane: each lane's sums are those of a plain loop over its elements, bit for bit.
+    Unit-stride rows go 4 columns at a time: each lane's 4 values are one vector load, and the 4×4 block is
+    transposed into 4 column vectors; the rest of a row (and strided rows) one column at a time. The running
+    sums stay in a register: a column costs one vector add's latency."""
+    ints = (c2, c3, p2, p3, n_a, n_b)
+    if not (isinstance(cur, types.Array) and isinstance(prev, types.Array) and acc.dtype == sums.dtype == types.float64
+            and all(isinstance(i, types.Integer) and i.bitwidth == 64 for i in ints)
+            and isinstance(has_prev, types.Boolean)):
         return None
-    n_vec = LANES // 4
+    sig = types.void(acc, bins, cur, cbs, c2, c3, prev, pbs, p2, p3, has_prev, n_a, n_b, sums)
 
     def codegen(context, builder, signature, args):
-        acc_p, bin_p, buf_p, off_p, sum_p = (context.make_array(signature.args[i])(context, builder, args[i]).data
-                                             for i in (0, 1, 3, 4, 6))
-        i64, i32, vec = ir.IntType(64), ir.IntType(32), ir.VectorType(ir.DoubleType(), 4)
-        kb_v, m_v = (builder.sext(v, i64) if v.type.width < 64 else v for v in (args[2], args[5]))
-        rows = [builder.gep(buf_p, [builder.load(builder.gep(off_p, [i64(i)]))]) for i in range(LANES)]
-        s_ptrs = [builder.bitcast(builder.gep(sum_p, [i64(4 * v)]), vec.as_pointer()) for v in range(n_vec)]
-        s_in, entry = [builder.load(p, align=8) for p in s_ptrs], builder.block
-        loop, done = builder.append_basic_block("cols.loop"), builder.append_basic_block("cols.done")
-        builder.cbranch(builder.icmp_signed(">", m_v, i64(0)), loop, done)
-        builder.position_at_end(loop)
-        b, s = builder.phi(i64), [builder.phi(vec) for _ in range(n_vec)]
-        k = builder.zext(builder.load(builder.gep(bin_p, [builder.add(kb_v, b)])), i64)
-        row_p = builder.gep(acc_p, [builder.mul(k, i64(LANES))])
-        s_next = []
-        for v in range(n_vec):
-            x = ir.Constant(vec, ir.Undefined)
-            for i in range(4):
-                x = builder.insert_element(x, builder.load(builder.gep(rows[4 * v + i], [b])), i32(i))
-            a_ptr = builder.bitcast(builder.gep(row_p, [i64(4 * v)]), vec.as_pointer())
-            builder.store(builder.fadd(builder.load(a_ptr, align=8), x), a_ptr, align=8)
-            s_next.append(builder.fadd(s[v], builder.fmul(x, x)))
-        b_next = builder.add(b, i64(1))
-        b.add_incoming(i64(0), entry), b.add_incoming(b_next, loop)
-        for v in range(n_vec):
-            s[v].add_incoming(s_in[v], entry), s[v].add_incoming(s_next[v], loop)
-        builder.cbranch(builder.icmp_signed("<", b_next, m_v), loop, done)
+        acc_p, bin_p, cur_p, cbs_p, prev_p, pbs_p, sum_p = (
+            context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 1, 2, 3, 6, 7, 13))
+        c2_v, c3_v, p2_v, p3_v, has_p, na_v, nb_v = (args[i] for i in (4, 5, 8, 9, 10, 11, 12))
+        sides = [(cur_p, [builder.gep(cur_p, [builder.load(builder.gep(cbs_p, [_I64(i)]))]) for i in range(LANES)],
+                  signature.args[2].dtype, c2_v, c3_v),
+                 (prev_p, [builder.gep(prev_p, [builder.load(builder.gep(pbs_p, [_I64(i)]))]) for i in range(LANES)],
+                  signature.args[6].dtype, p2_v, p3_v)]
+        unit = builder.and_(builder.icmp_signed("==", c3_v, _I64(1)), builder.icmp_signed("==", p3_v, _I64(1)))
+        m4 = builder.select(unit, builder.and_(nb_v, _I64(-4)), _I64(0))
+        spread = builder.and_(unit, builder.icmp_signed(">", c2_v, nb_v))  # a lane's rows are not contiguous
+        line_step = _I64(max(1, 64 // (signature.args[2].dtype.bitwidth // 8)))
+        s_ptr = builder.bitcast(sum_p, _F64X4.as_pointer())
+        s_in, entry = builder.load(s_ptr, align=8), builder.block
+        names = ("row", "pf", "pf_end", "vec", "vec_end", "one", "row_end", "done")
+        row, pf, pf_end, vec, vec_end, one, row_end, done = (builder.append_basic_block("walk." + n) for n in names)
+        nonempty = builder.and_(builder.icmp_signed(">", na_v, _I64(0)), builder.icmp_signed(">", nb_v, _I64(0)))
+        builder.cbranch(nonempty, row, done)
+
+        def delta(loads):  # [cur <4 x T>, prev <4 x T>] → δ <4 x double>
+            vc, vp = (_to_float64(builder, v, side[2]) for v, side in zip(loads, sides, strict=True))
+            return builder.select(has_p, builder.fsub(vc, vp), vc)
+
+        builder.position_at_end(row)  # --- row a
+        a, s_row = builder.phi(_I64), builder.phi(_F64X4)
+        k_a = builder.mul(a, nb_v)
+        builder.cbranch(spread, pf, pf_end)
+        builder.position_at_end(pf)  # prefetch row a + AHEAD_ROWS, one hint per 64-byte line of each lane
+        b_pf = builder.phi(_I64)
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        ahead = builder.add(a, _I64(AHEAD_ROWS))
+        for _, lanes, _, stride, _ in sides:
+            for p in lanes:
+                q = builder.gep(p, [builder.add(builder.mul(ahead, stride), b_pf)])
+                builder.call(fn, [builder.bitcast(q, i8p), _I32(0), _I32(3), _I32(1)])
+        b_pf_next = builder.add(b_pf, line_step)
+        b_pf.add_incoming(_I64(0), row), b_pf.add_incoming(b_pf_next, pf)
+        builder.cbranch(builder.icmp_signed("<", b_pf_next, m4), pf, pf_end)
+        builder.position_at_end(pf_end)
+        builder.cbranch(builder.icmp_signed(">", m4, _I64(0)), vec, vec_end)
+        builder.position_at_end(vec)  # --- 4 columns at a time
+        b, s = builder.phi(_I64), builder.phi(_F64X4)
+        rows = [delta([builder.load(builder.bitcast(builder.gep(lanes[i], [builder.add(builder.mul(a, stride), b)]),
+                                                    ir.VectorType(base.type.pointee, 4).as_pointer()), align=1)
+                       for base, lanes, _, stride, _ in sides]) for i in range(LANES)]
+        mask = lambda *ix: ir.Constant(ir.VectorType(_I32, 4), list(ix))  # noqa: E731
+        t = [builder.shuffle_vector(rows[i], rows[i + 1], mask(*m)) for i in (0, 2) for m in ((0, 4, 2, 6), (1, 5, 3, 7))]
+        cols = [builder.shuffle_vector(t[lo], t[hi], mask(*m)) for m in ((0, 1, 4, 5), (2, 3, 6, 7)) for lo, hi in ((0, 2), (1, 3))]
+        s_next = s
+        for j, x in enumerate(cols):  # columns b, b + 1, b + 2, b + 3, in order
+            s_next = _scatter_column(builder, acc_p, bin_p, builder.add(k_a, builder.add(b, _I64(j))), x, s_next)
+        b_next = builder.add(b, _I64(4))
+        b.add_incoming(_I64(0), pf_end), b.add_incoming(b_next, vec)
+        s.add_incoming(s_row, pf_end), s.add_incoming(s_next, vec)
+        builder.cbranch(builder.icmp_signed("<", b_next, m4), vec, vec_end)
+        builder.position_at_end(vec_end)
+        s_vec = _phi(builder, _F64X4, (s_row, pf_end), (s_next, vec))
+        builder.cbranch(builder.icmp_signed("<", m4, nb_v), one, row_end)
+        builder.position_at_end(one)  # --- one column at a time: the 4 lanes' elements gathered into one vector
+        b1, s1 = builder.phi(_I64), builder.phi(_F64X4)
+        loads = []
+        for base, lanes, _, stride, step in sides:
+            v = ir.Constant(ir.VectorType(base.type.pointee, 4), ir.Undefined)
+            for i, p in enumerate(lanes):
+                at = builder.add(builder.mul(a, stride), builder.mul(b1, step))
+                v = builder.insert_element(v, builder.load(builder.gep(p, [at])), _I32(i))
+            loads.append(v)
+        s1_next = _scatter_column(builder, acc_p, bin_p, builder.add(k_a, b1), delta(loads), s1)
+        b1_next = builder.add(b1, _I64(1))
+        b1.add_incoming(m4, vec_end), b1.add_incoming(b1_next, one)
+        s1.add_incoming(s_vec, vec_end), s1.add_incoming(s1_next, one)
+        builder.cbranch(builder.icmp_signed("<", b1_next, nb_v), one, row_end)
+        builder.position_at_end(row_end)
+        s_after = _phi(builder, _F64X4, (s_vec, vec_end), (s1_next, one))
+        a_next = builder.add(a, _I64(1))
+        a.add_incoming(_I64(0), entry), a.add_incoming(a_next, row_end)
+        s_row.add_incoming(s_in, entry), s_row.add_incoming(s_after, row_end)
+        builder.cbranch(builder.icmp_signed("<", a_next, na_v), row, done)
         builder.position_at_end(done)
-        s_out = [builder.phi(vec) for _ in range(n_vec)]  # phis first, then the stores
-        for v in range(n_vec):
-            s_out[v].add_incoming(s_in[v], entry), s_out[v].add_incoming(s_next[v], loop)
-            builder.store(s_out[v], s_ptrs[v], align=8)
+        builder.store(_phi(builder, _F64X4, (s_in, entry), (s_after, row_end)), s_ptr, align=8)
         return context.get_dummy_value()
 
-    return types.void(acc, bins, kb, buf, offs, m, sums), codegen
-
-
-def _exact(v):  # the float64 value of one stored element (overload below); fp16 Inf/NaN: see _special
-    raise NotImplementedError
-
-
-def _special(v):  # 1 (uint64) for an fp16 Inf/NaN that _exact turned into finite junk, else 0 (overload below)
-    raise NotImplementedError
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _fp16_bits(v):  # pragma: no cover (compiled)
-    """The float64 value of the fp16 bit pattern v (uint16) by integer ops: sign, exponent and mantissa moved
-    to float64's places, a product rebiases the exponent (subnormals too); exact. Inf/NaN: finite junk ≥ 2^16."""
-    u = np.uint64(v)
-    mag = (u & np.uint64(0x7FFF)) << np.uint64(42)
-    return _bitcast_f64(((u & np.uint64(0x8000)) << np.uint64(48)) | mag) * _TWO_1008
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _fp16_special(v):  # pragma: no cover (compiled)
-    """1 (uint64) for an fp16 Inf/NaN bit pattern v, else 0: exponent all ones ⇔ (e + 0x400) reaches bit 15."""
-    return ((np.uint64(v) & np.uint64(0x7C00)) + np.uint64(0x0400)) >> np.uint64(15)
-
-
-@overload(_exact, inline="always")
-def _exact_impl(v):
-    if isinstance(v, types.Integer) and v.signed:  # bf16 bits: the top half of a float32 (Inf/NaN kept)
-        return lambda v: np.float64(_bitcast_f32(np.uint32(np.uint64(np.uint16(v)) << np.uint64(16))))
-    if isinstance(v, types.Integer):  # fp16 bits: exact, no table, no branch
-        return (lambda v: _half_f64(v)) if HARDWARE_HALF else (lambda v: _fp16_bits(v))
-    return lambda v: np.float64(v)
-
-
-@overload(_special, inline="always")
-def _special_impl(v):
-    if isinstance(v, types.Integer) and not v.signed and not HARDWARE_HALF:  # fp16 bits by integer ops
-        return lambda v: _fp16_special(v)
-    return lambda v: np.uint64(0)
-
-
-#: heads walked together by one kernel call: their runs are converted side by side and each column's bin is
-#: looked up once for all of them; each head keeps its own float64 sums in its own element order (4: the
-#: width of `_columns`, one 32-byte vector of float64)
-LANES = 4
-#: elements of a run converted at a time (bounds the work buffer to LANES × CHUNK float64)
-CHUNK = 256
-
-
-@nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, out):  # pragma: no cover (compiled)
-    """out[:m] = δ of m elements of one run (θ_t at cur[cb + b·c3], θ_{t−1} at prev[pb + b·p3]), float64.
-    An fp16 Inf/NaN in θ_t sets out[0] to NaN, so that its head's sums are not finite (the caller's check);
-    θ_{t−1} was checked when it was θ_t. No branch per element: contiguous runs vectorise."""
-    special = np.uint64(0)
-    if unit:
-        cur_run, prev_run = cur[cb:cb + np.uint64(m)], prev[pb:pb + np.uint64(m)]
-        if has_prev:
-            for b in range(m):
-                v = cur_run[b]
-                special |= _special(v)
-                out[b] = _exact(v) - _exact(prev_run[b])
-        else:
-            for b in range(m):
-                v = cur_run[b]
-                special |= _special(v)
-                out[b] = _exact(v)
-    else:
-        for b in range(m):
-            ub = np.uint64(b)
-            v = cur[cb + ub * c3]
-            special |= _special(v)
-            x = _exact(v)
-            if has_prev:
-                x -= _exact(prev[pb + ub * p3])
-            out[b] = x
-    if special:
-        out[0] = np.nan
+    return sig, codegen
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _scatter_block(layer, blk, cur, c_off, cs, prev, p_off, ps, has_prev, n_heads, n_a, n_b, per_group, bins, acc,
                    sq):  # pragma: no cover (compiled)
-    """The heads h0 .. h0 + LANES − 1 (h0 = blk·LANES, fewer at the end) of one layer's part, side by side:
-    per column, one bin lookup and one read-modify-write of a LANES-wide row of a transposed accumulator,
-    and LANES independent running ‖δ‖² sums (no serial chain through one sum; both in `_columns`). Each head's sums run over
-    its elements in the same order as one head alone would: the records do not depend on LANES. Writes only
-    acc[h] and sq[h] of these heads, so blocks may run on different threads."""
+    """The heads h0 .. h0 + LANES − 1 (h0 = blk·LANES, fewer at the end) of one layer's part, side by side
+    (`_walk`): per column, one bin lookup, one read-modify-write of a LANES-wide row of a transposed [bins,
+    LANES] accumulator, and LANES independent running ‖δ‖² sums. Each head's sums run over its elements in the
+    same order as one head alone would: the records do not depend on LANES. Writes only acc[h] and sq[h] of
+    these heads, so blocks may run on different threads."""
     h0 = blk * LANES
     nh = min(LANES, n_heads - h0)
-    g_first = h0 // per_group
-    n_rows = (h0 + nh - 1) // per_group - g_first + 1  # groups read by this block (<= nh)
-    c0, c1, c2, c3 = np.uint64(cs[0]), np.uint64(cs[1]), np.uint64(cs[2]), np.uint64(cs[3])
-    p0, p1, p2, p3 = np.uint64(ps[0]), np.uint64(ps[1]), np.uint64(ps[2]), np.uint64(ps[3])
-    unit = cs[3] == 1 and ps[3] == 1
-    buf = np.zeros((LANES + 1, CHUNK), dtype=np.float64)  # δ of each group's run; row LANES stays 0 (padding)
-    flat = buf.reshape((LANES + 1) * CHUNK)  # the same memory, flat, for _columns
-    rows = np.full(LANES, LANES, dtype=np.int64)  # the buf row each lane reads
     n_bins = acc.shape[1]
     acc_t = np.zeros((n_bins, LANES), dtype=np.float64)  # the block's bins, heads side by side
-    acc_v = acc_t.reshape(n_bins * LANES)  # the same memory, flat, for _columns
     sums = np.zeros(LANES, dtype=np.float64)
-    for j in range(nh):
-        rows[j] = (h0 + j) // per_group - g_first
-        acc_t[:, j] = acc[h0 + j]
-        sums[j] = sq[h0 + j]
-    offs = rows * CHUNK  # where each lane's run starts in flat
-    for a in range(n_a):
-        ua = np.uint64(a)
-        for b0 in range(0, n_b, CHUNK):
-            m = min(CHUNK, n_b - b0)
-            ub0 = np.uint64(b0)
-            for r in range(n_rows):
-                ug = np.uint64(g_first + r)
-                cb = np.uint64(c_off) + np.uint64(layer) * c0 + ug * c1 + ua * c2 + ub0 * c3
-                pb = np.uint64(p_off) + np.uint64(layer) * p0 + ug * p1 + ua * p2 + ub0 * p3
-                _convert_run(cur, cb, c3, prev, pb, p3, unit, has_prev, m, buf[r])
-            _columns(acc_v, bins, ua * np.uint64(n_b) + ub0, flat, offs, m, sums)
+    cbs, pbs = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
+    for j in range(LANES):  # lane j reads its head's K/V group; a padding lane (j >= nh) re-reads lane 0's
+        g = (h0 + (j if j < nh else 0)) // per_group
+        cbs[j] = c_off + layer * cs[0] + g * cs[1]
+        pbs[j] = p_off + layer * ps[0] + g * ps[1]
+        if j < nh:
+            acc_t[:, j] = acc[h0 + j]
+            sums[j] = sq[h0 + j]
+    _walk(acc_t.reshape(n_bins * LANES), bins, cur, cbs, cs[2], cs[3], prev, pbs, ps[2], ps[3], has_prev, n_a, n_b,
+          sums)
     for j in range(nh):
         acc[h0 + j] = acc_t[:, j]
         sq[h0 + j] = sums[j]
