@@ -33,11 +33,9 @@ layout, whatever the stored dtype (every run, split of the series, process or ex
 checkpoint the same way), and agree to rounding (~1e-16 relative) between layouts. A K/V part
 (grouped-query attention) is added to each query head of its group as it is read.
 
-Why numba: the scatter into d signed bins cannot be expressed as a few vectorised torch ops without
-walking the data again (torch's `index_add_` along the columns costs one dispatch per column; the
-profile had the CountSketch projection at ~40% of the update, barely cheaper than the dense Gaussian
-matmul), and the fused loop is what brings the update to the floor (benchmarks/bench_extraction.py).
-The kernels are compiled once per dtype combination and cached on disk (`cache=True`).
+Why numba: the scatter into d signed bins is no few vectorised torch ops (`index_add_` costs a dispatch per
+column) and the fused loop is what brings the update to its floor (benchmarks/bench_extraction.py). The
+kernels are compiled once per dtype combination and cached on disk (`cache=True`).
 """
 
 from __future__ import annotations
@@ -88,10 +86,9 @@ def _splat(ty, x):
 
 
 def _to_float64(builder, bits, dtype):
-    """<4 x stored> → <4 x double>, exact. fp16 (uint16 bits): the CPU's conversion, or sign, exponent and
-    mantissa moved to float64's places and a product that rebiases the exponent (subnormals included), with
-    Inf/NaN patterns (which that turns into finite values ≥ 2^16) replaced by NaN; bf16 (int16 bits): the top
-    half of a float32. Inf/NaN stay non-finite, so a head whose θ_t has one gets non-finite sums."""
+    """<4 x stored> → <4 x double>, exact; Inf/NaN stay non-finite (so do the sums of a head with one). fp16
+    (uint16 bits): the CPU's conversion, or sign, exponent and mantissa moved to float64's places times a
+    rebiasing power of 2 (subnormals too), Inf/NaN patterns made NaN; bf16 (int16 bits): a float32's top half."""
     if dtype == types.float64:
         return bits
     if dtype == types.float32:
@@ -124,107 +121,134 @@ def _phi(builder, ty, *incoming):
     return p
 
 
+class _Walk:
+    """The LLVM code of `_walk`, one method per loop: rows (`emit`), the row-ahead prefetch, 4 columns at a time
+    (vector loads and a 4×4 transpose), one column at a time (the 4 lanes gathered)."""
+
+    def __init__(self, context, builder, signature, args):
+        self.b = builder
+        acc_p, self.bin_p, cur_p, cbs_p, prev_p, pbs_p, sum_p = (
+            context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 1, 2, 3, 6, 7, 13))
+        self.acc_p, self.s_ptr = acc_p, builder.bitcast(sum_p, _F64X4.as_pointer())
+        c2, c3, p2, p3, self.has_p, self.n_a, self.n_b = (args[i] for i in (4, 5, 8, 9, 10, 11, 12))
+        # per side (θ_t, θ_{t−1}): the 4 lanes' first elements, the stored kind, the row and column strides
+        self.sides = [([builder.gep(p, [builder.load(builder.gep(offs, [_I64(i)]))]) for i in range(LANES)], dt, rs, cs)
+                      for p, offs, dt, rs, cs in ((cur_p, cbs_p, signature.args[2].dtype, c2, c3),
+                                                  (prev_p, pbs_p, signature.args[6].dtype, p2, p3))]
+        unit = builder.and_(builder.icmp_signed("==", c3, _I64(1)), builder.icmp_signed("==", p3, _I64(1)))
+        self.m4 = builder.select(unit, builder.and_(self.n_b, _I64(-4)), _I64(0))  # columns walked 4 at a time
+        self.spread = builder.and_(unit, builder.icmp_signed(">", c2, self.n_b))  # a lane's rows: not one stream
+        self.line = _I64(max(1, 64 // (signature.args[2].dtype.bitwidth // 8)))  # elements of θ_t per 64 bytes
+
+    def block(self, name):
+        return self.b.append_basic_block("walk." + name)
+
+    def delta(self, loads):  # [θ_t <4 x stored>, θ_{t−1} <4 x stored>] → δ <4 x double>
+        vc, vp = (_to_float64(self.b, v, side[1]) for v, side in zip(loads, self.sides, strict=True))
+        return self.b.select(self.has_p, self.b.fsub(vc, vp), vc)
+
+    def emit(self):
+        b = self.b
+        s_in, entry = b.load(self.s_ptr, align=8), b.block
+        row, row_end, done = self.block("row"), self.block("row_end"), self.block("done")
+        nonempty = b.and_(b.icmp_signed(">", self.n_a, _I64(0)), b.icmp_signed(">", self.n_b, _I64(0)))
+        b.cbranch(nonempty, row, done)
+        b.position_at_end(row)
+        a, s_row = b.phi(_I64), b.phi(_F64X4)
+        self.prefetch(a)
+        s_vec = self.vector_columns(a, s_row)
+        s_after = self.single_columns(a, s_vec, row_end)
+        a_next = b.add(a, _I64(1))
+        a.add_incoming(_I64(0), entry), a.add_incoming(a_next, row_end)
+        s_row.add_incoming(s_in, entry), s_row.add_incoming(s_after, row_end)
+        b.cbranch(b.icmp_signed("<", a_next, self.n_a), row, done)
+        b.position_at_end(done)
+        b.store(_phi(b, _F64X4, (s_in, entry), (s_after, row_end)), self.s_ptr, align=8)
+
+    def prefetch(self, a):
+        """Where a lane's rows are not one stream: one prefetch per 64-byte line of row a + AHEAD_ROWS."""
+        b, start = self.b, self.b.block
+        loop, end = self.block("pf"), self.block("pf_end")
+        b.cbranch(self.spread, loop, end)
+        b.position_at_end(loop)
+        col = b.phi(_I64)
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        ahead = b.add(a, _I64(AHEAD_ROWS))
+        for lanes, _, row_stride, _ in self.sides:
+            for p in lanes:
+                q = b.gep(p, [b.add(b.mul(ahead, row_stride), col)])
+                b.call(fn, [b.bitcast(q, i8p), _I32(0), _I32(3), _I32(1)])  # read, keep in all levels, data
+        col_next = b.add(col, self.line)
+        col.add_incoming(_I64(0), start), col.add_incoming(col_next, loop)
+        b.cbranch(b.icmp_signed("<", col_next, self.m4), loop, end)
+        b.position_at_end(end)
+
+    def vector_columns(self, a, s_row):
+        """Columns 0 .. m4 − 1 of row a, 4 at a time; returns the sums after them."""
+        b, start = self.b, self.b.block
+        loop, end = self.block("vec"), self.block("vec_end")
+        b.cbranch(b.icmp_signed(">", self.m4, _I64(0)), loop, end)
+        b.position_at_end(loop)
+        col, s = b.phi(_I64), b.phi(_F64X4)
+        rows = [self.delta([b.load(b.bitcast(b.gep(lanes[i], [b.add(b.mul(a, row_stride), col)]),
+                                             ir.VectorType(lanes[i].type.pointee, 4).as_pointer()), align=1)
+                            for lanes, _, row_stride, _ in self.sides]) for i in range(LANES)]
+        mask = lambda *ix: ir.Constant(ir.VectorType(_I32, 4), list(ix))  # noqa: E731
+        t = [b.shuffle_vector(rows[i], rows[i + 1], mask(*m)) for i in (0, 2) for m in ((0, 4, 2, 6), (1, 5, 3, 7))]
+        cols = [b.shuffle_vector(t[lo], t[hi], mask(*m)) for m in ((0, 1, 4, 5), (2, 3, 6, 7)) for lo, hi in ((0, 2), (1, 3))]
+        s_next, k_a = s, b.mul(a, self.n_b)
+        for j, x in enumerate(cols):  # columns col, col + 1, col + 2, col + 3, in order
+            s_next = _scatter_column(b, self.acc_p, self.bin_p, b.add(k_a, b.add(col, _I64(j))), x, s_next)
+        col_next = b.add(col, _I64(4))
+        col.add_incoming(_I64(0), start), col.add_incoming(col_next, loop)
+        s.add_incoming(s_row, start), s.add_incoming(s_next, loop)
+        b.cbranch(b.icmp_signed("<", col_next, self.m4), loop, end)
+        b.position_at_end(end)
+        return _phi(b, _F64X4, (s_row, start), (s_next, loop))
+
+    def single_columns(self, a, s_vec, row_end):
+        """Columns m4 .. n_b − 1 of row a, one at a time; branches to row_end and returns the row's sums there."""
+        b, start = self.b, self.b.block
+        loop = self.block("one")
+        b.cbranch(b.icmp_signed("<", self.m4, self.n_b), loop, row_end)
+        b.position_at_end(loop)
+        col, s = b.phi(_I64), b.phi(_F64X4)
+        loads = []
+        for lanes, _, row_stride, col_stride in self.sides:
+            v = ir.Constant(ir.VectorType(lanes[0].type.pointee, 4), ir.Undefined)
+            at = b.add(b.mul(a, row_stride), b.mul(col, col_stride))
+            for i, p in enumerate(lanes):
+                v = b.insert_element(v, b.load(b.gep(p, [at])), _I32(i))
+            loads.append(v)
+        s_next = _scatter_column(b, self.acc_p, self.bin_p, b.add(b.mul(a, self.n_b), col), self.delta(loads), s)
+        col_next = b.add(col, _I64(1))
+        col.add_incoming(self.m4, start), col.add_incoming(col_next, loop)
+        s.add_incoming(s_vec, start), s.add_incoming(s_next, loop)
+        b.cbranch(b.icmp_signed("<", col_next, self.n_b), loop, row_end)
+        b.position_at_end(row_end)
+        return _phi(b, _F64X4, (s_vec, start), (s_next, loop))
+
+
 @intrinsic
 def _walk(typingctx, acc, bins, cur, cbs, c2, c3, prev, pbs, p2, p3, has_prev, n_a, n_b, sums):
     """One block of LANES (4) lanes of one part: for rows a < n_a and columns b < n_b, lane i's element is
     cur[cbs[i] + a·c2 + b·c3] (θ_t) and prev[pbs[i] + a·p2 + b·p3] (θ_{t−1}); δ (θ_t alone when not has_prev)
     is converted to float64 exactly, added into acc[4·bins[a·n_b + b] + i] and its square into sums[i], in
     (a, b) order for every lane: each lane's sums are those of a plain loop over its elements, bit for bit.
-    Unit-stride rows go 4 columns at a time: each lane's 4 values are one vector load, and the 4×4 block is
-    transposed into 4 column vectors; the rest of a row (and strided rows) one column at a time. The running
-    sums stay in a register: a column costs one vector add's latency."""
+    Unit-stride rows go 4 columns at a time (vector loads, a 4×4 transpose), the rest one column at a time."""
     ints = (c2, c3, p2, p3, n_a, n_b)
     if not (isinstance(cur, types.Array) and isinstance(prev, types.Array) and acc.dtype == sums.dtype == types.float64
             and all(isinstance(i, types.Integer) and i.bitwidth == 64 for i in ints)
             and isinstance(has_prev, types.Boolean)):
         return None
-    sig = types.void(acc, bins, cur, cbs, c2, c3, prev, pbs, p2, p3, has_prev, n_a, n_b, sums)
 
     def codegen(context, builder, signature, args):
-        acc_p, bin_p, cur_p, cbs_p, prev_p, pbs_p, sum_p = (
-            context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 1, 2, 3, 6, 7, 13))
-        c2_v, c3_v, p2_v, p3_v, has_p, na_v, nb_v = (args[i] for i in (4, 5, 8, 9, 10, 11, 12))
-        sides = [(cur_p, [builder.gep(cur_p, [builder.load(builder.gep(cbs_p, [_I64(i)]))]) for i in range(LANES)],
-                  signature.args[2].dtype, c2_v, c3_v),
-                 (prev_p, [builder.gep(prev_p, [builder.load(builder.gep(pbs_p, [_I64(i)]))]) for i in range(LANES)],
-                  signature.args[6].dtype, p2_v, p3_v)]
-        unit = builder.and_(builder.icmp_signed("==", c3_v, _I64(1)), builder.icmp_signed("==", p3_v, _I64(1)))
-        m4 = builder.select(unit, builder.and_(nb_v, _I64(-4)), _I64(0))
-        spread = builder.and_(unit, builder.icmp_signed(">", c2_v, nb_v))  # a lane's rows are not contiguous
-        line_step = _I64(max(1, 64 // (signature.args[2].dtype.bitwidth // 8)))
-        s_ptr = builder.bitcast(sum_p, _F64X4.as_pointer())
-        s_in, entry = builder.load(s_ptr, align=8), builder.block
-        names = ("row", "pf", "pf_end", "vec", "vec_end", "one", "row_end", "done")
-        row, pf, pf_end, vec, vec_end, one, row_end, done = (builder.append_basic_block("walk." + n) for n in names)
-        nonempty = builder.and_(builder.icmp_signed(">", na_v, _I64(0)), builder.icmp_signed(">", nb_v, _I64(0)))
-        builder.cbranch(nonempty, row, done)
-
-        def delta(loads):  # [cur <4 x T>, prev <4 x T>] → δ <4 x double>
-            vc, vp = (_to_float64(builder, v, side[2]) for v, side in zip(loads, sides, strict=True))
-            return builder.select(has_p, builder.fsub(vc, vp), vc)
-
-        builder.position_at_end(row)  # --- row a
-        a, s_row = builder.phi(_I64), builder.phi(_F64X4)
-        k_a = builder.mul(a, nb_v)
-        builder.cbranch(spread, pf, pf_end)
-        builder.position_at_end(pf)  # prefetch row a + AHEAD_ROWS, one hint per 64-byte line of each lane
-        b_pf = builder.phi(_I64)
-        i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                                            "llvm.prefetch.p0")
-        ahead = builder.add(a, _I64(AHEAD_ROWS))
-        for _, lanes, _, stride, _ in sides:
-            for p in lanes:
-                q = builder.gep(p, [builder.add(builder.mul(ahead, stride), b_pf)])
-                builder.call(fn, [builder.bitcast(q, i8p), _I32(0), _I32(3), _I32(1)])
-        b_pf_next = builder.add(b_pf, line_step)
-        b_pf.add_incoming(_I64(0), row), b_pf.add_incoming(b_pf_next, pf)
-        builder.cbranch(builder.icmp_signed("<", b_pf_next, m4), pf, pf_end)
-        builder.position_at_end(pf_end)
-        builder.cbranch(builder.icmp_signed(">", m4, _I64(0)), vec, vec_end)
-        builder.position_at_end(vec)  # --- 4 columns at a time
-        b, s = builder.phi(_I64), builder.phi(_F64X4)
-        rows = [delta([builder.load(builder.bitcast(builder.gep(lanes[i], [builder.add(builder.mul(a, stride), b)]),
-                                                    ir.VectorType(base.type.pointee, 4).as_pointer()), align=1)
-                       for base, lanes, _, stride, _ in sides]) for i in range(LANES)]
-        mask = lambda *ix: ir.Constant(ir.VectorType(_I32, 4), list(ix))  # noqa: E731
-        t = [builder.shuffle_vector(rows[i], rows[i + 1], mask(*m)) for i in (0, 2) for m in ((0, 4, 2, 6), (1, 5, 3, 7))]
-        cols = [builder.shuffle_vector(t[lo], t[hi], mask(*m)) for m in ((0, 1, 4, 5), (2, 3, 6, 7)) for lo, hi in ((0, 2), (1, 3))]
-        s_next = s
-        for j, x in enumerate(cols):  # columns b, b + 1, b + 2, b + 3, in order
-            s_next = _scatter_column(builder, acc_p, bin_p, builder.add(k_a, builder.add(b, _I64(j))), x, s_next)
-        b_next = builder.add(b, _I64(4))
-        b.add_incoming(_I64(0), pf_end), b.add_incoming(b_next, vec)
-        s.add_incoming(s_row, pf_end), s.add_incoming(s_next, vec)
-        builder.cbranch(builder.icmp_signed("<", b_next, m4), vec, vec_end)
-        builder.position_at_end(vec_end)
-        s_vec = _phi(builder, _F64X4, (s_row, pf_end), (s_next, vec))
-        builder.cbranch(builder.icmp_signed("<", m4, nb_v), one, row_end)
-        builder.position_at_end(one)  # --- one column at a time: the 4 lanes' elements gathered into one vector
-        b1, s1 = builder.phi(_I64), builder.phi(_F64X4)
-        loads = []
-        for base, lanes, _, stride, step in sides:
-            v = ir.Constant(ir.VectorType(base.type.pointee, 4), ir.Undefined)
-            for i, p in enumerate(lanes):
-                at = builder.add(builder.mul(a, stride), builder.mul(b1, step))
-                v = builder.insert_element(v, builder.load(builder.gep(p, [at])), _I32(i))
-            loads.append(v)
-        s1_next = _scatter_column(builder, acc_p, bin_p, builder.add(k_a, b1), delta(loads), s1)
-        b1_next = builder.add(b1, _I64(1))
-        b1.add_incoming(m4, vec_end), b1.add_incoming(b1_next, one)
-        s1.add_incoming(s_vec, vec_end), s1.add_incoming(s1_next, one)
-        builder.cbranch(builder.icmp_signed("<", b1_next, nb_v), one, row_end)
-        builder.position_at_end(row_end)
-        s_after = _phi(builder, _F64X4, (s_vec, vec_end), (s1_next, one))
-        a_next = builder.add(a, _I64(1))
-        a.add_incoming(_I64(0), entry), a.add_incoming(a_next, row_end)
-        s_row.add_incoming(s_in, entry), s_row.add_incoming(s_after, row_end)
-        builder.cbranch(builder.icmp_signed("<", a_next, na_v), row, done)
-        builder.position_at_end(done)
-        builder.store(_phi(builder, _F64X4, (s_in, entry), (s_after, row_end)), s_ptr, align=8)
+        _Walk(context, builder, signature, args).emit()
         return context.get_dummy_value()
 
-    return sig, codegen
+    return types.void(acc, bins, cur, cbs, c2, c3, prev, pbs, p2, p3, has_prev, n_a, n_b, sums), codegen
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
