@@ -69,16 +69,14 @@ def _host_converts_half() -> bool:
         triple.startswith("x86_64") and bool(llvm.get_host_cpu_features().get("f16c", False)))
 
 
-#: fp16 θ is converted by the CPU's instruction where there is one, else by integer ops (`_to_float64`); both
-#: give the exact value, so the records do not depend on which
+#: fp16 by the CPU's instruction where there is one, else by integer ops (`_to_float64`): both exact, same records
 HARDWARE_HALF = _host_converts_half()
 #: heads walked together by one kernel call: one float64 vector of 4 lanes per column (32 bytes)
 LANES = 4
 #: how many rows ahead a lane's next run is prefetched when a lane's rows are not one contiguous stream (W_O's
 #: heads side by side in each row: the hardware prefetcher does not follow a lane from row to row)
 AHEAD_ROWS = 8
-_F64X4 = ir.VectorType(ir.DoubleType(), 4)
-_I64, _I32 = ir.IntType(64), ir.IntType(32)
+_F64X4, _I64, _I32 = ir.VectorType(ir.DoubleType(), 4), ir.IntType(64), ir.IntType(32)
 
 
 def _splat(ty, x):
@@ -96,6 +94,8 @@ def _to_float64(builder, bits, dtype):
     if dtype == types.int16:
         wide = builder.shl(builder.zext(bits, ir.VectorType(_I32, 4)), _splat(_I32, 16))
         return builder.fpext(builder.bitcast(wide, ir.VectorType(ir.FloatType(), 4)), _F64X4)
+    if dtype != types.uint16:
+        raise TypeError(f"the fused pass reads fp16/bf16 bits, float32 or float64, not {dtype}: convert the weights")
     if HARDWARE_HALF:
         return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 4)), _F64X4)
     u = builder.zext(bits, ir.VectorType(_I64, 4))
