@@ -101,7 +101,7 @@ def _to_float64(builder, bits, dtype):
     u = builder.zext(bits, ir.VectorType(_I64, 4))
     sign = builder.shl(builder.and_(u, _splat(_I64, 0x8000)), _splat(_I64, 48))
     mag = builder.shl(builder.and_(u, _splat(_I64, 0x7FFF)), _splat(_I64, 42))
-    val = builder.fmul(builder.bitcast(builder.or_(sign, mag), _F64X4), _splat(ir.DoubleType(), 2.0 ** 1008))
+    val = builder.fmul(builder.bitcast(builder.or_(sign, mag), _F64X4), _splat(ir.DoubleType(), _TWO_1008))
     special = builder.icmp_unsigned("==", builder.and_(u, _splat(_I64, 0x7C00)), _splat(_I64, 0x7C00))
     return builder.select(special, _splat(ir.DoubleType(), float("nan")), val)
 
@@ -285,8 +285,8 @@ def _scatter_part(cur, c_off, cs, prev, p_off, ps, has_prev, n_layers, n_groups,
     """acc[l·H + h, bins[a·B + b]] += δ and sq[l·H + h] += δ² for every element (l, g, a, b) of one part
     [L, G, A, B] (at cur[c_off + l·cs[0] + g·cs[1] + a·cs[2] + b·cs[3]]), for the heads
     h = g·per_group .. g·per_group + per_group − 1; δ = θ_t − θ_{t−1} (θ_t when not has_prev), float64;
-    each head's sums in (a, b) order. Heads go LANES at a time (_scatter_block). Indices are unsigned:
-    no negative-index wraparound in the inner loop."""
+    each head's sums in (a, b) order. Heads go LANES at a time (_scatter_block). No bounds checks: the
+    offsets and strides must address elements of the arrays (`flat_storage` gives them so)."""
     n_heads = n_groups * per_group
     n_blocks = (n_heads + LANES - 1) // LANES
     for layer in range(n_layers):
